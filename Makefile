@@ -1,0 +1,36 @@
+# facemem — two entry points: `make demo` and `make test`. Both bootstrap .venv idempotently.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+DATA ?= ../shared/data
+INDEX ?= build/demo-index
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system-deps test demo clean
+
+setup: $(STAMP)
+
+# Re-install only when requirements.txt changes.
+$(STAMP): requirements.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade "pip<26"
+	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q --no-deps face_recognition==1.3.0
+	$(VPY) -c "import dlib, face_recognition, face_recognition_models, faiss, torch; print('deps ok: dlib', dlib.__version__, 'faiss', faiss.__version__, 'torch', torch.__version__)"
+	touch $(STAMP)
+
+# Headless Chromium renders the HTML report in the tests (Debian package, needs root or sudo).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: setup system-deps
+	FACEMEM_DATA=$(DATA) $(VPY) -m pytest -q tests $(PYTEST_ARGS)
+
+demo: setup
+	$(VPY) -m indexer build --dataset celeba --root $(DATA)/celeba10k --out $(INDEX) --overwrite
+	$(VPY) -m indexer info $(INDEX)
+
+clean:
+	rm -rf build .pytest_cache
