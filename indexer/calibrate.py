@@ -1,0 +1,82 @@
+"""Build-time calibration: how close is close on *this* dataset.
+
+For every indexed face we store its nearest distance to any other face (leave-one-out), to a face
+of a different identity (the null distribution: a stranger's nearest neighbour), and to another
+photo of the same identity. The service turns these into thresholds (see ``service/stats.py``).
+The semantic self-search is one batched exact FAISS search; the pixel leave-one-out uses the exact
+L1 search on a seeded sample of faces (a percentile needs thousands of draws, not all 200k).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .devices import faiss_index
+
+log = logging.getLogger(__name__)
+
+
+def semantic_calibration(desc: np.ndarray, idents: np.ndarray, k: int = 64, device: str = "cpu",
+                         batch: int = 8192) -> dict[str, np.ndarray]:
+    """Per-face nearest Euclidean distances: ``sem_loo``, ``sem_diff_id``, ``sem_same_id`` (NaN when
+    undefined: unknown identity, or an identity with a single face)."""
+    n = len(desc)
+    loo = np.full(n, np.nan, np.float32)
+    diff = np.full(n, np.nan, np.float32)
+    same = np.full(n, np.nan, np.float32)
+    if n < 2:
+        return {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same}
+    desc = np.ascontiguousarray(desc, dtype=np.float32)
+    index = faiss_index(desc, "l2", device)
+    kk = min(k, n)
+    known = idents >= 0
+    for s in range(0, n, batch):
+        q = desc[s:s + batch]
+        _, ids = index.search(q, kk)
+        for j in range(len(q)):
+            i = s + j
+            nb = ids[j][(ids[j] != i) & (ids[j] >= 0)]
+            exact = np.linalg.norm(desc[nb] - desc[i], axis=1)  # exact, not faiss's expanded form
+            order = np.argsort(exact, kind="stable")
+            nb, exact = nb[order], exact[order]
+            loo[i] = exact[0]
+            if known[i]:
+                other = idents[nb] != idents[i]
+                if other.any():
+                    diff[i] = exact[np.argmax(other)]
+                mine = idents[nb] == idents[i]
+                if mine.any():
+                    same[i] = exact[np.argmax(mine)]
+    # Faces whose k nearest were all one kind: finish them exactly by brute force.
+    same_count = np.bincount(idents[known]) if known.any() else np.zeros(0, int)
+    todo_diff = np.where(known & np.isnan(diff))[0]
+    todo_same = np.where(known & np.isnan(same) & (same_count[np.maximum(idents, 0)] > 1))[0]
+    for i in np.union1d(todo_diff, todo_same):
+        d = np.linalg.norm(desc - desc[i], axis=1)
+        d[i] = np.inf
+        other = idents != idents[i]
+        if np.isnan(diff[i]) and other.any():
+            diff[i] = d[other].min()
+        mine = (idents == idents[i])
+        mine[i] = False
+        if np.isnan(same[i]) and mine.any():
+            same[i] = d[mine].min()
+    log.info("semantic calibration: %d faces, %d finished by brute force", n, len(todo_diff) + len(todo_same))
+    return {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same}
+
+
+def pixel_calibration(pixels: np.ndarray, sample: int = 5000, seed: int = 0,
+                      device: str = "cpu") -> dict[str, np.ndarray]:
+    """Exact leave-one-out nearest L1 distance for a seeded sample of faces (``pix_loo`` at
+    ``pix_loo_rows``)."""
+    from .l1 import L1Index
+
+    n = len(pixels)
+    if n < 2:
+        return {"pix_loo": np.zeros(0, np.float64), "pix_loo_rows": np.zeros(0, np.int64)}
+    rows = np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    index = L1Index(pixels, use_gpu=device == "cuda")
+    dist, _ = index.search(np.asarray(pixels[rows]), 1, exclude_self=rows.astype(np.int64))
+    return {"pix_loo": dist[:, 0].astype(np.float64), "pix_loo_rows": rows.astype(np.int64)}

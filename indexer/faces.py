@@ -1,0 +1,347 @@
+"""The face pipeline: bytes → RGB pixels → face box → 5 landmarks → 150×150 chip → descriptor.
+
+One module, shared by the indexer and the service, so that an indexed face and a query face go
+through exactly the same code. Everything except the descriptor runs per image (and in worker
+processes during a build); descriptors are computed in batches by an embedder
+(:class:`DlibEmbedder`, or the PyTorch port in :mod:`indexer.resnet`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+DETECTORS = ("hog", "cnn", "aligned")
+STATUSES = ("ok", "no_face", "unreadable")
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25  # what face_recognition / dlib's compute_face_descriptor use
+MAX_PIXELS = 40_000_000  # our own cap, well under Pillow's bomb limit (≈179 Mpx)
+MIN_SIDE = 16  # below this there is no face to find
+MAX_DETECT_PIXELS = 4_000_000  # HOG/CNN upsampling never goes beyond this many pixels
+
+# Aligned mode (no detection) and landmark refinement. Both constant sets were fitted on celeba10k
+# with `python scripts/fit_aligned.py --fit` (see README "Aligned mode"): the start box is the median
+# HOG box relative to the image size; the refinement maps 5 landmarks to the box HOG would draw.
+ALIGNED_INIT_BOX = (0.236, 0.4128, 0.7191, 0.8165)  # (l, t, r, b) as fractions of (w, h, w, h)
+# box centre = landmark centroid + s·(dx, dy); box side = s·side, s = RMS distance of the
+# landmarks from their centroid.
+ALIGNED_REFINE = {"dx": -0.1063, "dy": 0.6973, "side": 4.1187}
+REFINE_PASSES = 2  # landmark refinement passes, in every detector mode (see refined_landmarks)
+
+
+class Unreadable(Exception):
+    """The bytes are not a usable image; the message says why (shown to users)."""
+
+
+@dataclass
+class Face:
+    """What the pipeline knows about one image before embedding."""
+
+    status: str
+    reason: str = ""
+    width: int = 0
+    height: int = 0
+    faces_found: int = 0
+    box: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) in image pixels
+    landmarks: np.ndarray | None = None  # (5, 2) float32, dlib 5-point order
+    chip: np.ndarray | None = field(default=None, repr=False)  # (150, 150, 3) uint8
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Embedder(Protocol):
+    """Anything that turns (N,150,150,3) uint8 chips into (N,128) float32 descriptors."""
+
+    def embed(self, chips: np.ndarray) -> np.ndarray: ...
+
+
+# ----------------------------------------------------------------------------- models
+
+@lru_cache(maxsize=None)
+def model_paths() -> dict[str, str]:
+    """Paths of the dlib model files that ship inside ``face_recognition_models``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pkg_resources deprecation warning
+        import face_recognition_models as frm
+    return {
+        "resnet": frm.face_recognition_model_location(),
+        "landmarks5": frm.pose_predictor_five_point_model_location(),
+        "mmod": frm.cnn_face_detector_model_location(),
+    }
+
+
+@lru_cache(maxsize=None)
+def model_hashes() -> dict[str, str]:
+    """sha256 of each model file; an index built with other weights must not be queried."""
+    out = {}
+    for name, path in model_paths().items():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out[name] = h.hexdigest()
+    return out
+
+
+_local = threading.local()  # dlib objects per thread: the service runs queries in threads
+
+
+def _dlib_obj(name: str):
+    obj = getattr(_local, name, None)
+    if obj is None:
+        import dlib
+
+        if name == "hog":
+            obj = dlib.get_frontal_face_detector()
+        elif name == "cnn":
+            obj = dlib.cnn_face_detection_model_v1(model_paths()["mmod"])
+        elif name == "sp5":
+            obj = dlib.shape_predictor(model_paths()["landmarks5"])
+        elif name == "rec":
+            obj = dlib.face_recognition_model_v1(model_paths()["resnet"])
+        else:  # pragma: no cover - programming error
+            raise KeyError(name)
+        setattr(_local, name, obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------- decode
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and raises above twice this
+
+
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to an (H, W, 3) uint8 RGB array, or raise :class:`Unreadable`.
+
+    Handles the formats users actually upload: greyscale, palette, CMYK, alpha (composited on
+    white), 16-bit and float images (rescaled, not clipped), animated images (first frame), and
+    EXIF orientation. The pixel cap is checked from the header, before any pixel is decoded.
+    """
+    if not data:
+        raise Unreadable("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise Unreadable(f"image too large: {w}x{h} = {w * h} pixels (limit {max_pixels})")
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            arr = _to_rgb(im)
+    except Unreadable:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise Unreadable(f"image too large (decompression bomb): {e}") from None
+    except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError…)
+        raise Unreadable(f"cannot decode image: {type(e).__name__}: {e}") from None
+    if min(arr.shape[:2]) < MIN_SIDE:
+        raise Unreadable(f"image too small: {arr.shape[1]}x{arr.shape[0]} (minimum side {MIN_SIDE})")
+    return arr
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if mode == "F" or a.max() > 65535:
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) / (hi - lo or 1.0) * 255.0
+        elif mode != "I" or a.max() > 255:
+            a = a / 257.0  # 16-bit → 8-bit
+        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.stack([g, g, g], axis=-1))
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def read_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image file (same decoder as uploads, so index and queries see the same pixels)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise Unreadable(f"cannot read file: {e.strerror or e}") from None
+    return decode(data, max_pixels)
+
+
+# ----------------------------------------------------------------------------- detect
+
+def _rect(box):
+    import dlib
+
+    l, t, r, b = (int(round(v)) for v in box)
+    return dlib.rectangle(l, t, r, b)
+
+
+def _box(rect) -> tuple[int, int, int, int]:
+    return (int(rect.left()), int(rect.top()), int(rect.right()), int(rect.bottom()))
+
+
+def _upsample_levels(img: np.ndarray) -> list[int]:
+    """0, 1, 2 upsamplings, smallest first, capped so the detector never sees > MAX_DETECT_PIXELS.
+
+    dlib's HOG window is 80×80 px, so a face in an 89×109 CelebA crop (~45 px) needs one
+    doubling; a 178×218 crop or a 500 px photo usually needs none.
+    """
+    h, w = img.shape[:2]
+    levels = [u for u in (0, 1, 2) if h * w * 4**u <= MAX_DETECT_PIXELS]
+    return levels or [0]
+
+
+def detect(img: np.ndarray, detector: str) -> list[tuple[int, int, int, int]]:
+    """All face boxes found by ``hog`` or ``cnn``, largest first.
+
+    Upsampling is automatic: the smallest level that finds a face wins, so small faces are found
+    without paying the upsampling cost on large photos.
+    """
+    if detector == "hog":
+        det = _dlib_obj("hog")
+        rects = []
+        for u in _upsample_levels(img):
+            rects = list(det(img, u))
+            if rects:
+                break
+    elif detector == "cnn":
+        det = _dlib_obj("cnn")
+        rects = []
+        for u in _upsample_levels(img)[:2]:  # MMOD finds ~40 px faces; it is slow on CPU
+            rects = [d.rect for d in det(img, u)]
+            if rects:
+                break
+    else:
+        raise ValueError(f"unknown detector {detector!r} (expected one of {DETECTORS})")
+    boxes = [_box(r) for r in rects]
+    boxes.sort(key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+    return boxes
+
+
+def landmarks(img: np.ndarray, box) -> np.ndarray:
+    """dlib's 5-point landmarks (eye corners and nose base) inside ``box``, as (5, 2) float32."""
+    shape = _dlib_obj("sp5")(img, _rect(box))
+    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+def box_from_landmarks(pts: np.ndarray) -> tuple[float, float, float, float]:
+    """The box HOG would have drawn around a face with these landmarks (fitted, see constants)."""
+    c = pts.mean(axis=0)
+    s = float(np.sqrt(((pts - c) ** 2).sum(axis=1).mean()))
+    cx, cy = c[0] + ALIGNED_REFINE["dx"] * s, c[1] + ALIGNED_REFINE["dy"] * s
+    half = ALIGNED_REFINE["side"] * s / 2
+    return (cx - half, cy - half, cx + half, cy + half)
+
+
+def refined_landmarks(img: np.ndarray, box) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """Landmarks from ``box``, then ``REFINE_PASSES`` times: box ← box_from_landmarks, landmarks again.
+
+    The 5-point predictor's output depends on its starting box, and detectors disagree on boxes
+    (HOG's are quantised by its scale pyramid; MMOD's have other proportions; aligned mode has no
+    detector at all). Iterating box → landmarks → box converges to (nearly) the same landmarks from
+    any reasonable start, so ``aligned``, ``hog`` and ``cnn`` agree on the same face. Measured on
+    celeba10k: 1 pass makes 68% of landmark sets identical between aligned and hog starts, 2 passes
+    76%, 3 passes 80% (``python scripts/fit_aligned.py``).
+    """
+    pts = landmarks(img, box)
+    for _ in range(REFINE_PASSES):
+        box = box_from_landmarks(pts)
+        pts = landmarks(img, box)
+    return tuple(int(round(v)) for v in box), pts  # type: ignore[return-value]
+
+
+def aligned_start_box(img: np.ndarray) -> tuple[float, float, float, float]:
+    """The fixed starting box of aligned mode: CelebA's median HOG box, relative to the image."""
+    h, w = img.shape[:2]
+    fl, ft, fr, fb = ALIGNED_INIT_BOX
+    return (fl * w, ft * h, fr * w, fb * h)
+
+
+def chip_from_landmarks(img: np.ndarray, pts: np.ndarray, size: int = CHIP_SIZE,
+                        padding: float = CHIP_PADDING) -> np.ndarray:
+    """dlib's aligned face chip (similarity transform from the 5 landmarks), as dlib computes it."""
+    import dlib
+
+    parts = [dlib.point(int(round(x)), int(round(y))) for x, y in pts]
+    rect = dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
+    shape = dlib.full_object_detection(rect, parts)
+    return np.asarray(dlib.get_face_chip(img, shape, size=size, padding=padding), dtype=np.uint8)
+
+
+def find_face(img: np.ndarray, detector: str) -> Face:
+    """Detect (or derive) the face, keep the largest, and cut its chip."""
+    h, w = img.shape[:2]
+    if detector == "aligned":
+        start, n = aligned_start_box(img), 1
+    else:
+        boxes = detect(img, detector)
+        if not boxes:
+            return Face("no_face", "no face detected", w, h, 0)
+        start, n = boxes[0], len(boxes)
+    box, pts = refined_landmarks(img, start)
+    chip = chip_from_landmarks(img, pts)
+    return Face("ok", "", w, h, n, tuple(int(v) for v in box), pts, chip)  # type: ignore[arg-type]
+
+
+def process_bytes(data: bytes, detector: str, max_pixels: int = MAX_PIXELS) -> Face:
+    """Bytes → :class:`Face`; bad input becomes a status, never an exception."""
+    try:
+        img = decode(data, max_pixels)
+    except Unreadable as e:
+        return Face("unreadable", str(e))
+    return find_face(img, detector)
+
+
+def process_file(path: str | Path, detector: str, max_pixels: int = MAX_PIXELS) -> Face:
+    try:
+        img = read_file(path, max_pixels)
+    except Unreadable as e:
+        return Face("unreadable", str(e))
+    return find_face(img, detector)
+
+
+# ----------------------------------------------------------------------------- embed
+
+class DlibEmbedder:
+    """dlib's own descriptor (reference implementation; one core, ~85 ms per chip)."""
+
+    name = "dlib"
+    device = "cpu"
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        if len(chips) == 0:
+            return np.zeros((0, 128), np.float32)
+        rec = _dlib_obj("rec")
+        out = rec.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
+        return np.asarray([np.asarray(v) for v in out], dtype=np.float32)
+
+
+def make_embedder(kind: str = "torch", device: str = "auto") -> Embedder:
+    """``torch`` (batched PyTorch port, exact parity, GPU when present) or ``dlib`` (reference)."""
+    if kind == "dlib":
+        if device == "cuda":
+            raise RuntimeError("--embedder dlib runs on the CPU only (dlib-bin has no CUDA)")
+        return DlibEmbedder()
+    if kind == "torch":
+        from .resnet import TorchEmbedder
+
+        return TorchEmbedder(device=device)
+    raise ValueError(f"unknown embedder {kind!r} (expected torch or dlib)")
