@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--verify", action="store_true", help="also check every file's sha256")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
     if args.cmd == "build":
         if args.dataset == "celeba" and args.identity_from_folders:

@@ -50,7 +50,7 @@ def semantic_calibration(desc: np.ndarray, idents: np.ndarray, k: int = 64, devi
                 if mine.any():
                     same[i] = exact[np.argmax(mine)]
     # Faces whose k nearest were all one kind: finish them exactly by brute force.
-    same_count = np.bincount(idents[known]) if known.any() else np.zeros(0, int)
+    same_count = np.bincount(idents[known], minlength=max(int(idents.max()), 0) + 1)
     todo_diff = np.where(known & np.isnan(diff))[0]
     todo_same = np.where(known & np.isnan(same) & (same_count[np.maximum(idents, 0)] > 1))[0]
     for i in np.union1d(todo_diff, todo_same):
