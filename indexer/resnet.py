@@ -28,6 +28,7 @@ import math
 import os
 import struct
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -332,7 +333,9 @@ def _read_trailer(r: _Reader, innermost: bool) -> None:
 
 def default_model_path() -> str:
     """Location of the .dat file shipped with ``face_recognition_models``."""
-    import face_recognition_models  # deferred: it imports pkg_resources and warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # face_recognition_models imports the deprecated pkg_resources
+        import face_recognition_models
 
     return face_recognition_models.face_recognition_model_location()
 
@@ -584,6 +587,8 @@ def _resolve_device(device: str) -> str:
 
 class TorchEmbedder:
     """Batched descriptor: same numbers as dlib.face_recognition_model_v1.compute_face_descriptor(chip)."""
+
+    name = "torch"
 
     def __init__(self, device: str = "cpu", batch_size: int = 64, threads: int | None = None) -> None:
         if batch_size < 1:
