@@ -57,6 +57,7 @@ def _chunk_params(cfg: BuildConfig) -> dict:
             "split": cfg.split, "limit": cfg.limit, "detector": cfg.detector, "embedder": cfg.embedder,
             "chunk_size": cfg.chunk_size, "identity_from_folders": cfg.identity_from_folders,
             "chip": [faces.CHIP_SIZE, faces.CHIP_PADDING], "pixel_size": pixels.PIXEL_SIZE,
+            "refine_passes": faces.REFINE_PASSES, "aligned": [faces.ALIGNED_INIT_BOX, faces.ALIGNED_REFINE],
             "models": faces.model_hashes()}
 
 
@@ -218,7 +219,8 @@ def build(cfg: BuildConfig) -> Path:
                      "landmarks": "dlib 5-point", "descriptor": "dlib_face_recognition_resnet_model_v1 (128-d)",
                      "pixel": {"size": pixels.PIXEL_SIZE, "dim": pixels.PIXEL_DIM,
                                "crop": "face chip (padding 0.25) box-averaged to size x size RGB uint8"},
-                     "aligned_init_box": list(faces.ALIGNED_INIT_BOX), "aligned_refine": faces.ALIGNED_REFINE},
+                     "refine_passes": faces.REFINE_PASSES, "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
+                     "aligned_refine": faces.ALIGNED_REFINE},
         "counts": counts,
         "faces": int(len(desc)),
         "identities_known": bool((idents >= 0).any()),

@@ -38,7 +38,7 @@ ALIGNED_INIT_BOX = (0.236, 0.4128, 0.7191, 0.8165)  # (l, t, r, b) as fractions 
 # box centre = landmark centroid + s·(dx, dy); box side = s·side, s = RMS distance of the
 # landmarks from their centroid.
 ALIGNED_REFINE = {"dx": -0.1063, "dy": 0.6973, "side": 4.1187}
-REFINE_PASSES = 2  # landmark refinement passes, in every detector mode (see refined_landmarks)
+REFINE_PASSES = 3  # landmark refinement passes, in every detector mode (see refined_landmarks)
 
 
 class Unreadable(Exception):
@@ -252,20 +252,23 @@ def box_from_landmarks(pts: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def refined_landmarks(img: np.ndarray, box) -> tuple[tuple[int, int, int, int], np.ndarray]:
-    """Landmarks from ``box``, then ``REFINE_PASSES`` times: box ← box_from_landmarks, landmarks again.
+    """Landmarks from ``box``, then ``REFINE_PASSES`` times: box ← box_from_landmarks, landmarks
+    again; the result is the mean of the last two landmark sets.
 
     The 5-point predictor's output depends on its starting box, and detectors disagree on boxes
     (HOG's are quantised by its scale pyramid; MMOD's have other proportions; aligned mode has no
-    detector at all). Iterating box → landmarks → box converges to (nearly) the same landmarks from
-    any reasonable start, so ``aligned``, ``hog`` and ``cnn`` agree on the same face. Measured on
-    celeba10k: 1 pass makes 68% of landmark sets identical between aligned and hog starts, 2 passes
-    76%, 3 passes 80% (``python scripts/fit_aligned.py``).
+    detector at all). Iterating box → landmarks → box converges to the same landmarks from any
+    reasonable start for most faces; the rest settle into a 2-cycle, which the final average
+    cancels. Measured on 600 celeba10k faces (landmark sets from a HOG start vs the aligned start):
+    identical for 77% after 2 plain passes, 84% with 3 passes + averaging (p90 of the max landmark
+    difference halves, 0.092 → 0.049 of the face radius).
     """
     pts = landmarks(img, box)
+    prev = pts
     for _ in range(REFINE_PASSES):
         box = box_from_landmarks(pts)
-        pts = landmarks(img, box)
-    return tuple(int(round(v)) for v in box), pts  # type: ignore[return-value]
+        prev, pts = pts, landmarks(img, box)
+    return tuple(int(round(v)) for v in box), (prev + pts) / 2  # type: ignore[return-value]
 
 
 def aligned_start_box(img: np.ndarray) -> tuple[float, float, float, float]:
