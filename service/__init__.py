@@ -1,0 +1,21 @@
+"""facemem's HTTP service: ``POST /neighbors`` and friends (see docs/service.md).
+
+``create_app`` is imported lazily so that face-detection worker processes, which import
+``service.api``, do not pay for Flask, torch or FAISS.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+__all__ = ["create_app"]
+
+
+def create_app(index_dir: Any, config: dict | None = None) -> "Flask":
+    """The app factory: loads the index once, read-only; ``config`` keys are in ``service.app.DEFAULTS``."""
+    from .app import create_app as _create_app
+
+    return _create_app(index_dir, config)

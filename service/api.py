@@ -1,0 +1,322 @@
+"""The body of ``POST /neighbors``, as plain functions: the HTTP route and the batch audit both call
+:func:`neighbors` (or :func:`neighbors_for_faces`), so both report identical numbers.
+
+Nothing here knows about Flask. Parameters are validated by :func:`parse_params`, which raises
+:class:`ApiError` (an HTTP status, a short code and a message for the user).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from typing import Any, Mapping
+
+import numpy as np
+
+from indexer import faces, pixels
+from indexer.store import FaceIndex
+
+from . import stats
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("semantic", "pixel")
+K_DEFAULT = 5
+K_MAX = 100
+DEFAULT_DETECTOR = "hog"
+PARAM_NAMES = ("k", "channels", "detector", "threshold", "false_match_rate")
+
+
+class ApiError(Exception):
+    """A request the service refuses: HTTP ``status``, machine-readable ``code``, human ``message``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+# ----------------------------------------------------------------------------- parameters
+
+@dataclass(frozen=True)
+class Params:
+    """Validated query parameters of ``POST /neighbors``."""
+
+    k: int = K_DEFAULT
+    channels: tuple[str, ...] = CHANNELS
+    detector: str = DEFAULT_DETECTOR
+    threshold: float | None = None
+    false_match_rate: float = stats.DEFAULT_FALSE_MATCH_RATE
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+
+def _single(args: Mapping[str, Any], name: str) -> Any:
+    """The one value of ``name``; repeating a parameter is an error (which one would win?)."""
+    if hasattr(args, "getlist"):
+        vals = args.getlist(name)
+        if len(vals) > 1:
+            raise ApiError(400, "bad_parameter", f"parameter {name!r} is given {len(vals)} times; give it once")
+        return vals[0]
+    return args[name]
+
+
+def _float(name: str, raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ApiError(400, "bad_parameter", f"{name} must be a number, got {raw!r}")
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "bad_parameter", f"{name} must be a number, got {str(raw)[:40]!r}") from None
+    if not math.isfinite(v):
+        raise ApiError(400, "bad_parameter", f"{name} must be finite, got {str(raw)[:40]!r}")
+    return v
+
+
+def parse_params(args: Mapping[str, Any]) -> Params:
+    """Validate ``k``, ``channels``, ``detector``, ``threshold``, ``false_match_rate``.
+
+    Accepts a query-string MultiDict (values are strings) or a plain dict from Python callers
+    (ints, floats, lists allowed). Unknown names, repeats and out-of-range values raise
+    :class:`ApiError` (400) with a message that says what is allowed.
+    """
+    unknown = sorted(set(args) - set(PARAM_NAMES))
+    if unknown:
+        raise ApiError(400, "unknown_parameter", f"unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                       f"allowed: {', '.join(PARAM_NAMES)}")
+    kw: dict[str, Any] = {}
+    if "k" in args:
+        raw = _single(args, "k")
+        if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit())):
+            raise ApiError(400, "bad_parameter", f"k must be an integer from 1 to {K_MAX}, got {str(raw)[:40]!r}")
+        k = int(raw)
+        if not 1 <= k <= K_MAX:
+            raise ApiError(400, "bad_parameter", f"k must be from 1 to {K_MAX}, got {k}")
+        kw["k"] = k
+    if "channels" in args:
+        raw = _single(args, "channels")
+        parts = raw.split(",") if isinstance(raw, str) else list(raw)
+        parts = [str(p).strip() for p in parts if str(p).strip()]
+        bad = [p for p in parts if p not in CHANNELS]
+        if bad or not parts:
+            raise ApiError(400, "bad_parameter", f"channels must be a comma-separated subset of "
+                           f"{','.join(CHANNELS)}, got {str(raw)[:60]!r}")
+        kw["channels"] = tuple(c for c in CHANNELS if c in parts)
+    if "detector" in args:
+        raw = _single(args, "detector")
+        if raw not in faces.DETECTORS:
+            raise ApiError(400, "bad_parameter", f"detector must be one of {', '.join(faces.DETECTORS)}, "
+                           f"got {str(raw)[:40]!r}")
+        kw["detector"] = raw
+    if "threshold" in args and "false_match_rate" in args:
+        raise ApiError(400, "bad_parameter", "give either threshold (a distance) or false_match_rate "
+                       "(to use the calibrated threshold), not both")
+    if "threshold" in args:
+        v = _float("threshold", _single(args, "threshold"))
+        if v <= 0:
+            raise ApiError(400, "bad_parameter", f"threshold must be a positive descriptor distance, got {v}")
+        kw["threshold"] = v
+    if "false_match_rate" in args:
+        v = _float("false_match_rate", _single(args, "false_match_rate"))
+        if not 0 < v < 1:
+            raise ApiError(400, "bad_parameter", f"false_match_rate must be in (0, 1), got {v}")
+        kw["false_match_rate"] = v
+    return Params(**kw)
+
+
+# ----------------------------------------------------------------------------- face detection
+
+def detect_one(data: bytes, detector: str, max_pixels: int = faces.MAX_PIXELS) -> faces.Face:
+    """The face pipeline on one upload; any failure becomes an ``unreadable`` status, never an error."""
+    try:
+        return faces.process_bytes(data, detector, max_pixels)
+    except Exception as e:  # a library error on a hostile or odd file must not fail the request
+        log.exception("face pipeline failed on an upload (%d bytes)", len(data))
+        return faces.Face("unreadable", f"face pipeline error: {type(e).__name__}: {str(e)[:200]}")
+
+
+def _warm(detector: str) -> bool:
+    """Worker initialiser: load the dlib models once per process, not on the first request."""
+    faces._dlib_obj("sp5")
+    if detector in ("hog", "cnn"):
+        faces._dlib_obj(detector)
+    return True
+
+
+class DetectPool:
+    """Face detection in worker processes.
+
+    dlib's detectors and landmark predictor hold the GIL, so threads do not run them in parallel:
+    a batch would pay one image's time per image, and concurrent requests would queue behind each
+    other. Worker processes run them in parallel; an image that crashes a worker costs that image
+    (status ``unreadable``), not the server. ``processes=0`` runs everything in the calling thread.
+    """
+
+    def __init__(self, processes: int | None = None):
+        self.processes = (os.cpu_count() or 1) if processes is None else int(processes)
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=get_context("spawn"))
+            return self._pool
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                log.warning("a face-detection worker died; starting a new pool")
+                broken.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
+    def start(self) -> None:
+        """Start the workers and load their models now (server start-up), not on the first request."""
+        if self.processes > 0:
+            pool = self._get()
+            for f in [pool.submit(_warm, "hog") for _ in range(self.processes)]:
+                f.result()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+    def run(self, datas: list[bytes], detector: str, max_pixels: int) -> list[faces.Face]:
+        if self.processes <= 0 or not datas:
+            return [detect_one(d, detector, max_pixels) for d in datas]
+        out: list[faces.Face | None] = [None] * len(datas)
+        pool = self._get()
+        try:
+            futs = [pool.submit(detect_one, d, detector, max_pixels) for d in datas]
+            for i, f in enumerate(futs):
+                try:
+                    out[i] = f.result()
+                except BrokenProcessPool:
+                    pass
+        except BrokenProcessPool:  # broken by another request before we submitted
+            pass
+        if any(o is None for o in out):
+            self._replace(pool)
+            # Retry the unfinished images one at a time, so the one that kills a worker is found.
+            for i, o in enumerate(out):
+                if o is None:
+                    pool = self._get()
+                    try:
+                        out[i] = pool.submit(detect_one, datas[i], detector, max_pixels).result()
+                    except BrokenProcessPool:
+                        self._replace(pool)
+                        out[i] = faces.Face("unreadable", "the face pipeline crashed on this image")
+        return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- the response
+
+def index_summary(index: FaceIndex) -> dict:
+    """What a response says about the index it searched (no server paths)."""
+    m = index.manifest
+    ds, pipe = m.get("dataset", {}), m.get("pipeline", {})
+    return {"faces": index.n_faces, "images": len(index.rows), "dataset": ds.get("kind"),
+            "split": ds.get("split"), "identities": ds.get("identities"),
+            "identities_known": bool(m.get("identities_known")), "detector": pipe.get("detector"),
+            "embedder": pipe.get("embedder"), "pixel_size": pipe.get("pixel", {}).get("size"),
+            "written_at": m.get("written_at")}
+
+
+_OBJ_REPR = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+
+
+def _image_entry(name: str, face: faces.Face) -> dict:
+    # Pillow's messages name the in-memory file by address; keep responses deterministic.
+    reason = _OBJ_REPR.sub("the upload", face.reason)
+    if face.ok and face.faces_found > 1:
+        reason = f"{face.faces_found} faces found; the largest is used"
+    return {"image": name, "status": face.status, "reason": reason, "faces_found": int(face.faces_found),
+            "box": list(face.box) if face.box is not None else None,
+            "image_size": [face.width, face.height] if face.width else None,
+            "semantic": [], "pixel": []}
+
+
+def neighbors_for_faces(searcher, named_faces: list[tuple[str, faces.Face]], params: Params,
+                        thresholds: stats.Thresholds | None = None) -> dict:
+    """Embed, search and summarise faces that went through the face pipeline already.
+
+    Every ok face is embedded in one batch (:meth:`Searcher.prepare`) and searched in one batched
+    call per channel, so a batch of 64 costs one forward pass, and a single image a batch of one.
+    """
+    t0 = time.perf_counter()
+    th = thresholds or stats.calibrate(searcher.index.calibration, params.false_match_rate, params.threshold)
+    queries = searcher.prepare(named_faces)
+    t_embed = time.perf_counter() - t0
+    entries = [_image_entry(q.name, q.face) for q in queries]
+    pos = [i for i, q in enumerate(queries) if q.face.ok]
+    names = [queries[i].name for i in pos]
+    desc = (np.stack([queries[i].descriptor for i in pos]) if pos else np.zeros((0, 128), np.float32))
+    pix = (np.stack([queries[i].pixel for i in pos]) if pos else np.zeros((0, pixels.PIXEL_DIM), np.uint8))
+    files, idents = searcher.files, searcher.identities
+    sem_top1 = pix_top1 = sem_train = pix_train = None
+    t1 = time.perf_counter()
+    if "semantic" in params.channels:
+        sd, si = searcher.semantic_search(desc, params.k)
+        for row, i in enumerate(pos):
+            entries[i]["semantic"] = [
+                {"rank": r + 1, "file": files[j], "identity": idents[j], "distance": float(sd[row, r]),
+                 "same_person": bool(sd[row, r] < th.identity)}
+                for r, j in enumerate(si[row]) if j >= 0]
+        sem_top1 = sd[:, 0] if pos else np.zeros(0)
+        sem_train = [{"file": files[j], "identity": idents[j]} for j in si[:, 0]] if pos else []
+    if "pixel" in params.channels:
+        pd, pi = searcher.pixel_search(pix, params.k)
+        for row, i in enumerate(pos):
+            entries[i]["pixel"] = [
+                {"rank": r + 1, "file": files[j], "identity": idents[j], "distance": int(pd[row, r]),
+                 "distance_per_value": float(pixels.normalised_l1(pd[row, r]))}
+                for r, j in enumerate(pi[row]) if j >= 0]
+        pix_top1 = pd[:, 0].astype(np.float64) if pos else np.zeros(0)
+        pix_train = [{"file": files[j], "identity": idents[j]} for j in pi[:, 0]] if pos else []
+    t_search = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    coll = stats.collisions(names, desc, pix, th, batch_size=len(queries), positions=pos)
+    mem = stats.memorization(names, sem_top1, sem_train, pix_top1, pix_train, th, pixels.PIXEL_DIM, positions=pos)
+    counts = {s: sum(q.face.status == s for q in queries) for s in faces.STATUSES}
+    return {
+        "images": entries,
+        "counts": counts,
+        "collisions": coll,
+        "memorization": mem,
+        "calibration": th.to_dict(pixels.PIXEL_DIM),
+        "index": index_summary(searcher.index),
+        "params": params.to_dict(),
+        "timing": {"embed_s": t_embed, "search_s": t_search, "stats_s": time.perf_counter() - t2},
+    }
+
+
+def neighbors(searcher, images: list[tuple[str, bytes]], params: Params | Mapping[str, Any] | None = None,
+              pool: DetectPool | None = None, max_pixels: int = faces.MAX_PIXELS,
+              thresholds: stats.Thresholds | None = None) -> dict:
+    """The exact JSON body of ``POST /neighbors`` for ``images`` = [(name, bytes)] in upload order.
+
+    ``params`` may be a :class:`Params` or a raw mapping (validated here). Face detection runs in
+    ``pool`` when given (parallel worker processes), else in this thread.
+    """
+    if not isinstance(params, Params):
+        params = parse_params(params or {})
+    t0 = time.perf_counter()
+    datas = [d for _, d in images]
+    found = pool.run(datas, params.detector, max_pixels) if pool else [detect_one(d, params.detector, max_pixels)
+                                                                       for d in datas]
+    t_detect = time.perf_counter() - t0
+    body = neighbors_for_faces(searcher, [(n, f) for (n, _), f in zip(images, found)], params, thresholds)
+    body["timing"] = {"detect_s": t_detect, **body["timing"], "total_s": time.perf_counter() - t0}
+    return body

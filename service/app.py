@@ -1,0 +1,320 @@
+"""The Flask application: routes, limits, authentication and JSON errors.
+
+The index is loaded once, read-only, into a :class:`~service.search.Searcher` that all request
+threads share. Every error leaves as JSON ``{"error": code, "message": text}``: bad input is a 4xx
+or a per-image status, never a 500. The route bodies are thin; the work is in :mod:`service.api`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import binascii
+import hmac
+import io
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from indexer import faces
+from indexer.store import FaceIndex, load_index
+
+from . import api, stats
+from .search import Searcher
+
+log = logging.getLogger(__name__)
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+
+# Defaults, also documented in docs/service.md and `python -m service --help`.
+DEFAULTS: dict[str, Any] = {
+    "token": None,  # bearer token; None = no authentication (loopback use)
+    "max_files": 64,  # images per request
+    "max_request_mb": 64.0,  # whole request body, MiB
+    "max_pixels": faces.MAX_PIXELS,  # per image, checked from the header before decoding
+    "device": "auto",
+    "embedder": "torch",
+    "detect_processes": None,  # face-detection worker processes; None = one per core, 0 = in-thread
+    "thumbnail_max": 1024,  # largest ?size= for /images
+}
+THUMB_DEFAULT = 256
+
+
+@dataclass
+class ServiceState:
+    """Everything the routes share; read-only after start-up except the counters."""
+
+    index: FaceIndex
+    searcher: Searcher
+    config: dict
+    pool: api.DetectPool
+    default_thresholds: stats.Thresholds
+    face_files: dict[str, int]
+    openapi: dict
+    started: float = field(default_factory=time.time)
+    requests: int = 0
+    internal_errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, attr: str) -> None:
+        with self.lock:
+            setattr(self, attr, getattr(self, attr) + 1)
+
+
+def _state() -> ServiceState:
+    from flask import current_app
+
+    return current_app.extensions["facemem"]
+
+
+def error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
+    resp = jsonify({"error": code, "message": message})
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def _no_params(allowed: tuple[str, ...] = ()) -> None:
+    unknown = sorted(set(request.args) - set(allowed))
+    if unknown:
+        allowed_txt = f"allowed: {', '.join(allowed)}" if allowed else "this route takes no parameters"
+        raise api.ApiError(400, "unknown_parameter", f"unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                           f"{allowed_txt}")
+
+
+def image_path(index: FaceIndex, file: str) -> Path:
+    """Where a row's file lives: ``<root>/img_align_celeba/<file>`` for CelebA, ``<root>/<file>`` for a folder."""
+    root = index.dataset_root
+    if index.manifest.get("dataset", {}).get("kind") == "celeba":
+        return root / "img_align_celeba" / file
+    return root / file
+
+
+# ----------------------------------------------------------------------------- request reading
+
+def read_images(max_files: int) -> list[tuple[str, bytes]]:
+    """The uploaded images, in upload order: multipart ``images`` files, or JSON with base64."""
+    mt = request.mimetype
+    if not mt and not request.content_length:
+        raise api.ApiError(400, "missing_images", "no images: send multipart/form-data with one or more "
+                           "files under the field 'images'")
+    if mt == "multipart/form-data":
+        files = request.files  # parsing here may raise 413 (MAX_CONTENT_LENGTH / MAX_FORM_PARTS)
+        ups = files.getlist("images")
+        fields = sorted(set(files) | set(request.form))
+        if not ups:
+            got = f" (got field(s) {', '.join(map(repr, fields))})" if fields else ""
+            raise api.ApiError(400, "missing_images", f"no files under the multipart field 'images'{got}")
+        other = sorted(set(files) - {"images"})
+        if other:
+            raise api.ApiError(400, "unexpected_field", f"files must be sent under the field 'images', "
+                               f"got field(s) {', '.join(map(repr, other))}")
+        if request.form:
+            names = sorted(request.form)
+            hint = "send images as file parts" if "images" in names else "parameters go in the query string"
+            raise api.ApiError(400, "unexpected_field", f"unexpected form field(s) {', '.join(map(repr, names))}; "
+                               f"{hint}")
+        if len(ups) > max_files:
+            raise api.ApiError(413, "too_many_files", f"{len(ups)} files; at most {max_files} per request "
+                               f"(server option --max-files)")
+        return [(u.filename or f"image-{i + 1}", u.read()) for i, u in enumerate(ups)]
+    if mt == "application/json":
+        body = request.get_json(silent=True)  # size limited by MAX_CONTENT_LENGTH
+        if not isinstance(body, dict):
+            raise api.ApiError(400, "bad_json", "the body is not a JSON object")
+        if set(body) - {"images"}:
+            raise api.ApiError(400, "unexpected_field", f"unexpected key(s) {sorted(set(body) - {'images'})}; "
+                               f"expected only 'images'; parameters go in the query string")
+        items = body.get("images")
+        if not isinstance(items, list) or not items:
+            raise api.ApiError(400, "missing_images", "'images' must be a non-empty list of "
+                               "{\"name\": str, \"data\": base64 str}")
+        if len(items) > max_files:
+            raise api.ApiError(413, "too_many_files", f"{len(items)} images; at most {max_files} per request "
+                               f"(server option --max-files)")
+        out = []
+        for i, it in enumerate(items):
+            if not isinstance(it, dict) or not isinstance(it.get("data"), str) or set(it) - {"name", "data"} \
+                    or not isinstance(it.get("name", ""), str):
+                raise api.ApiError(400, "bad_json", f"images[{i}] must be {{\"name\": str, \"data\": base64 str}}")
+            try:
+                data = base64.b64decode(it["data"], validate=True)
+            except (binascii.Error, ValueError):
+                raise api.ApiError(400, "bad_base64", f"images[{i}].data is not valid base64") from None
+            out.append((it.get("name") or f"image-{i + 1}", data))
+        return out
+    raise api.ApiError(415, "unsupported_media_type", f"send multipart/form-data with files under 'images' "
+                       f"(or application/json with base64 images), not {mt or 'no content type'!r}")
+
+
+# ----------------------------------------------------------------------------- the app
+
+def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flask:
+    """Load the index once and build the app. ``config`` keys: see :data:`DEFAULTS`."""
+    unknown = set(config or {}) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **(config or {})}
+    if cfg["token"] is None and os.environ.get("FACEMEM_TOKEN"):
+        cfg["token"] = os.environ["FACEMEM_TOKEN"]
+    if int(cfg["max_files"]) < 1 or float(cfg["max_request_mb"]) <= 0:
+        raise ValueError("max_files must be >= 1 and max_request_mb > 0")
+    t0 = time.perf_counter()
+    index = load_index(Path(index_dir))
+    searcher = Searcher(index, device=cfg["device"], embedder=cfg["embedder"])
+    pool = api.DetectPool(cfg["detect_processes"])
+    state = ServiceState(
+        index=index, searcher=searcher, config=cfg, pool=pool,
+        default_thresholds=stats.calibrate(index.calibration),
+        face_files={f: i for i, f in enumerate(searcher.files)},
+        openapi=json.loads(OPENAPI_PATH.read_text()),
+    )
+    log.info("index %s loaded: %d faces, device %s (%.1f s)", index_dir, index.n_faces, searcher.device,
+             time.perf_counter() - t0)
+
+    app = Flask("facemem")
+    app.config["MAX_CONTENT_LENGTH"] = int(float(cfg["max_request_mb"]) * 1024 * 1024)
+    # Werkzeug's multipart part cap: a backstop above max_files, so the count check gives the message.
+    app.config["MAX_FORM_PARTS"] = max(1000, 2 * int(cfg["max_files"]) + 16)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.merge_slashes = False  # paths are taken literally (no redirects on '//' in file names)
+    app.extensions["facemem"] = state
+    atexit.register(pool.close)
+    _register(app)
+    return app
+
+
+def _register(app: Flask) -> None:
+    @app.before_request
+    def _auth() -> Response | None:
+        st = _state()
+        st.count("requests")
+        g.t0 = time.perf_counter()
+        token = st.config["token"]
+        if token and request.endpoint != "healthz":
+            got = request.headers.get("Authorization", "")
+            ok = got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip().encode(), token.encode())
+            if not ok:
+                return error(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)",
+                             {"WWW-Authenticate": 'Bearer realm="facemem"'})
+        return None
+
+    @app.after_request
+    def _log(resp: Response) -> Response:
+        dt = time.perf_counter() - g.get("t0", time.perf_counter())
+        log.info("%s %s -> %d (%.0f ms)", request.method, request.path, resp.status_code, dt * 1000)
+        return resp
+
+    @app.errorhandler(api.ApiError)
+    def _api_error(e: api.ApiError) -> Response:
+        return error(e.status, e.code, e.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        code = (e.name or "error").lower().replace(" ", "_")
+        msg = e.description or ""
+        if e.code == 413:
+            st = _state()
+            code = "request_too_large"
+            msg = (f"request too large: the limit is {st.config['max_request_mb']:g} MiB per request and "
+                   f"{st.config['max_files']} files (server options --max-request-mb, --max-files)")
+        headers = {}
+        if e.code == 405 and e.valid_methods:  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
+        return error(e.code or 500, code, msg, headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> Response:
+        # Last resort only: the tests send every kind of bad input and require that none gets here.
+        _state().count("internal_errors")
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error(500, "internal_error", f"internal error ({type(e).__name__}); see the server log")
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        _no_params()
+        st = _state()
+        return jsonify({"status": "ok", "faces": st.index.n_faces, "uptime_s": time.time() - st.started,
+                        "requests": st.requests, "internal_errors": st.internal_errors})
+
+    @app.get("/v1/index")
+    def index_info() -> Response:
+        _no_params()
+        st = _state()
+        m = st.index.manifest
+        ds = {k: v for k, v in m.get("dataset", {}).items() if k != "root"}  # no server paths
+        return jsonify({
+            "summary": api.index_summary(st.index),
+            "dataset": ds,
+            "counts": m.get("counts", {}),
+            "pipeline": m.get("pipeline", {}),
+            "build": m.get("build", {}),
+            "format_version": m.get("format_version"),
+            "written_at": m.get("written_at"),
+            "model_sha256": m.get("model_sha256", {}),
+            "libraries": m.get("libraries", {}),
+            "calibration": st.default_thresholds.to_dict(st.searcher.index.pixels.shape[1]),
+            "limits": {"max_files": st.config["max_files"], "max_request_mb": st.config["max_request_mb"],
+                       "max_pixels": st.config["max_pixels"], "k_max": api.K_MAX},
+            "device": st.searcher.device,
+        })
+
+    @app.post("/neighbors")
+    def neighbors() -> Response:
+        st = _state()
+        params = api.parse_params(request.args)
+        images = read_images(int(st.config["max_files"]))
+        default = params.threshold is None and params.false_match_rate == stats.DEFAULT_FALSE_MATCH_RATE
+        thresholds = st.default_thresholds if default else None  # else calibrated per request (< 1 ms)
+        body = api.neighbors(st.searcher, images, params, pool=st.pool, max_pixels=int(st.config["max_pixels"]),
+                             thresholds=thresholds)
+        return jsonify(body)
+
+    @app.get("/images/<path:file>")
+    def image(file: str) -> Response:
+        _no_params(("size",))
+        st = _state()
+        size = THUMB_DEFAULT
+        if "size" in request.args:
+            raw = request.args["size"]
+            if not raw.isdigit() or not 16 <= int(raw) <= st.config["thumbnail_max"]:
+                raise api.ApiError(400, "bad_parameter", f"size must be an integer from 16 to "
+                                   f"{st.config['thumbnail_max']}, got {raw[:40]!r}")
+            size = int(raw)
+        if file not in st.face_files:  # only indexed faces; anything else never touches the disk
+            raise api.ApiError(404, "not_found", f"{file!r} is not a face in this index")
+        root = st.index.dataset_root.resolve()
+        try:
+            path = image_path(st.index, file).resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise api.ApiError(404, "not_found", f"{file!r} is in the index but not on disk") from None
+        if not path.is_relative_to(root) or not path.is_file():
+            log.warning("refusing %s: resolves outside the dataset root", file)
+            raise api.ApiError(404, "not_found", f"{file!r} is not available")
+        try:
+            arr = faces.read_file(path, int(st.config["max_pixels"]))
+        except faces.Unreadable as e:
+            raise api.ApiError(404, "not_found", f"{file!r} cannot be read: {e}") from None
+        from PIL import Image
+
+        im = Image.fromarray(arr)
+        im.thumbnail((size, size), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        resp = Response(buf.getvalue(), mimetype="image/jpeg")
+        resp.headers["Cache-Control"] = "public, max-age=86400"
+        return resp
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        _no_params()
+        return jsonify(_state().openapi)

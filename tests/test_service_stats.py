@@ -1,0 +1,127 @@
+"""service.stats: the formulas, checked against independent computations (no index needed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from service import stats
+
+
+def _calib(rng, n=2000, with_ids=True):
+    null = rng.normal(0.6, 0.05, n).astype(np.float32)
+    same = rng.normal(0.4, 0.06, n).astype(np.float32)
+    same[::3] = np.nan  # identities with one photo
+    loo = np.minimum(null, np.nan_to_num(same, nan=9)).astype(np.float32)
+    if not with_ids:
+        null[:] = np.nan
+        same[:] = np.nan
+    return {"sem_loo": loo, "sem_diff_id": null, "sem_same_id": same,
+            "pix_loo": rng.integers(100_000, 900_000, 500).astype(np.float64), "pix_loo_rows": np.arange(500)}
+
+
+def test_calibrate_with_identities_uses_null_quantile_and_reports_recall():
+    c = _calib(np.random.default_rng(0))
+    th = stats.calibrate(c, false_match_rate=0.02)
+    null = c["sem_diff_id"].astype(np.float64)
+    same = c["sem_same_id"][np.isfinite(c["sem_same_id"])].astype(np.float64)
+    assert th.source == "identities" and th.false_match_rate == 0.02
+    assert th.identity == pytest.approx(np.quantile(null, 0.02))
+    assert abs(th.expected_false_match_rate - 0.02) < 1.5 / len(null)
+    assert th.expected_recall == pytest.approx(np.mean(same < th.identity))
+    assert th.semantic_copy == pytest.approx(np.percentile(c["sem_loo"].astype(np.float64), 1))
+    assert th.pixel_copy == pytest.approx(np.percentile(c["pix_loo"], 1))
+    assert th.same_identity_samples == len(same)
+
+
+def test_calibrate_without_identities_falls_back_to_leave_one_out_and_says_so():
+    c = _calib(np.random.default_rng(1), with_ids=False)
+    th = stats.calibrate(c)
+    assert th.source == "leave_one_out"
+    assert th.identity == pytest.approx(np.quantile(c["sem_loo"].astype(np.float64), 0.01))
+    assert th.expected_false_match_rate is None and th.expected_recall is None
+    assert "no identities" in th.note
+
+
+def test_calibrate_user_threshold_still_reports_rates_at_it():
+    c = _calib(np.random.default_rng(2))
+    th = stats.calibrate(c, threshold=0.5)
+    assert th.source == "user" and th.identity == 0.5 and th.false_match_rate is None
+    assert th.expected_false_match_rate == pytest.approx(np.mean(c["sem_diff_id"] < 0.5))
+    with pytest.raises(ValueError):
+        stats.calibrate(c, threshold=-1)
+    with pytest.raises(ValueError):
+        stats.calibrate(c, false_match_rate=1.5)
+
+
+def test_garwood_interval_matches_the_published_table():
+    # Garwood (1936) exact 95% limits: c=0 -> [0, 3.689], c=1 -> [0.0253, 5.572], c=10 -> [4.795, 18.39]
+    assert stats.poisson_interval(0) == pytest.approx((0.0, 3.689), abs=1e-3)
+    assert stats.poisson_interval(1) == pytest.approx((0.0253, 5.572), abs=1e-3)
+    assert stats.poisson_interval(10) == pytest.approx((4.795, 18.39), abs=1e-2)
+
+
+def test_support_estimate_formulas():
+    s = 100
+    pairs = s * (s - 1) / 2
+    est = stats.support_estimate(s, 5)
+    assert est["support_estimate"] == pytest.approx(pairs / 5)
+    lo, hi = stats.poisson_interval(5)
+    assert est["support_interval"] == pytest.approx([pairs / hi, pairs / lo])
+    assert est["support_interval"][0] < est["support_estimate"] < est["support_interval"][1]
+    zero = stats.support_estimate(s, 0)
+    assert zero["support_estimate"] is None and zero["support_interval"] is None
+    assert zero["support_lower_bound"] == pytest.approx(pairs / -math.log(0.05))
+    assert -math.log(0.05) == pytest.approx(sps.chi2.ppf(0.95, 2) / 2)
+    assert stats.support_estimate(1, 0)["support_lower_bound"] is None
+
+
+def test_support_estimate_recovers_a_known_support_by_simulation():
+    """Sample s faces uniformly from M: the interval covers M in about 95% of batches."""
+    rng = np.random.default_rng(3)
+    m, s, covered, trials = 5000, 300, 0, 400
+    for _ in range(trials):
+        x = rng.integers(0, m, s)
+        _, counts = np.unique(x, return_counts=True)
+        c = int((counts * (counts - 1) // 2).sum())
+        est = stats.support_estimate(s, c)
+        if c == 0:
+            covered += est["support_lower_bound"] <= m
+        else:
+            lo, hi = est["support_interval"]
+            covered += lo <= m <= hi
+    assert 0.90 <= covered / trials <= 0.995
+
+
+def test_close_pairs_is_exact_in_both_metrics():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (600, 48)).astype(np.uint8)  # > one block of 256 rows
+    x[10] = x[400]
+    x[20] = np.clip(x[500].astype(int) + 1, 0, 255)
+    d1 = np.abs(x[:, None, :].astype(int) - x[None, :, :]).sum(-1)
+    thr = 60
+    want = sorted((i, j) for i, j in zip(*np.nonzero(d1 < thr)) if i < j)
+    got = stats.close_pairs(x, thr, "cityblock")
+    assert [(i, j) for i, j, _ in got] == want and (10, 400) in want
+    assert all(d == d1[i, j] for i, j, d in got)
+    y = rng.normal(size=(300, 8))
+    d2 = np.linalg.norm(y[:, None] - y[None], axis=-1)
+    want2 = sorted((i, j) for i, j in zip(*np.nonzero(d2 < 1.0)) if i < j)
+    assert [(i, j) for i, j, _ in stats.close_pairs(y, 1.0, "euclidean")] == want2
+
+
+def test_memorization_shares_and_p_value():
+    th = stats.calibrate(_calib(np.random.default_rng(5)))
+    top1 = np.array([th.identity / 2, th.identity * 2, th.identity * 0.99, 5.0])
+    train = [{"file": f"f{i}.jpg", "identity": str(i)} for i in range(4)]
+    m = stats.memorization([f"q{i}" for i in range(4)], top1, train, None, None, th, 12288, positions=[0, 2, 3, 5])
+    assert m["same_person"]["count"] == 2 and m["same_person"]["share"] == 0.5
+    assert m["same_person"]["p_value_vs_strangers"] == pytest.approx(
+        sps.binomtest(2, 4, th.expected_false_match_rate, alternative="greater").pvalue)
+    assert m["likely_copies"]["pixel"] is None
+    sem = m["likely_copies"]["semantic"]
+    assert sem["count"] == int(np.sum(top1 < th.semantic_copy))
+    assert [c["index"] for c in m["suspected_copies"]] == [p for p, d in zip([0, 2, 3, 5], top1) if d < th.semantic_copy]
