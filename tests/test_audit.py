@@ -1,0 +1,437 @@
+"""The batch audit: real PGGAN faces and the real DCGAN against the real celeba10k index, rendered in
+headless Chromium. Nothing is mocked; expected values come from the service itself
+(``service.api.neighbors`` in-process and a live server), never from constants."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CELEBA10K, DATA, REPO
+
+log = logging.getLogger(__name__)
+
+PGGAN = DATA / "generated" / "pggan_celebahq"
+DCGAN_CKPT = DATA / "generated" / "dcgan32_celeba" / "checkpoint_G.pth"
+DCGAN_SPEC = f"dcgan32:{DCGAN_CKPT}"
+AUDIT = [sys.executable, str(REPO / "scripts" / "audit.py")]
+SECTION_IDS = ("summary", "nn-grid", "calibration", "birthday", "identities", "distribution")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+TOKEN = "audit-test-token"
+N_PGGAN = 20  # PGGAN images in the folder test (plus planted files)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def run_audit(args: list[str], timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.perf_counter()
+    p = subprocess.run(AUDIT + args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    dt = time.perf_counter() - t0
+    log.info("audit %s: rc=%d in %.1f s\n%s", " ".join(args[:4]), p.returncode, dt, p.stdout[-500:])
+    return p, dt
+
+
+def report_data(path: Path) -> dict:
+    html = path.read_text(encoding="utf-8")
+    m = re.search(r'<script type="application/json" id="facemem-data">(.*?)</script>', html, re.S)
+    assert m, "no machine-readable JSON block in the report"
+    return json.loads(m.group(1))
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        pytest.fail("chromium is not installed: run `make system-deps` (apt-get install chromium)")
+    return exe
+
+
+def render(report: Path, tmp: Path, height: int = 2400) -> tuple[str, np.ndarray]:
+    """Open a copy of the report in headless Chromium; return the DOM after load and a screenshot.
+
+    The copy gets one probe script that, on load, records how many <img> decoded (complete and
+    naturalWidth > 0) on <body>; the report itself carries no script."""
+    probe = tmp / f"probe-{report.stem}.html"
+    js = ('<script>window.addEventListener("load",()=>{const im=[...document.images];'
+          'document.body.setAttribute("data-images",im.length);'
+          'document.body.setAttribute("data-images-ok",im.filter(i=>i.complete&&i.naturalWidth>0).length)})'
+          '</script></body>')
+    probe.write_text(report.read_text(encoding="utf-8").replace("</body>", js, 1), encoding="utf-8")
+    exe = chromium()
+    profile = tmp / f"chromium-profile-{report.stem}"
+    url = probe.resolve().as_uri()
+    dom = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    png = tmp / f"{report.stem}.png"
+    subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
+                    f"--window-size=1300,{height}", report.resolve().as_uri()],
+                   capture_output=True, text=True, timeout=120)
+    assert png.is_file(), "chromium wrote no screenshot"
+    shot = np.asarray(Image.open(png).convert("RGB"), dtype=np.float64)
+    keep = REPO / "build" / "audit-screenshots"
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copy(png, keep / png.name)  # for people to look at
+    return dom, shot
+
+
+def assert_renders(report: Path, tmp: Path, min_images: int) -> dict:
+    """Sections, inline images that decode, plots, offline-only references, a non-blank screenshot."""
+    html = report.read_text(encoding="utf-8")
+    # Offline: every src is a data: URI, every href an in-page anchor, no stylesheet/font/import.
+    srcs = re.findall(r'\ssrc="([^"]*)"', html)
+    assert srcs and all(s.startswith("data:image/") for s in srcs), [s[:40] for s in srcs if not s.startswith("data:")]
+    assert all(h.startswith("#") for h in re.findall(r'\shref="([^"]*)"', html))
+    assert "<link" not in html and "@import" not in html and "url(" not in html
+    dom, shot = render(report, tmp)
+    for sid in SECTION_IDS:
+        assert f'id="{sid}"' in dom, f"section {sid} missing from the rendered DOM"
+    m = re.search(r'<body data-images="(\d+)" data-images-ok="(\d+)"', dom)
+    assert m, "the load probe did not run"
+    n_img, n_ok = int(m.group(1)), int(m.group(2))
+    assert n_img == n_ok, f"{n_img - n_ok} of {n_img} images did not decode"
+    assert n_img >= min_images
+    n_plots = len(re.findall(r'<img class="plot" src="data:image/png;base64,', dom))
+    assert n_plots >= 4, f"{n_plots} plots"
+    # Not blank: real variation, many colours (photos), and dark text on the light page.
+    assert shot.std() > 20, shot.std()
+    assert len(np.unique(shot.reshape(-1, 3)[::7], axis=0)) > 2000
+    return {"images": n_img, "plots": n_plots, "screenshot_std": float(shot.std())}
+
+
+def strip_timing(resp: dict) -> dict:
+    return {k: v for k, v in resp.items() if k != "timing"}
+
+
+def jsonify(x):
+    """What a value looks like after the report's JSON round trip."""
+    return json.loads(json.dumps(x))
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def searcher(full_index):
+    from service.search import Searcher
+
+    return Searcher(full_index, device="cpu")
+
+
+TRAIN_FILE = "000123.jpg"  # a celeba10k image planted among the generated ones
+
+
+@pytest.fixture(scope="module")
+def pggan_folder(tmp_path_factory) -> Path:
+    """A subset of the real PGGAN faces, plus planted cases whose answer is known from first
+    principles: a training image (an exact copy: rank 1, distance 0 in both channels), a second copy
+    of one PGGAN face under another name (a pair at distance 0), and a truncated JPEG."""
+    d = tmp_path_factory.mktemp("pggan")
+    files = sorted(PGGAN.glob("*.jpg"))[:N_PGGAN]
+    for f in files:
+        (d / f.name).symlink_to(f)
+    shutil.copy(files[3], d / ("dup_of_" + files[3].name))
+    shutil.copy(CELEBA10K / "img_align_celeba" / TRAIN_FILE, d / ("train_copy_" + TRAIN_FILE))
+    (d / "broken.jpg").write_bytes(files[0].read_bytes()[:2000])
+    return d
+
+
+def planted_pair(folder: Path) -> set[str]:
+    dup = next(folder.glob("dup_of_*"))
+    return {dup.name, dup.name[len("dup_of_"):]}
+
+
+@pytest.fixture(scope="module")
+def pggan_report(full_index_dir, pggan_folder, tmp_path_factory) -> tuple[Path, float, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("reports") / "pggan.html"
+    p, dt = run_audit(["--generated", str(pggan_folder), "--index", str(full_index_dir), "--out", str(out),
+                       "--detector", "aligned", "--batch-sizes", "4,8,16", "--trials", "12", "--seed", "3",
+                       "--grid-expanded", "8"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out, dt, p
+
+
+@pytest.fixture(scope="module")
+def live_server(full_index_dir):
+    """``python -m service`` on a free loopback port with a token; stopped at the end."""
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--index", str(full_index_dir), "--port", str(port),
+                             "--token", TOKEN, "--log-level", "WARNING"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stdout.read()[-2000:]}")
+            try:
+                if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            pytest.fail("server did not become healthy in 120 s")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ----------------------------------------------------------------------------- folder (PGGAN)
+
+def test_pggan_report_renders_and_flags_the_planted_copies(pggan_report, pggan_folder, tmp_path):
+    out, dt, p = pggan_report
+    data = report_data(out)
+    n_files = N_PGGAN + 3
+    assert data["summary"]["images"] == n_files
+    assert data["summary"]["counts"]["unreadable"] == 1  # broken.jpg
+    assert "auditing" in p.stderr  # the progress bar
+    # The training image is found as itself in both channels and flagged as a copy; it leads the grid.
+    planted = "train_copy_" + TRAIN_FILE
+    entry = next(e for e in data["neighbors"]["images"] if e["image"] == planted)
+    assert entry["semantic"][0]["file"] == TRAIN_FILE and entry["semantic"][0]["distance"] < 1e-6
+    assert entry["pixel"][0]["file"] == TRAIN_FILE and entry["pixel"][0]["distance"] == 0
+    copies = {(c["image"], c["channel"]) for c in data["memorization"]["suspected_copies"]}
+    assert {(planted, "semantic"), (planted, "pixel")} <= copies
+    assert data["grid"]["rows"][0]["image"] == planted
+    assert data["identities"]["top"][0]["train_files"][0] == TRAIN_FILE  # its identity leads section 5
+    # The duplicated PGGAN face is the batch's most similar pair, in both channels.
+    top = data["birthday"]["top_pairs"][0]
+    assert {top["a"], top["b"]} == planted_pair(pggan_folder) and top["distance"] < 1e-6
+    assert top["same_person"] and top["pixel_duplicate"]
+    assert planted_pair(pggan_folder) in [{q["a"], q["b"]} for q in data["collisions"]["semantic"]["pairs"]]
+    # Folder trials: subsets without replacement, and the report says so.
+    assert "without replacement" in data["birthday"]["protocol"]
+    rows = data["birthday"]["rows"]
+    assert [r["s"] for r in rows] == [4, 8, 16] and all(r["trials"] == 12 for r in rows)
+    for r in rows:
+        assert all(len(set(sub)) == r["s"] for sub in r["subsets"])
+        assert r["semantic"]["with_collision"] == sum(c > 0 for c in r["semantic"]["pairs"])
+    assert "not comparable with published FID" in out.read_text()
+    stats = assert_renders(out, tmp_path, min_images=2 * N_PGGAN)
+    log.info("pggan report: %.1f s, %s", dt, stats)
+
+
+def test_pggan_report_equals_the_service_in_process(pggan_report, pggan_folder, searcher):
+    """Same images through service.api.neighbors in one call: identical per-image entries,
+    memorization, calibration, and collisions (the report's batch is the whole folder here)."""
+    from scripts.generators import FolderSource
+    from service import api
+
+    out, _, _ = pggan_report
+    data = report_data(out)
+    src = FolderSource.open(pggan_folder)
+    images = src.read(list(range(len(src.files))))
+    resp = jsonify(api.neighbors(searcher, images, {"k": 5, "detector": "aligned"}))
+    assert data["neighbors"]["images"] == resp["images"]
+    assert data["memorization"] == resp["memorization"]
+    assert data["calibration"] == resp["calibration"]
+    assert data["params"] == resp["params"]
+    for ch in ("semantic", "pixel"):
+        assert data["collisions"][ch] == resp["collisions"][ch], ch
+    # A folder trial's count is what the service reports when that very subset is posted: check
+    # trials with and without a collision.
+    rows = data["birthday"]["rows"]
+    trials = [(r, t) for r in rows for t in range(r["trials"])]
+    hit = [x for x in trials if x[0]["semantic"]["pairs"][x[1]] > 0][:2]
+    miss = [x for x in trials if x[0]["semantic"]["pairs"][x[1]] == 0][-1:]
+    assert hit and miss
+    for r, t in hit + miss:
+        sub = r["subsets"][t]
+        c = api.neighbors(searcher, [images[i] for i in sub], {"k": 1, "detector": "aligned"})["collisions"]
+        assert c["semantic"]["colliding_pairs"] == r["semantic"]["pairs"][t]
+        assert c["pixel"]["colliding_pairs"] == r["pixel"]["pairs"][t]
+
+
+# ----------------------------------------------------------------------------- server mode
+
+def test_server_mode_gives_the_same_numbers_as_in_process(live_server, full_index_dir, pggan_folder, tmp_path):
+    import requests
+
+    common = ["--generated", str(pggan_folder), "--n", "10", "--seed", "5", "--detector", "aligned",
+              "--batch-sizes", "4,8", "--trials", "6", "--chunk", "4", "--pairs-max", "10", "--no-progress"]
+    srv, loc = tmp_path / "server.html", tmp_path / "local.html"
+    p1, t_srv = run_audit(common + ["--server", live_server, "--token", TOKEN, "--out", str(srv)])
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    p2, t_loc = run_audit(common + ["--index", str(full_index_dir), "--out", str(loc)])
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    a, b = report_data(srv), report_data(loc)
+    for key in ("summary", "neighbors", "memorization", "collisions", "birthday", "grid", "identities",
+                "calibration", "params"):
+        assert a[key] == b[key], key
+    # And the report's entries are exactly what POST /neighbors answers for the same requests
+    # (chunks of 4, as the audit sent them).
+    from scripts.generators import FolderSource
+
+    src = FolderSource.open(pggan_folder)
+    by_name = dict(zip(src.names(), range(len(src.files))))
+    names = [e["image"] for e in a["neighbors"]["images"]]
+    posted = []
+    for i in range(0, len(names), 4):
+        imgs = src.read([by_name[n] for n in names[i:i + 4]])
+        r = requests.post(live_server + "/neighbors", params={"detector": "aligned", "k": "5"},
+                          files=[("images", (n, d, "application/octet-stream")) for n, d in imgs],
+                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
+        assert r.status_code == 200, r.text[:500]
+        posted += r.json()["images"]
+        assert r.json()["calibration"] == a["calibration"]
+    assert a["neighbors"]["images"] == posted
+    assert "need --index" in a["distribution"]["error"]
+    log.info("10 images: server mode %.1f s, in-process %.1f s", t_srv, t_loc)
+
+
+def test_errors_have_clear_messages_and_exit_codes(live_server, full_index_dir, pggan_folder, tmp_path):
+    out = str(tmp_path / "r.html")
+    base = ["--generated", str(pggan_folder), "--out", out, "--n", "2", "--no-progress"]
+    p, _ = run_audit(["--generated", str(tmp_path / "nope"), "--index", str(full_index_dir), "--out", out])
+    assert p.returncode == 2 and "not a directory" in p.stderr
+    (tmp_path / "empty").mkdir()
+    p, _ = run_audit(["--generated", str(tmp_path / "empty"), "--index", str(full_index_dir), "--out", out])
+    assert p.returncode == 2 and "no image files" in p.stderr
+    p, _ = run_audit(base + ["--index", str(tmp_path / "empty")])
+    assert p.returncode == 2 and "not a facemem index" in p.stderr
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    p, _ = run_audit(base + ["--server", f"http://127.0.0.1:{dead}"])
+    assert p.returncode == 3 and "cannot reach" in p.stderr
+    p, _ = run_audit(base + ["--server", live_server, "--token", "wrong"])
+    assert p.returncode == 4 and "refused the token" in p.stderr
+    p, _ = run_audit(base + ["--server", live_server])
+    assert p.returncode == 4 and "requires a token" in p.stderr
+    p, _ = run_audit(["--generator", "dcgan32:/no/such.pth", "--index", str(full_index_dir), "--out", out])
+    assert p.returncode == 2 and "not found" in p.stderr
+    p, _ = run_audit(["--help"])
+    assert p.returncode == 0 and "--batch-sizes" in p.stdout
+    assert not Path(out).exists()
+
+
+# ----------------------------------------------------------------------------- generator (DCGAN)
+
+def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
+    from scripts.audit import sub_seed
+    from scripts.generators import load_generator
+    from service import api
+
+    out = tmp_path / "dcgan.html"
+    p, dt = run_audit(["--generator", DCGAN_SPEC, "--index", str(full_index_dir), "--out", str(out), "--n", "24",
+                       "--detector", "aligned", "--batch-sizes", "4,8", "--trials", "3", "--seed", "11",
+                       "--chunk", "16"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    data = report_data(out)
+    assert data["source"]["kind"] == "generator" and data["summary"]["images"] == 24
+    assert "fresh batch" in data["birthday"]["protocol"]
+    # The service, on the same samples, gives the same entries (chunk 0 = the first 16 samples).
+    gen = load_generator(DCGAN_SPEC)
+    first = data["source"]["sample_seeds"][0]
+    assert first["n"] == 16 and first["seed"] == sub_seed(11, 0, 0)
+    imgs = gen.sample(16, first["seed"], prefix=first["prefix"], upscale=data["source"]["upscale"])
+    resp = jsonify(api.neighbors(searcher, imgs, {"k": 5, "detector": "aligned"}))
+    assert data["neighbors"]["images"][:16] == resp["images"]
+    # Each birthday trial is a fresh batch posted as is: re-running one reproduces its count.
+    row = next(r for r in data["birthday"]["rows"] if r["s"] == 8)
+    t_imgs = gen.sample(8, row["seeds"][2], prefix="trial_s8_t002_", upscale=128)
+    c = api.neighbors(searcher, t_imgs, {"k": 5, "detector": "aligned"})["collisions"]
+    assert row["semantic"]["pairs"][2] == c["semantic"]["colliding_pairs"]
+    assert row["pixel"]["pairs"][2] == c["pixel"]["colliding_pairs"]
+    # Distribution distances exist and come with their baseline and the not-FID warning.
+    dist = data["distribution"]
+    assert dist["n_per_side"] == data["summary"]["faces"]
+    for side in ("generated", "baseline_train_vs_train"):
+        assert dist[side]["frechet"]["mean"] > 0 and 0 <= dist[side]["precision"]["mean"] <= 1
+    stats = assert_renders(out, tmp_path, min_images=24)
+    log.info("dcgan report: %.1f s, %s", dt, stats)
+
+
+def test_generator_sources_are_seeded_and_validated(tmp_path, monkeypatch):
+    from scripts import generators
+
+    g = generators.load_generator(DCGAN_SPEC)
+    a, b, c = g.sampler(6, 1), g.sampler(6, 1), g.sampler(6, 2)
+    assert np.array_equal(a.numpy(), b.numpy()) and not np.array_equal(a.numpy(), c.numpy())
+    u8 = generators.to_uint8(a)
+    assert u8.dtype == np.uint8 and u8.shape == (6, 32, 32, 3)
+    # tanh output [-1, 1] maps onto the full 0..255 range
+    assert np.array_equal(generators.to_uint8(np.array([[[[-1.0]], [[0.0]], [[1.0]]]])).ravel(), [0, 128, 255])
+    named = g.sample(2, 1, prefix="x_", upscale=128)
+    assert [n for n, _ in named] == ["x_00000.png", "x_00001.png"]
+    assert Image.open(__import__("io").BytesIO(named[0][1])).size == (128, 128)
+    # module:callable and module:callable:CHECKPOINT (a user adapter), from a real module file.
+    (tmp_path / "my_gen.py").write_text(
+        "import numpy as np\n"
+        "def sample(n, seed):\n"
+        "    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, 40, 40))\n"
+        "def adapter(ckpt, device):\n"
+        "    from scripts.generators import dcgan32\n"
+        "    return dcgan32(ckpt, device)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s1 = generators.load_generator("my_gen:sample")
+    assert s1.sample(3, 0)[0][0] == "g00000.png"
+    s2 = generators.load_generator(f"my_gen:adapter:{DCGAN_CKPT}")
+    assert np.array_equal(generators.to_uint8(s2.sampler(6, 1)), u8)
+    for bad in ("nomodule", "my_gen:missing", "no_such_module_xyz:f", "dcgan32:/nonexistent.pth"):
+        with pytest.raises(generators.SourceError):
+            generators.load_generator(bad)
+
+
+# ----------------------------------------------------------------------------- distribution maths
+
+def test_frechet_distance_matches_the_sqrtm_formula_and_is_fast():
+    """Against the textbook formula with scipy.linalg.sqrtm, on full-rank and rank-deficient data."""
+    from scipy import linalg
+
+    from service.distribution import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 128))
+    b = rng.normal(size=(300, 128)) @ rng.normal(size=(128, 128)) * 0.2 + 0.3
+
+    def textbook(x, y):
+        s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+        return float(((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2)
+                     - 2 * np.trace(np.real(linalg.sqrtm(s1 @ s2))))
+
+    assert frechet_distance(a, b) == pytest.approx(textbook(a, b), rel=1e-9)
+    assert frechet_distance(a[:40], b[:40]) == pytest.approx(textbook(a[:40], b[:40]), rel=1e-6)
+    assert abs(frechet_distance(a, a)) < 1e-9
+    # Two samples of one Gaussian shifted by mu: FD -> |mu|^2 as n grows.
+    mu = np.full(8, 0.5)
+    x, y = rng.normal(size=(20000, 8)), rng.normal(size=(20000, 8)) + mu
+    assert frechet_distance(x, y) == pytest.approx(float(mu @ mu), abs=0.02)
+
+
+def test_knn_precision_recall_on_cases_with_known_answers():
+    from service.distribution import distribution_distances, knn_precision_recall
+
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(300, 16))
+    assert knn_precision_recall(real, real.copy(), k=3) == (1.0, 1.0)
+    far = rng.normal(size=(300, 16)) + 100.0
+    assert knn_precision_recall(real, far, k=3) == (0.0, 0.0)
+    # Mode collapse: all fakes near one real point -> high precision, low recall.
+    collapsed = real[0] + 0.01 * rng.normal(size=(300, 16))
+    p, r = knn_precision_recall(real, collapsed, k=3)
+    assert p == 1.0 and r < 0.05
+    d = distribution_distances(collapsed, rng.normal(size=(5000, 16)), k=3, repeats=2, seed=0)
+    assert d["n_per_side"] == 300 and d["generated"]["recall"]["mean"] < 0.05
+    assert d["baseline_train_vs_train"]["recall"]["mean"] > 0.5
+    assert "not comparable" in d["note"]
