@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
           f"({a.workers} threads, {state.pool.processes} detection processes, device {state.searcher.device}, "
           f"auth {'on' if token else 'off'})", flush=True)
     try:
-        server.run()
+        server.run()  # returns on SIGTERM / Ctrl-C (waitress catches the KeyboardInterrupt)
     except KeyboardInterrupt:
-        log.info("shutting down")
+        pass
     finally:
         server.close()
         state.pool.close()
+        log.info("stopped")
     return 0
 
 
