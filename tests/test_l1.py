@@ -165,6 +165,8 @@ def test_rejects_bad_input(index: L1Index, data: dict[str, np.ndarray]) -> None:
     with pytest.raises(ValueError):
         index.search(data["queries"][:, :100], 1)
     with pytest.raises(ValueError):
+        index.search(data["queries"][:2].astype(np.int64), 1)
+    with pytest.raises(ValueError):
         index.search(data["queries"][:2], 1, exclude_self=np.array([1, 2, 3]))
 
 
@@ -192,3 +194,12 @@ def test_gpu_candidate_path_logic(data: dict[str, np.ndarray], monkeypatch: pyte
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         gpu = L1Index(v, use_gpu=True)
         assert_same(gpu.search(q, 9), l1_brute_force(v, q, 9))
+
+
+def test_query_chunks(index: L1Index, data: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexer.l1 as l1
+
+    monkeypatch.setattr(l1, "_QUERY_CHUNK", 7)
+    rows = np.arange(0, 2400, 150).astype(np.int64)
+    v = data["vectors"]
+    assert_same(index.search(v[rows], 4, exclude_self=rows), l1_brute_force(v, v[rows], 4, exclude_self=rows))
