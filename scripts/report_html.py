@@ -183,7 +183,7 @@ def plot_birthday(rows: list[dict], crossing: dict) -> str:
     ax.set_xlabel("batch size s")
     ax.set_ylabel("share of trials with ≥ 1 pair")
     ax.set_title("Birthday-paradox test (Arora & Zhang)", fontsize=11)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return _png(fig)
 
