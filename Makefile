@@ -28,9 +28,17 @@ system-deps:
 test: setup system-deps
 	FACEMEM_DATA=$(DATA) $(VPY) -m pytest -q tests $(PYTEST_ARGS)
 
+# The main job on the bundled sample data: index celeba10k (skipped when a valid index is there),
+# then audit a real PGGAN sample folder and a real DCGAN generator against it.
 demo: setup
-	$(VPY) -m indexer build --dataset celeba --root $(DATA)/celeba10k --out $(INDEX) --overwrite
+	$(VPY) -m indexer info $(INDEX) >/dev/null 2>&1 || \
+	  $(VPY) -m indexer build --dataset celeba --root $(DATA)/celeba10k --out $(INDEX) --overwrite
 	$(VPY) -m indexer info $(INDEX)
+	$(VPY) scripts/audit.py --generated $(DATA)/generated/pggan_celebahq --index $(INDEX) \
+	  --out build/report-pggan.html --detector hog
+	$(VPY) scripts/audit.py --generator dcgan32:$(DATA)/generated/dcgan32_celeba/checkpoint_G.pth \
+	  --index $(INDEX) --out build/report-dcgan.html --n 256 --detector aligned
+	@echo "reports: build/report-pggan.html build/report-dcgan.html"
 
 clean:
 	rm -rf build .pytest_cache

@@ -119,6 +119,13 @@ def _dlib_obj(name: str):
     return obj
 
 
+def pipeline_signature() -> dict:
+    """The constants that decide which landmarks and chip a face gets. Descriptors from an index
+    built with other values are not comparable with today's queries, so the store refuses it."""
+    return {"chip_size": CHIP_SIZE, "chip_padding": CHIP_PADDING, "refine_passes": REFINE_PASSES,
+            "aligned_init_box": list(ALIGNED_INIT_BOX), "aligned_refine": dict(ALIGNED_REFINE)}
+
+
 # ----------------------------------------------------------------------------- decode
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and raises above twice this

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import faces
+from . import faces, pixels
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ def write_index(out: Path, rows: list[dict], descriptors: np.ndarray, pixels: np
             p = tmp / name
             files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         manifest = dict(manifest, format_version=FORMAT_VERSION, model_sha256=faces.model_hashes(),
+                        pipeline_signature=_pipeline_signature(),
                         files=files, libraries=library_versions(),
                         written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         # The manifest goes last: a directory without it is never taken for an index.
@@ -149,6 +150,10 @@ def write_index(out: Path, rows: list[dict], descriptors: np.ndarray, pixels: np
         raise
     log.info("wrote index %s (%d faces)", out, len(descriptors))
     return out
+
+
+def _pipeline_signature() -> dict:
+    return dict(faces.pipeline_signature(), pixel_size=pixels.PIXEL_SIZE)
 
 
 def read_manifest(root: Path) -> dict:
@@ -175,6 +180,11 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
             raise IndexLoadError(
                 f"{root}: built with a different {name} model (sha256 {str(want.get(name))[:12]}…, "
                 f"installed {sha[:12]}…); descriptors would not be comparable; rebuild the index")
+    sig = manifest.get("pipeline_signature")
+    if sig != _pipeline_signature():
+        diff = sorted(k for k in _pipeline_signature() if (sig or {}).get(k) != _pipeline_signature()[k])
+        raise IndexLoadError(f"{root}: built with other face-pipeline settings ({', '.join(diff)}); its "
+                             f"descriptors would not match today's queries; rebuild the index")
     for name, meta in manifest.get("files", {}).items():
         p = Path(root) / name
         if not p.is_file() or p.stat().st_size != meta["bytes"]:

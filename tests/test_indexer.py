@@ -147,6 +147,11 @@ def test_manifest_rejects_wrong_model_hash_and_version(small_index_dir, tmp_path
     with pytest.raises(store.IndexLoadError, match="different resnet model"):
         store.load_index(bad)
     m = json.loads((small_index_dir / "manifest.json").read_text())
+    m["pipeline_signature"]["refine_passes"] = 2
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(store.IndexLoadError, match="refine_passes"):
+        store.load_index(bad)
+    m = json.loads((small_index_dir / "manifest.json").read_text())
     m["format_version"] = 999
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(store.IndexLoadError, match="format version 999"):
