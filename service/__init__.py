@@ -1,4 +1,4 @@
-"""facemem's HTTP service: ``POST /neighbors`` and friends (see docs/service.md).
+"""facemem's HTTP service: ``POST /neighbors`` and friends (see README, "Service").
 
 ``create_app`` is imported lazily so that face-detection worker processes, which import
 ``service.api``, do not pay for Flask, torch or FAISS.

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
-# Defaults, also documented in docs/service.md and `python -m service --help`.
+# Defaults, also documented in the README and `python -m service --help`.
 DEFAULTS: dict[str, Any] = {
     "token": None,  # bearer token; None = no authentication (loopback use)
     "max_files": 64,  # images per request

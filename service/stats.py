@@ -2,7 +2,7 @@
 
 Pure numpy/scipy on purpose: the HTTP service and the in-process batch audit both call these
 functions on the same arrays, so both report the same numbers. Formulas are documented in
-``docs/service.md`` ("Statistics").
+the README ("Statistics").
 
 Conventions used everywhere:
 
