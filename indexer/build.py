@@ -1,25 +1,49 @@
 """The parallel, resumable build: dataset → faces (worker processes) → descriptors (batched) → index.
 
-Items are cut into fixed chunks. Worker processes decode, detect/align and cut chips; the main
-process embeds each chunk in batches while the workers run ahead, and checkpoints the finished
-chunk to ``<out>.partial/chunk-NNNNNN.npz`` (atomic rename). ``--resume`` skips finished chunks,
-so an interrupted build loses at most the chunks in flight. Chunk contents do not depend on
-timing, so a resumed build equals an uninterrupted one.
+Items are cut into fixed chunks, the unit of checkpointing: each finished chunk is written to
+``<out>.partial/chunk-NNNNNN.npz`` (atomic rename), and ``--resume`` skips finished chunks, so an
+interrupted build loses at most the chunks in flight. Chunks are cut into tasks of ``TASK_SIZE``
+images for the worker processes (finer tasks balance the cores; the task layout is a fixed function
+of the chunk layout, so chunk contents never depend on timing and a resumed build equals an
+uninterrupted one).
+
+How the CPU is used was measured on a 2-core machine (BENCHMARKS.md, "Indexing: what was tried"):
+
+* On the CPU each worker embeds its own tasks with a single-threaded torch (``cores // workers``
+  threads). The first layout (workers for faces plus a 2-thread torch in the main process) ran
+  4 busy threads on 2 cores, and torch's OpenMP threads then wait at every layer's barrier for a
+  thread the scheduler has parked: under load the descriptor cost 4-10x its idle-machine time.
+  One thread per core also makes torch ~20% cheaper per chip than two.
+* Importing torch costs ~1 core-second per process, as much as ~120 images of work. The workers
+  are therefore forked from a forkserver that imports torch, parses the ResNet weights and loads
+  the landmark model once (``_warm_forkserver``), and while it does so the main process, which
+  would otherwise wait, runs the face pipeline on the first tasks itself; the workers embed those
+  chips first. On a 1,000-image build this is ~0.5 s of ~5.
+* On CUDA the main process embeds on the GPU while spawned workers prepare chips; dlib's own
+  embedder runs in spawned workers (it is single-threaded).
+
+A build is deterministic: the task layout fixes every embedding batch. Descriptors do not depend
+on the thread count or the batch size either, except for tiny batches (a handful of chips), whose
+results can differ from a full batch's by ~4e-7 (oneDNN picks other kernels); measured on real chips.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -30,6 +54,9 @@ from .devices import resolve_device
 log = logging.getLogger(__name__)
 
 PARTIAL_VERSION = 1
+TASK_SIZE = 64  # images per worker task (chunks are cut into tasks of this size, from the chunk start)
+WORKER_BATCH = 32  # torch batch inside a worker: single-threaded, 32 beats 64 by ~5% (cache)
+_WARM_ENV = "_FACEMEM_WARM_FORKSERVER"  # set only while the build starts its forkserver
 
 
 @dataclass
@@ -49,6 +76,7 @@ class BuildConfig:
     identity_from_folders: bool = False
     pixel_calibration_sample: int = 5000
     progress: bool = True
+    embed_in: str = "auto"  # auto | main | workers: where descriptors are computed (see plan_embedding)
 
 
 def _chunk_params(cfg: BuildConfig) -> dict:
@@ -61,8 +89,64 @@ def _chunk_params(cfg: BuildConfig) -> dict:
             "models": faces.model_hashes()}
 
 
-def _process_chunk(args: tuple[list[tuple[str, str]], str, bool]) -> dict:
-    """Worker: one chunk of (path, file) → row records, chips or descriptors, pixel vectors."""
+_worker_embedder = None  # per worker process: built once, reused for every task
+
+
+def _init_worker(torch_threads: int) -> None:
+    """Worker start-up: cap the library thread pools at this worker's share of the cores.
+
+    Why: a worker is one of ``workers`` processes sharing the cores; thread pools sized to the
+    whole machine would oversubscribe it (OpenMP threads spin and stall at barriers). The env vars
+    cover spawned workers (read when the libraries load); forked ones get ``torch.set_num_threads``.
+    """
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(torch_threads)
+    _init_worker.torch_threads = torch_threads  # type: ignore[attr-defined]
+
+
+def _get_worker_embedder(kind: str) -> faces.Embedder:
+    global _worker_embedder
+    if _worker_embedder is None:
+        if kind == "torch":
+            from .resnet import TorchEmbedder
+
+            _worker_embedder = TorchEmbedder("cpu", batch_size=WORKER_BATCH,
+                                             threads=getattr(_init_worker, "torch_threads", 1))
+        else:
+            _worker_embedder = faces.make_embedder(kind, "cpu")
+    return _worker_embedder
+
+
+def _worker_ready(kind: str | None) -> int:
+    """First call in each worker: build the embedder now, so the first task does not wait for it."""
+    if kind is not None:
+        _get_worker_embedder(kind)
+    return os.getpid()
+
+
+def _embed_chips(kind: str, chips: np.ndarray) -> dict:
+    """Worker: descriptors for chips the main process cut (the tasks it ran while workers started)."""
+    t0 = time.perf_counter()
+    desc = _get_worker_embedder(kind).embed(chips)
+    return {"descriptors": desc, "t_embed": time.perf_counter() - t0}
+
+
+def _warm_forkserver() -> None:
+    """Runs in the build's forkserver only: load, once, what every forked worker needs.
+
+    torch (~1 core-second to import), the parsed ResNet weights and dlib's landmark model. No torch
+    op runs here, so no OpenMP thread pool exists to be broken by the fork. ``faces`` keeps dlib
+    objects per thread; a forked worker continues in the thread that loaded them.
+    """
+    from . import resnet
+
+    resnet.parse_dlib_resnet()
+    faces._dlib_obj("sp5")
+
+
+def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
+    """Worker (or the main process): one task's (path, file) items → row records, pixel vectors,
+    and descriptors (embedder name given) or chips (None: someone else embeds them)."""
     items, detector, embed_here = args
     rows, chips, pix = [], [], []
     t_decode = t_face = 0.0
@@ -91,9 +175,7 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, bool]) -> dict:
     out = {"rows": rows, "pixels": np.stack(pix) if pix else np.zeros((0, pixels.PIXEL_DIM), np.uint8),
            "t_decode": t_decode, "t_face": t_face, "t_embed": 0.0}
     if embed_here:
-        t0 = time.perf_counter()
-        out["descriptors"] = faces.DlibEmbedder().embed(chip_arr)
-        out["t_embed"] = time.perf_counter() - t0
+        out.update(_embed_chips(embed_here, chip_arr))
     else:
         out["chips"] = chip_arr
     return out
@@ -116,7 +198,7 @@ def _prepare_partial(partial: Path, params: dict, resume: bool) -> None:
     if partial.exists():
         if resume:
             have = json.loads(pfile.read_text()) if pfile.exists() else None
-            if have != params:
+            if have != json.loads(json.dumps(params)):  # compare as JSON: tuples come back as lists
                 raise SystemExit(f"cannot resume: {partial} was started with other parameters; "
                                  f"delete it or run without --resume")
             return
@@ -126,13 +208,152 @@ def _prepare_partial(partial: Path, params: dict, resume: bool) -> None:
     pfile.write_text(json.dumps(params, indent=1))
 
 
+def _resolve_build_device(device: str) -> str:
+    """``resolve_device``, minus the ~1 s torch import when no GPU device node exists.
+
+    Why: with descriptors computed in the workers the main process never needs torch on a CPU-only
+    machine, and importing it only to learn that CUDA is absent delays the first chunk.
+    """
+    if device == "auto" and not any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")):
+        return "cpu"
+    return resolve_device(device)
+
+
+def plan_embedding(embedder: str, device: str, workers: int, embed_in: str = "auto") -> tuple[str, int]:
+    """(``"main"`` or ``"workers"``, torch threads per worker) for this embedder and device.
+
+    ``auto``: dlib → workers (single-threaded reference); torch on CUDA → main (one GPU, fed by
+    the workers); torch on the CPU → workers, with ``cores // workers`` threads each, so the build
+    runs one busy thread per core. The choice does not change an index beyond float round-off:
+    on real chips oneDNN gives bitwise-equal descriptors for any thread count and batch size of
+    ~17 or more, and differences of at most ~4e-7 for tiny remainder batches.
+    """
+    if embed_in not in ("auto", "main", "workers"):
+        raise ValueError(f"embed_in must be auto, main or workers, got {embed_in!r}")
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    if embedder == "dlib":
+        if embed_in == "main":
+            raise ValueError("the dlib embedder runs in the worker processes")
+        return "workers", 1
+    if embed_in == "auto":
+        embed_in = "main" if device != "cpu" else "workers"
+    if embed_in == "workers" and device != "cpu":
+        raise ValueError("on a GPU the descriptors are computed in the main process")
+    return embed_in, threads
+
+
+def _pool_context(embed_in: str, embedder: str) -> tuple[multiprocessing.context.BaseContext, bool]:
+    """The worker start method, and whether its workers come pre-loaded (see the module docstring).
+
+    CPU torch builds fork their workers from a forkserver that has run ``_warm_forkserver``; the
+    forkserver lives as long as this process, so later builds (tests) start workers instantly.
+    Elsewhere (dlib, CUDA, no forkserver on this platform) workers are spawned as before.
+    """
+    if embed_in != "workers" or embedder != "torch" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return get_context("spawn"), False
+    from multiprocessing import forkserver
+
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    os.environ[_WARM_ENV] = "1"  # read (and removed) by this module's import in the forkserver
+    try:
+        forkserver.ensure_running()  # starts it now (a no-op if already running): it warms up meanwhile
+    finally:
+        os.environ.pop(_WARM_ENV, None)
+    return ctx, True
+
+
+def _run_tasks(chunks: list[list[Item]], todo: list[int], cfg: BuildConfig, device: str, workers: int,
+               embed_in: str, torch_threads: int, ctx: multiprocessing.context.BaseContext, warm: bool,
+               save: Callable[[int, dict], None]) -> None:
+    """Run every task of the ``todo`` chunks in ``workers`` processes started by ``ctx`` (pre-loaded
+    when ``warm``) and call ``save(chunk, result)`` for each finished chunk, in chunk order."""
+    tasks = [(i, lo) for i in todo for lo in range(0, len(chunks[i]), TASK_SIZE)]
+    if not tasks:
+        return
+    n_parts = {i: -(-len(chunks[i]) // TASK_SIZE) for i in todo}
+    embedder = faces.make_embedder(cfg.embedder, device) if embed_in == "main" else None
+    worker_embeds = cfg.embedder if embed_in == "workers" else None
+
+    def args(task: tuple[int, int]) -> tuple[list[tuple[str, str]], str, str | None]:
+        i, lo = task
+        return [(str(it.path), it.file) for it in chunks[i][lo:lo + TASK_SIZE]], cfg.detector, worker_embeds
+
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(torch_threads,))
+    queue = deque(tasks)
+    pending: dict[tuple[int, int], tuple[Future, dict | None]] = {}
+    try:
+        if warm:
+            # The forkserver is importing torch on one core: run the face pipeline here on the
+            # other until the workers exist, then let them embed these chips first.
+            ready = threading.Event()
+            failed: list[BaseException] = []
+
+            def start_workers() -> None:
+                try:
+                    for f in [pool.submit(_worker_ready, worker_embeds) for _ in range(workers)]:
+                        f.result()
+                except BaseException as e:  # re-raised in the main thread
+                    failed.append(e)
+                finally:
+                    ready.set()
+
+            starter = threading.Thread(target=start_workers, name="facemem-worker-start", daemon=True)
+            starter.start()
+            prepared = []
+            while queue and not ready.is_set():
+                task = queue.popleft()
+                prepared.append((task, _process_chunk(args(task)[:2] + (None,))))
+            starter.join()
+            if failed:
+                raise failed[0]
+            log.debug("main process prepared %d task(s) while the workers started", len(prepared))
+            for task, res in prepared:
+                pending[task] = (pool.submit(_embed_chips, cfg.embedder, res.pop("chips")), res)
+
+        window = 4 * workers  # tasks in flight: enough to keep every worker busy
+        parts: dict[int, list[dict]] = {}
+        while queue or pending:
+            while queue and len(pending) < window:
+                task = queue.popleft()
+                pending[task] = (pool.submit(_process_chunk, args(task)), None)
+            task = min(pending)  # in order, so checkpoints fill from the front
+            fut, res = pending.pop(task)
+            out = fut.result()
+            res = out if res is None else {**res, **out}
+            if embedder is not None:
+                t0 = time.perf_counter()
+                res["descriptors"] = embedder.embed(res.pop("chips"))
+                res["t_embed"] = time.perf_counter() - t0
+            i = task[0]
+            parts.setdefault(i, []).append(res)
+            if len(parts[i]) == n_parts[i]:
+                save(i, _merge_parts(parts.pop(i)))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _merge_parts(parts: list[dict]) -> dict:
+    """One chunk's result from its tasks' results (in task order)."""
+    return {"rows": [r for p in parts for r in p["rows"]],
+            "descriptors": np.concatenate([p["descriptors"] for p in parts]),
+            "pixels": np.concatenate([p["pixels"] for p in parts]),
+            **{k: sum(p[k] for p in parts) for k in ("t_decode", "t_face", "t_embed")}}
+
+
 def build(cfg: BuildConfig) -> Path:
     """Run the whole build and return the index directory."""
     t_start = time.perf_counter()
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise SystemExit(f"{out} exists; use --overwrite to replace it")
-    device = resolve_device(cfg.device)
+    device = _resolve_build_device(cfg.device)
+    workers = cfg.workers or os.cpu_count() or 1
+    embed_in, torch_threads = plan_embedding(cfg.embedder, device, workers, cfg.embed_in)
+    # Start the (warming) forkserver first: it is the longest start-up step, and the rest of the
+    # preparation (dataset listing, model hashes) runs meanwhile.
+    t_run = time.perf_counter()  # the face-pipeline clock starts with the workers' start-up
+    ctx, warm = _pool_context(embed_in, cfg.embedder)
     items: list[Item] = read_dataset(cfg.dataset, Path(cfg.root), cfg.split, cfg.limit, cfg.identity_from_folders)
     if not items:
         raise SystemExit(f"no images found under {cfg.root} (dataset {cfg.dataset}, split {cfg.split})")
@@ -145,37 +366,23 @@ def build(cfg: BuildConfig) -> Path:
     done_images = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
     if cfg.resume and done_images:
         log.info("resuming: %d of %d chunks already done", len(chunks) - len(todo), len(chunks))
-    workers = cfg.workers or os.cpu_count() or 1
-    embed_in_workers = cfg.embedder == "dlib"
-    embedder = None if embed_in_workers else faces.make_embedder(cfg.embedder, device)
+    log.info("%d worker processes; descriptors (%s) in the %s%s", workers, cfg.embedder,
+             "main process" if embed_in == "main" else "workers",
+             f", {torch_threads} torch thread(s) each" if embed_in == "workers" and cfg.embedder == "torch" else "")
     times = {"decode": 0.0, "detect_align": 0.0, "embed": 0.0}
 
     from tqdm import tqdm
 
     bar = tqdm(total=len(items), initial=done_images, unit="img", disable=not cfg.progress,
                dynamic_ncols=True, file=sys.stderr, desc="indexing")
-    t_run = time.perf_counter()
+
+    def save(i: int, res: dict) -> None:
+        ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
+        _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct)
+        bar.update(len(chunks[i]))
+
     try:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            window = 2 * workers  # chunks in flight: keeps workers busy while we embed
-            pending: dict[int, object] = {}
-            queue = list(todo)
-            while queue or pending:
-                while queue and len(pending) < window:
-                    i = queue.pop(0)
-                    args = ([(str(it.path), it.file) for it in chunks[i]], cfg.detector, embed_in_workers)
-                    pending[i] = pool.submit(_process_chunk, args)
-                i = min(pending)  # in order, so checkpoints fill from the front
-                res = pending.pop(i).result()
-                if embedder is not None:
-                    t0 = time.perf_counter()
-                    desc = embedder.embed(res["chips"])
-                    res["t_embed"] = time.perf_counter() - t0
-                else:
-                    desc = res["descriptors"]
-                ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
-                _save_chunk(paths[i], res["rows"], desc, res["pixels"], ct)
-                bar.update(len(chunks[i]))
+        _run_tasks(chunks, todo, cfg, device, workers, embed_in, torch_threads, ctx, warm, save)
     except BrokenProcessPool as e:
         raise SystemExit(f"a worker process died ({e}); finished chunks are kept in {partial}: "
                          f"rerun with --resume") from None
@@ -225,7 +432,7 @@ def build(cfg: BuildConfig) -> Path:
         "faces": int(len(desc)),
         "identities_known": bool((idents >= 0).any()),
         "pixel_calibration_sample": int(len(calib["pix_loo"])),
-        "build": {"seconds": None, "workers": workers, "chunk_size": cfg.chunk_size,
+        "build": {"seconds": None, "workers": workers, "chunk_size": cfg.chunk_size, "embed_in": embed_in,
                   "resumed": bool(cfg.resume and done_images)},
     }
     times["index"] = time.perf_counter() - t0
@@ -243,3 +450,5 @@ def build(cfg: BuildConfig) -> Path:
     return out
 
 
+if os.environ.pop(_WARM_ENV, None) == "1":  # imported by the forkserver that _pool_context started
+    _warm_forkserver()
