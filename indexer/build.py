@@ -77,6 +77,7 @@ class BuildConfig:
     pixel_calibration_sample: int = 5000
     progress: bool = True
     embed_in: str = "auto"  # auto | main | workers: where descriptors are computed (see plan_embedding)
+    preload_workers: bool = True  # CPU torch: fork pre-loaded workers (False: spawn them, as measured before)
 
 
 def _chunk_params(cfg: BuildConfig) -> dict:
@@ -138,10 +139,21 @@ def _warm_forkserver() -> None:
     op runs here, so no OpenMP thread pool exists to be broken by the fork. ``faces`` keeps dlib
     objects per thread; a forked worker continues in the thread that loaded them.
     """
+    import atexit
+
     from . import resnet
 
     resnet.parse_dlib_resnet()
     faces._dlib_obj("sp5")
+    # The forkserver exits when its parent does; tearing down torch's modules would keep it (and
+    # the stdout it inherited, which callers may be reading to EOF) alive ~0.4 s longer.
+    atexit.register(_exit_now)
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
@@ -242,14 +254,15 @@ def plan_embedding(embedder: str, device: str, workers: int, embed_in: str = "au
     return embed_in, threads
 
 
-def _pool_context(embed_in: str, embedder: str) -> tuple[multiprocessing.context.BaseContext, bool]:
+def _pool_context(embed_in: str, embedder: str, preload: bool = True) -> tuple[multiprocessing.context.BaseContext, bool]:
     """The worker start method, and whether its workers come pre-loaded (see the module docstring).
 
     CPU torch builds fork their workers from a forkserver that has run ``_warm_forkserver``; the
     forkserver lives as long as this process, so later builds (tests) start workers instantly.
     Elsewhere (dlib, CUDA, no forkserver on this platform) workers are spawned as before.
     """
-    if embed_in != "workers" or embedder != "torch" or "forkserver" not in multiprocessing.get_all_start_methods():
+    if (not preload or embed_in != "workers" or embedder != "torch"
+            or "forkserver" not in multiprocessing.get_all_start_methods()):
         return get_context("spawn"), False
     from multiprocessing import forkserver
 
@@ -353,7 +366,7 @@ def build(cfg: BuildConfig) -> Path:
     # Start the (warming) forkserver first: it is the longest start-up step, and the rest of the
     # preparation (dataset listing, model hashes) runs meanwhile.
     t_run = time.perf_counter()  # the face-pipeline clock starts with the workers' start-up
-    ctx, warm = _pool_context(embed_in, cfg.embedder)
+    ctx, warm = _pool_context(embed_in, cfg.embedder, cfg.preload_workers)
     items: list[Item] = read_dataset(cfg.dataset, Path(cfg.root), cfg.split, cfg.limit, cfg.identity_from_folders)
     if not items:
         raise SystemExit(f"no images found under {cfg.root} (dataset {cfg.dataset}, split {cfg.split})")
@@ -433,7 +446,8 @@ def build(cfg: BuildConfig) -> Path:
         "identities_known": bool((idents >= 0).any()),
         "pixel_calibration_sample": int(len(calib["pix_loo"])),
         "build": {"seconds": None, "workers": workers, "chunk_size": cfg.chunk_size, "embed_in": embed_in,
-                  "resumed": bool(cfg.resume and done_images)},
+                  "preloaded_workers": warm, "resumed": bool(cfg.resume and done_images),
+                  "face_pipeline_seconds": round(t_faces, 3)},
     }
     times["index"] = time.perf_counter() - t0
     total = time.perf_counter() - t_start
