@@ -69,10 +69,10 @@ class Searcher:
             return out_d, out_i
         kk = min(n, k + RERANK_MARGIN)
         _, cand = self.semantic.search(q, kk)
-        base = self.index.descriptors.astype(np.float64)
+        base = self.index.descriptors  # float32; only the candidates are widened (not all N per call)
         for j in range(len(q)):
             c = cand[j][cand[j] >= 0]
-            d = np.linalg.norm(base[c] - q[j].astype(np.float64), axis=1)
+            d = np.linalg.norm(base[c].astype(np.float64) - q[j].astype(np.float64), axis=1)
             order = np.lexsort((c, d))[:k]
             out_d[j, :len(order)] = d[order]
             out_i[j, :len(order)] = c[order]
