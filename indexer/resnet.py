@@ -26,7 +26,6 @@ import functools
 import logging
 import math
 import os
-import struct
 import threading
 import warnings
 from dataclasses import dataclass, field

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -55,11 +61,53 @@ def full_index(full_index_dir):
     return load_index(full_index_dir)
 
 
-@pytest.fixture(scope="session")
-def wild_labels() -> list[tuple[str, str, str]]:
+def read_wild_labels() -> list[tuple[str, str, str]]:
+    """celeba_wild/labels.txt as (file, identity, relation) triples."""
     out = []
     for line in (WILD / "labels.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             f, ident, rel = line.split()
             out.append((f, ident, rel))
     return out
+
+
+@pytest.fixture(scope="session")
+def wild_labels() -> list[tuple[str, str, str]]:
+    return read_wild_labels()
+
+
+@contextmanager
+def live_server(index_dir: Path, log_path: Path, *args: str, env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start ``python -m service`` on a free loopback port, wait for /healthz, stop it (SIGTERM) after."""
+    cmd = [sys.executable, "-m", "service", "--index", str(index_dir), "--port", "0", *args]
+    logf = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    try:
+        import requests
+
+        url, deadline = None, time.time() + 180
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+            m = re.search(r"on (http://127\.0\.0\.1:\d+)", log_path.read_text())
+            if m:
+                url = m.group(1)
+                try:
+                    if requests.get(url + "/healthz", timeout=2).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"server did not come up:\n{log_path.read_text()}")
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        logf.close()
+

@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CELEBA10K, DATA, REPO
+from conftest import CELEBA10K, DATA, REPO, live_server
 
 log = logging.getLogger(__name__)
 
@@ -163,37 +162,11 @@ def pggan_report(full_index_dir, pggan_folder, tmp_path_factory) -> tuple[Path, 
 
 
 @pytest.fixture(scope="module")
-def live_server(full_index_dir):
+def audit_server(full_index_dir, tmp_path_factory):
     """``python -m service`` on a free loopback port with a token; stopped at the end."""
-    import requests
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--index", str(full_index_dir), "--port", str(port),
-                             "--token", TOKEN, "--log-level", "WARNING"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read()[-2000:]}")
-            try:
-                if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        else:
-            pytest.fail("server did not become healthy in 120 s")
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with live_server(full_index_dir, log_path, "--token", TOKEN, "--log-level", "WARNING") as (url, _):
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ----------------------------------------------------------------------------- folder (PGGAN)
@@ -264,13 +237,13 @@ def test_pggan_report_equals_the_service_in_process(pggan_report, pggan_folder, 
 
 # ----------------------------------------------------------------------------- server mode
 
-def test_server_mode_gives_the_same_numbers_as_in_process(live_server, full_index_dir, pggan_folder, tmp_path):
+def test_server_mode_gives_the_same_numbers_as_in_process(audit_server, full_index_dir, pggan_folder, tmp_path):
     import requests
 
     common = ["--generated", str(pggan_folder), "--n", "10", "--seed", "5", "--detector", "aligned",
               "--batch-sizes", "4,8", "--trials", "6", "--chunk", "4", "--pairs-max", "10", "--no-progress"]
     srv, loc = tmp_path / "server.html", tmp_path / "local.html"
-    p1, t_srv = run_audit(common + ["--server", live_server, "--token", TOKEN, "--out", str(srv)])
+    p1, t_srv = run_audit(common + ["--server", audit_server, "--token", TOKEN, "--out", str(srv)])
     assert p1.returncode == 0, p1.stderr[-3000:]
     p2, t_loc = run_audit(common + ["--index", str(full_index_dir), "--out", str(loc)])
     assert p2.returncode == 0, p2.stderr[-3000:]
@@ -288,7 +261,7 @@ def test_server_mode_gives_the_same_numbers_as_in_process(live_server, full_inde
     posted = []
     for i in range(0, len(names), 4):
         imgs = src.read([by_name[n] for n in names[i:i + 4]])
-        r = requests.post(live_server + "/neighbors", params={"detector": "aligned", "k": "5"},
+        r = requests.post(audit_server + "/neighbors", params={"detector": "aligned", "k": "5"},
                           files=[("images", (n, d, "application/octet-stream")) for n, d in imgs],
                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
         assert r.status_code == 200, r.text[:500]
@@ -299,7 +272,7 @@ def test_server_mode_gives_the_same_numbers_as_in_process(live_server, full_inde
     log.info("10 images: server mode %.1f s, in-process %.1f s", t_srv, t_loc)
 
 
-def test_errors_have_clear_messages_and_exit_codes(live_server, full_index_dir, pggan_folder, tmp_path):
+def test_errors_have_clear_messages_and_exit_codes(audit_server, full_index_dir, pggan_folder, tmp_path):
     out = str(tmp_path / "r.html")
     base = ["--generated", str(pggan_folder), "--out", out, "--n", "2", "--no-progress"]
     p, _ = run_audit(["--generated", str(tmp_path / "nope"), "--index", str(full_index_dir), "--out", out])
@@ -314,9 +287,9 @@ def test_errors_have_clear_messages_and_exit_codes(live_server, full_index_dir, 
         dead = s.getsockname()[1]
     p, _ = run_audit(base + ["--server", f"http://127.0.0.1:{dead}"])
     assert p.returncode == 3 and "cannot reach" in p.stderr
-    p, _ = run_audit(base + ["--server", live_server, "--token", "wrong"])
+    p, _ = run_audit(base + ["--server", audit_server, "--token", "wrong"])
     assert p.returncode == 4 and "refused the token" in p.stderr
-    p, _ = run_audit(base + ["--server", live_server])
+    p, _ = run_audit(base + ["--server", audit_server])
     assert p.returncode == 4 and "requires a token" in p.stderr
     p, _ = run_audit(["--generator", "dcgan32:/no/such.pth", "--index", str(full_index_dir), "--out", out])
     assert p.returncode == 2 and "not found" in p.stderr

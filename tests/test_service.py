@@ -23,9 +23,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import jsonschema
 import numpy as np
@@ -33,7 +31,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import CELEBA10K, REPO, WILD, build_index
+from conftest import CELEBA10K, REPO, WILD, build_index, live_server, read_wild_labels
 from indexer import faces
 from service import api, create_app
 
@@ -76,22 +74,13 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
 
 
-def wild_labels_list() -> list[tuple[str, str, str]]:
-    out = []
-    for line in (WILD / "labels.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            f, ident, rel = line.split()
-            out.append((f, ident, rel))
-    return out
-
-
 _hog_photo: list[np.ndarray] = []
 
 
 def hog_photo() -> np.ndarray:
     """The first celeba_wild photo in which HOG finds exactly one face (chosen by the pipeline, not by hand)."""
     if not _hog_photo:
-        for f, _, _ in wild_labels_list():
+        for f, _, _ in read_wild_labels():
             arr = faces.decode((WILD / f).read_bytes())
             face = faces.find_face(arr, "hog")
             if face.ok and face.faces_found == 1:
@@ -184,40 +173,6 @@ class FlaskClient(Transport):
 def index_dir(request) -> Path:
     override = os.environ.get("FACEMEM_SERVICE_INDEX")
     return Path(override) if override else request.getfixturevalue("full_index_dir")
-
-
-@contextmanager
-def live_server(index_dir: Path, log_path: Path, *args: str, env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start ``python -m service`` on a free loopback port, wait for /healthz, stop it (SIGTERM) after."""
-    cmd = [sys.executable, "-m", "service", "--index", str(index_dir), "--port", "0", *args]
-    logf = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
-    try:
-        url, deadline = None, time.time() + 180
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
-            m = re.search(r"on (http://127\.0\.0\.1:\d+)", log_path.read_text())
-            if m:
-                url = m.group(1)
-                try:
-                    if requests.get(url + "/healthz", timeout=2).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"server did not come up:\n{log_path.read_text()}")
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        logf.close()
 
 
 @pytest.fixture(scope="module")
@@ -674,7 +629,7 @@ def test_collisions_find_exactly_the_planted_pairs(transport):
 
 def test_memorization_flags_training_images_as_copies(http):
     files = SAMPLE[:4]
-    novel = [(f"wild-{f}", (WILD / f).read_bytes()) for f, _, rel in wild_labels_list()[:40]
+    novel = [(f"wild-{f}", (WILD / f).read_bytes()) for f, _, rel in read_wild_labels()[:40]
              if rel == "unindexed_person"][:4]
     images = [(f, celeba_bytes(f)) for f in files] + novel
     status, body = http.post(images, {"detector": "hog", "k": 1})
@@ -701,7 +656,7 @@ def test_wild_photos_at_the_calibrated_default(http):
     are in the index are flagged far more often than strangers, and their top-1 identity is mostly
     right. Both rates are printed (run with -s).
     """
-    labels = wild_labels_list()
+    labels = read_wild_labels()
     strangers = [(f, ident) for f, ident, rel in labels if rel == "unindexed_person"]
     known = [(f, ident) for f, ident, rel in labels if rel == "indexed_person"][:100]
     rates = {}
@@ -758,7 +713,7 @@ def test_each_request_is_one_embedding_batch_of_exactly_its_faces(app):
 def test_latency_single_image_vs_batch(http):
     """A single image does not pay a batch price, a batch does not pay per-image prices (printed with -s)."""
     files = [f"{i:06d}.jpg" for i in range(101, 10001, 300)][:32]
-    wild = [f for f, _, _ in wild_labels_list()][:32]
+    wild = [f for f, _, _ in read_wild_labels()][:32]
     out = {}
     for label, det, batch in (("celeba_aligned", "aligned", [(f, celeba_bytes(f)) for f in files]),
                               ("wild_hog", "hog", [(f, (WILD / f).read_bytes()) for f in wild])):
