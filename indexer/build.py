@@ -93,16 +93,40 @@ def _chunk_params(cfg: BuildConfig) -> dict:
 _worker_embedder = None  # per worker process: built once, reused for every task
 
 
-def _init_worker(torch_threads: int) -> None:
-    """Worker start-up: cap the library thread pools at this worker's share of the cores.
+def _init_worker(torch_threads: int, build_pid: int) -> None:
+    """Worker start-up: cap the library thread pools at this worker's share of the cores, and exit
+    if the build process dies.
 
     Why: a worker is one of ``workers`` processes sharing the cores; thread pools sized to the
     whole machine would oversubscribe it (OpenMP threads spin and stall at barriers). The env vars
     cover spawned workers (read when the libraries load); forked ones get ``torch.set_num_threads``.
+    A build killed without cleanup (SIGTERM, OOM killer) leaves its workers blocked on a result pipe
+    nobody reads, holding memory (and the forkserver) forever; the watchdog ends them.
     """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(torch_threads)
     _init_worker.torch_threads = torch_threads  # type: ignore[attr-defined]
+    threading.Thread(target=_exit_when_gone, args=(build_pid,), name="facemem-build-watchdog", daemon=True).start()
+
+
+def _exit_when_gone(pid: int, every: float = 1.0) -> None:
+    while _alive(pid):
+        time.sleep(every)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pid now belongs to another user's process: the build is gone
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is a dead build
+    except OSError:
+        return True  # no /proc (not Linux): kill(pid, 0) is all we have
 
 
 def _get_worker_embedder(kind: str) -> faces.Embedder:
@@ -292,7 +316,8 @@ def _run_tasks(chunks: list[list[Item]], todo: list[int], cfg: BuildConfig, devi
         i, lo = task
         return [(str(it.path), it.file) for it in chunks[i][lo:lo + TASK_SIZE]], cfg.detector, worker_embeds
 
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(torch_threads,))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(torch_threads, os.getpid()))
     queue = deque(tasks)
     pending: dict[tuple[int, int], tuple[Future, dict | None]] = {}
     try:
