@@ -28,9 +28,10 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from PIL import Image
 
+from indexer.datasets import IMAGE_EXTS, read_folder
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 class SourceError(Exception):
@@ -89,7 +90,7 @@ class FolderSource:
         root = Path(root)
         if not root.is_dir():
             raise SourceError(f"--generated {root}: not a directory")
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        files = [it.path for it in read_folder(root)]  # the indexer's own folder reader
         if not files:
             raise SourceError(f"--generated {root}: no image files found (looked for {', '.join(sorted(IMAGE_EXTS))})")
         return cls(root, files)
