@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ def pipeline_signature() -> dict:
 # ----------------------------------------------------------------------------- decode
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and raises above twice this
+_OBJ_REPR = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>")
 
 
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -157,7 +159,9 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise Unreadable(f"image too large (decompression bomb): {e}") from None
     except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError…)
-        raise Unreadable(f"cannot decode image: {type(e).__name__}: {e}") from None
+        # Pillow names the in-memory file by its address; keep the reason deterministic.
+        msg = _OBJ_REPR.sub("<image bytes>", str(e))
+        raise Unreadable(f"cannot decode image: {type(e).__name__}: {msg}") from None
     if min(arr.shape[:2]) < MIN_SIDE:
         raise Unreadable(f"image too small: {arr.shape[1]}x{arr.shape[0]} (minimum side {MIN_SIDE})")
     return arr

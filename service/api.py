@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -234,12 +233,8 @@ def index_summary(index: FaceIndex) -> dict:
             "written_at": m.get("written_at")}
 
 
-_OBJ_REPR = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>")
-
-
 def _image_entry(name: str, face: faces.Face) -> dict:
-    # Pillow's messages name the in-memory file by address; keep responses deterministic.
-    reason = _OBJ_REPR.sub("the upload", face.reason)
+    reason = face.reason
     if face.ok and face.faces_found > 1:
         reason = f"{face.faces_found} faces found; the largest is used"
     return {"image": name, "status": face.status, "reason": reason, "faces_found": int(face.faces_found),
