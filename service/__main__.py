@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 log = logging.getLogger("service")
 
@@ -23,9 +25,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default; use a "
                    "token before binding anything else)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
-    p.add_argument("--workers", type=int, default=4, help="request threads (waitress)")
+    p.add_argument("--workers", type=int, default=None, help="request threads (waitress); default: "
+                   "max-inflight + max-queue + 2, so that refusals and /healthz never wait behind searches")
+    p.add_argument("--max-inflight", type=int, default=None,
+                   help="POST /neighbors requests computing at once (default: one per core)")
+    p.add_argument("--max-queue", type=_queue_arg, default=DEFAULTS["max_queue"],
+                   help="POST /neighbors requests waiting for a slot; beyond it 503 + Retry-After "
+                   "('none': unbounded, the naive baseline)")
+    p.add_argument("--queue-wait-s", type=float, default=DEFAULTS["queue_wait_s"],
+                   help="longest wait for a slot before 503")
+    p.add_argument("--connection-limit", type=int, default=100,
+                   help="open connections waitress accepts; beyond it new ones wait in the TCP backlog")
+    p.add_argument("--drain-s", type=float, default=10.0,
+                   help="on SIGTERM: answer 503 to new requests and wait this long for running ones")
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every route "
-                   "except /healthz (default: $FACEMEM_TOKEN; no authentication when neither is set)")
+                   "except /healthz (default: $FACEMEM_TOKEN; no authentication when neither is set). "
+                   "Prefer --token-file or the variable: a command line is visible to other users")
+    p.add_argument("--token-file", default=None, help="read the token from this file (first line)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every index file at "
+                   "start-up (sizes are still checked); for very large indexes on trusted disks")
     p.add_argument("--max-files", type=int, default=DEFAULTS["max_files"], help="images per request")
     p.add_argument("--max-request-mb", type=float, default=DEFAULTS["max_request_mb"],
                    help="request body limit in MiB (413 above it)")
@@ -36,9 +54,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="face-detection worker processes (default: one per core; 0: in the request thread)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     a = p.parse_args(argv)
-    if a.workers < 1 or a.max_files < 1 or a.max_request_mb <= 0 or a.max_pixels < 1:
-        p.error("--workers, --max-files, --max-request-mb and --max-pixels must be positive")
+    if (a.workers is not None and a.workers < 1) or a.max_files < 1 or a.max_request_mb <= 0 or a.max_pixels < 1 \
+            or (a.max_inflight is not None and a.max_inflight < 1) or a.queue_wait_s <= 0 or a.connection_limit < 1:
+        p.error("--workers, --max-inflight, --max-files, --max-request-mb, --max-pixels, --queue-wait-s and "
+                "--connection-limit must be positive")
+    if a.token and a.token_file:
+        p.error("give --token or --token-file, not both")
     return a
+
+
+def _queue_arg(raw: str) -> int | None:
+    if raw.lower() in ("none", "unbounded"):
+        return None
+    v = int(raw)
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be >= 0 or 'none'")
+    return v
+
+
+def _read_token(a: argparse.Namespace) -> str | None:
+    if a.token_file:
+        with open(a.token_file) as f:
+            tok = f.readline().strip()
+        if not tok:
+            raise ValueError(f"--token-file {a.token_file} is empty")
+        return tok
+    return a.token or os.environ.get("FACEMEM_TOKEN") or None
+
+
+def json_server_errors() -> None:
+    """Make waitress's own refusals JSON too (malformed request line, oversize body, bad headers).
+
+    Those never reach the app, and waitress writes them as text/plain; clients parse every error
+    of this service as ``{"error", "message"}``. Patches ``waitress.utilities.Error.to_response``
+    (waitress pinned in requirements.txt; tests/test_security.py checks the result).
+    """
+    import json
+
+    from waitress import utilities
+
+    def to_response(self, ident=None):
+        body = json.dumps({"error": self.reason.lower().replace(" ", "_"),
+                           "message": f"{self.reason}: {self.body}"}).encode()
+        return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+
+    utilities.Error.to_response = to_response
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,16 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from waitress import create_server
 
+    json_server_errors()
+
     from indexer.store import IndexLoadError
 
     from .app import create_app
 
-    token = a.token or os.environ.get("FACEMEM_TOKEN") or None
     try:
+        token = _read_token(a)
         app = create_app(a.index, {"token": token, "max_files": a.max_files, "max_request_mb": a.max_request_mb,
                                    "max_pixels": a.max_pixels, "device": a.device,
-                                   "detect_processes": a.detect_processes})
-    except (IndexLoadError, FileNotFoundError, ValueError, RuntimeError) as e:
+                                   "detect_processes": a.detect_processes, "max_inflight": a.max_inflight,
+                                   "max_queue": a.max_queue, "queue_wait_s": a.queue_wait_s,
+                                   "verify": not a.no_verify})
+    except (IndexLoadError, OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if a.host not in ("127.0.0.1", "::1", "localhost") and not token:
@@ -66,17 +130,36 @@ def main(argv: list[str] | None = None) -> int:
     # waitress buffers a body before the app sees it; its own cap (plain-text 413, checked from
     # Content-Length before reading) sits well above ours, so an oversize upload normally gets
     # the app's JSON 413 and a huge one is refused without being read.
-    server = create_server(app, host=a.host, port=a.port, threads=a.workers, ident="facemem",
+    adm = state.admission
+    threads = a.workers or (adm.inflight + (adm.queue if adm.queue is not None else 2) + 2)
+    server = create_server(app, host=a.host, port=a.port, threads=threads, ident="facemem",
                            max_request_body_size=max(2 * limit, limit + (16 << 20)),
-                           clear_untrusted_proxy_headers=True)
+                           connection_limit=a.connection_limit, clear_untrusted_proxy_headers=True)
 
-    def _stop(signum, frame):  # SIGTERM: close the listener and exit cleanly (pool shut down at exit)
+    def _drain_then_stop() -> None:
+        done = adm.drain(a.drain_s)
+        log.info("drained (%s); stopping", "all requests finished" if done else f"timeout {a.drain_s:g} s")
+        time.sleep(0.5)  # let the event loop flush the last responses
+        signal.pthread_kill(main_thread, signal.SIGINT)  # wakes the event loop; the handler stops it
+
+    def _stop(signum, frame):
+        # First SIGTERM: drain (new requests get 503 + Retry-After, running ones finish), then stop.
+        # A second SIGTERM stops at once.
+        if adm.draining:
+            raise KeyboardInterrupt
+        log.info("SIGTERM: draining for up to %g s", a.drain_s)
+        threading.Thread(target=_drain_then_stop, name="facemem-drain", daemon=True).start()
+
+    def _interrupt(signum, frame):  # installed explicitly: a shell's `cmd &` or nohup starts us with SIGINT ignored
         raise KeyboardInterrupt
 
+    main_thread = threading.main_thread().ident
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _interrupt)
     host, port = server.effective_host, server.effective_port  # type: ignore[attr-defined]
     print(f"facemem serving {state.index.n_faces} faces from {a.index} on http://{host}:{port} "
-          f"({a.workers} threads, {state.pool.processes} detection processes, device {state.searcher.device}, "
+          f"({threads} threads, {adm.inflight} searching at once, queue {adm.queue}, "
+          f"{state.pool.processes} detection processes, device {state.searcher.device}, "
           f"auth {'on' if token else 'off'})", flush=True)
     try:
         server.run()  # returns on SIGTERM / Ctrl-C (waitress catches the KeyboardInterrupt)

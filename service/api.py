@@ -105,9 +105,7 @@ def parse_params(args: Mapping[str, Any]) -> Params:
     if "channels" in args:
         raw = _single(args, "channels")
         parts = raw.split(",") if isinstance(raw, str) else list(raw)
-        parts = [str(p).strip() for p in parts if str(p).strip()]
-        bad = [p for p in parts if p not in CHANNELS]
-        if bad or not parts:
+        if not parts or any(p not in CHANNELS for p in parts):  # exact names, as documented (no spaces)
             raise ApiError(400, "bad_parameter", f"channels must be a comma-separated subset of "
                            f"{','.join(CHANNELS)}, got {str(raw)[:60]!r}")
         kw["channels"] = tuple(c for c in CHANNELS if c in parts)
@@ -144,6 +142,19 @@ def detect_one(data: bytes, detector: str, max_pixels: int = faces.MAX_PIXELS) -
         return faces.Face("unreadable", f"face pipeline error: {type(e).__name__}: {str(e)[:200]}")
 
 
+WORKER_MEMORY_MB = 3072  # address-space cap of a detection worker (a 40 Mpx decode peaks at ~0.7 GB)
+
+
+def _limit_memory(max_mb: int) -> None:
+    """Worker initialiser: cap the address space, so a pathological image ends as a MemoryError
+    (status ``unreadable``) in that worker instead of the kernel's OOM killer picking a process."""
+    import resource
+
+    if max_mb > 0:
+        lim = max_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+
+
 def _warm(detector: str) -> bool:
     """Worker initialiser: load the dlib models once per process, not on the first request."""
     faces._dlib_obj("sp5")
@@ -161,15 +172,20 @@ class DetectPool:
     (status ``unreadable``), not the server. ``processes=0`` runs everything in the calling thread.
     """
 
-    def __init__(self, processes: int | None = None):
+    def __init__(self, processes: int | None = None, memory_mb: int = WORKER_MEMORY_MB):
         self.processes = (os.cpu_count() or 1) if processes is None else int(processes)
+        self.memory_mb = int(memory_mb)
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def _get(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=get_context("spawn"))
+                # Large buffers straight from mmap, so a worker hands a 40 Mpx image's memory back to
+                # the OS when it is done instead of keeping it in the heap (read at process start).
+                os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=get_context("spawn"),
+                                                 initializer=_limit_memory, initargs=(self.memory_mb,))
             return self._pool
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import base64
 import binascii
+import hashlib
 import hmac
 import io
 import json
@@ -28,6 +29,7 @@ from indexer import faces
 from indexer.store import FaceIndex, load_index
 
 from . import api, stats
+from .admission import Admission, Overloaded
 from .search import Searcher
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     "embedder": "torch",
     "detect_processes": None,  # face-detection worker processes; None = one per core, 0 = in-thread
     "thumbnail_max": 1024,  # largest ?size= for /images
+    "max_inflight": None,  # POST /neighbors computing at once; None = one per core
+    "max_queue": 16,  # POST /neighbors waiting for a slot before 503; None = unbounded (naive baseline)
+    "queue_wait_s": 30.0,  # longest wait for a slot before 503
+    "verify": True,  # check every index file's sha256 at start-up (bit rot, edits), not just sizes
 }
 THUMB_DEFAULT = 256
 
@@ -56,6 +62,7 @@ class ServiceState:
     searcher: Searcher
     config: dict
     pool: api.DetectPool
+    admission: Admission
     default_thresholds: stats.Thresholds
     face_files: dict[str, int]
     openapi: dict
@@ -97,6 +104,22 @@ def image_path(index: FaceIndex, file: str) -> Path:
     if index.manifest.get("dataset", {}).get("kind") == "celeba":
         return root / "img_align_celeba" / file
     return root / file
+
+
+def token_matches(header: str, token: str) -> bool:
+    """``Authorization: Bearer <token>`` check in constant time.
+
+    Both sides are hashed first, so the comparison also takes the same time whatever the length
+    of the guess (``hmac.compare_digest`` alone returns early on a length mismatch).
+    """
+    got = header[7:].strip() if header.startswith("Bearer ") else ""
+    try:  # a WSGI header is the raw bytes decoded as latin-1; the token is compared as UTF-8 bytes
+        raw = got.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = got.encode("utf-8", "surrogateescape")
+    a = hashlib.sha256(raw).digest()
+    b = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(a, b) and bool(got) and bool(token)
 
 
 # ----------------------------------------------------------------------------- request reading
@@ -169,11 +192,14 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
     if int(cfg["max_files"]) < 1 or float(cfg["max_request_mb"]) <= 0:
         raise ValueError("max_files must be >= 1 and max_request_mb > 0")
     t0 = time.perf_counter()
-    index = load_index(Path(index_dir))
+    index = load_index(Path(index_dir), verify_hashes=bool(cfg["verify"]))
     searcher = Searcher(index, device=cfg["device"], embedder=cfg["embedder"])
     pool = api.DetectPool(cfg["detect_processes"])
+    inflight = int(cfg["max_inflight"] or os.cpu_count() or 1)
+    queue = None if cfg["max_queue"] is None else int(cfg["max_queue"])
     state = ServiceState(
         index=index, searcher=searcher, config=cfg, pool=pool,
+        admission=Admission(inflight, queue, float(cfg["queue_wait_s"])),
         default_thresholds=stats.calibrate(index.calibration),
         face_files={f: i for i, f in enumerate(searcher.files)},
         openapi=json.loads(OPENAPI_PATH.read_text()),
@@ -199,11 +225,12 @@ def _register(app: Flask) -> None:
         st = _state()
         st.count("requests")
         g.t0 = time.perf_counter()
+        if st.admission.draining:
+            return error(503, "shutting_down", "the server is shutting down; retry shortly",
+                         {"Retry-After": str(st.admission.retry_after())})
         token = st.config["token"]
         if token and request.endpoint != "healthz":
-            got = request.headers.get("Authorization", "")
-            ok = got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip().encode(), token.encode())
-            if not ok:
+            if not token_matches(request.headers.get("Authorization", ""), token):
                 return error(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)",
                              {"WWW-Authenticate": 'Bearer realm="facemem"'})
         return None
@@ -217,6 +244,11 @@ def _register(app: Flask) -> None:
     @app.errorhandler(api.ApiError)
     def _api_error(e: api.ApiError) -> Response:
         return error(e.status, e.code, e.message)
+
+    @app.errorhandler(Overloaded)
+    def _overloaded(e: Overloaded) -> Response:
+        return error(503, "overloaded", f"{e.message}; retry after {e.retry_after} s",
+                     {"Retry-After": str(e.retry_after)})
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response:
@@ -244,7 +276,8 @@ def _register(app: Flask) -> None:
         _no_params()
         st = _state()
         return jsonify({"status": "ok", "faces": st.index.n_faces, "uptime_s": time.time() - st.started,
-                        "requests": st.requests, "internal_errors": st.internal_errors})
+                        "requests": st.requests, "internal_errors": st.internal_errors,
+                        "admission": st.admission.to_dict()})
 
     @app.get("/v1/index")
     def index_info() -> Response:
@@ -272,11 +305,12 @@ def _register(app: Flask) -> None:
     def neighbors() -> Response:
         st = _state()
         params = api.parse_params(request.args)
-        images = read_images(int(st.config["max_files"]))
         default = params.threshold is None and params.false_match_rate == stats.DEFAULT_FALSE_MATCH_RATE
         thresholds = st.default_thresholds if default else None  # else calibrated per request (< 1 ms)
-        body = api.neighbors(st.searcher, images, params, pool=st.pool, max_pixels=int(st.config["max_pixels"]),
-                             thresholds=thresholds)
+        with st.admission.slot():  # waits (bounded) before the body is parsed; 503 when full
+            images = read_images(int(st.config["max_files"]))
+            body = api.neighbors(st.searcher, images, params, pool=st.pool,
+                                 max_pixels=int(st.config["max_pixels"]), thresholds=thresholds)
         return jsonify(body)
 
     @app.get("/images/<path:file>")
