@@ -219,9 +219,13 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
 
 def _save_chunk(path: Path, rows: list[dict], desc: np.ndarray, pix: np.ndarray, times: dict) -> None:
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, rows=np.array(json.dumps(rows)), descriptors=desc, pixels=pix,
-             times=np.array(json.dumps(times)))
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, rows=np.array(json.dumps(rows)), descriptors=desc, pixels=pix,
+                 times=np.array(json.dumps(times)))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: leave no half-written chunk behind
+        raise
 
 
 def _load_chunk(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray, dict]:
@@ -230,18 +234,27 @@ def _load_chunk(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray, dict]:
 
 
 def _prepare_partial(partial: Path, params: dict, resume: bool) -> None:
+    """Create the checkpoint directory, or check that the one there belongs to this build (``resume``).
+
+    ``params.json`` is written atomically right after the directory is made, so a directory without
+    it holds no chunks (the build died at once) and is simply started again.
+    """
     pfile = partial / "params.json"
     if partial.exists():
-        if resume:
-            have = json.loads(pfile.read_text()) if pfile.exists() else None
-            if have != json.loads(json.dumps(params)):  # compare as JSON: tuples come back as lists
+        if resume and pfile.exists():
+            if json.loads(pfile.read_text()) != json.loads(json.dumps(params)):  # tuples come back as lists
                 raise SystemExit(f"cannot resume: {partial} was started with other parameters; "
                                  f"delete it or run without --resume")
+            for debris in partial.glob("*.tmp*"):  # a chunk or params file cut short by a kill
+                debris.unlink()
             return
-        log.warning("discarding the unfinished build in %s (use --resume to continue it)", partial)
+        if not resume:
+            log.warning("discarding the unfinished build in %s (use --resume to continue it)", partial)
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    pfile.write_text(json.dumps(params, indent=1))
+    tmp = partial / "params.json.tmp"
+    tmp.write_text(json.dumps(params, indent=1))
+    os.replace(tmp, pfile)
 
 
 def _resolve_build_device(device: str) -> str:
@@ -424,6 +437,9 @@ def build(cfg: BuildConfig) -> Path:
     except BrokenProcessPool as e:
         raise SystemExit(f"a worker process died ({e}); finished chunks are kept in {partial}: "
                          f"rerun with --resume") from None
+    except OSError as e:  # a checkpoint could not be written (disk full, permissions)
+        raise SystemExit(f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished chunks "
+                         f"are kept there: free space and rerun with --resume") from None
     finally:
         bar.close()
     t_faces = time.perf_counter() - t_run
@@ -478,7 +494,11 @@ def build(cfg: BuildConfig) -> Path:
     total = time.perf_counter() - t_start
     manifest["build"]["seconds"] = round(total, 2)
     manifest["build"]["stage_seconds"] = {k: round(v, 2) for k, v in times.items()}
-    store.write_index(out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite)
+    try:
+        store.write_index(out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite)
+    except store.IndexWriteError as e:  # the chunks stay: a rerun with --resume only writes the index
+        raise SystemExit(f"error: {e}; all {len(chunks)} chunks are kept in {partial}: free space and rerun "
+                         f"with --resume") from None
     shutil.rmtree(partial, ignore_errors=True)
     n_new = len(items) - done_images
     rate = n_new / t_faces if t_faces > 0 else float("nan")

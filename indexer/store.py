@@ -11,18 +11,24 @@ Layout of an index directory::
     pixels.npy        uint8 (F, 64·64·3) pixel-channel crops (memory-mapped on load)
     calibration.npz   per-face nearest distances used by the service statistics
 
-A build writes everything into ``<out>.tmp-<pid>`` and renames it into place, so a crash never
-leaves a directory that loads as an index (a directory without a verified manifest never loads).
+A build writes everything into ``.<out>.tmp-<pid>`` beside ``<out>`` and swaps it into place with
+one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames where the filesystem lacks it), so a reader
+sees the old index or the new one, never a mix; a crash or a full disk leaves the old index intact.
+Debris of a killed build (``.<out>.tmp-<pid>`` of a dead pid) is removed by the next write.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +45,10 @@ FILES = ("rows.jsonl", "descriptors.npy", "semantic.faiss", "pixels.npy", "calib
 
 class IndexLoadError(Exception):
     """The directory is not a usable index; the message says what to do."""
+
+
+class IndexWriteError(RuntimeError):
+    """Writing an index failed (disk full, permissions); the previous index is untouched."""
 
 
 def sha256_file(path: Path) -> str:
@@ -99,57 +109,160 @@ class FaceIndex:
         return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_debris(out: Path) -> list[Path]:
+    """Remove ``.<out>.tmp-<pid>`` directories left by killed writers (pid no longer running)."""
+    out = Path(out)
+    pat = re.compile(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)$")
+    removed = []
+    if out.parent.is_dir():
+        for p in out.parent.iterdir():
+            m = pat.match(p.name)
+            if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    if removed:
+        log.info("removed debris of interrupted builds: %s", ", ".join(p.name for p in removed))
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished ``tmp`` at ``out``; the old ``out`` (if any) ends up in ``tmp`` and is deleted."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    if not _exchange(tmp, out):  # fallback: a short window in which ``out`` is missing
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        tmp = old
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _disk_full(path: Path) -> bool:
+    """A library that reports a short write without an errno: ask the filesystem (before cleaning up)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
 def write_index(out: Path, rows: list[dict], descriptors: np.ndarray, pixels: np.ndarray,
                 calibration: dict[str, np.ndarray], manifest: dict, overwrite: bool = False) -> Path:
-    """Write a complete index to ``out`` atomically (temp dir in the same parent, then rename)."""
-    import faiss
+    """Write a complete index to ``out`` atomically (temp dir in the same parent, then an atomic swap).
 
+    Any OS error (a full disk, above all) removes the temp dir and raises :class:`IndexWriteError`;
+    the index that was at ``out`` before is untouched.
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (use --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_debris(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
-        with open(tmp / "rows.jsonl", "w") as f:
-            for r in rows:
-                f.write(json.dumps(r, separators=(",", ":")) + "\n")
-        descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
-        np.save(tmp / "descriptors.npy", descriptors)
-        index = faiss.IndexFlatL2(descriptors.shape[1] if descriptors.ndim == 2 else 128)
-        if len(descriptors):
-            index.add(descriptors)
-        faiss.write_index(index, str(tmp / "semantic.faiss"))
-        np.save(tmp / "pixels.npy", np.ascontiguousarray(pixels, dtype=np.uint8))
-        np.savez(tmp / "calibration.npz", **calibration)
-        files = {}
-        for name in FILES:
-            p = tmp / name
-            files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        manifest = dict(manifest, format_version=FORMAT_VERSION, model_sha256=faces.model_hashes(),
-                        pipeline_signature=_pipeline_signature(),
-                        files=files, libraries=library_versions(),
-                        written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        # The manifest goes last: a directory without it is never taken for an index.
-        with open(tmp / (MANIFEST + ".part"), "w") as f:
-            json.dump(manifest, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp / (MANIFEST + ".part"), tmp / MANIFEST)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        tmp.mkdir()
+        _write_files(tmp, rows, descriptors, pixels, calibration, manifest)
+        _replace_dir(tmp, out)
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or _disk_full(out.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        what = "the disk is full" if full else "an OS error"
+        before = f"the previous index at {out} is untouched" if out.exists() else f"nothing was written at {out}"
+        raise IndexWriteError(f"could not write the index: {what} ({e.strerror or e} while writing "
+                              f"{e.filename or tmp}); {before}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote index %s (%d faces)", out, len(descriptors))
     return out
+
+
+def _save_npy(path: Path, arr: np.ndarray, block: int = 64 << 20) -> None:
+    """``np.save`` through Python's file object: the same bytes, but a failed write raises an OSError
+    that says why (numpy's own C writer reports only "N requested and M written")."""
+    arr = np.ascontiguousarray(arr)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+        flat = memoryview(arr.reshape(-1).view(np.uint8))
+        for lo in range(0, len(flat), block):
+            f.write(flat[lo:lo + block])
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` with fixed zip timestamps, so equal arrays give a byte-identical file
+    (a resumed build is then byte-for-byte equal to an uninterrupted one)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with z.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arrays[name]), allow_pickle=False)
+
+
+def _write_files(tmp: Path, rows: list[dict], descriptors: np.ndarray, pixels: np.ndarray,
+                 calibration: dict[str, np.ndarray], manifest: dict) -> None:
+    import faiss
+
+    with open(tmp / "rows.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    _save_npy(tmp / "descriptors.npy", descriptors)
+    index = faiss.IndexFlatL2(descriptors.shape[1] if descriptors.ndim == 2 else 128)
+    if len(descriptors):
+        index.add(descriptors)
+    # Serialised here and written by Python: faiss.write_index ignores errors at fclose, so a
+    # full disk could leave a short file behind a manifest that vouches for it.
+    with open(tmp / "semantic.faiss", "wb") as f:
+        f.write(faiss.serialize_index(index).tobytes())
+    _save_npy(tmp / "pixels.npy", np.ascontiguousarray(pixels, dtype=np.uint8))
+    _save_npz(tmp / "calibration.npz", calibration)
+    files = {}
+    for name in FILES:
+        p = tmp / name
+        files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    manifest = dict(manifest, format_version=FORMAT_VERSION, model_sha256=faces.model_hashes(),
+                    pipeline_signature=_pipeline_signature(),
+                    files=files, libraries=library_versions(),
+                    written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    # The manifest goes last: a directory without it is never taken for an index.
+    with open(tmp / (MANIFEST + ".part"), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp / (MANIFEST + ".part"), tmp / MANIFEST)
+    for p in (*(tmp / n for n in FILES), tmp / MANIFEST):  # on disk before the swap makes them live
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _pipeline_signature() -> dict:
@@ -163,9 +276,13 @@ def read_manifest(root: Path) -> dict:
         raise IndexLoadError(f"{root} is not a facemem index (no {MANIFEST}); build one with "
                              f"`python -m indexer build`")
     try:
-        return json.loads(mpath.read_text())
-    except ValueError as e:
-        raise IndexLoadError(f"{mpath} is corrupt: {e}") from None
+        m = json.loads(mpath.read_text())
+    except (ValueError, OSError) as e:
+        raise IndexLoadError(f"{mpath} is corrupt or unreadable ({e}); rebuild the index") from None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or not isinstance(m.get("dataset"), dict):
+        raise IndexLoadError(f"{mpath} is not a valid manifest (edited or damaged: expected an object with "
+                             f"'files' and 'dataset'); rebuild the index")
+    return m
 
 
 def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> None:
@@ -187,6 +304,8 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
                              f"descriptors would not match today's queries; rebuild the index")
     for name, meta in manifest.get("files", {}).items():
         p = Path(root) / name
+        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int):
+            raise IndexLoadError(f"{root}: the manifest entry for {name} is damaged; rebuild the index")
         if not p.is_file() or p.stat().st_size != meta["bytes"]:
             raise IndexLoadError(f"{root}: {name} is missing or has the wrong size; rebuild the index")
         if verify_hashes and sha256_file(p) != meta["sha256"]:
@@ -202,14 +321,24 @@ def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
     root = Path(root)
     manifest = read_manifest(root)
     check_manifest(root, manifest, verify_hashes)
-    with open(root / "rows.jsonl") as f:
-        rows = [json.loads(line) for line in f]
-    face_rows = np.array([i for i, r in enumerate(rows) if r.get("face") is not None], dtype=np.int64)
-    descriptors = np.load(root / "descriptors.npy")
-    pixels = np.load(root / "pixels.npy", mmap_mode="r")
-    semantic = faiss.read_index(str(root / "semantic.faiss"))
-    with np.load(root / "calibration.npz") as z:
-        calibration = {k: z[k] for k in z.files}
+    name = "rows.jsonl"
+    try:  # sizes matched; a file can still be damaged inside (edited, or --verify skipped)
+        with open(root / name) as f:
+            rows = [json.loads(line) for line in f]
+        face_rows = np.array([i for i, r in enumerate(rows) if r.get("face") is not None], dtype=np.int64)
+        name = "descriptors.npy"
+        descriptors = np.load(root / name)
+        name = "pixels.npy"
+        pixels = np.load(root / name, mmap_mode="r")
+        name = "semantic.faiss"
+        semantic = faiss.read_index(str(root / name))
+        name = "calibration.npz"
+        with np.load(root / name) as z:
+            calibration = {k: z[k] for k in z.files}
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError, EOFError,
+            zipfile.BadZipFile) as e:
+        raise IndexLoadError(f"{root}: {name} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                             f"rebuild the index") from None
     if not (len(face_rows) == len(descriptors) == len(pixels) == semantic.ntotal):
         raise IndexLoadError(f"{root}: inconsistent face counts (rows {len(face_rows)}, descriptors "
                              f"{len(descriptors)}, pixels {len(pixels)}, faiss {semantic.ntotal})")
