@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import re
 import threading
 import warnings
@@ -131,31 +132,38 @@ def pipeline_signature() -> dict:
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and raises above twice this
 _OBJ_REPR = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+# What uploads and datasets may be. An allow-list: Pillow opens dozens of formats, some of which
+# decode everything inside Image.open (ICO), trust a size that lies, or run Ghostscript (EPS).
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to an (H, W, 3) uint8 RGB array, or raise :class:`Unreadable`.
 
-    Handles the formats users actually upload: greyscale, palette, CMYK, alpha (composited on
-    white), 16-bit and float images (rescaled, not clipped), animated images (first frame), and
-    EXIF orientation. The pixel cap is checked from the header, before any pixel is decoded.
+    Handles the formats users actually upload (:data:`FORMATS`): greyscale, palette, CMYK, alpha
+    (composited on white), 16-bit and float images (rescaled, not clipped), animated images (first
+    frame), and EXIF orientation. The pixel cap is checked from the header, before any pixel is
+    decoded, and the conversions avoid full-size float copies (a 40 Mpx image costs ~0.3-0.45 GB).
     """
     if not data:
         raise Unreadable("empty file (0 bytes)")
+    if max_pixels > Image.MAX_IMAGE_PIXELS:  # a server configured above the default cap
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Truncated File Read" in EXIF: not fatal
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=FORMATS)  # frame 0 of an animation is selected
             w, h = im.size
             if w * h > max_pixels:
                 raise Unreadable(f"image too large: {w}x{h} = {w * h} pixels (limit {max_pixels})")
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
             im.load()
-            im = ImageOps.exif_transpose(im) or im
+            ImageOps.exif_transpose(im, in_place=True)
             arr = _to_rgb(im)
     except Unreadable:
         raise
+    except Image.UnidentifiedImageError:
+        raise Unreadable(f"not a supported image (formats: {', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise Unreadable(f"image too large (decompression bomb): {e}") from None
     except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError…)
@@ -167,21 +175,35 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return arr
 
 
+def _grey_to_rgb(g: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
+
+
 def _to_rgb(im: Image.Image) -> np.ndarray:
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im).astype(np.float64)
-        if mode == "F" or a.max() > 65535:
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) / (hi - lo or 1.0) * 255.0
-        elif mode != "I" or a.max() > 255:
-            a = a / 257.0  # 16-bit → 8-bit
-        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.stack([g, g, g], axis=-1))
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, rgba)
+        a = np.asarray(im)
+        if mode != "F" and a.min() >= 0 and a.max() <= 65535:
+            if mode == "I" and a.max() <= 255:
+                return _grey_to_rgb(a.astype(np.uint8))
+            # 16-bit → 8-bit, exactly rint(a / 257) in integers (no float64 copies)
+            return _grey_to_rgb(((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+        f = a.astype(np.float32)  # float or wide-range int: min-max rescale over the finite values
+        finite = np.isfinite(f)
+        if not finite.any():
+            raise Unreadable("image has no finite pixel values")
+        lo, hi = float(f[finite].min()), float(f[finite].max())
+        np.nan_to_num(f, copy=False, nan=lo, posinf=hi, neginf=lo)
+        f -= lo
+        f *= 255.0 / (hi - lo or 1.0)
+        np.rint(f, out=f)
+        np.clip(f, 0, 255, out=f)
+        return _grey_to_rgb(f.astype(np.uint8))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im if mode == "RGBA" else im.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))  # alpha-composite on white, without RGBA copies
+        im = bg
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
@@ -226,6 +248,14 @@ def detect(img: np.ndarray, detector: str) -> list[tuple[int, int, int, int]]:
     Upsampling is automatic: the smallest level that finds a face wins, so small faces are found
     without paying the upsampling cost on large photos.
     """
+    h, w = img.shape[:2]
+    k = math.ceil(math.sqrt(h * w / MAX_DETECT_PIXELS)) if h * w > MAX_DETECT_PIXELS else 1
+    if k > 1:
+        # A photo above the detector's pixel budget is searched at 1/k size (box filter): dlib's
+        # pyramid over the full image would cost ~10 bytes a pixel and seconds. Landmarks and the
+        # chip still come from the full-resolution image; the boxes are mapped back here.
+        small = np.asarray(Image.fromarray(img).reduce(k))
+        return [(l * k, t * k, (r + 1) * k - 1, (b + 1) * k - 1) for l, t, r, b in detect(small, detector)]
     if detector == "hog":
         det = _dlib_obj("hog")
         rects = []
