@@ -47,7 +47,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import calibrate, faces, pixels, store
+from . import calibrate, faces, pixels, store, watchdog
 from .datasets import Item, read_dataset
 from .devices import resolve_device
 
@@ -106,27 +106,7 @@ def _init_worker(torch_threads: int, build_pid: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(torch_threads)
     _init_worker.torch_threads = torch_threads  # type: ignore[attr-defined]
-    threading.Thread(target=_exit_when_gone, args=(build_pid,), name="facemem-build-watchdog", daemon=True).start()
-
-
-def _exit_when_gone(pid: int, every: float = 1.0) -> None:
-    while _alive(pid):
-        time.sleep(every)
-    os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # the pid now belongs to another user's process: the build is gone
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is a dead build
-    except OSError:
-        return True  # no /proc (not Linux): kill(pid, 0) is all we have
+    watchdog.start(build_pid)
 
 
 def _get_worker_embedder(kind: str) -> faces.Embedder:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import faces, pixels
+from . import faces, pixels, watchdog
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +109,6 @@ class FaceIndex:
         return out
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_debris(out: Path) -> list[Path]:
     """Remove ``.<out>.tmp-<pid>`` directories left by killed writers (pid no longer running)."""
     out = Path(out)
@@ -127,7 +117,7 @@ def remove_debris(out: Path) -> list[Path]:
     if out.parent.is_dir():
         for p in out.parent.iterdir():
             m = pat.match(p.name)
-            if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+            if m and (int(m.group(1)) == os.getpid() or not watchdog.alive(int(m.group(1)))):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     if removed:

@@ -133,12 +133,12 @@ def reference_answers(url: str, payloads: list[Payload], timeout: float = 120.0)
 
 # ----------------------------------------------------------------------------- peak RSS
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """All descendants: from /proc/PID/task/*/children where the kernel has it, else one /proc scan."""
     files = list(Path(f"/proc/{pid}/task").glob("*/children"))
     if files:
         kids = [int(k) for f in files for k in _read(f).split()]
-        return kids + [d for k in kids for d in _descendants(k)]
+        return kids + [d for k in kids for d in descendants(k)]
     parent = {int(p.name): st.rsplit(")", 1)[1].split()[1] for p in Path("/proc").iterdir()
               if p.name.isdigit() and (st := _read(p / "stat"))}
     out, todo = [], [pid]
@@ -173,7 +173,7 @@ class RssMonitor(threading.Thread):
         polls, kids = 0, []
         while not self._done.is_set():
             if polls % 20 == 0:  # the face-detection workers rarely change: look for them once a second
-                kids = _descendants(self.pid)
+                kids = descendants(self.pid)
             polls += 1
             server = _rss(self.pid)
             self.peaks = [max(self.peaks[0], server), max(self.peaks[1], server + sum(map(_rss, kids)))]

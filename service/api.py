@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from indexer import faces, pixels
+from indexer import faces, pixels, watchdog
 from indexer.store import FaceIndex
 
 from . import stats
@@ -145,14 +145,16 @@ def detect_one(data: bytes, detector: str, max_pixels: int = faces.MAX_PIXELS) -
 WORKER_MEMORY_MB = 3072  # address-space cap of a detection worker (a 40 Mpx decode peaks at ~0.7 GB)
 
 
-def _limit_memory(max_mb: int) -> None:
+def _init_detect_worker(max_mb: int) -> None:
     """Worker initialiser: cap the address space, so a pathological image ends as a MemoryError
-    (status ``unreadable``) in that worker instead of the kernel's OOM killer picking a process."""
+    (status ``unreadable``) in that worker instead of the kernel's OOM killer picking a process,
+    and exit when the server is gone."""
     import resource
 
     if max_mb > 0:
         lim = max_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+    watchdog.start()  # a server killed with SIGKILL must not leave its workers behind
 
 
 def _warm(detector: str) -> bool:
@@ -185,7 +187,7 @@ class DetectPool:
                 # the OS when it is done instead of keeping it in the heap (read at process start).
                 os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=get_context("spawn"),
-                                                 initializer=_limit_memory, initargs=(self.memory_mb,))
+                                                 initializer=_init_detect_worker, initargs=(self.memory_mb,))
             return self._pool
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:

@@ -12,7 +12,8 @@ import time
 import pytest
 import requests
 
-from scripts.loadtest import make_payloads, reference_answers, run_load, serve
+from indexer.watchdog import alive
+from scripts.loadtest import descendants, make_payloads, reference_answers, run_load, serve
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +78,14 @@ def test_restart_under_load_never_gives_a_wrong_answer(small_index_dir, payloads
     with serve(small_index_dir, *args) as (url2, proc2):
         assert url2 == url
         time.sleep(3)
+        workers = descendants(proc2.pid)  # its face-detection processes
         proc2.kill()  # abrupt: connections drop mid-request
         proc2.wait(60)
         stops.append("SIGKILL")
+        deadline = time.time() + 10
+        while time.time() < deadline and any(alive(w) for w in workers):
+            time.sleep(0.1)
+        assert workers and not any(alive(w) for w in workers), "detection workers outlived a killed server"
     with serve(small_index_dir, *args) as (url3, proc3):
         time.sleep(3)  # the clients find the third server
         stop.set()

@@ -360,7 +360,7 @@ def _bad_inputs() -> dict[str, tuple]:
         return encode(Image.fromarray(hog_photo()).resize((4000, 3200)), "JPEG", quality=50)
 
     return {
-        "non_image": (lambda: b"this is not an image\n" * 50, "unreadable", "cannot decode"),
+        "non_image": (lambda: b"this is not an image\n" * 50, "unreadable", "not a supported image"),
         "truncated_jpeg": (truncated, "unreadable", "truncated"),
         "zero_bytes": (lambda: b"", "unreadable", "empty"),
         "bomb_header": (lambda: png_header_only(100_000, 100_000), "unreadable", "too large"),
