@@ -409,7 +409,11 @@ def build(cfg: BuildConfig) -> Path:
 
     def save(i: int, res: dict) -> None:
         ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
-        _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct)
+        try:
+            _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct)
+        except OSError as e:  # a full disk or permissions: the finished chunks stay
+            raise SystemExit(f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished "
+                             f"chunks are kept there: free space and rerun with --resume") from None
         bar.update(len(chunks[i]))
 
     try:
@@ -417,9 +421,6 @@ def build(cfg: BuildConfig) -> Path:
     except BrokenProcessPool as e:
         raise SystemExit(f"a worker process died ({e}); finished chunks are kept in {partial}: "
                          f"rerun with --resume") from None
-    except OSError as e:  # a checkpoint could not be written (disk full, permissions)
-        raise SystemExit(f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished chunks "
-                         f"are kept there: free space and rerun with --resume") from None
     finally:
         bar.close()
     t_faces = time.perf_counter() - t_run

@@ -249,13 +249,21 @@ def detect(img: np.ndarray, detector: str) -> list[tuple[int, int, int, int]]:
     without paying the upsampling cost on large photos.
     """
     h, w = img.shape[:2]
-    k = math.ceil(math.sqrt(h * w / MAX_DETECT_PIXELS)) if h * w > MAX_DETECT_PIXELS else 1
+    k = 1
+    while math.ceil(h / k) * math.ceil(w / k) > MAX_DETECT_PIXELS:
+        k += 1
     if k > 1:
         # A photo above the detector's pixel budget is searched at 1/k size (box filter): dlib's
-        # pyramid over the full image would cost ~10 bytes a pixel and seconds. Landmarks and the
-        # chip still come from the full-resolution image; the boxes are mapped back here.
+        # pyramid over the full image would cost ~10 bytes a pixel and seconds. The smallest face
+        # found grows to ~80·k px (HOG's window). Landmarks and the chip still come from the
+        # full-resolution image; the boxes are mapped back (and clamped) here.
         small = np.asarray(Image.fromarray(img).reduce(k))
-        return [(l * k, t * k, (r + 1) * k - 1, (b + 1) * k - 1) for l, t, r, b in detect(small, detector)]
+        return [(l * k, t * k, min((r + 1) * k - 1, w - 1), min((b + 1) * k - 1, h - 1))
+                for l, t, r, b in _detect(small, detector)]
+    return _detect(img, detector)
+
+
+def _detect(img: np.ndarray, detector: str) -> list[tuple[int, int, int, int]]:
     if detector == "hog":
         det = _dlib_obj("hog")
         rects = []

@@ -12,8 +12,10 @@ Layout of an index directory::
     calibration.npz   per-face nearest distances used by the service statistics
 
 A build writes everything into ``.<out>.tmp-<pid>`` beside ``<out>`` and swaps it into place with
-one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames where the filesystem lacks it), so a reader
-sees the old index or the new one, never a mix; a crash or a full disk leaves the old index intact.
+one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames where the filesystem lacks it), so ``<out>``
+is always a complete index, the old one or the new one; a crash or a full disk leaves the old one
+intact. (A process that is loading while the swap happens can still read files of both; the
+service loads once, at start-up.)
 Debris of a killed build (``.<out>.tmp-<pid>`` of a dead pid) is removed by the next write.
 """
 
@@ -149,7 +151,11 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     if not _exchange(tmp, out):  # fallback: a short window in which ``out`` is missing
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(old, out)  # put the previous index back before reporting the error
+            raise
         tmp = old
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -281,6 +287,15 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
     if version != FORMAT_VERSION:
         raise IndexLoadError(f"{root}: index format version {version}, this facemem reads version "
                              f"{FORMAT_VERSION}; rebuild the index")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(FILES) or not all(
+            isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
+            for m in files.values()):
+        raise IndexLoadError(f"{root}: the manifest's file list is damaged (expected {list(FILES)} with size "
+                             f"and sha256 each); rebuild the index")
+    for key in ("model_sha256", "pipeline_signature"):
+        if not isinstance(manifest.get(key), dict):
+            raise IndexLoadError(f"{root}: the manifest's {key} is missing or damaged; rebuild the index")
     want, have = manifest.get("model_sha256", {}), faces.model_hashes()
     for name, sha in have.items():
         if want.get(name) != sha:
@@ -294,14 +309,10 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
                              f"descriptors would not match today's queries; rebuild the index")
     for name, meta in manifest.get("files", {}).items():
         p = Path(root) / name
-        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int):
-            raise IndexLoadError(f"{root}: the manifest entry for {name} is damaged; rebuild the index")
         if not p.is_file() or p.stat().st_size != meta["bytes"]:
             raise IndexLoadError(f"{root}: {name} is missing or has the wrong size; rebuild the index")
         if verify_hashes and sha256_file(p) != meta["sha256"]:
             raise IndexLoadError(f"{root}: {name} fails its sha256 check; rebuild the index")
-    if set(manifest.get("files", {})) != set(FILES):
-        raise IndexLoadError(f"{root}: manifest lists {sorted(manifest.get('files', {}))}, expected {list(FILES)}")
 
 
 def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:

@@ -231,6 +231,9 @@ def _client(cid: int, url: str, n: int, payloads: list[Payload], refs: list[list
                 st.error("connection", str(e))
                 time.sleep(0.2)  # the server may be restarting
                 continue
+            except requests.RequestException as e:  # e.g. a response cut off mid-body: counted, not fatal
+                st.error(type(e).__name__, str(e))
+                continue
             dt_ms = (time.perf_counter() - t0) * 1000
             if r.status_code == 200:
                 try:

@@ -136,21 +136,37 @@ def main(argv: list[str] | None = None) -> int:
                            max_request_body_size=max(2 * limit, limit + (16 << 20)),
                            connection_limit=a.connection_limit, clear_untrusted_proxy_headers=True)
 
+    stopping = threading.Event()
+
+    def _flushed() -> bool:
+        chans = list(getattr(server, "active_channels", {}).values())
+        return all(not getattr(c, "total_outbufs_len", 0) for c in chans)
+
     def _drain_then_stop() -> None:
         done = adm.drain(a.drain_s)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _flushed():  # responses written out to their sockets
+            time.sleep(0.02)
         log.info("drained (%s); stopping", "all requests finished" if done else f"timeout {a.drain_s:g} s")
-        time.sleep(0.5)  # let the event loop flush the last responses
-        signal.pthread_kill(main_thread, signal.SIGINT)  # wakes the event loop; the handler stops it
+        if not stopping.is_set():
+            stopping.set()
+            try:
+                signal.pthread_kill(main_thread, signal.SIGINT)  # wakes the event loop; the handler stops it
+            except ProcessLookupError:  # the main thread is already gone
+                pass
 
     def _stop(signum, frame):
         # First SIGTERM: drain (new requests get 503 + Retry-After, running ones finish), then stop.
         # A second SIGTERM stops at once.
-        if adm.draining:
+        if stopping.is_set() or adm.draining:
+            stopping.set()
             raise KeyboardInterrupt
+        adm.draining = True  # here, not in the thread: a quick second signal sees it
         log.info("SIGTERM: draining for up to %g s", a.drain_s)
         threading.Thread(target=_drain_then_stop, name="facemem-drain", daemon=True).start()
 
     def _interrupt(signum, frame):  # installed explicitly: a shell's `cmd &` or nohup starts us with SIGINT ignored
+        stopping.set()
         raise KeyboardInterrupt
 
     main_thread = threading.main_thread().ident
@@ -166,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a late signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         server.close()
         state.pool.close()
         log.info("stopped")

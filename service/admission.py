@@ -39,6 +39,7 @@ class Admission:
         self.admitted = 0
         self.rejected = 0
         self.draining = False
+        self.open_requests = 0  # all routes, until the response body is closed
         self._service_s = 0.5  # moving average of a request's time in its slot (seeds Retry-After)
 
     def retry_after(self) -> int:
@@ -52,27 +53,40 @@ class Admission:
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        """Hold a compute slot for the body of the ``with``; raise :class:`Overloaded` when full."""
+        """Hold a compute slot for the body of the ``with``; raise :class:`Overloaded` when full.
+
+        A queued request re-checks every 0.1 s, so a drain turns it into a 503 at once instead of
+        letting it wait past the drain's deadline.
+        """
         with self._lock:
             if self.draining:
                 raise self._refuse("the server is shutting down")
             got = self._slots.acquire(blocking=False)
-            if not got:
+            if got:
+                self.active += 1  # counted in the same step as the slot: a drain never misses it
+            else:
                 if self.queue is not None and self.waiting >= self.queue:
                     raise self._refuse(f"server busy: {self.active} requests running and {self.waiting} "
                                        f"waiting (limit {self.queue})")
                 self.waiting += 1
         if not got:
+            deadline = time.monotonic() + self.wait_s
+            why = f"server busy: no slot within {self.wait_s:g} s"
             try:
-                got = self._slots.acquire(timeout=self.wait_s)
+                while not got and time.monotonic() < deadline:
+                    got = self._slots.acquire(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                    if not got and self.draining:
+                        why = "the server is shutting down"
+                        break
             finally:
                 with self._lock:
                     self.waiting -= 1
+                    if got:
+                        self.active += 1
             if not got:
                 with self._lock:
-                    raise self._refuse(f"server busy: no slot within {self.wait_s:g} s")
+                    raise self._refuse(why)
         with self._lock:
-            self.active += 1
             self.admitted += 1
         t0 = time.perf_counter()
         try:
@@ -84,14 +98,24 @@ class Admission:
                 self._service_s = 0.8 * self._service_s + 0.2 * dt
             self._slots.release()
 
+    def request_started(self) -> None:
+        """Any request, any route (the WSGI wrapper calls this): what a drain waits for."""
+        with self._lock:
+            self.open_requests += 1
+
+    def request_finished(self) -> None:
+        with self._lock:
+            self.open_requests -= 1
+
     def drain(self, timeout: float) -> bool:
-        """Refuse new work and wait up to ``timeout`` s for running and queued requests to finish."""
+        """Refuse new work and wait up to ``timeout`` s until no request is open (its response
+        handed to the server) and none is queued."""
         with self._lock:
             self.draining = True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if self.active == 0 and self.waiting == 0:
+                if self.open_requests == 0 and self.active == 0 and self.waiting == 0:
                     return True
             time.sleep(0.02)
         return False

@@ -142,19 +142,22 @@ def detect_one(data: bytes, detector: str, max_pixels: int = faces.MAX_PIXELS) -
         return faces.Face("unreadable", f"face pipeline error: {type(e).__name__}: {str(e)[:200]}")
 
 
-WORKER_MEMORY_MB = 3072  # address-space cap of a detection worker (a 40 Mpx decode peaks at ~0.7 GB)
+WORKER_MEMORY_MB = 3072  # address space a detection worker may add after start-up (a 40 Mpx image needs ~0.4 GB)
 
 
-def _init_detect_worker(max_mb: int) -> None:
-    """Worker initialiser: cap the address space, so a pathological image ends as a MemoryError
-    (status ``unreadable``) in that worker instead of the kernel's OOM killer picking a process,
-    and exit when the server is gone."""
+def _init_detect_worker(max_mb: int, server_pid: int) -> None:
+    """Worker initialiser: cap the address space at what is mapped now plus ``max_mb``, so a
+    pathological image ends as a MemoryError (status ``unreadable``) in that worker instead of the
+    kernel's OOM killer picking a process; and exit when the server is gone."""
+    import re
     import resource
 
+    watchdog.start(server_pid)  # a server killed with SIGKILL must not leave its workers behind
     if max_mb > 0:
-        lim = max_mb << 20
+        with open("/proc/self/status") as f:
+            m = re.search(r"^VmSize:\s+(\d+) kB", f.read(), re.M)
+        lim = (int(m.group(1)) << 10 if m else 0) + (max_mb << 20)
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
-    watchdog.start()  # a server killed with SIGKILL must not leave its workers behind
 
 
 def _warm(detector: str) -> bool:
@@ -186,8 +189,10 @@ class DetectPool:
                 # Large buffers straight from mmap, so a worker hands a 40 Mpx image's memory back to
                 # the OS when it is done instead of keeping it in the heap (read at process start).
                 os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+                os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # per-core thread stacks: not needed here
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=get_context("spawn"),
-                                                 initializer=_init_detect_worker, initargs=(self.memory_mb,))
+                                                 initializer=_init_detect_worker,
+                                                 initargs=(self.memory_mb, os.getpid()))
             return self._pool
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:

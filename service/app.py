@@ -24,6 +24,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import ClosingIterator
 
 from indexer import faces
 from indexer.store import FaceIndex, load_index
@@ -216,6 +217,18 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
     app.extensions["facemem"] = state
     atexit.register(pool.close)
     _register(app)
+    inner = app.wsgi_app
+    adm = state.admission
+
+    def tracked(environ, start_response):  # open until the server has taken the whole body
+        adm.request_started()
+        try:
+            return ClosingIterator(inner(environ, start_response), [adm.request_finished])
+        except BaseException:
+            adm.request_finished()
+            raise
+
+    app.wsgi_app = tracked  # type: ignore[method-assign]
     return app
 
 

@@ -98,3 +98,24 @@ def test_restart_under_load_never_gives_a_wrong_answer(small_index_dir, payloads
     assert set(out["errors"]) <= {"connection"}, out["messages"]  # refused/reset connections only
     assert out["errors"].get("connection", 0) > 0  # the restarts really happened under load
     assert served_after > 0 and out["ok"] > 0
+
+
+def test_sigterm_finishes_running_requests_and_refuses_new_ones(small_index_dir):
+    """A slow request (8 PGGAN faces, HOG) in flight when SIGTERM arrives still gets its full,
+    correct answer; a request sent during the drain gets 503 + Retry-After; the server exits 0."""
+    slow = make_payloads(n=1, batch=8, mix=1.0, seed=3)
+    with serve(small_index_dir, "--log-level", "WARNING", "--detect-processes", "1") as (url, proc):
+        ref = reference_answers(url, slow)
+        got: dict = {}
+        t = threading.Thread(target=lambda: got.update(run_load(url, clients=1, requests_per_client=1,
+                                                                payloads=slow, references=ref)))
+        t.start()
+        time.sleep(0.3)  # the request is being processed
+        proc.terminate()
+        time.sleep(0.1)
+        r = requests.get(url + "/v1/index", timeout=10)
+        t.join(120)
+        proc.wait(60)
+    assert r.status_code == 503 and r.json()["error"] == "shutting_down" and int(r.headers["Retry-After"]) >= 1
+    assert got["ok"] == 1 and got["wrong"] == 0 and got["error_count"] == 0, got["messages"]
+    assert proc.returncode == 0
