@@ -18,11 +18,12 @@ from typing import Iterator
 
 
 class Overloaded(Exception):
-    """Refuse with 503: ``retry_after`` seconds is when a retry is likely to be admitted."""
+    """Refuse with 503: ``retry_after`` seconds is when a retry is likely to be admitted;
+    ``code`` is ``overloaded`` or ``shutting_down``."""
 
-    def __init__(self, message: str, retry_after: int):
+    def __init__(self, message: str, retry_after: int, code: str = "overloaded"):
         super().__init__(message)
-        self.message, self.retry_after = message, retry_after
+        self.message, self.retry_after, self.code = message, retry_after, code
 
 
 class Admission:
@@ -47,9 +48,13 @@ class Admission:
         ahead = self.waiting + self.active
         return max(1, math.ceil(ahead / self.inflight * self._service_s))
 
-    def _refuse(self, why: str) -> Overloaded:
+    def _refuse(self, why: str, code: str = "overloaded") -> Overloaded:
         self.rejected += 1
-        return Overloaded(why, self.retry_after())
+        return Overloaded(why, self.retry_after(), code)
+
+    def shutting_down(self) -> Overloaded:
+        """The refusal for any request that arrives, or is still queued, during a drain."""
+        return Overloaded("the server is shutting down", self.retry_after(), "shutting_down")
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -60,7 +65,7 @@ class Admission:
         """
         with self._lock:
             if self.draining:
-                raise self._refuse("the server is shutting down")
+                raise self.shutting_down()
             got = self._slots.acquire(blocking=False)
             if got:
                 self.active += 1  # counted in the same step as the slot: a drain never misses it
@@ -71,21 +76,19 @@ class Admission:
                 self.waiting += 1
         if not got:
             deadline = time.monotonic() + self.wait_s
-            why = f"server busy: no slot within {self.wait_s:g} s"
             try:
-                while not got and time.monotonic() < deadline:
+                while not got and time.monotonic() < deadline and not self.draining:
                     got = self._slots.acquire(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-                    if not got and self.draining:
-                        why = "the server is shutting down"
-                        break
             finally:
                 with self._lock:
                     self.waiting -= 1
                     if got:
                         self.active += 1
             if not got:
+                if self.draining:
+                    raise self.shutting_down()
                 with self._lock:
-                    raise self._refuse(why)
+                    raise self._refuse(f"server busy: no slot within {self.wait_s:g} s")
         with self._lock:
             self.admitted += 1
         t0 = time.perf_counter()

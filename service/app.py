@@ -239,8 +239,7 @@ def _register(app: Flask) -> None:
         st.count("requests")
         g.t0 = time.perf_counter()
         if st.admission.draining:
-            return error(503, "shutting_down", "the server is shutting down; retry shortly",
-                         {"Retry-After": str(st.admission.retry_after())})
+            raise st.admission.shutting_down()
         token = st.config["token"]
         if token and request.endpoint != "healthz":
             if not token_matches(request.headers.get("Authorization", ""), token):
@@ -260,7 +259,7 @@ def _register(app: Flask) -> None:
 
     @app.errorhandler(Overloaded)
     def _overloaded(e: Overloaded) -> Response:
-        return error(503, "overloaded", f"{e.message}; retry after {e.retry_after} s",
+        return error(503, e.code, f"{e.message}; retry after {e.retry_after} s",
                      {"Retry-After": str(e.retry_after)})
 
     @app.errorhandler(HTTPException)
