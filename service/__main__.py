@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="longest wait for a slot before 503")
     p.add_argument("--connection-limit", type=int, default=100,
                    help="open connections waitress accepts; beyond it new ones wait in the TCP backlog")
+    p.add_argument("--read-timeout-s", type=float, default=30.0,
+                   help="a request must arrive within this many seconds plus 1 s per --min-read-kib-s KiB, "
+                   "else 408 and the connection is closed; idle connections close after it too "
+                   "(slow-loris defence; 0: off, waitress's 120 s idle timeout only)")
+    p.add_argument("--min-read-kib-s", type=float, default=64.0,
+                   help="upload rate (KiB/s) that --read-timeout-s allows for beyond its base")
     p.add_argument("--drain-s", type=float, default=10.0,
                    help="on SIGTERM: answer 503 to new requests and wait this long for running ones")
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every route "
@@ -55,9 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     a = p.parse_args(argv)
     if (a.workers is not None and a.workers < 1) or a.max_files < 1 or a.max_request_mb <= 0 or a.max_pixels < 1 \
-            or (a.max_inflight is not None and a.max_inflight < 1) or a.queue_wait_s <= 0 or a.connection_limit < 1:
-        p.error("--workers, --max-inflight, --max-files, --max-request-mb, --max-pixels, --queue-wait-s and "
-                "--connection-limit must be positive")
+            or (a.max_inflight is not None and a.max_inflight < 1) or a.queue_wait_s <= 0 or a.connection_limit < 1 \
+            or a.min_read_kib_s <= 0:
+        p.error("--workers, --max-inflight, --max-files, --max-request-mb, --max-pixels, --queue-wait-s, "
+                "--connection-limit and --min-read-kib-s must be positive")
     if a.token and a.token_file:
         p.error("give --token or --token-file, not both")
     return a
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from indexer.store import IndexLoadError
 
+    from . import slow_clients
     from .app import create_app
 
     try:
@@ -135,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     server = create_server(app, host=a.host, port=a.port, threads=threads, ident="facemem",
                            max_request_body_size=max(2 * limit, limit + (16 << 20)),
                            connection_limit=a.connection_limit, clear_untrusted_proxy_headers=True)
+    slow_clients.install(server, a.read_timeout_s, a.min_read_kib_s)
 
     stopping = threading.Event()
 

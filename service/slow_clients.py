@@ -1,0 +1,99 @@
+"""Read deadlines for slow clients (slow-loris, slow body), in the spirit of Apache's mod_reqtimeout.
+
+waitress only closes a connection that sends *nothing* for ``channel_timeout`` (120 s). A client
+that trickles one byte every few seconds keeps its connection forever, and ``--connection-limit``
+such clients hold every connection the server will accept: nobody else gets in. Here each request
+must arrive completely within ``base_s`` plus one second per ``min_rate`` bytes received, so a
+legitimate large upload on a slow link gets the time it needs, while a trickle runs out quickly.
+A late request gets a 408 JSON error (waitress's error task, made JSON by
+``service.__main__.json_server_errors``) and its connection is closed.
+
+The deadline is checked whenever bytes arrive and once a second by the server's maintenance pass,
+so a client that goes silent is cut off too; a connection idle between requests is closed after
+``base_s`` (waitress's ``channel_timeout``). This hooks waitress's ``HTTPChannel.received`` and
+``maintenance`` (waitress is pinned in requirements.txt; tests/test_slow_clients.py covers it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from waitress.channel import HTTPChannel
+from waitress.utilities import Error
+
+log = logging.getLogger(__name__)
+
+
+class RequestTimeout(Error):
+    code = 408
+    reason = "Request Timeout"
+
+
+class DeadlineChannel(HTTPChannel):
+    """An HTTP channel whose partly received request must be complete by a size-dependent deadline."""
+
+    base_s: float = 30.0
+    min_rate: float = 64 * 1024  # bytes/s
+
+    _timed: Any = None  # the waitress request parser being timed
+    _started = 0.0
+    _nbytes = 0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None:  # the first bytes of a new request
+            self._timed, self._started, self._nbytes = None, time.monotonic(), 0
+        self._nbytes += len(data)
+        ok = super().received(data)
+        self.check_deadline(time.monotonic())
+        return ok
+
+    def check_deadline(self, now: float) -> None:
+        with self.requests_lock:
+            req = self.request
+            if req is None or req.completed or self.will_close or self.close_when_flushed:
+                return
+            if req is not self._timed:  # a pipelined request began inside the last read
+                if self._timed is not None:
+                    self._started, self._nbytes = now, 0
+                self._timed = req
+            allowed = self.base_s + self._nbytes / self.min_rate
+            if now - self._started <= allowed:
+                return
+            log.info("closing %s: %d bytes of a request in %.1f s (allowed %.1f s)",
+                     self.addr[0] if self.addr else "?", self._nbytes, now - self._started, allowed)
+            # Hand the partial request to waitress's error path: it writes the 408 and closes.
+            req.error = RequestTimeout(
+                f"the request did not arrive within {allowed:.0f} s ({self.base_s:g} s plus 1 s per "
+                f"{self.min_rate / 1024:g} KiB received)")
+            req.completed = True
+            self.request = None
+            self.requests.append(req)
+            if len(self.requests) == 1:
+                self.server.add_task(self)
+
+
+def install(server: Any, base_s: float, min_rate_kib_s: float) -> None:
+    """Give ``server`` (from ``waitress.create_server``) read deadlines for new connections.
+
+    ``base_s`` <= 0 turns them off (waitress's idle timeout alone; the naive baseline).
+    """
+    if base_s <= 0:
+        return
+    channel = type("FacememChannel", (DeadlineChannel,), {"base_s": base_s, "min_rate": min_rate_kib_s * 1024})
+    server.channel_class = channel
+    server.adj.cleanup_interval = 1  # the maintenance pass below runs once a second
+    # A connection that sends nothing at all holds a slot too: close idle ones after base_s as well
+    # (only between requests; waitress never closes a channel whose request is being answered).
+    server.adj.channel_timeout = min(server.adj.channel_timeout, base_s)
+    idle_close = server.maintenance
+
+    def maintenance(now: float) -> None:
+        idle_close(now)
+        mono = time.monotonic()
+        for ch in list(server.active_channels.values()):
+            if isinstance(ch, DeadlineChannel):
+                ch.check_deadline(mono)
+
+    server.maintenance = maintenance
