@@ -54,6 +54,11 @@ class DeadlineChannel(HTTPChannel):
             req = self.request
             if req is None or req.completed or self.will_close or self.close_when_flushed:
                 return
+            if self.requests:
+                # A pipelined request waits while an earlier one is answered, and the channel reads
+                # nothing meanwhile: its clock starts when the server is free again.
+                self._started = now
+                return
             if req is not self._timed:  # a pipelined request began inside the last read
                 if self._timed is not None:
                     self._started, self._nbytes = now, 0
