@@ -200,9 +200,11 @@ class ClientStats:
     errors: Counter = field(default_factory=Counter)  # kind ('connection', 'timeout', 'http_500', ...) -> n
     retry_after: Counter = field(default_factory=Counter)  # a 503's Retry-After value ('missing') -> n
     messages: list[str] = field(default_factory=list)
+    error_at: list[tuple[str, float]] = field(default_factory=list)  # (kind, time.monotonic()) per error
 
     def error(self, kind: str, msg: str) -> None:
         self.errors[kind] += 1
+        self.error_at.append((kind, time.monotonic()))
         self.note(f"{kind}: {msg}")
 
     def note(self, msg: str) -> None:
@@ -292,6 +294,8 @@ def run_load(url: str, clients: int = 8, requests_per_client: int = 25, *, batch
            "errors": dict(sum((r.errors for r in res), Counter())),
            "retry_after": dict(sum((r.retry_after for r in res), Counter())),
            "messages": [m for r in res for m in r.messages][:2 * MAX_MESSAGES], "wall_s": wall,
+           # when each error happened (time.monotonic()), so a test can line errors up with its events
+           "error_at": sorted((t, k) for r in res for k, t in r.error_at),
            "ok_per_s": sum(r.ok for r in res) / wall, "images_per_s": sum(r.images_ok for r in res) / wall,
            "latency_ms": {q: float(np.percentile(lat, p)) if lat.size else None
                           for q, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},

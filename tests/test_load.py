@@ -71,6 +71,7 @@ def test_restart_under_load_never_gives_a_wrong_answer(small_index_dir, payloads
             url, clients=6, requests_per_client=10**6, payloads=fast, references=refs, timeout=60, stop=stop)))
         load.start()
         time.sleep(3)
+        t_term = time.monotonic()
         proc.terminate()  # graceful: drain (503 + Retry-After), finish what runs, exit
         proc.wait(60)
         assert proc.returncode == 0
@@ -79,6 +80,7 @@ def test_restart_under_load_never_gives_a_wrong_answer(small_index_dir, payloads
         assert url2 == url
         time.sleep(3)
         workers = descendants(proc2.pid)  # its face-detection processes
+        t_kill = time.monotonic()
         proc2.kill()  # abrupt: connections drop mid-request
         proc2.wait(60)
         stops.append("SIGKILL")
@@ -92,10 +94,16 @@ def test_restart_under_load_never_gives_a_wrong_answer(small_index_dir, payloads
         load.join(120)
         served_after = requests.get(url3 + "/healthz", timeout=10).json()["admission"]["admitted"]
     out = result
+    cut = [(kind, round(t - t_term, 2), round(t - t_kill, 2)) for t, kind in out["error_at"] if kind != "connection"]
     print(f"\nrestart under load ({', '.join(stops)}): {out['sent']} sent, {out['ok']} ok, {out['rejected']} 503, "
           f"errors {out['errors']}, wrong {out['wrong']}; the last server answered {served_after}")
+    print("errors other than connection errors (kind, s after SIGTERM, s after SIGKILL):", cut)
     assert out["wrong"] == 0, out["messages"]
-    assert set(out["errors"]) <= {"connection"}, out["messages"]  # refused/reset connections only
+    # Refused or reset connections only. The SIGKILL may also cut a response off mid-body, which
+    # requests reports as ChunkedEncodingError (a short body, never parsed): accepted only right at
+    # the kill. One at any other time (e.g. during the SIGTERM drain) fails the test.
+    assert all(kind == "ChunkedEncodingError" and 0 <= after_kill < 2 for kind, _, after_kill in cut), \
+        (cut, out["messages"])
     assert out["errors"].get("connection", 0) > 0  # the restarts really happened under load
     assert served_after > 0 and out["ok"] > 0
 
