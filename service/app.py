@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import io
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import ClosingIterator
 
 from indexer import faces
@@ -188,8 +189,8 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
     if unknown:
         raise ValueError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     cfg = {**DEFAULTS, **(config or {})}
-    if cfg["token"] is None and os.environ.get("FACEMEM_TOKEN"):
-        cfg["token"] = os.environ["FACEMEM_TOKEN"]
+    if cfg["token"] is None and os.environ.get("FACEMEM_TOKEN", "").strip():
+        cfg["token"] = os.environ["FACEMEM_TOKEN"].strip()
     if int(cfg["max_files"]) < 1 or float(cfg["max_request_mb"]) <= 0:
         raise ValueError("max_files must be >= 1 and max_request_mb > 0")
     t0 = time.perf_counter()
@@ -221,11 +222,12 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
     adm = state.admission
 
     def tracked(environ, start_response):  # open until the server has taken the whole body
-        adm.request_started()
+        counted = adm.request_started()
+        done = functools.partial(adm.request_finished, counted)
         try:
-            return ClosingIterator(inner(environ, start_response), [adm.request_finished])
+            return ClosingIterator(inner(environ, start_response), [done])
         except BaseException:
-            adm.request_finished()
+            done()
             raise
 
     app.wsgi_app = tracked  # type: ignore[method-assign]
@@ -319,6 +321,8 @@ def _register(app: Flask) -> None:
         params = api.parse_params(request.args)
         default = params.threshold is None and params.false_match_rate == stats.DEFAULT_FALSE_MATCH_RATE
         thresholds = st.default_thresholds if default else None  # else calibrated per request (< 1 ms)
+        if (request.content_length or 0) > current_app.config["MAX_CONTENT_LENGTH"]:
+            raise RequestEntityTooLarge()  # refused from the header, without waiting for a slot
         with st.admission.slot():  # waits (bounded) before the body is parsed; 503 when full
             images = read_images(int(st.config["max_files"]))
             body = api.neighbors(st.searcher, images, params, pool=st.pool,

@@ -23,6 +23,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import jsonschema
@@ -447,6 +448,25 @@ def test_too_large_request_is_413_json(transport):
     big = np.random.default_rng(0).integers(0, 256, 5 << 20, dtype=np.uint8).tobytes()  # 5 MiB > 4 MiB
     status, body = transport.post([("big", big)])
     check_error(status, body, 413, "request_too_large")
+
+
+def test_too_large_request_is_413_even_when_the_server_is_full(app):
+    """The size limit is read from Content-Length before a slot is waited for: an upload that can
+    never be served gets 413 (fix the request), not 503 (retry later), under overload too."""
+    adm = app.extensions["facemem"].admission
+    big = np.random.default_rng(1).integers(0, 256, 5 << 20, dtype=np.uint8).tobytes()
+    client = FlaskClient(app)
+    with ExitStack() as held:
+        for _ in range(adm.inflight):  # every compute slot taken, as by long searches
+            held.enter_context(adm.slot())
+        queue, adm.queue = adm.queue, 0  # and no room to wait
+        try:
+            status, body = client.post([("big", big)])
+            check_error(status, body, 413, "request_too_large")
+            status, body = client.post([("small", celeba_bytes(SAMPLE[0]))])
+            check_error(status, body, 503, "overloaded")
+        finally:
+            adm.queue = queue
 
 
 @pytest.mark.parametrize("params,code", [
