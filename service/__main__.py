@@ -12,6 +12,9 @@ import time
 
 log = logging.getLogger("service")
 
+# After a drain, how long to wait for the last responses to be written to their sockets.
+FLUSH_S = 5.0
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from .app import DEFAULTS
@@ -86,7 +89,7 @@ def _read_token(a: argparse.Namespace) -> str | None:
         if not tok:
             raise ValueError(f"--token-file {a.token_file} is empty")
         return tok
-    return a.token or os.environ.get("FACEMEM_TOKEN") or None
+    return (a.token or os.environ.get("FACEMEM_TOKEN") or "").strip() or None
 
 
 def json_server_errors() -> None:
@@ -100,8 +103,11 @@ def json_server_errors() -> None:
 
     from waitress import utilities
 
+    same_as_app = {"request_entity_too_large": "request_too_large"}  # one code per condition
+
     def to_response(self, ident=None):
-        body = json.dumps({"error": self.reason.lower().replace(" ", "_"),
+        code = self.reason.lower().replace(" ", "_")
+        body = json.dumps({"error": same_as_app.get(code, code),
                            "message": f"{self.reason}: {self.body}"}).encode()
         return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
 
@@ -144,17 +150,21 @@ def main(argv: list[str] | None = None) -> int:
                            max_request_body_size=max(2 * limit, limit + (16 << 20)),
                            connection_limit=a.connection_limit, clear_untrusted_proxy_headers=True)
     slow_clients.install(server, a.read_timeout_s, a.min_read_kib_s)
+    listeners = slow_clients.listeners(server)
 
     stopping = threading.Event()
 
-    def _flushed() -> bool:
-        chans = list(getattr(server, "active_channels", {}).values())
-        return all(not getattr(c, "total_outbufs_len", 0) for c in chans)
+    def _written_out() -> bool:
+        """No connection waits for a thread, and every response's bytes have reached its socket."""
+        if server.task_dispatcher.queue:
+            return False
+        return all(not c.total_outbufs_len for s in listeners for c in list(s.active_channels.values()))
 
     def _drain_then_stop() -> None:
+        log.info("SIGTERM: draining for up to %g s", a.drain_s)  # here: logging in a handler can deadlock
         done = adm.drain(a.drain_s)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not _flushed():  # responses written out to their sockets
+        deadline = time.monotonic() + FLUSH_S
+        while time.monotonic() < deadline and not _written_out():
             time.sleep(0.02)
         log.info("drained (%s); stopping", "all requests finished" if done else f"timeout {a.drain_s:g} s")
         if not stopping.is_set():
@@ -171,7 +181,6 @@ def main(argv: list[str] | None = None) -> int:
             stopping.set()
             raise KeyboardInterrupt
         adm.draining = True  # here, not in the thread: a quick second signal sees it
-        log.info("SIGTERM: draining for up to %g s", a.drain_s)
         threading.Thread(target=_drain_then_stop, name="facemem-drain", daemon=True).start()
 
     def _interrupt(signum, frame):  # installed explicitly: a shell's `cmd &` or nohup starts us with SIGINT ignored
@@ -181,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.main_thread().ident
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _interrupt)
-    host, port = server.effective_host, server.effective_port  # type: ignore[attr-defined]
-    print(f"facemem serving {state.index.n_faces} faces from {a.index} on http://{host}:{port} "
+    urls = " and ".join(f"http://{f'[{s.effective_host}]' if ':' in str(s.effective_host) else s.effective_host}"
+                        f":{s.effective_port}" for s in listeners)
+    print(f"facemem serving {state.index.n_faces} faces from {a.index} on {urls} "
           f"({threads} threads, {adm.inflight} searching at once, queue {adm.queue}, "
           f"{state.pool.processes} detection processes, device {state.searcher.device}, "
           f"auth {'on' if token else 'off'})", flush=True)

@@ -145,6 +145,17 @@ def test_slow_body_is_cut_off_but_a_slow_steady_upload_is_answered(small_index_d
         assert status == 408 and json.loads(got)["error"] == "request_timeout"
         assert cut_after < 2.0 + len(body) / 500 / 4  # cut off long before the trickle would finish
 
+        # Headers and 40 KiB of a 46 KiB body, then silence: the deadline (2 s + 5 s for 40 KiB)
+        # is far off, but 2 s without a byte ends it with a 408 rather than a silent close.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(f"POST /neighbors HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:40 * 1024])
+            t0 = time.monotonic()
+            status, _, silent_body = _parse(_read_all(s, 30))
+            silent_cut = time.monotonic() - t0
+        assert status == 408 and "nothing of the request arrived" in json.loads(silent_body)["message"]
+        assert silent_cut < 5.0
+
         with socket.create_connection(("127.0.0.1", port)) as idle:  # sends nothing at all
             t0 = time.monotonic()
             assert _read_all(idle, 10) == b""
@@ -153,5 +164,32 @@ def test_slow_body_is_cut_off_but_a_slow_steady_upload_is_answered(small_index_d
         health = requests.get(url + "/healthz", timeout=10).json()
     print(f"\nslow steady upload {len(body) / 1024:.0f} KiB in {took:.1f} s: 200 ({statuses.count('ok')} of "
           f"{len(statuses)} faces found); 500 B/s trickle cut off "
-          f"after {cut_after:.1f} s with 408; idle connection closed after {idle_closed:.1f} s")
+          f"after {cut_after:.1f} s with 408; silent mid-request 408 after {silent_cut:.1f} s; idle "
+          f"connection closed after {idle_closed:.1f} s")
     assert health["internal_errors"] == 0
+
+
+def test_deadlines_cover_every_listening_socket():
+    """A host that resolves to several addresses (``localhost`` as 127.0.0.1 and ::1) makes waitress
+    return a multi-socket server; each of its sockets gets the deadlines."""
+    from waitress import create_server
+
+    from service import slow_clients
+
+    def app(environ, start_response):  # the hook is waitress's, not the app's
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = create_server(app, listen="127.0.0.1:0 127.0.0.2:0", threads=2)
+    slow_clients.install(server, 1.0, 64)
+    listeners = slow_clients.listeners(server)
+    assert len(listeners) == 2
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        for srv in listeners:
+            with socket.create_connection((srv.effective_host, srv.effective_port), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and nothing more
+                status, _, body = _parse(_read_all(s, 10))
+            assert status == 408 and b"did not arrive within" in body, body  # waitress's text body here
+    finally:
+        server.close()
