@@ -213,28 +213,53 @@ def _load_chunk(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray, dict]:
         return json.loads(str(z["rows"])), z["descriptors"], z["pixels"], json.loads(str(z["times"]))
 
 
-def _prepare_partial(partial: Path, params: dict, resume: bool) -> None:
+def _chunk_ok(path: Path, n_items: int) -> bool:
+    """Whether a finished checkpoint reads back whole (a power cut can leave one short or empty)."""
+    try:
+        rows, desc, pix, _ = _load_chunk(path)
+    except Exception:  # noqa: BLE001 - whatever a damaged zip or npy raises, the chunk is redone
+        return False
+    n_faces = sum(r.get("status") == "ok" for r in rows)
+    return len(rows) == n_items and len(desc) == len(pix) == n_faces
+
+
+def _prepare_partial(partial: Path, params: dict, resume: bool) -> int | None:
     """Create the checkpoint directory, or check that the one there belongs to this build (``resume``).
 
     ``params.json`` is written atomically right after the directory is made, so a directory without
-    it holds no chunks (the build died at once) and is simply started again.
+    it holds no chunks (the build died at once) and is simply started again. Returns the fd of the
+    directory's lock, held for the whole build: a second build on the same output stops with a
+    message instead of deleting this one's checkpoints.
     """
     pfile = partial / "params.json"
     if partial.exists():
+        try:
+            lock = watchdog.lock_dir(partial)
+        except watchdog.Busy:
+            raise SystemExit(f"another build is running on {partial} (its checkpoint directory is locked); "
+                             f"wait for it to finish or stop it") from None
         if resume and pfile.exists():
-            if json.loads(pfile.read_text()) != json.loads(json.dumps(params)):  # tuples come back as lists
+            try:
+                same = json.loads(pfile.read_text()) == json.loads(json.dumps(params))  # tuples come back as lists
+            except ValueError:
+                raise SystemExit(f"cannot resume: {pfile} is damaged; delete {partial} or run without "
+                                 f"--resume") from None
+            if not same:
                 raise SystemExit(f"cannot resume: {partial} was started with other parameters; "
                                  f"delete it or run without --resume")
             for debris in partial.glob("*.tmp*"):  # a chunk or params file cut short by a kill
                 debris.unlink()
-            return
+            return lock
         if not resume:
             log.warning("discarding the unfinished build in %s (use --resume to continue it)", partial)
         shutil.rmtree(partial)
+        watchdog.unlock_dir(lock)
     partial.mkdir(parents=True)
+    lock = watchdog.lock_dir(partial)
     tmp = partial / "params.json.tmp"
     tmp.write_text(json.dumps(params, indent=1))
     os.replace(tmp, pfile)
+    return lock
 
 
 def _resolve_build_device(device: str) -> str:
@@ -389,105 +414,111 @@ def build(cfg: BuildConfig) -> Path:
     if not items:
         raise SystemExit(f"no images found under {cfg.root} (dataset {cfg.dataset}, split {cfg.split})")
     partial = out.with_name(out.name + ".partial")
-    _prepare_partial(partial, _chunk_params(cfg), cfg.resume)
+    lock = _prepare_partial(partial, _chunk_params(cfg), cfg.resume)
+    try:
+        chunks = [items[i:i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
+        paths = [partial / f"chunk-{i:06d}.npz" for i in range(len(chunks))]
+        for i, p in enumerate(paths):
+            if p.exists() and not _chunk_ok(p, len(chunks[i])):
+                log.warning("checkpoint %s is damaged; redoing it", p.name)
+                p.unlink()
+        todo = [i for i, p in enumerate(paths) if not p.exists()]
+        done_images = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
+        if cfg.resume and done_images:
+            log.info("resuming: %d of %d chunks already done", len(chunks) - len(todo), len(chunks))
+        log.info("%d worker processes; descriptors (%s) in the %s%s", workers, cfg.embedder,
+                 "main process" if embed_in == "main" else "workers",
+                 f", {torch_threads} torch thread(s) each" if embed_in == "workers" and cfg.embedder == "torch" else "")
+        times = {"decode": 0.0, "detect_align": 0.0, "embed": 0.0}
 
-    chunks = [items[i:i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
-    paths = [partial / f"chunk-{i:06d}.npz" for i in range(len(chunks))]
-    todo = [i for i, p in enumerate(paths) if not p.exists()]
-    done_images = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
-    if cfg.resume and done_images:
-        log.info("resuming: %d of %d chunks already done", len(chunks) - len(todo), len(chunks))
-    log.info("%d worker processes; descriptors (%s) in the %s%s", workers, cfg.embedder,
-             "main process" if embed_in == "main" else "workers",
-             f", {torch_threads} torch thread(s) each" if embed_in == "workers" and cfg.embedder == "torch" else "")
-    times = {"decode": 0.0, "detect_align": 0.0, "embed": 0.0}
+        from tqdm import tqdm
 
-    from tqdm import tqdm
+        bar = tqdm(total=len(items), initial=done_images, unit="img", disable=not cfg.progress,
+                   dynamic_ncols=True, file=sys.stderr, desc="indexing")
 
-    bar = tqdm(total=len(items), initial=done_images, unit="img", disable=not cfg.progress,
-               dynamic_ncols=True, file=sys.stderr, desc="indexing")
+        def save(i: int, res: dict) -> None:
+            ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
+            try:
+                _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct)
+            except OSError as e:  # a full disk or permissions: the finished chunks stay
+                raise SystemExit(f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished "
+                                 f"chunks are kept there: free space and rerun with --resume") from None
+            bar.update(len(chunks[i]))
 
-    def save(i: int, res: dict) -> None:
-        ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
         try:
-            _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct)
-        except OSError as e:  # a full disk or permissions: the finished chunks stay
-            raise SystemExit(f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished "
-                             f"chunks are kept there: free space and rerun with --resume") from None
-        bar.update(len(chunks[i]))
+            _run_tasks(chunks, todo, cfg, device, workers, embed_in, torch_threads, ctx, warm, save)
+        except BrokenProcessPool as e:
+            raise SystemExit(f"a worker process died ({e}); finished chunks are kept in {partial}: "
+                             f"rerun with --resume") from None
+        finally:
+            bar.close()
+        t_faces = time.perf_counter() - t_run
 
-    try:
-        _run_tasks(chunks, todo, cfg, device, workers, embed_in, torch_threads, ctx, warm, save)
-    except BrokenProcessPool as e:
-        raise SystemExit(f"a worker process died ({e}); finished chunks are kept in {partial}: "
-                         f"rerun with --resume") from None
+        # Assemble the chunks in order.
+        rows, descs, pixs = [], [], []
+        for i, chunk in enumerate(chunks):
+            crow, cdesc, cpix, ct = _load_chunk(paths[i])
+            for k in times:
+                times[k] += ct[k]
+            for it, r in zip(chunk, crow):
+                rows.append({"row": len(rows), "file": it.file, "identity": it.identity, "split": it.split,
+                             **r, "face": None, **({"extra": it.extra} if it.extra else {})})
+            descs.append(cdesc)
+            pixs.append(cpix)
+        f = 0
+        for r in rows:
+            if r["status"] == "ok":
+                r["face"] = f
+                f += 1
+        desc = np.concatenate(descs) if descs else np.zeros((0, 128), np.float32)
+        pix = np.concatenate(pixs) if pixs else np.zeros((0, pixels.PIXEL_DIM), np.uint8)
+        assert f == len(desc) == len(pix), (f, len(desc), len(pix))
+
+        t0 = time.perf_counter()
+        codes: dict[str, int] = {}
+        idents = np.array([codes.setdefault(r["identity"], len(codes)) if r["identity"] is not None else -1
+                           for r in rows if r["status"] == "ok"], dtype=np.int64)
+        calib = calibrate.semantic_calibration(desc, idents, device=device)
+        calib.update(calibrate.pixel_calibration(pix, cfg.pixel_calibration_sample, device=device))
+        counts = {s: sum(r["status"] == s for r in rows) for s in faces.STATUSES}
+        manifest = {
+            "dataset": {"kind": cfg.dataset, "root": str(Path(cfg.root).resolve()), "split": cfg.split,
+                        "limit": cfg.limit, "identity_from_folders": cfg.identity_from_folders,
+                        "items": len(items), "identities": len(codes)},
+            "pipeline": {"detector": cfg.detector, "embedder": cfg.embedder, "device": device,
+                         "chip_size": faces.CHIP_SIZE, "chip_padding": faces.CHIP_PADDING,
+                         "landmarks": "dlib 5-point", "descriptor": "dlib_face_recognition_resnet_model_v1 (128-d)",
+                         "pixel": {"size": pixels.PIXEL_SIZE, "dim": pixels.PIXEL_DIM,
+                                   "crop": "face chip (padding 0.25) box-averaged to size x size RGB uint8"},
+                         "refine_passes": faces.REFINE_PASSES, "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
+                         "aligned_refine": faces.ALIGNED_REFINE},
+            "counts": counts,
+            "faces": int(len(desc)),
+            "identities_known": bool((idents >= 0).any()),
+            "pixel_calibration_sample": int(len(calib["pix_loo"])),
+            "build": {"seconds": None, "workers": workers, "chunk_size": cfg.chunk_size, "embed_in": embed_in,
+                      "preloaded_workers": warm, "resumed": bool(cfg.resume and done_images),
+                      "face_pipeline_seconds": round(t_faces, 3)},
+        }
+        times["index"] = time.perf_counter() - t0
+        total = time.perf_counter() - t_start
+        manifest["build"]["seconds"] = round(total, 2)
+        manifest["build"]["stage_seconds"] = {k: round(v, 2) for k, v in times.items()}
+        try:
+            store.write_index(out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite)
+        except store.IndexWriteError as e:  # the chunks stay: a rerun with --resume only writes the index
+            raise SystemExit(f"error: {e}; all {len(chunks)} chunks are kept in {partial}: free space and rerun "
+                             f"with --resume") from None
+        shutil.rmtree(partial, ignore_errors=True)
+        n_new = len(items) - done_images
+        rate = n_new / t_faces if t_faces > 0 else float("nan")
+        print(f"built {out}: {len(items)} images, {counts['ok']} ok, {counts['no_face']} no_face, "
+              f"{counts['unreadable']} unreadable in {total:.1f} s ({rate:.1f} img/s through the face "
+              f"pipeline); stage time: decode {times['decode']:.1f} s, detect/align {times['detect_align']:.1f} s "
+              f"(worker core-seconds), embed {times['embed']:.1f} s, index {times['index']:.1f} s")
+        return out
     finally:
-        bar.close()
-    t_faces = time.perf_counter() - t_run
-
-    # Assemble the chunks in order.
-    rows, descs, pixs = [], [], []
-    for i, chunk in enumerate(chunks):
-        crow, cdesc, cpix, ct = _load_chunk(paths[i])
-        for k in times:
-            times[k] += ct[k]
-        for it, r in zip(chunk, crow):
-            rows.append({"row": len(rows), "file": it.file, "identity": it.identity, "split": it.split,
-                         **r, "face": None, **({"extra": it.extra} if it.extra else {})})
-        descs.append(cdesc)
-        pixs.append(cpix)
-    f = 0
-    for r in rows:
-        if r["status"] == "ok":
-            r["face"] = f
-            f += 1
-    desc = np.concatenate(descs) if descs else np.zeros((0, 128), np.float32)
-    pix = np.concatenate(pixs) if pixs else np.zeros((0, pixels.PIXEL_DIM), np.uint8)
-    assert f == len(desc) == len(pix), (f, len(desc), len(pix))
-
-    t0 = time.perf_counter()
-    codes: dict[str, int] = {}
-    idents = np.array([codes.setdefault(r["identity"], len(codes)) if r["identity"] is not None else -1
-                       for r in rows if r["status"] == "ok"], dtype=np.int64)
-    calib = calibrate.semantic_calibration(desc, idents, device=device)
-    calib.update(calibrate.pixel_calibration(pix, cfg.pixel_calibration_sample, device=device))
-    counts = {s: sum(r["status"] == s for r in rows) for s in faces.STATUSES}
-    manifest = {
-        "dataset": {"kind": cfg.dataset, "root": str(Path(cfg.root).resolve()), "split": cfg.split,
-                    "limit": cfg.limit, "identity_from_folders": cfg.identity_from_folders,
-                    "items": len(items), "identities": len(codes)},
-        "pipeline": {"detector": cfg.detector, "embedder": cfg.embedder, "device": device,
-                     "chip_size": faces.CHIP_SIZE, "chip_padding": faces.CHIP_PADDING,
-                     "landmarks": "dlib 5-point", "descriptor": "dlib_face_recognition_resnet_model_v1 (128-d)",
-                     "pixel": {"size": pixels.PIXEL_SIZE, "dim": pixels.PIXEL_DIM,
-                               "crop": "face chip (padding 0.25) box-averaged to size x size RGB uint8"},
-                     "refine_passes": faces.REFINE_PASSES, "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
-                     "aligned_refine": faces.ALIGNED_REFINE},
-        "counts": counts,
-        "faces": int(len(desc)),
-        "identities_known": bool((idents >= 0).any()),
-        "pixel_calibration_sample": int(len(calib["pix_loo"])),
-        "build": {"seconds": None, "workers": workers, "chunk_size": cfg.chunk_size, "embed_in": embed_in,
-                  "preloaded_workers": warm, "resumed": bool(cfg.resume and done_images),
-                  "face_pipeline_seconds": round(t_faces, 3)},
-    }
-    times["index"] = time.perf_counter() - t0
-    total = time.perf_counter() - t_start
-    manifest["build"]["seconds"] = round(total, 2)
-    manifest["build"]["stage_seconds"] = {k: round(v, 2) for k, v in times.items()}
-    try:
-        store.write_index(out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite)
-    except store.IndexWriteError as e:  # the chunks stay: a rerun with --resume only writes the index
-        raise SystemExit(f"error: {e}; all {len(chunks)} chunks are kept in {partial}: free space and rerun "
-                         f"with --resume") from None
-    shutil.rmtree(partial, ignore_errors=True)
-    n_new = len(items) - done_images
-    rate = n_new / t_faces if t_faces > 0 else float("nan")
-    print(f"built {out}: {len(items)} images, {counts['ok']} ok, {counts['no_face']} no_face, "
-          f"{counts['unreadable']} unreadable in {total:.1f} s ({rate:.1f} img/s through the face "
-          f"pipeline); stage time: decode {times['decode']:.1f} s, detect/align {times['detect_align']:.1f} s "
-          f"(worker core-seconds), embed {times['embed']:.1f} s, index {times['index']:.1f} s")
-    return out
+        watchdog.unlock_dir(lock)
 
 
 if os.environ.pop(_WARM_ENV, None) == "1":  # imported by the forkserver that _pool_context started

@@ -16,7 +16,8 @@ one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames where the filesystem lack
 is always a complete index, the old one or the new one; a crash or a full disk leaves the old one
 intact. (A process that is loading while the swap happens can still read files of both; the
 service loads once, at start-up.)
-Debris of a killed build (``.<out>.tmp-<pid>`` of a dead pid) is removed by the next write.
+Debris of a killed build (``.<out>.tmp-<pid>`` that no live writer holds locked) is removed by the
+next write.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import faces, pixels, watchdog
+from .pixels import PIXEL_DIM
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +114,24 @@ class FaceIndex:
 
 
 def remove_debris(out: Path) -> list[Path]:
-    """Remove ``.<out>.tmp-<pid>`` directories left by killed writers (pid no longer running)."""
+    """Remove what killed writers left beside ``out``: their ``.<out>.tmp-<pid>`` directories, and
+    ``.<out>.old-<pid>`` (the previous index, mid-swap where the filesystem lacks an atomic exchange),
+    which is put back instead when ``out`` itself is missing. A live writer's directories (locked,
+    or not yet locked by a running pid) are left alone."""
     out = Path(out)
-    pat = re.compile(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)$")
+    pat = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-(\d+)$")
     removed = []
     if out.parent.is_dir():
-        for p in out.parent.iterdir():
+        for p in sorted(out.parent.iterdir()):
             m = pat.match(p.name)
-            if m and (int(m.group(1)) == os.getpid() or not watchdog.alive(int(m.group(1)))):
-                shutil.rmtree(p, ignore_errors=True)
+            if not m or watchdog.dir_in_use(p, int(m.group(2))):
+                continue
+            if m.group(1) == "old" and not out.exists() and (p / MANIFEST).is_file():
+                os.replace(p, out)
+                log.warning("restored the previous index %s from %s (a writer was killed mid-swap)", out, p.name)
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            if not p.exists():
                 removed.append(p)
     if removed:
         log.info("removed debris of interrupted builds: %s", ", ".join(p.name for p in removed))
@@ -138,7 +149,9 @@ def _exchange(a: Path, b: Path) -> bool:
     if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+    # Unsupported by the kernel or filesystem, or refused by a seccomp filter or security module
+    # that does not know the call: the two-rename fallback (a real permission problem fails there).
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM, errno.EACCES):
         return False
     raise OSError(err, os.strerror(err), str(a))
 
@@ -150,23 +163,31 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         return
     if not _exchange(tmp, out):  # fallback: a short window in which ``out`` is missing
         old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
+        lock = watchdog.lock_dir(out)  # a concurrent writer's debris pass must not take ``old`` for debris
         try:
-            os.replace(tmp, out)
-        except OSError:
-            os.replace(old, out)  # put the previous index back before reporting the error
-            raise
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(old, out)  # put the previous index back before reporting the error
+                raise
+        finally:
+            watchdog.unlock_dir(lock)
         tmp = old
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _disk_full(path: Path) -> bool:
-    """A library that reports a short write without an errno: ask the filesystem (before cleaning up)."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < (1 << 20)
+def _write_error(e: OSError, out: Path, tmp: Path) -> IndexWriteError:
+    """The message for a failed write: what happened, in which file, and what is left."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "the disk is full"
+    elif e.errno == errno.EFBIG:
+        what = "a file is larger than the filesystem or the process's file-size limit allows"
+    else:
+        what = "an OS error"
+    before = f"the previous index at {out} is untouched" if out.exists() else f"nothing was written at {out}"
+    return IndexWriteError(f"could not write the index: {what} ({e.strerror or e} while writing "
+                           f"{e.filename or tmp}); {before}")
 
 
 def write_index(out: Path, rows: list[dict], descriptors: np.ndarray, pixels: np.ndarray,
@@ -182,20 +203,20 @@ def write_index(out: Path, rows: list[dict], descriptors: np.ndarray, pixels: np
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_debris(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    lock = None
     try:
         tmp.mkdir()
+        lock = watchdog.lock_dir(tmp)  # held until the swap: tells a later writer we are alive
         _write_files(tmp, rows, descriptors, pixels, calibration, manifest)
         _replace_dir(tmp, out)
     except OSError as e:
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or _disk_full(out.parent)
         shutil.rmtree(tmp, ignore_errors=True)
-        what = "the disk is full" if full else "an OS error"
-        before = f"the previous index at {out} is untouched" if out.exists() else f"nothing was written at {out}"
-        raise IndexWriteError(f"could not write the index: {what} ({e.strerror or e} while writing "
-                              f"{e.filename or tmp}); {before}") from e
+        raise _write_error(e, out, tmp) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        watchdog.unlock_dir(lock)
     log.info("wrote index %s (%d faces)", out, len(descriptors))
     return out
 
@@ -236,7 +257,7 @@ def _write_files(tmp: Path, rows: list[dict], descriptors: np.ndarray, pixels: n
     # Serialised here and written by Python: faiss.write_index ignores errors at fclose, so a
     # full disk could leave a short file behind a manifest that vouches for it.
     with open(tmp / "semantic.faiss", "wb") as f:
-        f.write(faiss.serialize_index(index).tobytes())
+        f.write(memoryview(faiss.serialize_index(index)))
     _save_npy(tmp / "pixels.npy", np.ascontiguousarray(pixels, dtype=np.uint8))
     _save_npz(tmp / "calibration.npz", calibration)
     files = {}
@@ -336,10 +357,19 @@ def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
         name = "calibration.npz"
         with np.load(root / name) as z:
             calibration = {k: z[k] for k in z.files}
-    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError, EOFError,
-            zipfile.BadZipFile) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError, EOFError, MemoryError,
+            zipfile.BadZipFile) as e:  # MemoryError: a damaged header that asks for a huge array
         raise IndexLoadError(f"{root}: {name} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                              f"rebuild the index") from None
+    # Right sizes and counts can still hold arrays of the wrong kind; search would fail on them later.
+    for name, arr, dtype, width in (("descriptors.npy", descriptors, np.float32, 128),
+                                    ("pixels.npy", pixels, np.uint8, PIXEL_DIM)):
+        if arr.dtype != dtype or arr.ndim != 2 or arr.shape[1] != width:
+            raise IndexLoadError(f"{root}: {name} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} "
+                                 f"(N, {width}); rebuild the index")
+    if getattr(semantic, "d", None) != descriptors.shape[1]:
+        raise IndexLoadError(f"{root}: semantic.faiss is damaged (dimension {getattr(semantic, 'd', None)}, "
+                             f"expected {descriptors.shape[1]}); rebuild the index")
     if not (len(face_rows) == len(descriptors) == len(pixels) == semantic.ntotal):
         raise IndexLoadError(f"{root}: inconsistent face counts (rows {len(face_rows)}, descriptors "
                              f"{len(descriptors)}, pixels {len(pixels)}, faiss {semantic.ntotal})")

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import CELEBA10K, REPO
@@ -86,8 +87,15 @@ def test_kill9_five_times_then_resume_is_byte_identical(tmp_path):
             store.load_index(out)  # nothing half-written loads as an index
     print("\nkills:", "; ".join(kills))
     assert len(kills) == 5, kills
+    # As a power cut can leave them: one finished checkpoint cut short, one emptied. Both are redone.
+    finished = sorted(partial.glob("chunk-*.npz"))
+    assert len(finished) >= 2
+    with open(finished[0], "r+b") as f:
+        f.truncate(os.path.getsize(finished[0]) // 2)
+    finished[-1].write_bytes(b"")
     r = _run([*args, "--out", str(out), "--resume"])
     assert r.returncode == 0, r.stderr
+    assert r.stderr.count("is damaged; redoing it") == 2, r.stderr
     a, b = _data_files(ref), _data_files(out)
     assert a == b, "resumed index differs from the uninterrupted one"  # sha256 and size of every file
     for name in store.FILES:
@@ -95,6 +103,15 @@ def test_kill9_five_times_then_resume_is_byte_identical(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["build"]["resumed"] is True
     assert _debris(tmp_path) == []
     store.load_index(out, verify_hashes=True)
+
+
+def _holder(path: Path) -> subprocess.Popen:
+    """Another live process holding ``path``'s writer lock (as a running build does)."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from indexer import watchdog; "
+            "watchdog.lock_dir(sys.argv[2]); print('locked', flush=True); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(REPO), str(path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
 
 
 def test_stale_temp_dirs_of_dead_builds_are_removed(tmp_path, small_index_dir):
@@ -105,11 +122,107 @@ def test_stale_temp_dirs_of_dead_builds_are_removed(tmp_path, small_index_dir):
     stale = tmp_path / f".idx.tmp-{dead.pid}"
     shutil.copytree(small_index_dir, stale)  # as a kill between the swap and the clean-up leaves it
     (stale / "manifest.json").unlink()
-    live = tmp_path / f".idx.tmp-{os.getppid()}"  # a running build's temp dir must be left alone
-    live.mkdir()
-    removed = store.remove_debris(out)
-    assert removed == [stale] and live.exists()
-    live.rmdir()
+    sleeper = subprocess.Popen(["sleep", "120"])
+    starting = tmp_path / f".idx.tmp-{sleeper.pid}"  # a running writer that has not locked yet
+    starting.mkdir()
+    # A writer in another pid namespace (a container on the same volume): its pid means nothing
+    # here, but it holds the lock.
+    foreign = tmp_path / f".idx.tmp-{dead.pid + 100000}"
+    foreign.mkdir()
+    holder = _holder(foreign)
+    try:
+        removed = store.remove_debris(out)
+        assert removed == [stale] and starting.exists() and foreign.exists()
+    finally:
+        sleeper.kill()
+        holder.kill()
+        sleeper.wait()
+        holder.wait()
+    assert sorted(store.remove_debris(out)) == sorted([starting, foreign])  # both writers gone now
+    assert _debris(tmp_path) == []
+
+
+def test_index_moved_aside_by_a_killed_fallback_swap_is_put_back(tmp_path, small_index_dir):
+    """Without renameat2 the swap is two renames; a kill between them leaves ``out`` missing and the
+    previous index at ``.out.old-<pid>``. The next write's debris pass puts it back, not away."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "idx"
+    shutil.copytree(small_index_dir, tmp_path / f".idx.old-{dead.pid}")
+    assert store.remove_debris(out) == []
+    assert store.load_index(out, verify_hashes=True).n_faces > 0 and _debris(tmp_path) == []
+
+
+def test_fallback_swap_replaces_the_index_and_restores_it_on_failure(tmp_path, small_index, monkeypatch):
+    out = tmp_path / "idx"
+    shutil.copytree(small_index.root, out)
+    before = (out / "manifest.json").read_bytes()
+    monkeypatch.setattr(store, "_exchange", lambda a, b: False)  # a filesystem without RENAME_EXCHANGE
+    real_replace = os.replace
+
+    def second_rename_fails(src, dst):
+        if Path(src).name.startswith(".idx.tmp-"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
+        return real_replace(src, dst)
+
+    args = (small_index.rows, small_index.descriptors, small_index.pixels, small_index.calibration,
+            dict(small_index.manifest, note="second"))
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(store.IndexWriteError, match="previous index .* untouched"):
+        store.write_index(out, *args, overwrite=True)
+    assert (out / "manifest.json").read_bytes() == before and _debris(tmp_path) == []
+    monkeypatch.setattr(os, "replace", real_replace)
+    store.write_index(out, *args, overwrite=True)
+    assert store.load_index(out, verify_hashes=True).manifest["note"] == "second"
+    assert _debris(tmp_path) == []
+
+
+def test_kill9_while_overwriting_keeps_the_previous_index(tmp_path, small_index_dir):
+    """SIGKILL while a rebuild's new index directory is being written over an existing index: the
+    old one stays in place, byte for byte, and the next build clears the debris."""
+    out = tmp_path / "idx"
+    shutil.copytree(small_index_dir, out)
+    before = {n: (out / n).read_bytes() for n in (*store.FILES, store.MANIFEST)}
+    args = [*BUILD, "--limit", "400", "--workers", "1", "--out", str(out), "--overwrite"]
+    for attempt in range(3):  # the window is tens of ms; a missed one is retried, never passed
+        p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and not list(tmp_path.glob(".idx.tmp-*")):
+            time.sleep(0.002)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            break
+        assert p.returncode == 0
+        shutil.rmtree(out)
+        shutil.copytree(small_index_dir, out)
+    else:
+        pytest.fail("the index write was never caught in 3 builds")
+    assert list(tmp_path.glob(".idx.tmp-*")), "killed outside the index write"
+    assert {n: (out / n).read_bytes() for n in before} == before
+    store.load_index(out, verify_hashes=True)
+    r = _run([*args, "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert store.load_index(out).manifest["dataset"]["items"] == 400 and _debris(tmp_path) == []
+
+
+def test_a_second_build_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / "idx"
+    partial = tmp_path / "idx.partial"
+    partial.mkdir()
+    (partial / "params.json").write_text("{}")
+    (partial / "chunk-000000.npz").write_bytes(b"finished work of the running build")
+    holder = _holder(partial)  # the running build holds its checkpoint directory's lock
+    try:
+        for extra in ([], ["--resume"]):
+            r = _run([*BUILD, "--limit", "50", "--out", str(out), *extra])
+            assert r.returncode != 0 and "another build is running" in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in partial.iterdir()) == ["chunk-000000.npz", "params.json"]
 
 
 def _build_old_and_fill(tmp_path: Path, where: Path, preexec=None) -> tuple[Path, subprocess.CompletedProcess]:
@@ -170,7 +283,8 @@ def test_disk_full_keeps_the_previous_index_and_the_finished_work(tmp_path, size
             resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
         mnt.mkdir(exist_ok=True)
         idx, r = _build_old_and_fill(tmp_path, mnt, preexec=limit)
-        assert "disk is full" in r.stderr and "File too large" in r.stderr, r.stderr
+        assert "larger than the filesystem or the process's file-size limit allows" in r.stderr, r.stderr
+        assert "File too large" in r.stderr and "untouched" in r.stderr, r.stderr
         assert not list(mnt.glob(".idx.tmp-*"))
 
 
@@ -263,4 +377,25 @@ def test_damage_inside_a_file_with_the_right_size_is_refused_without_a_traceback
     size = os.path.getsize(d / "semantic.faiss")
     (d / "semantic.faiss").write_bytes(b"\x00" * size)
     with pytest.raises(store.IndexLoadError, match="semantic.faiss is damaged"):
+        store.load_index(d)
+
+    # The same bytes read as another array: float64 (N, 64) is exactly as long as float32 (N, 128).
+    d = tmp_path / "retyped"
+    shutil.copytree(small_index_dir, d)
+    desc = np.load(d / "descriptors.npy")
+    np.save(d / "descriptors.npy", np.zeros((len(desc), 64), np.float64))
+    assert os.path.getsize(d / "descriptors.npy") == os.path.getsize(small_index_dir / "descriptors.npy")
+    with pytest.raises(store.IndexLoadError, match=r"descriptors.npy holds float64 \(\d+, 64\)"):
+        store.load_index(d)
+
+    # A header that asks for an enormous array (same file size): refused, not a MemoryError traceback.
+    d = tmp_path / "huge-header"
+    shutil.copytree(small_index_dir, d)
+    raw = (d / "descriptors.npy").read_bytes()
+    end = 10 + int.from_bytes(raw[8:10], "little")  # magic, version, header length, header
+    head = raw[10:end].decode("latin-1")
+    huge = head.replace(f"({len(desc)}, 128)", f"({len(desc) * 10**6}, 128)").rstrip().ljust(len(head) - 1) + "\n"
+    assert huge != head and len(huge) == len(head)
+    (d / "descriptors.npy").write_bytes(raw[:10] + huge.encode("latin-1") + raw[end:])
+    with pytest.raises(store.IndexLoadError, match="descriptors.npy is damaged"):
         store.load_index(d)
