@@ -188,11 +188,16 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
                 return _grey_to_rgb(a.astype(np.uint8))
             # 16-bit → 8-bit, exactly rint(a / 257) in integers (no float64 copies)
             return _grey_to_rgb(((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
-        f = a.astype(np.float32)  # float or wide-range int: min-max rescale over the finite values
+        # Float or wide-range int: min-max rescale over the finite values, in place in one float32
+        # copy (none at all for a writable float32 array), without boolean-indexed copies.
+        f = a.astype(np.float32, copy=not a.flags.writeable)
+        del a
         finite = np.isfinite(f)
         if not finite.any():
             raise Unreadable("image has no finite pixel values")
-        lo, hi = float(f[finite].min()), float(f[finite].max())
+        lo = float(np.min(f, where=finite, initial=np.inf))
+        hi = float(np.max(f, where=finite, initial=-np.inf))
+        del finite
         np.nan_to_num(f, copy=False, nan=lo, posinf=hi, neginf=lo)
         f -= lo
         f *= 255.0 / (hi - lo or 1.0)
