@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return all(not c.total_outbufs_len for s in listeners for c in list(s.active_channels.values()))
 
     def _drain_then_stop() -> None:
-        log.info("SIGTERM: draining for up to %g s", a.drain_s)  # here: logging in a handler can deadlock
+        log.info("SIGTERM: draining for up to %g s", a.drain_s)  # not in the handler: it could re-enter a log write
         done = adm.drain(a.drain_s)
         deadline = time.monotonic() + FLUSH_S
         while time.monotonic() < deadline and not _written_out():
