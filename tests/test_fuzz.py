@@ -163,8 +163,8 @@ def test_decoder_alone_on_every_corpus_item_in_a_child_process():
     child's start (the 36 Mpx files at the cap need ~0.35-0.47 GB). Time is bounded only by the
     30 s that counts as a hang; speed is for the benchmarks."""
     rows = check_decoder(corpus((CELEBA10K / "img_align_celeba" / "000001.jpg").read_bytes()), timeout_s=30)
-    bad = {r["name"]: problems(r, max_seconds=30, max_rss=600 << 20) + [r["detail"][:120]]
-           for r in rows if problems(r, max_seconds=30, max_rss=600 << 20)}
+    bad = {r["name"]: found + [r["detail"][:120]]
+           for r in rows if (found := problems(r, max_seconds=30, max_rss=600 << 20))}
     worst = max(rows, key=lambda r: r["rss_growth"])
     print(f"\ndecoder alone: {len(rows)} items, peak growth {worst['rss_growth'] >> 20} MB ({worst['name']})")
     assert not bad, bad
