@@ -6,7 +6,7 @@ DATA ?= ../shared/data
 INDEX ?= build/demo-index
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps test demo clean
+.PHONY: setup system-deps test lint demo clean
 
 setup: $(STAMP)
 
@@ -19,14 +19,21 @@ $(STAMP): requirements.txt
 	$(VPY) -c "import dlib, face_recognition, face_recognition_models, faiss, torch; print('deps ok: dlib', dlib.__version__, 'faiss', faiss.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
-# Headless Chromium renders the HTML report in the tests (Debian package, needs root or sudo).
+# Headless Chromium renders the HTML report and drives the browser page in the tests, with
+# chromium-driver for selenium (Debian packages, need root or sudo).
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: setup system-deps
 	FACEMEM_DATA=$(DATA) $(VPY) -m pytest -q tests $(PYTEST_ARGS)
+
+# ruff's linter and formatter (line length 120, settings in pyproject.toml); CI runs it.
+lint: setup
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
 
 # The main job on the bundled sample data: index celeba10k (skipped when a valid index is there),
 # then audit a real PGGAN sample folder and a real DCGAN generator against it.

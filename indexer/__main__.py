@@ -22,15 +22,23 @@ def _summary(idx: store.FaceIndex) -> dict:
         return round(float(np.percentile(a, q)), 4) if len(a) else None
 
     return {
-        "path": str(idx.root), "format_version": m["format_version"], "written_at": m["written_at"],
-        "dataset": m["dataset"], "pipeline": m["pipeline"], "counts": m["counts"], "faces": idx.n_faces,
-        "build": m["build"], "model_sha256": {k: v[:16] for k, v in m["model_sha256"].items()},
+        "path": str(idx.root),
+        "format_version": m["format_version"],
+        "written_at": m["written_at"],
+        "dataset": m["dataset"],
+        "pipeline": m["pipeline"],
+        "counts": m["counts"],
+        "faces": idx.n_faces,
+        "build": m["build"],
+        "model_sha256": {k: v[:16] for k, v in m["model_sha256"].items()},
         "libraries": m["libraries"],
         "calibration": {
-            "semantic_loo_p1": pct(c["sem_loo"], 1), "semantic_loo_median": pct(c["sem_loo"], 50),
+            "semantic_loo_p1": pct(c["sem_loo"], 1),
+            "semantic_loo_median": pct(c["sem_loo"], 50),
             "different_identity_p1": pct(c["sem_diff_id"], 1),
             "same_identity_median": pct(c["sem_same_id"], 50),
-            "pixel_loo_p1": pct(c["pix_loo"].astype(float), 1), "pixel_loo_sample": int(len(c["pix_loo"])),
+            "pixel_loo_p1": pct(c["pix_loo"].astype(float), 1),
+            "pixel_loo_sample": int(len(c["pix_loo"])),
         },
     }
 
@@ -38,29 +46,55 @@ def _summary(idx: store.FaceIndex) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m indexer", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="embed a dataset into an index directory",
-                       description="Detect/align, embed and index every image of a dataset. Bad files "
-                                   "become rows with a status; the build never stops on them.")
-    b.add_argument("--dataset", choices=["celeba", "folder"], required=True,
-                   help="celeba: img_align_celeba/ + identity/partition lists; folder: any image tree")
+    b = sub.add_parser(
+        "build",
+        help="embed a dataset into an index directory",
+        description="Detect/align, embed and index every image of a dataset. Bad files "
+        "become rows with a status; the build never stops on them.",
+    )
+    b.add_argument(
+        "--dataset",
+        choices=["celeba", "folder"],
+        required=True,
+        help="celeba: img_align_celeba/ + identity/partition lists; folder: any image tree",
+    )
     b.add_argument("--root", required=True, help="dataset root directory")
     b.add_argument("--out", required=True, help="index directory to write (atomically)")
     b.add_argument("--split", default="all", choices=["train", "val", "test", "all"], help="CelebA split")
     b.add_argument("--limit", type=int, help="only the first N images (after the split filter)")
     b.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
-    b.add_argument("--detector", default="aligned", choices=list(faces.DETECTORS),
-                   help="aligned (pre-aligned crops, no detection; default), hog or cnn")
-    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where descriptors and FAISS run (auto: GPU when present)")
-    b.add_argument("--embedder", default="torch", choices=["torch", "dlib"],
-                   help="torch: batched port of dlib's ResNet (same numbers); dlib: the reference")
+    b.add_argument(
+        "--detector",
+        default="aligned",
+        choices=list(faces.DETECTORS),
+        help="aligned (pre-aligned crops, no detection; default), hog or cnn",
+    )
+    b.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where descriptors and FAISS run (auto: GPU when present)",
+    )
+    b.add_argument(
+        "--embedder",
+        default="torch",
+        choices=["torch", "dlib"],
+        help="torch: batched port of dlib's ResNet (same numbers); dlib: the reference",
+    )
     b.add_argument("--chunk-size", type=int, default=256, help="images per checkpointed chunk")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
-    b.add_argument("--identity-from-folders", action="store_true",
-                   help="folder datasets: identity = parent folder name (LFW layout)")
-    b.add_argument("--pixel-calibration-sample", type=int, default=5000,
-                   help="faces used for the pixel leave-one-out distribution (default 5000)")
+    b.add_argument(
+        "--identity-from-folders",
+        action="store_true",
+        help="folder datasets: identity = parent folder name (LFW layout)",
+    )
+    b.add_argument(
+        "--pixel-calibration-sample",
+        type=int,
+        default=5000,
+        help="faces used for the pixel leave-one-out distribution (default 5000)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="describe an index", description="Print an index's manifest summary.")
     i.add_argument("index", help="index directory")
@@ -73,11 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "build":
         if args.dataset == "celeba" and args.identity_from_folders:
             ap.error("--identity-from-folders applies to --dataset folder")
-        cfg = BuildConfig(dataset=args.dataset, root=args.root, out=args.out, split=args.split,
-                          limit=args.limit, workers=args.workers, detector=args.detector, device=args.device,
-                          embedder=args.embedder, chunk_size=args.chunk_size, resume=args.resume,
-                          overwrite=args.overwrite, identity_from_folders=args.identity_from_folders,
-                          pixel_calibration_sample=args.pixel_calibration_sample, progress=not args.no_progress)
+        cfg = BuildConfig(
+            dataset=args.dataset,
+            root=args.root,
+            out=args.out,
+            split=args.split,
+            limit=args.limit,
+            workers=args.workers,
+            detector=args.detector,
+            device=args.device,
+            embedder=args.embedder,
+            chunk_size=args.chunk_size,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            identity_from_folders=args.identity_from_folders,
+            pixel_calibration_sample=args.pixel_calibration_sample,
+            progress=not args.no_progress,
+        )
         try:
             build(cfg)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
@@ -97,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         d, c = s["dataset"], s["counts"]
         print(f"index      {s['path']} (format {s['format_version']}, written {s['written_at']})")
         print(f"dataset    {d['kind']} {d['root']} split={d['split']} items={d['items']} identities={d['identities']}")
-        print(f"pipeline   detector={s['pipeline']['detector']} embedder={s['pipeline']['embedder']} "
-              f"device={s['pipeline']['device']}")
+        print(
+            f"pipeline   detector={s['pipeline']['detector']} embedder={s['pipeline']['embedder']} "
+            f"device={s['pipeline']['device']}"
+        )
         print(f"rows       ok={c['ok']} no_face={c['no_face']} unreadable={c['unreadable']} faces={s['faces']}")
         print(f"build      {s['build']['seconds']} s, stages {s['build'].get('stage_seconds')}")
         print(f"calibration {json.dumps(s['calibration'])}")

@@ -38,12 +38,12 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -82,12 +82,22 @@ class BuildConfig:
 
 def _chunk_params(cfg: BuildConfig) -> dict:
     """Everything that determines a chunk's content; a resume must match it exactly."""
-    return {"partial_version": PARTIAL_VERSION, "dataset": cfg.dataset, "root": str(Path(cfg.root).resolve()),
-            "split": cfg.split, "limit": cfg.limit, "detector": cfg.detector, "embedder": cfg.embedder,
-            "chunk_size": cfg.chunk_size, "identity_from_folders": cfg.identity_from_folders,
-            "chip": [faces.CHIP_SIZE, faces.CHIP_PADDING], "pixel_size": pixels.PIXEL_SIZE,
-            "refine_passes": faces.REFINE_PASSES, "aligned": [faces.ALIGNED_INIT_BOX, faces.ALIGNED_REFINE],
-            "models": faces.model_hashes()}
+    return {
+        "partial_version": PARTIAL_VERSION,
+        "dataset": cfg.dataset,
+        "root": str(Path(cfg.root).resolve()),
+        "split": cfg.split,
+        "limit": cfg.limit,
+        "detector": cfg.detector,
+        "embedder": cfg.embedder,
+        "chunk_size": cfg.chunk_size,
+        "identity_from_folders": cfg.identity_from_folders,
+        "chip": [faces.CHIP_SIZE, faces.CHIP_PADDING],
+        "pixel_size": pixels.PIXEL_SIZE,
+        "refine_passes": faces.REFINE_PASSES,
+        "aligned": [faces.ALIGNED_INIT_BOX, faces.ALIGNED_REFINE],
+        "models": faces.model_hashes(),
+    }
 
 
 _worker_embedder = None  # per worker process: built once, reused for every task
@@ -115,8 +125,9 @@ def _get_worker_embedder(kind: str) -> faces.Embedder:
         if kind == "torch":
             from .resnet import TorchEmbedder
 
-            _worker_embedder = TorchEmbedder("cpu", batch_size=WORKER_BATCH,
-                                             threads=getattr(_init_worker, "torch_threads", 1))
+            _worker_embedder = TorchEmbedder(
+                "cpu", batch_size=WORKER_BATCH, threads=getattr(_init_worker, "torch_threads", 1)
+            )
         else:
             _worker_embedder = faces.make_embedder(kind, "cpu")
     return _worker_embedder
@@ -182,14 +193,26 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
         t2 = time.perf_counter()
         t_decode += t1 - t0
         t_face += t2 - t1
-        rows.append({"status": face.status, "reason": face.reason, "faces_found": face.faces_found,
-                     "box": list(face.box) if face.box else None, "size": [face.width, face.height]})
+        rows.append(
+            {
+                "status": face.status,
+                "reason": face.reason,
+                "faces_found": face.faces_found,
+                "box": list(face.box) if face.box else None,
+                "size": [face.width, face.height],
+            }
+        )
         if face.ok:
             chips.append(face.chip)
             pix.append(pixels.pixel_vector(face.chip))
     chip_arr = np.stack(chips) if chips else np.zeros((0, faces.CHIP_SIZE, faces.CHIP_SIZE, 3), np.uint8)
-    out = {"rows": rows, "pixels": np.stack(pix) if pix else np.zeros((0, pixels.PIXEL_DIM), np.uint8),
-           "t_decode": t_decode, "t_face": t_face, "t_embed": 0.0}
+    out = {
+        "rows": rows,
+        "pixels": np.stack(pix) if pix else np.zeros((0, pixels.PIXEL_DIM), np.uint8),
+        "t_decode": t_decode,
+        "t_face": t_face,
+        "t_embed": 0.0,
+    }
     if embed_here:
         out.update(_embed_chips(embed_here, chip_arr))
     else:
@@ -200,8 +223,7 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
 def _save_chunk(path: Path, rows: list[dict], desc: np.ndarray, pix: np.ndarray, times: dict) -> None:
     tmp = path.with_suffix(".tmp.npz")
     try:
-        np.savez(tmp, rows=np.array(json.dumps(rows)), descriptors=desc, pixels=pix,
-                 times=np.array(json.dumps(times)))
+        np.savez(tmp, rows=np.array(json.dumps(rows)), descriptors=desc, pixels=pix, times=np.array(json.dumps(times)))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk: leave no half-written chunk behind
@@ -236,17 +258,21 @@ def _prepare_partial(partial: Path, params: dict, resume: bool) -> int | None:
         try:
             lock = watchdog.lock_dir(partial)
         except watchdog.Busy:
-            raise SystemExit(f"another build is running on {partial} (its checkpoint directory is locked); "
-                             f"wait for it to finish or stop it") from None
+            raise SystemExit(
+                f"another build is running on {partial} (its checkpoint directory is locked); "
+                f"wait for it to finish or stop it"
+            ) from None
         if resume and pfile.exists():
             try:
                 same = json.loads(pfile.read_text()) == json.loads(json.dumps(params))  # tuples come back as lists
             except ValueError:
-                raise SystemExit(f"cannot resume: {pfile} is damaged; delete {partial} or run without "
-                                 f"--resume") from None
+                raise SystemExit(
+                    f"cannot resume: {pfile} is damaged; delete {partial} or run without --resume"
+                ) from None
             if not same:
-                raise SystemExit(f"cannot resume: {partial} was started with other parameters; "
-                                 f"delete it or run without --resume")
+                raise SystemExit(
+                    f"cannot resume: {partial} was started with other parameters; delete it or run without --resume"
+                )
             for debris in partial.glob("*.tmp*"):  # a chunk or params file cut short by a kill
                 debris.unlink()
             return lock
@@ -296,15 +322,21 @@ def plan_embedding(embedder: str, device: str, workers: int, embed_in: str = "au
     return embed_in, threads
 
 
-def _pool_context(embed_in: str, embedder: str, preload: bool = True) -> tuple[multiprocessing.context.BaseContext, bool]:
+def _pool_context(
+    embed_in: str, embedder: str, preload: bool = True
+) -> tuple[multiprocessing.context.BaseContext, bool]:
     """The worker start method, and whether its workers come pre-loaded (see the module docstring).
 
     CPU torch builds fork their workers from a forkserver that has run ``_warm_forkserver``; the
     forkserver lives as long as this process, so later builds (tests) start workers instantly.
     Elsewhere (dlib, CUDA, no forkserver on this platform) workers are spawned as before.
     """
-    if (not preload or embed_in != "workers" or embedder != "torch"
-            or "forkserver" not in multiprocessing.get_all_start_methods()):
+    if (
+        not preload
+        or embed_in != "workers"
+        or embedder != "torch"
+        or "forkserver" not in multiprocessing.get_all_start_methods()
+    ):
         return get_context("spawn"), False
     from multiprocessing import forkserver
 
@@ -318,9 +350,18 @@ def _pool_context(embed_in: str, embedder: str, preload: bool = True) -> tuple[m
     return ctx, True
 
 
-def _run_tasks(chunks: list[list[Item]], todo: list[int], cfg: BuildConfig, device: str, workers: int,
-               embed_in: str, torch_threads: int, ctx: multiprocessing.context.BaseContext, warm: bool,
-               save: Callable[[int, dict], None]) -> None:
+def _run_tasks(
+    chunks: list[list[Item]],
+    todo: list[int],
+    cfg: BuildConfig,
+    device: str,
+    workers: int,
+    embed_in: str,
+    torch_threads: int,
+    ctx: multiprocessing.context.BaseContext,
+    warm: bool,
+    save: Callable[[int, dict], None],
+) -> None:
     """Run every task of the ``todo`` chunks in ``workers`` processes started by ``ctx`` (pre-loaded
     when ``warm``) and call ``save(chunk, result)`` for each finished chunk, in chunk order."""
     tasks = [(i, lo) for i in todo for lo in range(0, len(chunks[i]), TASK_SIZE)]
@@ -332,10 +373,9 @@ def _run_tasks(chunks: list[list[Item]], todo: list[int], cfg: BuildConfig, devi
 
     def args(task: tuple[int, int]) -> tuple[list[tuple[str, str]], str, str | None]:
         i, lo = task
-        return [(str(it.path), it.file) for it in chunks[i][lo:lo + TASK_SIZE]], cfg.detector, worker_embeds
+        return [(str(it.path), it.file) for it in chunks[i][lo : lo + TASK_SIZE]], cfg.detector, worker_embeds
 
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(torch_threads, os.getpid()))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(torch_threads, os.getpid()))
     queue = deque(tasks)
     pending: dict[tuple[int, int], tuple[Future, dict | None]] = {}
     try:
@@ -391,10 +431,12 @@ def _run_tasks(chunks: list[list[Item]], todo: list[int], cfg: BuildConfig, devi
 
 def _merge_parts(parts: list[dict]) -> dict:
     """One chunk's result from its tasks' results (in task order)."""
-    return {"rows": [r for p in parts for r in p["rows"]],
-            "descriptors": np.concatenate([p["descriptors"] for p in parts]),
-            "pixels": np.concatenate([p["pixels"] for p in parts]),
-            **{k: sum(p[k] for p in parts) for k in ("t_decode", "t_face", "t_embed")}}
+    return {
+        "rows": [r for p in parts for r in p["rows"]],
+        "descriptors": np.concatenate([p["descriptors"] for p in parts]),
+        "pixels": np.concatenate([p["pixels"] for p in parts]),
+        **{k: sum(p[k] for p in parts) for k in ("t_decode", "t_face", "t_embed")},
+    }
 
 
 def build(cfg: BuildConfig) -> Path:
@@ -416,7 +458,7 @@ def build(cfg: BuildConfig) -> Path:
     partial = out.with_name(out.name + ".partial")
     lock = _prepare_partial(partial, _chunk_params(cfg), cfg.resume)
     try:
-        chunks = [items[i:i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
+        chunks = [items[i : i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
         paths = [partial / f"chunk-{i:06d}.npz" for i in range(len(chunks))]
         for i, p in enumerate(paths):
             if p.exists() and not _chunk_ok(p, len(chunks[i])):
@@ -426,30 +468,44 @@ def build(cfg: BuildConfig) -> Path:
         done_images = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
         if cfg.resume and done_images:
             log.info("resuming: %d of %d chunks already done", len(chunks) - len(todo), len(chunks))
-        log.info("%d worker processes; descriptors (%s) in the %s%s", workers, cfg.embedder,
-                 "main process" if embed_in == "main" else "workers",
-                 f", {torch_threads} torch thread(s) each" if embed_in == "workers" and cfg.embedder == "torch" else "")
+        log.info(
+            "%d worker processes; descriptors (%s) in the %s%s",
+            workers,
+            cfg.embedder,
+            "main process" if embed_in == "main" else "workers",
+            f", {torch_threads} torch thread(s) each" if embed_in == "workers" and cfg.embedder == "torch" else "",
+        )
         times = {"decode": 0.0, "detect_align": 0.0, "embed": 0.0}
 
         from tqdm import tqdm
 
-        bar = tqdm(total=len(items), initial=done_images, unit="img", disable=not cfg.progress,
-                   dynamic_ncols=True, file=sys.stderr, desc="indexing")
+        bar = tqdm(
+            total=len(items),
+            initial=done_images,
+            unit="img",
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            desc="indexing",
+        )
 
         def save(i: int, res: dict) -> None:
             ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
             try:
                 _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct)
             except OSError as e:  # a full disk or permissions: the finished chunks stay
-                raise SystemExit(f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished "
-                                 f"chunks are kept there: free space and rerun with --resume") from None
+                raise SystemExit(
+                    f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished "
+                    f"chunks are kept there: free space and rerun with --resume"
+                ) from None
             bar.update(len(chunks[i]))
 
         try:
             _run_tasks(chunks, todo, cfg, device, workers, embed_in, torch_threads, ctx, warm, save)
         except BrokenProcessPool as e:
-            raise SystemExit(f"a worker process died ({e}); finished chunks are kept in {partial}: "
-                             f"rerun with --resume") from None
+            raise SystemExit(
+                f"a worker process died ({e}); finished chunks are kept in {partial}: rerun with --resume"
+            ) from None
         finally:
             bar.close()
         t_faces = time.perf_counter() - t_run
@@ -461,8 +517,17 @@ def build(cfg: BuildConfig) -> Path:
             for k in times:
                 times[k] += ct[k]
             for it, r in zip(chunk, crow):
-                rows.append({"row": len(rows), "file": it.file, "identity": it.identity, "split": it.split,
-                             **r, "face": None, **({"extra": it.extra} if it.extra else {})})
+                rows.append(
+                    {
+                        "row": len(rows),
+                        "file": it.file,
+                        "identity": it.identity,
+                        "split": it.split,
+                        **r,
+                        "face": None,
+                        **({"extra": it.extra} if it.extra else {}),
+                    }
+                )
             descs.append(cdesc)
             pixs.append(cpix)
         f = 0
@@ -476,29 +541,57 @@ def build(cfg: BuildConfig) -> Path:
 
         t0 = time.perf_counter()
         codes: dict[str, int] = {}
-        idents = np.array([codes.setdefault(r["identity"], len(codes)) if r["identity"] is not None else -1
-                           for r in rows if r["status"] == "ok"], dtype=np.int64)
+        idents = np.array(
+            [
+                codes.setdefault(r["identity"], len(codes)) if r["identity"] is not None else -1
+                for r in rows
+                if r["status"] == "ok"
+            ],
+            dtype=np.int64,
+        )
         calib = calibrate.semantic_calibration(desc, idents, device=device)
         calib.update(calibrate.pixel_calibration(pix, cfg.pixel_calibration_sample, device=device))
         counts = {s: sum(r["status"] == s for r in rows) for s in faces.STATUSES}
         manifest = {
-            "dataset": {"kind": cfg.dataset, "root": str(Path(cfg.root).resolve()), "split": cfg.split,
-                        "limit": cfg.limit, "identity_from_folders": cfg.identity_from_folders,
-                        "items": len(items), "identities": len(codes)},
-            "pipeline": {"detector": cfg.detector, "embedder": cfg.embedder, "device": device,
-                         "chip_size": faces.CHIP_SIZE, "chip_padding": faces.CHIP_PADDING,
-                         "landmarks": "dlib 5-point", "descriptor": "dlib_face_recognition_resnet_model_v1 (128-d)",
-                         "pixel": {"size": pixels.PIXEL_SIZE, "dim": pixels.PIXEL_DIM,
-                                   "crop": "face chip (padding 0.25) box-averaged to size x size RGB uint8"},
-                         "refine_passes": faces.REFINE_PASSES, "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
-                         "aligned_refine": faces.ALIGNED_REFINE},
+            "dataset": {
+                "kind": cfg.dataset,
+                "root": str(Path(cfg.root).resolve()),
+                "split": cfg.split,
+                "limit": cfg.limit,
+                "identity_from_folders": cfg.identity_from_folders,
+                "items": len(items),
+                "identities": len(codes),
+            },
+            "pipeline": {
+                "detector": cfg.detector,
+                "embedder": cfg.embedder,
+                "device": device,
+                "chip_size": faces.CHIP_SIZE,
+                "chip_padding": faces.CHIP_PADDING,
+                "landmarks": "dlib 5-point",
+                "descriptor": "dlib_face_recognition_resnet_model_v1 (128-d)",
+                "pixel": {
+                    "size": pixels.PIXEL_SIZE,
+                    "dim": pixels.PIXEL_DIM,
+                    "crop": "face chip (padding 0.25) box-averaged to size x size RGB uint8",
+                },
+                "refine_passes": faces.REFINE_PASSES,
+                "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
+                "aligned_refine": faces.ALIGNED_REFINE,
+            },
             "counts": counts,
             "faces": int(len(desc)),
             "identities_known": bool((idents >= 0).any()),
             "pixel_calibration_sample": int(len(calib["pix_loo"])),
-            "build": {"seconds": None, "workers": workers, "chunk_size": cfg.chunk_size, "embed_in": embed_in,
-                      "preloaded_workers": warm, "resumed": bool(cfg.resume and done_images),
-                      "face_pipeline_seconds": round(t_faces, 3)},
+            "build": {
+                "seconds": None,
+                "workers": workers,
+                "chunk_size": cfg.chunk_size,
+                "embed_in": embed_in,
+                "preloaded_workers": warm,
+                "resumed": bool(cfg.resume and done_images),
+                "face_pipeline_seconds": round(t_faces, 3),
+            },
         }
         times["index"] = time.perf_counter() - t0
         total = time.perf_counter() - t_start
@@ -507,15 +600,18 @@ def build(cfg: BuildConfig) -> Path:
         try:
             store.write_index(out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite)
         except store.IndexWriteError as e:  # the chunks stay: a rerun with --resume only writes the index
-            raise SystemExit(f"error: {e}; all {len(chunks)} chunks are kept in {partial}: free space and rerun "
-                             f"with --resume") from None
+            raise SystemExit(
+                f"error: {e}; all {len(chunks)} chunks are kept in {partial}: free space and rerun with --resume"
+            ) from None
         shutil.rmtree(partial, ignore_errors=True)
         n_new = len(items) - done_images
         rate = n_new / t_faces if t_faces > 0 else float("nan")
-        print(f"built {out}: {len(items)} images, {counts['ok']} ok, {counts['no_face']} no_face, "
-              f"{counts['unreadable']} unreadable in {total:.1f} s ({rate:.1f} img/s through the face "
-              f"pipeline); stage time: decode {times['decode']:.1f} s, detect/align {times['detect_align']:.1f} s "
-              f"(worker core-seconds), embed {times['embed']:.1f} s, index {times['index']:.1f} s")
+        print(
+            f"built {out}: {len(items)} images, {counts['ok']} ok, {counts['no_face']} no_face, "
+            f"{counts['unreadable']} unreadable in {total:.1f} s ({rate:.1f} img/s through the face "
+            f"pipeline); stage time: decode {times['decode']:.1f} s, detect/align {times['detect_align']:.1f} s "
+            f"(worker core-seconds), embed {times['embed']:.1f} s, index {times['index']:.1f} s"
+        )
         return out
     finally:
         watchdog.unlock_dir(lock)

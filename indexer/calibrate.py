@@ -18,8 +18,9 @@ from .devices import faiss_index
 log = logging.getLogger(__name__)
 
 
-def semantic_calibration(desc: np.ndarray, idents: np.ndarray, k: int = 64, device: str = "cpu",
-                         batch: int = 8192) -> dict[str, np.ndarray]:
+def semantic_calibration(
+    desc: np.ndarray, idents: np.ndarray, k: int = 64, device: str = "cpu", batch: int = 8192
+) -> dict[str, np.ndarray]:
     """Per-face nearest Euclidean distances: ``sem_loo``, ``sem_diff_id``, ``sem_same_id`` (NaN when
     undefined: unknown identity, or an identity with a single face)."""
     n = len(desc)
@@ -33,7 +34,7 @@ def semantic_calibration(desc: np.ndarray, idents: np.ndarray, k: int = 64, devi
     kk = min(k, n)
     known = idents >= 0
     for s in range(0, n, batch):
-        q = desc[s:s + batch]
+        q = desc[s : s + batch]
         _, ids = index.search(q, kk)
         for j in range(len(q)):
             i = s + j
@@ -59,7 +60,7 @@ def semantic_calibration(desc: np.ndarray, idents: np.ndarray, k: int = 64, devi
         other = idents != idents[i]
         if np.isnan(diff[i]) and other.any():
             diff[i] = d[other].min()
-        mine = (idents == idents[i])
+        mine = idents == idents[i]
         mine[i] = False
         if np.isnan(same[i]) and mine.any():
             same[i] = d[mine].min()
@@ -67,8 +68,9 @@ def semantic_calibration(desc: np.ndarray, idents: np.ndarray, k: int = 64, devi
     return {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same}
 
 
-def pixel_calibration(pixels: np.ndarray, sample: int = 5000, seed: int = 0,
-                      device: str = "cpu") -> dict[str, np.ndarray]:
+def pixel_calibration(
+    pixels: np.ndarray, sample: int = 5000, seed: int = 0, device: str = "cpu"
+) -> dict[str, np.ndarray]:
     """Exact leave-one-out nearest L1 distance for a seeded sample of faces (``pix_loo`` at
     ``pix_loo_rows``)."""
     from .l1 import L1Index

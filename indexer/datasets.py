@@ -85,8 +85,9 @@ def read_celeba(root: Path, split: str = "all", limit: int | None = None) -> lis
         if (root / fname).exists():
             header, table = _read_celeba_table(root / fname)
             for n, vals in table.items():
-                extras.setdefault(n, {})[key] = (vals if key == "celeba_landmarks"
-                                                 else [h for h, v in zip(header, vals) if v == 1])
+                extras.setdefault(n, {})[key] = (
+                    vals if key == "celeba_landmarks" else [h for h, v in zip(header, vals) if v == 1]
+                )
     items = []
     for n in names:
         sp = parts.get(n) or _split_by_number(n)
@@ -113,8 +114,9 @@ def read_folder(root: Path, identity_from_folders: bool = False, limit: int | No
     return items
 
 
-def read_dataset(kind: str, root: Path, split: str = "all", limit: int | None = None,
-                 identity_from_folders: bool = False) -> list[Item]:
+def read_dataset(
+    kind: str, root: Path, split: str = "all", limit: int | None = None, identity_from_folders: bool = False
+) -> list[Item]:
     if kind == "celeba":
         return read_celeba(root, split, limit)
     if kind == "folder":

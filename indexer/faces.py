@@ -16,7 +16,7 @@ import re
 import threading
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Protocol
 
@@ -73,7 +73,8 @@ class Embedder(Protocol):
 
 # ----------------------------------------------------------------------------- models
 
-@lru_cache(maxsize=None)
+
+@cache
 def model_paths() -> dict[str, str]:
     """Paths of the dlib model files that ship inside ``face_recognition_models``."""
     with warnings.catch_warnings():
@@ -86,7 +87,7 @@ def model_paths() -> dict[str, str]:
     }
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_hashes() -> dict[str, str]:
     """sha256 of each model file; an index built with other weights must not be queried."""
     out = {}
@@ -124,8 +125,13 @@ def _dlib_obj(name: str):
 def pipeline_signature() -> dict:
     """The constants that decide which landmarks and chip a face gets. Descriptors from an index
     built with other values are not comparable with today's queries, so the store refuses it."""
-    return {"chip_size": CHIP_SIZE, "chip_padding": CHIP_PADDING, "refine_passes": REFINE_PASSES,
-            "aligned_init_box": list(ALIGNED_INIT_BOX), "aligned_refine": dict(ALIGNED_REFINE)}
+    return {
+        "chip_size": CHIP_SIZE,
+        "chip_padding": CHIP_PADDING,
+        "refine_passes": REFINE_PASSES,
+        "aligned_init_box": list(ALIGNED_INIT_BOX),
+        "aligned_refine": dict(ALIGNED_REFINE),
+    }
 
 
 # ----------------------------------------------------------------------------- decode
@@ -225,6 +231,7 @@ def read_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- detect
 
+
 def _rect(box):
     import dlib
 
@@ -263,8 +270,10 @@ def detect(img: np.ndarray, detector: str) -> list[tuple[int, int, int, int]]:
         # found grows to ~80·k px (HOG's window). Landmarks and the chip still come from the
         # full-resolution image; the boxes are mapped back (and clamped) here.
         small = np.asarray(Image.fromarray(img).reduce(k))
-        return [(l * k, t * k, min((r + 1) * k - 1, w - 1), min((b + 1) * k - 1, h - 1))
-                for l, t, r, b in _detect(small, detector)]
+        return [
+            (l * k, t * k, min((r + 1) * k - 1, w - 1), min((b + 1) * k - 1, h - 1))
+            for l, t, r, b in _detect(small, detector)
+        ]
     return _detect(img, detector)
 
 
@@ -332,8 +341,9 @@ def aligned_start_box(img: np.ndarray) -> tuple[float, float, float, float]:
     return (fl * w, ft * h, fr * w, fb * h)
 
 
-def chip_from_landmarks(img: np.ndarray, pts: np.ndarray, size: int = CHIP_SIZE,
-                        padding: float = CHIP_PADDING) -> np.ndarray:
+def chip_from_landmarks(
+    img: np.ndarray, pts: np.ndarray, size: int = CHIP_SIZE, padding: float = CHIP_PADDING
+) -> np.ndarray:
     """dlib's aligned face chip (similarity transform from the 5 landmarks), as dlib computes it."""
     import dlib
 
@@ -376,6 +386,7 @@ def process_file(path: str | Path, detector: str, max_pixels: int = MAX_PIXELS) 
 
 
 # ----------------------------------------------------------------------------- embed
+
 
 class DlibEmbedder:
     """dlib's own descriptor (reference implementation; one core, ~85 ms per chip)."""

@@ -211,7 +211,11 @@ class L1Index:
             self._init_gpu()
         log.info(
             "L1Index: N=%d D=%d blocks=%s, bound structures %.1f MB (vectors %.1f MB referenced)",
-            n, self.d, self.blocks, self.nbytes / 1e6, self.vectors.nbytes / 1e6,
+            n,
+            self.d,
+            self.blocks,
+            self.nbytes / 1e6,
+            self.vectors.nbytes / 1e6,
         )
 
     def _fill_levels(self, f4: np.ndarray, rows: slice) -> None:
@@ -311,7 +315,11 @@ class L1Index:
         else:
             n_valid = n
         if n_valid == 0:
-            return np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64), dict.fromkeys(("n16", "n8", "n4", "exact"), 0)
+            return (
+                np.full(k, -1, dtype=np.int64),
+                np.full(k, -1, dtype=np.int64),
+                dict.fromkeys(("n16", "n8", "n4", "exact"), 0),
+            )
         # 1) Seed: best few by the coarse bound, refined through the finer bounds, evaluated exactly,
         #    so tau (k-th smallest exact distance so far) starts close to its final value.
         m1 = min(n_valid, max(self.seed_coarse, 16 * k))
@@ -390,9 +398,7 @@ class L1Index:
         else:
             for j in range(nq):
                 one(j)
-        self.last_stats = {
-            name: float(v) for name, v in zip(("cand16", "cand8", "cand4", "exact"), stats.mean(axis=0))
-        }
+        self.last_stats = {name: float(v) for name, v in zip(("cand16", "cand8", "cand4", "exact"), stats.mean(axis=0))}
         log.debug("L1Index.search: per-query means %s", self.last_stats)
         return out_d, out_i
 

@@ -28,8 +28,8 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -61,9 +61,12 @@ EMBED_DIM = 128
 #: (num_filters, downsample) for each residual block, in forward order.
 BLOCKS: tuple[tuple[int, bool], ...] = (
     ((32, False),) * 3
-    + ((64, True),) + ((64, False),) * 3
-    + ((128, True),) + ((128, False),) * 2
-    + ((256, True),) + ((256, False),) * 2
+    + ((64, True),)
+    + ((64, False),) * 3
+    + ((128, True),)
+    + ((128, False),) * 2
+    + ((256, True),)
+    + ((256, False),) * 2
     + ((256, True),)
 )
 
@@ -114,7 +117,7 @@ class _Reader:
         end = self.pos + n
         if end > len(self.data):
             raise DlibFormatError(f"unexpected end of file at byte {self.pos} (wanted {n} bytes)")
-        chunk = self.data[self.pos:end]
+        chunk = self.data[self.pos : end]
         self.pos = end
         return chunk
 
@@ -274,14 +277,14 @@ def _read_affine(r: _Reader, channels: int) -> AffineParams:
             r.float()
         eps = np.float32(r.float())
         gamma = params[:channels] / np.sqrt(running_vars + eps)
-        beta = params[channels:2 * channels] - gamma * running_means
+        beta = params[channels : 2 * channels] - gamma * running_means
         gamma, beta = gamma.astype(np.float32), beta.astype(np.float32)
     else:
         mode = r.int()
         if mode != 0:
             raise DlibFormatError(f"affine mode {mode} (expected 0 = per-channel/conv mode)")
         gamma = params[:channels].copy()
-        beta = params[channels:2 * channels].copy()
+        beta = params[channels : 2 * channels].copy()
         if tag == "affine_2" and r.bool():  # disabled: the layer is an identity
             gamma = np.ones(channels, np.float32)
             beta = np.zeros(channels, np.float32)
@@ -429,7 +432,12 @@ def _parse_cached(path: str) -> DlibNetWeights:
     )
     logger.info(
         "parsed %s: %d bytes, %d convs, %d affines, %d floats, input mean %s",
-        path, len(data), len(convs), len(affines), weights.num_floats, mean.tolist(),
+        path,
+        len(data),
+        len(convs),
+        len(affines),
+        weights.num_floats,
+        mean.tolist(),
     )
     return weights
 
@@ -477,8 +485,7 @@ def _set_params(m: nn.Module, **arrays: np.ndarray) -> None:
     ``meta`` and attaching the parsed arrays costs ~10 ms, which matters for short builds.
     """
     for name, a in arrays.items():
-        setattr(m, name, nn.Parameter(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)),
-                                      requires_grad=False))
+        setattr(m, name, nn.Parameter(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), requires_grad=False))
 
 
 class _ResBlock(nn.Module):
@@ -631,11 +638,11 @@ class TorchEmbedder:
         guard = _ieee_fp32_convs() if cuda else contextlib.nullcontext()
         with torch.inference_mode(), guard:
             for start in range(0, chips.shape[0], self.batch_size):
-                batch = torch.from_numpy(chips[start:start + self.batch_size])
+                batch = torch.from_numpy(chips[start : start + self.batch_size])
                 if cuda:
                     batch = batch.to(self.device, non_blocking=True)
                 x = self.model.normalize(batch)
                 if cuda:
                     x = x.contiguous()
-                out[start:start + batch.shape[0]] = self.model(x).float().cpu().numpy()
+                out[start : start + batch.shape[0]] = self.model(x).float().cpu().numpy()
         return out

@@ -186,12 +186,20 @@ def _write_error(e: OSError, out: Path, tmp: Path) -> IndexWriteError:
     else:
         what = "an OS error"
     before = f"the previous index at {out} is untouched" if out.exists() else f"nothing was written at {out}"
-    return IndexWriteError(f"could not write the index: {what} ({e.strerror or e} while writing "
-                           f"{e.filename or tmp}); {before}")
+    return IndexWriteError(
+        f"could not write the index: {what} ({e.strerror or e} while writing {e.filename or tmp}); {before}"
+    )
 
 
-def write_index(out: Path, rows: list[dict], descriptors: np.ndarray, pixels: np.ndarray,
-                calibration: dict[str, np.ndarray], manifest: dict, overwrite: bool = False) -> Path:
+def write_index(
+    out: Path,
+    rows: list[dict],
+    descriptors: np.ndarray,
+    pixels: np.ndarray,
+    calibration: dict[str, np.ndarray],
+    manifest: dict,
+    overwrite: bool = False,
+) -> Path:
     """Write a complete index to ``out`` atomically (temp dir in the same parent, then an atomic swap).
 
     Any OS error (a full disk, above all) removes the temp dir and raises :class:`IndexWriteError`;
@@ -229,7 +237,7 @@ def _save_npy(path: Path, arr: np.ndarray, block: int = 64 << 20) -> None:
         np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
         flat = memoryview(arr.reshape(-1).view(np.uint8))
         for lo in range(0, len(flat), block):
-            f.write(flat[lo:lo + block])
+            f.write(flat[lo : lo + block])
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -242,8 +250,14 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.asanyarray(arrays[name]), allow_pickle=False)
 
 
-def _write_files(tmp: Path, rows: list[dict], descriptors: np.ndarray, pixels: np.ndarray,
-                 calibration: dict[str, np.ndarray], manifest: dict) -> None:
+def _write_files(
+    tmp: Path,
+    rows: list[dict],
+    descriptors: np.ndarray,
+    pixels: np.ndarray,
+    calibration: dict[str, np.ndarray],
+    manifest: dict,
+) -> None:
     import faiss
 
     with open(tmp / "rows.jsonl", "w") as f:
@@ -264,10 +278,15 @@ def _write_files(tmp: Path, rows: list[dict], descriptors: np.ndarray, pixels: n
     for name in FILES:
         p = tmp / name
         files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    manifest = dict(manifest, format_version=FORMAT_VERSION, model_sha256=faces.model_hashes(),
-                    pipeline_signature=_pipeline_signature(),
-                    files=files, libraries=library_versions(),
-                    written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    manifest = dict(
+        manifest,
+        format_version=FORMAT_VERSION,
+        model_sha256=faces.model_hashes(),
+        pipeline_signature=_pipeline_signature(),
+        files=files,
+        libraries=library_versions(),
+        written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     # The manifest goes last: a directory without it is never taken for an index.
     with open(tmp / (MANIFEST + ".part"), "w") as f:
         json.dump(manifest, f, indent=2)
@@ -290,15 +309,16 @@ def read_manifest(root: Path) -> dict:
     root = Path(root)
     mpath = root / MANIFEST
     if not mpath.is_file():
-        raise IndexLoadError(f"{root} is not a facemem index (no {MANIFEST}); build one with "
-                             f"`python -m indexer build`")
+        raise IndexLoadError(f"{root} is not a facemem index (no {MANIFEST}); build one with `python -m indexer build`")
     try:
         m = json.loads(mpath.read_text())
     except (ValueError, OSError) as e:
         raise IndexLoadError(f"{mpath} is corrupt or unreadable ({e}); rebuild the index") from None
     if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or not isinstance(m.get("dataset"), dict):
-        raise IndexLoadError(f"{mpath} is not a valid manifest (edited or damaged: expected an object with "
-                             f"'files' and 'dataset'); rebuild the index")
+        raise IndexLoadError(
+            f"{mpath} is not a valid manifest (edited or damaged: expected an object with "
+            f"'files' and 'dataset'); rebuild the index"
+        )
     return m
 
 
@@ -306,14 +326,22 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
     """Refuse an index from another format version, other model weights, or with damaged files."""
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise IndexLoadError(f"{root}: index format version {version}, this facemem reads version "
-                             f"{FORMAT_VERSION}; rebuild the index")
+        raise IndexLoadError(
+            f"{root}: index format version {version}, this facemem reads version {FORMAT_VERSION}; rebuild the index"
+        )
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(FILES) or not all(
+    if (
+        not isinstance(files, dict)
+        or set(files) != set(FILES)
+        or not all(
             isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
-            for m in files.values()):
-        raise IndexLoadError(f"{root}: the manifest's file list is damaged (expected {list(FILES)} with size "
-                             f"and sha256 each); rebuild the index")
+            for m in files.values()
+        )
+    ):
+        raise IndexLoadError(
+            f"{root}: the manifest's file list is damaged (expected {list(FILES)} with size "
+            f"and sha256 each); rebuild the index"
+        )
     for key in ("model_sha256", "pipeline_signature"):
         if not isinstance(manifest.get(key), dict):
             raise IndexLoadError(f"{root}: the manifest's {key} is missing or damaged; rebuild the index")
@@ -322,12 +350,15 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
         if want.get(name) != sha:
             raise IndexLoadError(
                 f"{root}: built with a different {name} model (sha256 {str(want.get(name))[:12]}…, "
-                f"installed {sha[:12]}…); descriptors would not be comparable; rebuild the index")
+                f"installed {sha[:12]}…); descriptors would not be comparable; rebuild the index"
+            )
     sig = manifest.get("pipeline_signature")
     if sig != _pipeline_signature():
         diff = sorted(k for k in _pipeline_signature() if (sig or {}).get(k) != _pipeline_signature()[k])
-        raise IndexLoadError(f"{root}: built with other face-pipeline settings ({', '.join(diff)}); its "
-                             f"descriptors would not match today's queries; rebuild the index")
+        raise IndexLoadError(
+            f"{root}: built with other face-pipeline settings ({', '.join(diff)}); its "
+            f"descriptors would not match today's queries; rebuild the index"
+        )
     for name, meta in manifest.get("files", {}).items():
         p = Path(root) / name
         if not p.is_file() or p.stat().st_size != meta["bytes"]:
@@ -357,20 +388,39 @@ def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
         name = "calibration.npz"
         with np.load(root / name) as z:
             calibration = {k: z[k] for k in z.files}
-    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError, EOFError, MemoryError,
-            zipfile.BadZipFile) as e:  # MemoryError: a damaged header that asks for a huge array
-        raise IndexLoadError(f"{root}: {name} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                             f"rebuild the index") from None
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        RuntimeError,
+        OSError,
+        EOFError,
+        MemoryError,
+        zipfile.BadZipFile,
+    ) as e:  # MemoryError: a damaged header that asks for a huge array
+        raise IndexLoadError(
+            f"{root}: {name} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+            f"rebuild the index"
+        ) from None
     # Right sizes and counts can still hold arrays of the wrong kind; search would fail on them later.
-    for name, arr, dtype, width in (("descriptors.npy", descriptors, np.float32, 128),
-                                    ("pixels.npy", pixels, np.uint8, PIXEL_DIM)):
+    for name, arr, dtype, width in (
+        ("descriptors.npy", descriptors, np.float32, 128),
+        ("pixels.npy", pixels, np.uint8, PIXEL_DIM),
+    ):
         if arr.dtype != dtype or arr.ndim != 2 or arr.shape[1] != width:
-            raise IndexLoadError(f"{root}: {name} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} "
-                                 f"(N, {width}); rebuild the index")
+            raise IndexLoadError(
+                f"{root}: {name} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} "
+                f"(N, {width}); rebuild the index"
+            )
     if getattr(semantic, "d", None) != descriptors.shape[1]:
-        raise IndexLoadError(f"{root}: semantic.faiss is damaged (dimension {getattr(semantic, 'd', None)}, "
-                             f"expected {descriptors.shape[1]}); rebuild the index")
+        raise IndexLoadError(
+            f"{root}: semantic.faiss is damaged (dimension {getattr(semantic, 'd', None)}, "
+            f"expected {descriptors.shape[1]}); rebuild the index"
+        )
     if not (len(face_rows) == len(descriptors) == len(pixels) == semantic.ntotal):
-        raise IndexLoadError(f"{root}: inconsistent face counts (rows {len(face_rows)}, descriptors "
-                             f"{len(descriptors)}, pixels {len(pixels)}, faiss {semantic.ntotal})")
+        raise IndexLoadError(
+            f"{root}: inconsistent face counts (rows {len(face_rows)}, descriptors "
+            f"{len(descriptors)}, pixels {len(pixels)}, faiss {semantic.ntotal})"
+        )
     return FaceIndex(root, manifest, rows, face_rows, descriptors, pixels, semantic, calibration)

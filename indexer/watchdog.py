@@ -41,8 +41,9 @@ def _exit_when_gone(pid: int, every: float) -> None:
 
 def start(pid: int | None = None, every: float = 1.0) -> None:
     """Exit this process (at once, no cleanup) when ``pid`` (default: the parent) is gone."""
-    threading.Thread(target=_exit_when_gone, args=(pid or os.getppid(), every), name="facemem-watchdog",
-                     daemon=True).start()
+    threading.Thread(
+        target=_exit_when_gone, args=(pid or os.getppid(), every), name="facemem-watchdog", daemon=True
+    ).start()
 
 
 class Busy(OSError):

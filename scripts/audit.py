@@ -24,9 +24,10 @@ import shlex
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -56,6 +57,7 @@ class AuditError(Exception):
 
 
 # ----------------------------------------------------------------------------- backends
+
 
 class RecordingSearcher:
     """Thin adapter around :class:`service.search.Searcher` that keeps each query's descriptor and
@@ -115,13 +117,20 @@ class LocalBackend:
     def info(self) -> dict:
         """The fields of the service's ``GET /v1/index``, plus the dataset root (a local path)."""
         m = self.index.manifest
-        return {"summary": api.index_summary(self.index),
-                "dataset": {k: v for k, v in m.get("dataset", {}).items() if k != "root"},
-                "counts": m.get("counts", {}), "pipeline": m.get("pipeline", {}), "build": m.get("build", {}),
-                "format_version": m.get("format_version"), "written_at": m.get("written_at"),
-                "model_sha256": m.get("model_sha256", {}), "libraries": m.get("libraries", {}),
-                "calibration": stats.calibrate(self.index.calibration).to_dict(pixels.PIXEL_DIM),
-                "root": str(self.index.dataset_root), "path": self.where}
+        return {
+            "summary": api.index_summary(self.index),
+            "dataset": {k: v for k, v in m.get("dataset", {}).items() if k != "root"},
+            "counts": m.get("counts", {}),
+            "pipeline": m.get("pipeline", {}),
+            "build": m.get("build", {}),
+            "format_version": m.get("format_version"),
+            "written_at": m.get("written_at"),
+            "model_sha256": m.get("model_sha256", {}),
+            "libraries": m.get("libraries", {}),
+            "calibration": stats.calibrate(self.index.calibration).to_dict(pixels.PIXEL_DIM),
+            "root": str(self.index.dataset_root),
+            "path": self.where,
+        }
 
     def neighbors(self, images: list[tuple[str, bytes]], params: dict) -> dict:
         """:func:`service.api.neighbors`, except that faces already detected in this run (same bytes,
@@ -189,24 +198,32 @@ class ServerBackend:
         try:
             r = self.session.get(self.url + "/healthz", timeout=15)
         except requests.RequestException as e:
-            raise AuditError(EXIT_UNREACHABLE, f"cannot reach the facemem service at {self.url}: "
-                             f"{type(e).__name__}: {e}") from None
+            raise AuditError(
+                EXIT_UNREACHABLE, f"cannot reach the facemem service at {self.url}: {type(e).__name__}: {e}"
+            ) from None
         try:
             ok = r.status_code == 200 and r.json().get("status") == "ok"
         except ValueError:
             ok = False
         if not ok:
-            raise AuditError(EXIT_UNREACHABLE, f"{self.url} is not a facemem service "
-                             f"(GET /healthz answered HTTP {r.status_code})")
+            raise AuditError(
+                EXIT_UNREACHABLE, f"{self.url} is not a facemem service (GET /healthz answered HTTP {r.status_code})"
+            )
         self._info = self._get("/v1/index").json()
         self.max_files = int(self._info.get("limits", {}).get("max_files", 64))
 
     def _check(self, r, what: str):
         if r.status_code in (401, 403):
-            why = ("refused the token" if "Authorization" in self.session.headers
-                   else "requires a token and none was given")
-            raise AuditError(EXIT_AUTH, f"the service at {self.url} {why} ({what}: HTTP {r.status_code}); "
-                             f"pass the right one with --token or $FACEMEM_TOKEN")
+            why = (
+                "refused the token"
+                if "Authorization" in self.session.headers
+                else "requires a token and none was given"
+            )
+            raise AuditError(
+                EXIT_AUTH,
+                f"the service at {self.url} {why} ({what}: HTTP {r.status_code}); "
+                f"pass the right one with --token or $FACEMEM_TOKEN",
+            )
         if r.status_code >= 400:
             try:
                 msg = r.json().get("message", r.text[:300])
@@ -227,8 +244,10 @@ class ServerBackend:
 
     def neighbors(self, images: list[tuple[str, bytes]], params: dict) -> dict:
         files = [("images", (name, data, "application/octet-stream")) for name, data in images]
-        q = {k: (",".join(v) if isinstance(v, (list, tuple)) else repr(v) if isinstance(v, float) else str(v))
-             for k, v in params.items()}
+        q = {
+            k: (",".join(v) if isinstance(v, (list, tuple)) else repr(v) if isinstance(v, float) else str(v))
+            for k, v in params.items()
+        }
         try:
             r = self.session.post(self.url + "/neighbors", params=q, files=files, timeout=self.timeout)
         except self.requests.RequestException as e:
@@ -259,6 +278,7 @@ class ServerBackend:
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def thresholds_from_dict(d: dict) -> stats.Thresholds:
     """Rebuild the :class:`stats.Thresholds` a response used from its ``calibration`` block."""
     return stats.Thresholds(**{f.name: d[f.name] for f in fields(stats.Thresholds)})
@@ -281,21 +301,34 @@ def crossing(sizes: list[int], shares: list[float]) -> dict:
         return {"s50": None, "support": None, "kind": "no_data", "text": "no trials"}
     if pts[0][1] >= 0.5:
         s = pts[0][0]
-        return {"s50": None, "support_upper": s * s, "kind": "below_smallest",
-                "text": f"already ≥ 50% at the smallest batch size s = {s}: support ≲ s² = {s * s:,}; "
-                        f"try smaller batch sizes"}
+        return {
+            "s50": None,
+            "support_upper": s * s,
+            "kind": "below_smallest",
+            "text": f"already ≥ 50% at the smallest batch size s = {s}: support ≲ s² = {s * s:,}; "
+            f"try smaller batch sizes",
+        }
     for (s0, p0), (s1, p1) in zip(pts, pts[1:]):
         if p1 >= 0.5:
             t = (0.5 - p0) / (p1 - p0)
             s50 = float(math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0))))
-            return {"s50": s50, "support": s50 ** 2, "support_uniform": s50 ** 2 / (2 * math.log(2)),
-                    "kind": "interpolated", "bracket": [s0, s1],
-                    "text": f"crosses 50% at s ≈ {s50:.1f} (between {s0} and {s1}): support ≈ s² ≈ "
-                            f"{s50 ** 2:,.0f} faces ({s50 ** 2 / (2 * math.log(2)):,.0f} under a uniform model)"}
+            return {
+                "s50": s50,
+                "support": s50**2,
+                "support_uniform": s50**2 / (2 * math.log(2)),
+                "kind": "interpolated",
+                "bracket": [s0, s1],
+                "text": f"crosses 50% at s ≈ {s50:.1f} (between {s0} and {s1}): support ≈ s² ≈ "
+                f"{s50**2:,.0f} faces ({s50**2 / (2 * math.log(2)):,.0f} under a uniform model)",
+            }
     s = pts[-1][0]
-    return {"s50": None, "support_lower": s * s, "kind": "not_reached",
-            "text": f"below 50% up to the largest batch size s = {s}: support ≳ s² = {s * s:,} faces "
-                    f"(larger batches would tighten this)"}
+    return {
+        "s50": None,
+        "support_lower": s * s,
+        "kind": "not_reached",
+        "text": f"below 50% up to the largest batch size s = {s}: support ≳ s² = {s * s:,} faces "
+        f"(larger batches would tighten this)",
+    }
 
 
 def image_thumb(data: bytes, size: int = THUMB) -> str | None:
@@ -322,6 +355,7 @@ class Config:
 
 # ----------------------------------------------------------------------------- the audit
 
+
 class Audit:
     """Runs the audit against one source and one backend and returns the report's data."""
 
@@ -346,10 +380,13 @@ class Audit:
         if src.kind == "folder":
             total = len(src.files)
             n = total if cfg.n is None else min(cfg.n, total)
-            idx = list(range(total)) if n == total else sorted(
-                np.random.default_rng(sub_seed(cfg.seed, 0)).choice(total, n, replace=False).tolist())
+            idx = (
+                list(range(total))
+                if n == total
+                else sorted(np.random.default_rng(sub_seed(cfg.seed, 0)).choice(total, n, replace=False).tolist())
+            )
             self.planned_n = n
-            return [lambda c=idx[i:i + cfg.chunk]: src.read(c) for i in range(0, n, cfg.chunk)]
+            return [lambda c=idx[i : i + cfg.chunk]: src.read(c) for i in range(0, n, cfg.chunk)]
         n = cfg.n or 100
         self.planned_n = n
         plan = []
@@ -379,8 +416,14 @@ class Audit:
         if self.source.kind == "generator":
             limit = self.backend.max_files
             n_trials = sum(s for s in cfg.batch_sizes if not limit or s <= limit) * cfg.trials
-        self.bar = tqdm(total=n_main + n_pairs + n_trials, unit="img", desc="auditing", disable=not self.progress,
-                        file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=n_main + n_pairs + n_trials,
+            unit="img",
+            desc="auditing",
+            disable=not self.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         try:
             t0 = time.perf_counter()
             entries, first = self._main_pass(plan)
@@ -410,15 +453,21 @@ class Audit:
             "created_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": cfg.command,
             "seed": cfg.seed,
-            "source": {"kind": self.source.kind, "describe": self.source.describe,
-                       "upscale": cfg.upscale if self.source.kind == "generator" else None,
-                       "sample_seeds": self.sample_seeds or None},
+            "source": {
+                "kind": self.source.kind,
+                "describe": self.source.describe,
+                "upscale": cfg.upscale if self.source.kind == "generator" else None,
+                "sample_seeds": self.sample_seeds or None,
+            },
             "backend": {"mode": self.backend.mode, "where": self.backend.where},
             "params": first["params"],
             "index": info,
             "calibration": first["calibration"],
-            "summary": {"images": len(entries), "faces": counts.get("ok", 0),
-                        "counts": {s: counts.get(s, 0) for s in faces.STATUSES}},
+            "summary": {
+                "images": len(entries),
+                "faces": counts.get("ok", 0),
+                "counts": {s: counts.get(s, 0) for s in faces.STATUSES},
+            },
             "neighbors": {"images": entries},
             "memorization": mem,
             "collisions": coll,
@@ -467,10 +516,15 @@ class Audit:
         sem = [entries[i]["semantic"][0] for i in pos]
         pix = [entries[i]["pixel"][0] for i in pos]
         return stats.memorization(
-            names, np.array([s["distance"] for s in sem], np.float64),
+            names,
+            np.array([s["distance"] for s in sem], np.float64),
             [{"file": s["file"], "identity": s["identity"]} for s in sem],
             np.array([p["distance"] for p in pix], np.float64),
-            [{"file": p["file"], "identity": p["identity"]} for p in pix], th, pixels.PIXEL_DIM, positions=pos)
+            [{"file": p["file"], "identity": p["identity"]} for p in pix],
+            th,
+            pixels.PIXEL_DIM,
+            positions=pos,
+        )
 
     def _pool_images(self, n: int, entries: list[dict]) -> list[tuple[str, bytes]]:
         if self.source.kind == "generator":
@@ -478,8 +532,9 @@ class Audit:
         by_name = {name: i for i, name in enumerate(self.source.names())}
         return self.source.read([by_name[e["image"]] for e in entries[:n]])
 
-    def _all_pairs(self, n: int, entries: list[dict], th: stats.Thresholds
-                   ) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float]]:
+    def _all_pairs(
+        self, n: int, entries: list[dict], th: stats.Thresholds
+    ) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float]]:
         """Every semantic pair distance, and the pixel near-duplicate pairs, among the first ``n``
         images (positions in the sample), from the service itself: ``neighbors`` with an identity
         threshold above every distance, so its collisions block lists every pair. Up to ``chunk``
@@ -515,14 +570,22 @@ class Audit:
     def _collisions(self, n: int, entries: list[dict], sem: dict, pix: dict, th: stats.Thresholds) -> dict:
         """The service's ``collisions`` block for the first ``n`` images taken as one batch."""
         faces_n = sum(1 for e in entries[:n] if e["status"] == "ok")
-        out: dict = {"batch_size": n, "faces": faces_n, "reference": "Arora & Zhang (2017), Do GANs learn the "
-                     "distribution? Some theory and empirics", "of_sample": len(entries)}
+        out: dict = {
+            "batch_size": n,
+            "faces": faces_n,
+            "reference": "Arora & Zhang (2017), Do GANs learn the distribution? Some theory and empirics",
+            "of_sample": len(entries),
+        }
         for ch, pairs, thr in (("semantic", sem, th.identity), ("pixel", pix, th.pixel_copy)):
             hits = sorted((a, b, d) for (a, b), d in pairs.items() if thr is not None and d < thr)
-            out[ch] = {"threshold": thr,
-                       "pairs": [{"a": entries[a]["image"], "b": entries[b]["image"], "a_index": a, "b_index": b,
-                                  "distance": d} for a, b, d in hits],
-                       **stats.support_estimate(faces_n, len(hits))}
+            out[ch] = {
+                "threshold": thr,
+                "pairs": [
+                    {"a": entries[a]["image"], "b": entries[b]["image"], "a_index": a, "b_index": b, "distance": d}
+                    for a, b, d in hits
+                ],
+                **stats.support_estimate(faces_n, len(hits)),
+            }
         return out
 
     def _birthday(self, n: int, entries: list[dict], sem: dict, pix: dict, th: stats.Thresholds) -> dict:
@@ -530,13 +593,15 @@ class Audit:
         rows = []
         skipped = []
         if self.source.kind == "folder":
-            protocol = (f"Folder mode: the {n} audited images are the population; each trial is a random subset of s "
-                        f"of them drawn without replacement (seeded), not fresh samples, so batches overlap and the "
-                        f"support estimate cannot exceed what {n} images can show. A pair collides when its "
-                        f"descriptor distance is under the identity threshold ({th.identity:.4g}; same person) and, "
-                        f"separately, when its pixel L1 is under the pixel copy threshold. Pair distances are the "
-                        f"service's (one pass over all pairs); a subset collides exactly when the service would "
-                        f"report a pair for it.")
+            protocol = (
+                f"Folder mode: the {n} audited images are the population; each trial is a random subset of s "
+                f"of them drawn without replacement (seeded), not fresh samples, so batches overlap and the "
+                f"support estimate cannot exceed what {n} images can show. A pair collides when its "
+                f"descriptor distance is under the identity threshold ({th.identity:.4g}; same person) and, "
+                f"separately, when its pixel L1 is under the pixel copy threshold. Pair distances are the "
+                f"service's (one pass over all pairs); a subset collides exactly when the service would "
+                f"report a pair for it."
+            )
             A_sem = np.zeros((n, n), bool)
             A_pix = np.zeros((n, n), bool)
             for (a, b), d in sem.items():
@@ -558,10 +623,12 @@ class Audit:
                     subs.append(sub.tolist())
                 rows.append(dict(self._trial_row(s, cs, cp, nf), subsets=subs))
         else:
-            protocol = (f"Generator mode: every trial is a fresh batch of s samples (seeded), sent to the service as "
-                        f"one request; a trial collides when the service's collisions block has at least one pair "
-                        f"(semantic: same person at the identity threshold {th.identity:.4g}; pixel: under the pixel "
-                        f"copy threshold).")
+            protocol = (
+                f"Generator mode: every trial is a fresh batch of s samples (seeded), sent to the service as "
+                f"one request; a trial collides when the service's collisions block has at least one pair "
+                f"(semantic: same person at the identity threshold {th.identity:.4g}; pixel: under the pixel "
+                f"copy threshold)."
+            )
             limit = self.backend.max_files
             for s in cfg.batch_sizes:
                 if limit and s > limit:
@@ -578,28 +645,58 @@ class Audit:
                 rows.append(dict(self._trial_row(s, cs, cp, nf), seeds=seeds))
         cross = {ch: crossing([r["s"] for r in rows], [r[ch]["share"] for r in rows]) for ch in ("semantic", "pixel")}
         top = sorted(sem.items(), key=lambda kv: (kv[1], kv[0]))[:20]
-        top_pairs = [{"rank": r + 1, "a": entries[a]["image"], "b": entries[b]["image"], "a_index": a, "b_index": b,
-                      "distance": d, "same_person": d < th.identity, "pixel_duplicate": (a, b) in pix,
-                      "pixel_distance": pix.get((a, b))} for r, ((a, b), d) in enumerate(top)]
+        top_pairs = [
+            {
+                "rank": r + 1,
+                "a": entries[a]["image"],
+                "b": entries[b]["image"],
+                "a_index": a,
+                "b_index": b,
+                "distance": d,
+                "same_person": d < th.identity,
+                "pixel_duplicate": (a, b) in pix,
+                "pixel_distance": pix.get((a, b)),
+            }
+            for r, ((a, b), d) in enumerate(top)
+        ]
         return {
-            "protocol": protocol, "trials": cfg.trials, "batch_sizes": cfg.batch_sizes, "rows": rows,
-            "crossing": cross, "top_pairs": top_pairs,
+            "protocol": protocol,
+            "trials": cfg.trials,
+            "batch_sizes": cfg.batch_sizes,
+            "rows": rows,
+            "crossing": cross,
+            "top_pairs": top_pairs,
             "top_pairs_batch": f"The batch: the first {n} images of the audited sample "
-                               f"({sum(1 for e in entries[:n] if e['status'] == 'ok')} faces, "
-                               f"{len(sem)} pairs compared; {sum(d < th.identity for d in sem.values())} same-person "
-                               f"pairs, {len(pix)} pixel near-duplicate pairs), most similar by descriptor distance.",
-            "skipped": (f"batch sizes {skipped} skipped: larger than the "
-                        + ("audited sample" if self.source.kind == "folder" else "service's max_files per request")
-                        if skipped else None),
+            f"({sum(1 for e in entries[:n] if e['status'] == 'ok')} faces, "
+            f"{len(sem)} pairs compared; {sum(d < th.identity for d in sem.values())} same-person "
+            f"pairs, {len(pix)} pixel near-duplicate pairs), most similar by descriptor distance.",
+            "skipped": (
+                f"batch sizes {skipped} skipped: larger than the "
+                + ("audited sample" if self.source.kind == "folder" else "service's max_files per request")
+                if skipped
+                else None
+            ),
         }
 
     @staticmethod
     def _trial_row(s: int, cs: list[int], cp: list[int], nf: list[int]) -> dict:
-        return {"s": s, "trials": len(cs), "faces_mean": float(np.mean(nf)),
-                "semantic": {"with_collision": int(sum(c > 0 for c in cs)), "share": float(np.mean([c > 0 for c in cs])),
-                             "mean_pairs": float(np.mean(cs)), "pairs": cs},
-                "pixel": {"with_collision": int(sum(c > 0 for c in cp)), "share": float(np.mean([c > 0 for c in cp])),
-                          "mean_pairs": float(np.mean(cp)), "pairs": cp}}
+        return {
+            "s": s,
+            "trials": len(cs),
+            "faces_mean": float(np.mean(nf)),
+            "semantic": {
+                "with_collision": int(sum(c > 0 for c in cs)),
+                "share": float(np.mean([c > 0 for c in cs])),
+                "mean_pairs": float(np.mean(cs)),
+                "pairs": cs,
+            },
+            "pixel": {
+                "with_collision": int(sum(c > 0 for c in cp)),
+                "share": float(np.mean([c > 0 for c in cp])),
+                "mean_pairs": float(np.mean(cp)),
+                "pairs": cp,
+            },
+        }
 
     def _grid(self, entries: list[dict], th: stats.Thresholds) -> dict:
         """Rows of the nearest-neighbour figure, most suspicious first."""
@@ -617,15 +714,30 @@ class Audit:
                 badges.append("copy (pixel)")
             if sem["same_person"]:
                 badges.append("same person")
-            rows.append({"index": i, "image": e["image"], "score": min(r_sem, r_pix), "badges": badges,
-                         "semantic": e["semantic"][:1], "pixel": e["pixel"][:1]})
+            rows.append(
+                {
+                    "index": i,
+                    "image": e["image"],
+                    "score": min(r_sem, r_pix),
+                    "badges": badges,
+                    "semantic": e["semantic"][:1],
+                    "pixel": e["pixel"][:1],
+                }
+            )
         rows.sort(key=lambda r: (r["score"], r["index"]))
         for k, r in enumerate(rows):
             r["order"] = k + 1
         omitted = max(0, len(rows) - self.cfg.grid_max)
-        return {"rows": rows[:self.cfg.grid_max], "expanded": self.cfg.grid_expanded, "omitted": omitted,
-                "no_face": [{"image": e["image"], "status": e["status"], "reason": e["reason"]}
-                            for e in entries if e["status"] != "ok"]}
+        return {
+            "rows": rows[: self.cfg.grid_max],
+            "expanded": self.cfg.grid_expanded,
+            "omitted": omitted,
+            "no_face": [
+                {"image": e["image"], "status": e["status"], "reason": e["reason"]}
+                for e in entries
+                if e["status"] != "ok"
+            ],
+        }
 
     def _identities(self, entries: list[dict]) -> dict:
         top1: Counter = Counter()
@@ -643,16 +755,27 @@ class Audit:
                 train_files[ident].append(s["file"])
             gen[ident].append(e["image"])
         n = sum(top1.values())
-        top = [{"identity": k, "top1": c, "same_person": same[k], "train_files": train_files[k],
-                "generated": gen[k]} for k, c in sorted(top1.items(), key=lambda kv: (-same[kv[0]], -kv[1], kv[0]))]
+        top = [
+            {"identity": k, "top1": c, "same_person": same[k], "train_files": train_files[k], "generated": gen[k]}
+            for k, c in sorted(top1.items(), key=lambda kv: (-same[kv[0]], -kv[1], kv[0]))
+        ]
         n_same = sum(same.values())
         distinct_same = sum(1 for v in same.values() if v)
-        text = (f"{n} faces have their nearest training face among {len(top1)} distinct identities; "
-                f"{n_same} are under the identity threshold, spread over {distinct_same} identities. "
-                f"Sorted by same-person matches, then top-1 matches. A generator that keeps producing the same few "
-                f"people shows a few identities with many matches.")
-        return {"faces": n, "distinct_top1": len(top1), "same_person": n_same, "distinct_same_person": distinct_same,
-                "top": top[:30], "gallery": 10, "text": text}
+        text = (
+            f"{n} faces have their nearest training face among {len(top1)} distinct identities; "
+            f"{n_same} are under the identity threshold, spread over {distinct_same} identities. "
+            f"Sorted by same-person matches, then top-1 matches. A generator that keeps producing the same few "
+            f"people shows a few identities with many matches."
+        )
+        return {
+            "faces": n,
+            "distinct_top1": len(top1),
+            "same_person": n_same,
+            "distinct_same_person": distinct_same,
+            "top": top[:30],
+            "gallery": 10,
+            "text": text,
+        }
 
     def _histograms(self, entries: list[dict], th: stats.Thresholds) -> dict:
         ok = [e for e in entries if e["status"] == "ok"]
@@ -665,9 +788,12 @@ class Audit:
             a = np.asarray(v, np.float64)
             a = a[np.isfinite(a)]
             if len(a):
-                out["stats"][name] = {"n": int(len(a)), "p1": float(np.percentile(a, 1)),
-                                      "median": float(np.median(a)),
-                                      "under_copy": float(np.mean(a < thr)) if thr is not None else None}
+                out["stats"][name] = {
+                    "n": int(len(a)),
+                    "p1": float(np.percentile(a, 1)),
+                    "median": float(np.median(a)),
+                    "under_copy": float(np.mean(a < thr)) if thr is not None else None,
+                }
 
         summ("generated → training, semantic", g_sem, th.semantic_copy)
         summ("generated → training, pixel L1", g_pix, th.pixel_copy)
@@ -676,8 +802,10 @@ class Audit:
             summ("training → training leave-one-out, pixel L1", cal.get("pix_loo"), th.pixel_copy)
             summ("training → nearest other identity, semantic", cal.get("sem_diff_id"), th.semantic_copy)
         else:
-            out["note"] = ("Server mode: the service exposes its thresholds but not the training distributions "
-                           "behind them, so only the generated side is drawn. Run with --index for the baseline.")
+            out["note"] = (
+                "Server mode: the service exposes its thresholds but not the training distributions "
+                "behind them, so only the generated side is drawn. Run with --index for the baseline."
+            )
         return out
 
     def _distribution(self, entries: list[dict]) -> dict:
@@ -686,8 +814,11 @@ class Audit:
         train = self.backend.train_descriptors()
         rec = [self.backend.recorded(e["image"]) for e in entries if e["status"] == "ok"]
         if train is None or any(r is None for r in rec):
-            return {"note": NOT_COMPARABLE, "error": "Server mode: the service does not return descriptors, so the "
-                    "distribution distances need --index (the descriptors of both sides)."}
+            return {
+                "note": NOT_COMPARABLE,
+                "error": "Server mode: the service does not return descriptors, so the "
+                "distribution distances need --index (the descriptors of both sides).",
+            }
         if len(rec) < 5:
             return {"note": NOT_COMPARABLE, "error": f"only {len(rec)} faces: too few for distribution distances"}
         gen = np.stack([r[0] for r in rec])
@@ -705,7 +836,7 @@ class Audit:
             train_files += [x["file"] for x in r["semantic"] + r["pixel"]]
         for p in data["birthday"]["top_pairs"]:
             gen_names += [p["a"], p["b"]]
-        for t in data["identities"]["top"][:data["identities"]["gallery"]]:
+        for t in data["identities"]["top"][: data["identities"]["gallery"]]:
             gen_names += t["generated"][:6]
             train_files += t["train_files"][:4]
         gen_names = list(dict.fromkeys(gen_names))
@@ -717,8 +848,14 @@ class Audit:
         else:
             idx = {name: i for i, name in enumerate(self.source.names())}
             blobs = self.source.read([idx[n] for n in gen_names])
-        bar = tqdm(total=len(blobs) + len(train_files), unit="thumb", desc="thumbnails", disable=not self.progress,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(blobs) + len(train_files),
+            unit="thumb",
+            desc="thumbnails",
+            disable=not self.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         for name, b in blobs:
             uri = image_thumb(b)
             if uri:
@@ -742,16 +879,25 @@ class Audit:
         if "sem_diff_id" in arrays and np.isfinite(arrays["sem_diff_id"]).any():
             ref_sem["training → nearest other identity"] = arrays["sem_diff_id"]
         plots["hist_semantic"] = report_html.plot_histogram(
-            "Semantic channel: nearest-neighbour descriptor distance", "Euclidean distance between dlib descriptors",
-            h["generated_semantic"], ref_sem,
-            {"identity threshold": cal["identity"], "semantic copy threshold": cal["semantic_copy"]})
+            "Semantic channel: nearest-neighbour descriptor distance",
+            "Euclidean distance between dlib descriptors",
+            h["generated_semantic"],
+            ref_sem,
+            {"identity threshold": cal["identity"], "semantic copy threshold": cal["semantic_copy"]},
+        )
         norm = pixels.PIXEL_DIM * 255.0
-        ref_pix = {"training → training leave-one-out": np.asarray(arrays["pix_loo"], np.float64) / norm} \
-            if "pix_loo" in arrays else {}
+        ref_pix = (
+            {"training → training leave-one-out": np.asarray(arrays["pix_loo"], np.float64) / norm}
+            if "pix_loo" in arrays
+            else {}
+        )
         plots["hist_pixel"] = report_html.plot_histogram(
-            "Pixel channel: nearest-neighbour L1 distance (64×64 face crop)", "mean |Δ| per value (0–1)",
-            [d / norm for d in h["generated_pixel"]], ref_pix,
-            {"pixel copy threshold": None if cal["pixel_copy"] is None else cal["pixel_copy"] / norm})
+            "Pixel channel: nearest-neighbour L1 distance (64×64 face crop)",
+            "mean |Δ| per value (0–1)",
+            [d / norm for d in h["generated_pixel"]],
+            ref_pix,
+            {"pixel copy threshold": None if cal["pixel_copy"] is None else cal["pixel_copy"] / norm},
+        )
         if data["birthday"]["rows"]:
             plots["birthday"] = report_html.plot_birthday(data["birthday"]["rows"], data["birthday"]["crossing"])
         if data["identities"]["top"]:
@@ -761,17 +907,20 @@ class Audit:
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python scripts/audit.py",
         description="Audit generated faces for memorization of a training set and write a self-contained HTML "
-                    "report (nearest-neighbour grid, calibrated memorization rates, birthday-paradox support "
-                    "estimate, identity concentration, distribution distances).",
+        "report (nearest-neighbour grid, calibrated memorization rates, birthday-paradox support "
+        "estimate, identity concentration, distribution distances).",
         epilog="Generator specs: ADAPTER:CHECKPOINT (built-in adapters: "
-               + ", ".join(generators.ADAPTERS) + "), module:callable (callable(n, seed) -> images), or "
-               "module:callable:CHECKPOINT (callable(checkpoint, device) -> sampler). Exit codes: 0 ok, 2 bad input, "
-               "3 server unreachable, 4 token refused, 5 other server error.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        + ", ".join(generators.ADAPTERS)
+        + "), module:callable (callable(n, seed) -> images), or "
+        "module:callable:CHECKPOINT (callable(checkpoint, device) -> sampler). Exit codes: 0 ok, 2 bad input, "
+        "3 server unreachable, 4 token refused, 5 other server error.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--generated", metavar="DIR", help="folder of generated images (searched recursively)")
     src.add_argument("--generator", metavar="SPEC", help="PyTorch generator to sample fresh faces from")
@@ -780,31 +929,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tgt.add_argument("--server", metavar="URL", help="a running facemem service, e.g. http://127.0.0.1:8000")
     p.add_argument("--token", default=None, help="bearer token for --server (default: $FACEMEM_TOKEN)")
     p.add_argument("--out", required=True, help="HTML report to write")
-    p.add_argument("--n", type=int, default=None,
-                   help="images to audit (folder: a seeded random subset, default all; generator: default 100)")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="images to audit (folder: a seeded random subset, default all; generator: default 100)",
+    )
     p.add_argument("--batch-sizes", default="8,16,32,64", help="birthday-paradox batch sizes s, comma-separated")
     p.add_argument("--trials", type=int, default=20, help="birthday-paradox trials per batch size")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets and generator samples")
     p.add_argument("--k", type=int, default=5, help="neighbours per image and channel (service parameter k)")
-    p.add_argument("--detector", default=api.DEFAULT_DETECTOR, choices=list(faces.DETECTORS),
-                   help="face detector (service parameter); 'aligned' skips detection for aligned generator output")
-    p.add_argument("--false-match-rate", type=float, default=None,
-                   help="target false-match rate of the calibrated identity threshold (service default 0.01)")
+    p.add_argument(
+        "--detector",
+        default=api.DEFAULT_DETECTOR,
+        choices=list(faces.DETECTORS),
+        help="face detector (service parameter); 'aligned' skips detection for aligned generator output",
+    )
+    p.add_argument(
+        "--false-match-rate",
+        type=float,
+        default=None,
+        help="target false-match rate of the calibrated identity threshold (service default 0.01)",
+    )
     p.add_argument("--threshold", type=float, default=None, help="identity threshold override (a distance)")
-    p.add_argument("--chunk", type=int, default=64,
-                   help="images per request / in-process call (the same --chunk gives bit-identical numbers in both "
-                        "modes; at most the service's max_files)")
-    p.add_argument("--pairs-max", type=int, default=128,
-                   help="the first N audited images form the batch whose every pair is compared (collisions, "
-                        "top pairs, folder trials)")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=64,
+        help="images per request / in-process call (the same --chunk gives bit-identical numbers in both "
+        "modes; at most the service's max_files)",
+    )
+    p.add_argument(
+        "--pairs-max",
+        type=int,
+        default=128,
+        help="the first N audited images form the batch whose every pair is compared (collisions, "
+        "top pairs, folder trials)",
+    )
     p.add_argument("--grid-expanded", type=int, default=24, help="grid rows shown before the collapsed rest")
     p.add_argument("--grid-max", type=int, default=300, help="grid rows drawn at all")
-    p.add_argument("--upscale", type=int, default=128,
-                   help="generator samples smaller than this are upscaled (bicubic) to it before the face pipeline: "
-                        "dlib's landmarks are unreliable on 32 px faces (0 = off)")
+    p.add_argument(
+        "--upscale",
+        type=int,
+        default=128,
+        help="generator samples smaller than this are upscaled (bicubic) to it before the face pipeline: "
+        "dlib's landmarks are unreliable on 32 px faces (0 = off)",
+    )
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="in-process embedding device")
-    p.add_argument("--detect-processes", type=int, default=None,
-                   help="in-process face-detection worker processes (default: one per core; 0: in this process)")
+    p.add_argument(
+        "--detect-processes",
+        type=int,
+        default=None,
+        help="in-process face-detection worker processes (default: one per core; 0: in this process)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     a = p.parse_args(argv)
@@ -848,11 +1025,13 @@ def write_atomic(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     command = "python scripts/audit.py " + " ".join(
-        shlex.quote("***" if prev == "--token" else x) for prev, x in zip([""] + (argv or sys.argv[1:]),
-                                                                           argv or sys.argv[1:]))
+        shlex.quote("***" if prev == "--token" else x)
+        for prev, x in zip([""] + (argv or sys.argv[1:]), argv or sys.argv[1:])
+    )
     backend = None
     t0 = time.perf_counter()
     try:
@@ -864,14 +1043,27 @@ def main(argv: list[str] | None = None) -> int:
         if a.server:
             backend = ServerBackend(a.server, a.token or os.environ.get("FACEMEM_TOKEN"))
             if a.chunk > backend.max_files:
-                print(f"warning: --chunk {a.chunk} is above the service's max_files; using {backend.max_files} "
-                      f"(in-process runs match this report with --chunk {backend.max_files})", file=sys.stderr)
+                print(
+                    f"warning: --chunk {a.chunk} is above the service's max_files; using {backend.max_files} "
+                    f"(in-process runs match this report with --chunk {backend.max_files})",
+                    file=sys.stderr,
+                )
                 a.chunk = backend.max_files
         else:
             backend = LocalBackend(a.index, device=a.device, detect_processes=a.detect_processes)
-        cfg = Config(n=a.n, batch_sizes=a.batch_sizes, trials=a.trials, seed=a.seed, params=params, chunk=a.chunk,
-                     pairs_max=a.pairs_max, grid_expanded=a.grid_expanded, grid_max=a.grid_max, upscale=a.upscale,
-                     command=command)
+        cfg = Config(
+            n=a.n,
+            batch_sizes=a.batch_sizes,
+            trials=a.trials,
+            seed=a.seed,
+            params=params,
+            chunk=a.chunk,
+            pairs_max=a.pairs_max,
+            grid_expanded=a.grid_expanded,
+            grid_max=a.grid_max,
+            upscale=a.upscale,
+            command=command,
+        )
         data, thumbs, plots = Audit(cfg, source, backend, progress=not a.no_progress).run()
         html = report_html.render(data, thumbs, plots)
         out = Path(a.out)
@@ -889,14 +1081,16 @@ def main(argv: list[str] | None = None) -> int:
     s, m, c = data["summary"], data["memorization"], data["collisions"]["semantic"]
     same = m["same_person"] or {}
     lc = m["likely_copies"]
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s: "
-          f"{s['images']} images, {s['faces']} faces; same person {report_html.pct(same.get('share'))} "
-          f"(strangers {report_html.pct(data['calibration']['expected_false_match_rate'])}); likely copies "
-          f"semantic {report_html.pct((lc.get('semantic') or {}).get('share'))}, pixel "
-          f"{report_html.pct((lc.get('pixel') or {}).get('share'))}; support "
-          f"{report_html.fmt(c.get('support_estimate') or c.get('support_lower_bound'))}"
-          f"{' (lower bound)' if c.get('support_estimate') is None else ''}; 50% crossing: "
-          f"{data['birthday']['crossing']['semantic']['text']}")
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s: "
+        f"{s['images']} images, {s['faces']} faces; same person {report_html.pct(same.get('share'))} "
+        f"(strangers {report_html.pct(data['calibration']['expected_false_match_rate'])}); likely copies "
+        f"semantic {report_html.pct((lc.get('semantic') or {}).get('share'))}, pixel "
+        f"{report_html.pct((lc.get('pixel') or {}).get('share'))}; support "
+        f"{report_html.fmt(c.get('support_estimate') or c.get('support_lower_bound'))}"
+        f"{' (lower bound)' if c.get('support_estimate') is None else ''}; 50% crossing: "
+        f"{data['birthday']['crossing']['semantic']['text']}"
+    )
     return 0
 
 

@@ -65,8 +65,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +84,7 @@ SEMANTIC_BATCH = 64  # facemem queries per call (the service's batch limit)
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
@@ -108,9 +110,18 @@ def machine_info() -> dict:
     import faiss
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "faiss": faiss.__version__, "numpy": np.__version__, "cuda": bool(torch.cuda.is_available())}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_gib": mem,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "cuda": bool(torch.cuda.is_available()),
+    }
 
 
 def mem_available() -> int:
@@ -123,8 +134,9 @@ def mem_available() -> int:
 def busy_processes(limit: int = 6) -> list[str]:
     """The top CPU users right now (other people's jobs on a shared machine), for the record."""
     try:
-        out = subprocess.run(["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True,
-                             timeout=10).stdout.splitlines()[1:limit + 1]
+        out = subprocess.run(
+            ["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()[1 : limit + 1]
         return [line.strip()[:140] for line in out]
     except (OSError, subprocess.SubprocessError):
         return []
@@ -148,6 +160,7 @@ def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
 
 # ----------------------------------------------------------------------------- indexes
 
+
 def ensure_celeba_index(a: argparse.Namespace, work: Path) -> Path:
     """The real celeba10k index (aligned mode): --celeba-index, or built once into the work folder."""
     if a.celeba_index:
@@ -162,8 +175,23 @@ def ensure_celeba_index(a: argparse.Namespace, work: Path) -> Path:
         except store.IndexLoadError as e:
             log.info("rebuilding %s: %s", out, e)
     log.info("building the celeba10k index into %s (once; reused by later runs)", out)
-    r = run_cli(["-m", "indexer", "build", "--dataset", "celeba", "--root", str(a.data / "celeba10k"),
-                 "--out", str(out), "--overwrite", "--no-progress", "--device", a.device])
+    r = run_cli(
+        [
+            "-m",
+            "indexer",
+            "build",
+            "--dataset",
+            "celeba",
+            "--root",
+            str(a.data / "celeba10k"),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--no-progress",
+            "--device",
+            a.device,
+        ]
+    )
     if r.returncode != 0:
         raise SystemExit(f"building the celeba10k index failed:\n{r.stderr[-3000:]}")
     log.info("%s", r.stdout.strip().splitlines()[-1])
@@ -176,9 +204,16 @@ def synthetic_index(a: argparse.Namespace, work: Path, n: int) -> Path:
 
     real_dir = ensure_celeba_index(a, work)
     real_manifest = store.read_manifest(real_dir)
-    recipe = {"source_index": str(real_dir.resolve()), "source_written_at": real_manifest.get("written_at"),
-              "n": n, "heldout": a.heldout, "desc_sigma": a.desc_sigma, "seed": a.seed,
-              "pixels": "scripts/bench_data.expand_real_crops", "version": 1}
+    recipe = {
+        "source_index": str(real_dir.resolve()),
+        "source_written_at": real_manifest.get("written_at"),
+        "n": n,
+        "heldout": a.heldout,
+        "desc_sigma": a.desc_sigma,
+        "seed": a.seed,
+        "pixels": "scripts/bench_data.expand_real_crops",
+        "version": 1,
+    }
     out = work / f"celeba-size-{n}"
     if (out / "manifest.json").exists():
         have = store.read_manifest(out).get("dataset", {}).get("synthetic")
@@ -248,6 +283,7 @@ class Searchers:
 
 # ----------------------------------------------------------------------------- row 1: indexing
 
+
 def bench_indexing(a: argparse.Namespace, work: Path) -> dict:
     from indexer.datasets import read_dataset
 
@@ -259,8 +295,15 @@ def bench_indexing(a: argparse.Namespace, work: Path) -> dict:
 
     def facemem_once() -> dict:
         r = timed_build(a, root, n, out_dir)
-        log.info("facemem: %d images: decode->vectors %.2f s (%.1f img/s), build() %.2f s, CLI process %.2f s, "
-                 "load %.2f", n, r["pipeline_s"], r["img_per_s"], r["build_s"], r["process_s"], r["load1"])
+        log.info(
+            "facemem: %d images: decode->vectors %.2f s (%.1f img/s), build() %.2f s, CLI process %.2f s, load %.2f",
+            n,
+            r["pipeline_s"],
+            r["img_per_s"],
+            r["build_s"],
+            r["process_s"],
+            r["load1"],
+        )
         return r
 
     with _quiet_warnings():
@@ -278,7 +321,7 @@ def bench_indexing(a: argparse.Namespace, work: Path) -> dict:
 
     runs = [facemem_once()]
     t_base, f_base = 0.0, 0
-    halves = [paths[: len(paths) // 2], paths[len(paths) // 2:]]
+    halves = [paths[: len(paths) // 2], paths[len(paths) // 2 :]]
     for half in halves:
         dt, f = baseline(half)
         log.info("baseline: %d images in %.1f s (%.2f img/s), load %s", len(half), dt, len(half) / dt, loadavg())
@@ -287,11 +330,20 @@ def bench_indexing(a: argparse.Namespace, work: Path) -> dict:
         runs.append(facemem_once())
     med = sorted(runs, key=lambda r: r["img_per_s"])[len(runs) // 2]
     base_rate = n / t_base
-    return {"images": n, "facemem_img_per_s": med["img_per_s"], "facemem_build_img_per_s": n / med["build_s"],
-            "facemem_process_img_per_s": n / med["process_s"], "facemem_runs": runs,
-            "facemem_faces": runs[-1]["faces"], "baseline_img_per_s": base_rate, "baseline_s": t_base,
-            "baseline_faces": f_base, "ratio": med["img_per_s"] / base_rate,
-            "ratio_build": n / med["build_s"] / base_rate, "ratio_process": n / med["process_s"] / base_rate}
+    return {
+        "images": n,
+        "facemem_img_per_s": med["img_per_s"],
+        "facemem_build_img_per_s": n / med["build_s"],
+        "facemem_process_img_per_s": n / med["process_s"],
+        "facemem_runs": runs,
+        "facemem_faces": runs[-1]["faces"],
+        "baseline_img_per_s": base_rate,
+        "baseline_s": t_base,
+        "baseline_faces": f_base,
+        "ratio": med["img_per_s"] / base_rate,
+        "ratio_build": n / med["build_s"] / base_rate,
+        "ratio_process": n / med["process_s"] / base_rate,
+    }
 
 
 _BUILD_SNIPPET = """
@@ -318,8 +370,16 @@ def timed_build(a: argparse.Namespace, root: Path, n: int, out_dir: Path, **cfg_
 
     from indexer.store import read_manifest
 
-    cfg = {"dataset": "celeba", "root": str(root), "out": str(out_dir), "limit": n, "overwrite": True,
-           "progress": False, "device": a.device, **cfg_extra}
+    cfg = {
+        "dataset": "celeba",
+        "root": str(root),
+        "out": str(out_dir),
+        "limit": n,
+        "overwrite": True,
+        "progress": False,
+        "device": a.device,
+        **cfg_extra,
+    }
     la = loadavg()[0]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -332,18 +392,25 @@ def timed_build(a: argparse.Namespace, root: Path, n: int, out_dir: Path, **cfg_
     man = read_manifest(out_dir)
     pipe = man["build"]["face_pipeline_seconds"]
     line = [x for x in r.stdout.splitlines() if x.startswith("built ")][-1]
-    return {"pipeline_s": pipe, "img_per_s": n / pipe, "build_s": info["build_s"], "process_s": wall,
-            "faces": man["faces"], "load1": la, "build_line": line,
-            "cpu_s_waited_children": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-            "stage_seconds": man["build"].get("stage_seconds"), "config": cfg_extra}
+    return {
+        "pipeline_s": pipe,
+        "img_per_s": n / pipe,
+        "build_s": info["build_s"],
+        "process_s": wall,
+        "faces": man["faces"],
+        "load1": la,
+        "build_line": line,
+        "cpu_s_waited_children": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+        "stage_seconds": man["build"].get("stage_seconds"),
+        "config": cfg_extra,
+    }
 
 
 def bench_build_modes(a: argparse.Namespace, work: Path) -> dict:
     """Optional row: the build layouts that were tried, on the same images, in rounds."""
     layouts = {
         "main process embeds, torch 2 threads, 2 face workers (first layout)": {"embed_in": "main"},
-        "main process embeds, torch 1 thread, 1 face worker": {"embed_in": "main", "workers": 1,
-                                                              "_torch_threads": 1},
+        "main process embeds, torch 1 thread, 1 face worker": {"embed_in": "main", "workers": 1, "_torch_threads": 1},
         "workers embed, 1 thread each, spawned workers": {"embed_in": "workers", "preload_workers": False},
         "workers embed, 1 thread each, pre-loaded forkserver workers (default)": {},
     }
@@ -359,14 +426,24 @@ def bench_build_modes(a: argparse.Namespace, work: Path) -> dict:
         for h in hogs:
             h.kill()
             h.wait()
-    return {"images": n, "rounds": a.modes_rounds, "busy_loops": a.modes_load,
-            "layouts": {k: {"median_img_per_s": statistics.median(r["img_per_s"] for r in v),
-                            "median_build_s": statistics.median(r["build_s"] for r in v), "runs": v}
-                        for k, v in out.items()}}
+    return {
+        "images": n,
+        "rounds": a.modes_rounds,
+        "busy_loops": a.modes_load,
+        "layouts": {
+            k: {
+                "median_img_per_s": statistics.median(r["img_per_s"] for r in v),
+                "median_build_s": statistics.median(r["build_s"] for r in v),
+                "runs": v,
+            }
+            for k, v in out.items()
+        },
+    }
 
 
-def _modes_rounds(a: argparse.Namespace, layouts: dict, root: Path, n: int, work: Path,
-                  out: dict[str, list[dict]]) -> None:
+def _modes_rounds(
+    a: argparse.Namespace, layouts: dict, root: Path, n: int, work: Path, out: dict[str, list[dict]]
+) -> None:
     for _ in range(a.modes_rounds):
         for name, extra in layouts.items():
             extra = dict(extra)
@@ -396,6 +473,7 @@ class _quiet_warnings:
 
 
 # ----------------------------------------------------------------------------- row 2: semantic
+
 
 def interleaved(facemem: Callable[[], float], baseline_parts: list[Callable[[], float]]) -> tuple[list[float], float]:
     """facemem, baseline part, facemem, ..., facemem: returns (facemem times, total baseline time)."""
@@ -432,7 +510,7 @@ def bench_semantic(a: argparse.Namespace, work: Path, searchers: Searchers) -> l
             fm_ids.clear()
             t0 = time.perf_counter()
             for st in range(0, nq, SEMANTIC_BATCH):
-                fm_ids.append(s.semantic_search(queries[st:st + SEMANTIC_BATCH], k)[1])
+                fm_ids.append(s.semantic_search(queries[st : st + SEMANTIC_BATCH], k)[1])
             return time.perf_counter() - t0
 
         base_ids: list[np.ndarray] = []
@@ -445,6 +523,7 @@ def bench_semantic(a: argparse.Namespace, work: Path, searchers: Searchers) -> l
                     top = np.argpartition(d, k)[:k] if k < len(d) else np.arange(len(d))
                     base_ids.append(top[np.lexsort((top, d[top]))])
                 return time.perf_counter() - t0
+
             return run
 
         facemem()  # warm-up
@@ -454,17 +533,35 @@ def bench_semantic(a: argparse.Namespace, work: Path, searchers: Searchers) -> l
         same = bool(np.array_equal(ids, np.stack(base_ids)))
         fm_rate = nq / statistics.median(fm_times)
         base_rate = nb / tb
-        row = {"n": int(len(desc)), "real": path == real_dir, "k": k, "facemem_queries": nq,
-               "facemem_q_per_s": fm_rate, "facemem_times_s": fm_times, "baseline_queries": nb,
-               "baseline_q_per_s": base_rate, "ratio": fm_rate / base_rate, "same_top_k_ids": same,
-               "load_before": la0, "load_after": loadavg()}
-        log.info("semantic N=%d: facemem %.0f q/s, baseline %.1f q/s, %.0fx, same top-%d: %s",
-                 len(desc), fm_rate, base_rate, fm_rate / base_rate, k, same)
+        row = {
+            "n": int(len(desc)),
+            "real": path == real_dir,
+            "k": k,
+            "facemem_queries": nq,
+            "facemem_q_per_s": fm_rate,
+            "facemem_times_s": fm_times,
+            "baseline_queries": nb,
+            "baseline_q_per_s": base_rate,
+            "ratio": fm_rate / base_rate,
+            "same_top_k_ids": same,
+            "load_before": la0,
+            "load_after": loadavg(),
+        }
+        log.info(
+            "semantic N=%d: facemem %.0f q/s, baseline %.1f q/s, %.0fx, same top-%d: %s",
+            len(desc),
+            fm_rate,
+            base_rate,
+            fm_rate / base_rate,
+            k,
+            same,
+        )
         out.append(row)
     return out
 
 
 # ----------------------------------------------------------------------------- row 3: pixel
+
 
 def bench_pixel(a: argparse.Namespace, work: Path, searchers: Searchers) -> dict:
     import faiss
@@ -479,7 +576,7 @@ def bench_pixel(a: argparse.Namespace, work: Path, searchers: Searchers) -> dict
     real = load_index(ensure_celeba_index(a, work))
     m = real.n_faces - a.heldout
     half = a.pixel_queries // 2
-    heldout = np.asarray(real.pixels[m:m + min(half, a.heldout)])
+    heldout = np.asarray(real.pixels[m : m + min(half, a.heldout)])
     rng = np.random.default_rng(a.seed + 1)
     pick = rng.choice(min(m, n), size=a.pixel_queries - len(heldout), replace=False)
     neardup = augment(np.asarray(real.pixels[pick]), rng)
@@ -490,7 +587,7 @@ def bench_pixel(a: argparse.Namespace, work: Path, searchers: Searchers) -> dict
         t0 = time.perf_counter()
         dd, ii = [], []
         for st in range(0, len(q), SEMANTIC_BATCH):
-            di, ix = s.pixel_search(q[st:st + SEMANTIC_BATCH], k)
+            di, ix = s.pixel_search(q[st : st + SEMANTIC_BATCH], k)
             dd.append(di)
             ii.append(ix)
         return time.perf_counter() - t0, np.concatenate(dd), np.concatenate(ii)
@@ -510,11 +607,14 @@ def bench_pixel(a: argparse.Namespace, work: Path, searchers: Searchers) -> dict
     if shard >= n:
         whole = faiss.IndexFlat(d, faiss.METRIC_L1)
         for st in range(0, n, 16384):
-            whole.add(np.asarray(vectors[st:st + 16384], dtype=np.float32))
+            whole.add(np.asarray(vectors[st : st + 16384], dtype=np.float32))
     t_build = time.perf_counter() - t0
-    log.info("faiss IndexFlat L1 float32: %s (%s), built in %.1f s", fmt_bytes(need),
-             "one index" if whole is not None else f"shards of {shard} rows (MemAvailable {fmt_bytes(avail)})",
-             t_build)
+    log.info(
+        "faiss IndexFlat L1 float32: %s (%s), built in %.1f s",
+        fmt_bytes(need),
+        "one index" if whole is not None else f"shards of {shard} rows (MemAvailable {fmt_bytes(avail)})",
+        t_build,
+    )
 
     def flat_search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The flat search; when the float32 copy does not fit in RAM, the same scan shard by shard."""
@@ -524,7 +624,7 @@ def bench_pixel(a: argparse.Namespace, work: Path, searchers: Searchers) -> dict
         res_d, res_i = [], []
         for lo in range(0, n, shard):
             f = faiss.IndexFlat(d, faiss.METRIC_L1)
-            f.add(np.asarray(vectors[lo:lo + shard], dtype=np.float32))
+            f.add(np.asarray(vectors[lo : lo + shard], dtype=np.float32))
             dd, ii = f.search(qf, k)
             res_d.append(dd)
             res_i.append(np.where(ii >= 0, ii + lo, -1))
@@ -560,22 +660,47 @@ def bench_pixel(a: argparse.Namespace, work: Path, searchers: Searchers) -> dict
     fm_rate = (len(heldout) + len(neardup)) / (t_h + t_n)
     base_rate = nb / t_flat
     mem_fm = int(vectors.nbytes + s.l1.nbytes)
-    row = {"n": n, "d": d, "k": k, "facemem_queries": len(heldout) + len(neardup),
-           "facemem_q_per_s": fm_rate, "facemem_heldout_q_per_s": len(heldout) / t_h,
-           "facemem_neardup_q_per_s": len(neardup) / t_n, "facemem_runs_s": fm_runs,
-           "facemem_stats_last_batch": dict(s.l1.last_stats), "baseline_queries": nb,
-           "baseline_q_per_s": base_rate, "ratio": fm_rate / base_rate, "same_top_k_distances": same,
-           "facemem_bytes": mem_fm, "facemem_bytes_per_dim": mem_fm / (n * d),
-           "facemem_vectors_bytes": int(vectors.nbytes), "facemem_bound_bytes": int(s.l1.nbytes),
-           "baseline_bytes": need, "baseline_sharded_rows": None if shard >= n else shard,
-           "baseline_build_s": t_build, "load_before": la0, "load_after": loadavg()}
-    log.info("pixel N=%d: facemem %.1f q/s (held-out %.1f, near-dup %.1f), faiss flat L1 %.3f q/s, %.0fx, "
-             "same distances on the baseline's %d queries: %s", n, fm_rate, row["facemem_heldout_q_per_s"],
-             row["facemem_neardup_q_per_s"], base_rate, fm_rate / base_rate, nb, same)
+    row = {
+        "n": n,
+        "d": d,
+        "k": k,
+        "facemem_queries": len(heldout) + len(neardup),
+        "facemem_q_per_s": fm_rate,
+        "facemem_heldout_q_per_s": len(heldout) / t_h,
+        "facemem_neardup_q_per_s": len(neardup) / t_n,
+        "facemem_runs_s": fm_runs,
+        "facemem_stats_last_batch": dict(s.l1.last_stats),
+        "baseline_queries": nb,
+        "baseline_q_per_s": base_rate,
+        "ratio": fm_rate / base_rate,
+        "same_top_k_distances": same,
+        "facemem_bytes": mem_fm,
+        "facemem_bytes_per_dim": mem_fm / (n * d),
+        "facemem_vectors_bytes": int(vectors.nbytes),
+        "facemem_bound_bytes": int(s.l1.nbytes),
+        "baseline_bytes": need,
+        "baseline_sharded_rows": None if shard >= n else shard,
+        "baseline_build_s": t_build,
+        "load_before": la0,
+        "load_after": loadavg(),
+    }
+    log.info(
+        "pixel N=%d: facemem %.1f q/s (held-out %.1f, near-dup %.1f), faiss flat L1 %.3f q/s, %.0fx, "
+        "same distances on the baseline's %d queries: %s",
+        n,
+        fm_rate,
+        row["facemem_heldout_q_per_s"],
+        row["facemem_neardup_q_per_s"],
+        base_rate,
+        fm_rate / base_rate,
+        nb,
+        same,
+    )
     return row
 
 
 # ----------------------------------------------------------------------------- server helpers
+
 
 class Server:
     """`python -m service` in a subprocess, on a free port; stopped with SIGTERM."""
@@ -585,8 +710,24 @@ class Server:
         self._log = open(self.log_path, "w")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--index", str(index), "--port", "0", "--log-level", "WARNING",
-             "--device", device], cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True)
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--index",
+                str(index),
+                "--port",
+                "0",
+                "--log-level",
+                "WARNING",
+                "--device",
+                device,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
         self.url = None
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -631,6 +772,7 @@ class Server:
 
     def peak_rss(self) -> dict:
         """VmHWM / VmRSS (and the anon/file split) of the server and each of its child processes."""
+
         def status(pid: int) -> dict:
             out = {}
             try:
@@ -682,6 +824,7 @@ def parse_reps(text: str) -> dict[int, int]:
 
 # ----------------------------------------------------------------------------- row 4: service latency
 
+
 def bench_service(a: argparse.Namespace, work: Path) -> dict:
     from indexer.store import load_index
 
@@ -728,24 +871,46 @@ def bench_service(a: argparse.Namespace, work: Path) -> dict:
                     statuses[st] = statuses.get(st, 0) + c
                 if i < nbase:  # interleaved with facemem, on the same images
                     base.append(naive(imgs))
-            row = {"batch": b, "requests": r, "p50_s": pct(fm, 50), "p95_s": pct(fm, 95),
-                   "per_image_p50_ms": 1000 * pct(fm, 50) / b, "statuses": statuses,
-                   "server_timing_p50": {key: pct([t.get(key, 0.0) for t in server_timing], 50)
-                                         for key in ("detect_s", "embed_s", "search_s", "stats_s", "total_s")},
-                   "baseline_runs": len(base), "load_before": la0, "load_after": loadavg()}
+            row = {
+                "batch": b,
+                "requests": r,
+                "p50_s": pct(fm, 50),
+                "p95_s": pct(fm, 95),
+                "per_image_p50_ms": 1000 * pct(fm, 50) / b,
+                "statuses": statuses,
+                "server_timing_p50": {
+                    key: pct([t.get(key, 0.0) for t in server_timing], 50)
+                    for key in ("detect_s", "embed_s", "search_s", "stats_s", "total_s")
+                },
+                "baseline_runs": len(base),
+                "load_before": la0,
+                "load_after": loadavg(),
+            }
             if base:
-                row.update(baseline_p50_s=pct(base, 50), baseline_p95_s=pct(base, 95), ratio=pct(base, 50) / pct(fm, 50))
-            log.info("POST /neighbors batch %d: p50 %.3f s p95 %.3f s (%.1f ms/image)%s", b, row["p50_s"], row["p95_s"],
-                     row["per_image_p50_ms"], f"; naive loop p50 {row['baseline_p50_s']:.3f} s" if base else "")
+                row.update(
+                    baseline_p50_s=pct(base, 50), baseline_p95_s=pct(base, 95), ratio=pct(base, 50) / pct(fm, 50)
+                )
+            log.info(
+                "POST /neighbors batch %d: p50 %.3f s p95 %.3f s (%.1f ms/image)%s",
+                b,
+                row["p50_s"],
+                row["p95_s"],
+                row["per_image_p50_ms"],
+                f"; naive loop p50 {row['baseline_p50_s']:.3f} s" if base else "",
+            )
             rows[b] = row
     finally:
         server.stop()
-    return {"index_faces": int(len(known)), "server_startup_s": server.startup_s,
-            "query_images": str(Path(a.latency_images) if a.latency_images else a.data / "celeba_test"),
-            "batches": rows}
+    return {
+        "index_faces": int(len(known)),
+        "server_startup_s": server.startup_s,
+        "query_images": str(Path(a.latency_images) if a.latency_images else a.data / "celeba_test"),
+        "batches": rows,
+    }
 
 
 # ----------------------------------------------------------------------------- row 5: peak RSS
+
 
 def bench_rss(a: argparse.Namespace, work: Path) -> dict:
     from indexer import pixels
@@ -764,14 +929,28 @@ def bench_rss(a: argparse.Namespace, work: Path) -> dict:
     main = rss["server"].get("VmHWM", 0)
     kids = sum(c.get("VmHWM", 0) for c in rss["children"].values())
     baseline = n * 128 * 8 + n * pixels.PIXEL_DIM * 4
-    log.info("server peak RSS with %d faces: %s (+ %s in %d child processes)", n, fmt_bytes(main), fmt_bytes(kids),
-             len(rss["children"]))
-    return {"n": n, "server_peak_rss_bytes": main, "children_peak_rss_bytes": kids, "detail": rss,
-            "server_startup_s": server.startup_s, "baseline_bytes_computed": baseline,
-            "ratio": baseline / main if main else None, "load_before": la0, "load_after": loadavg()}
+    log.info(
+        "server peak RSS with %d faces: %s (+ %s in %d child processes)",
+        n,
+        fmt_bytes(main),
+        fmt_bytes(kids),
+        len(rss["children"]),
+    )
+    return {
+        "n": n,
+        "server_peak_rss_bytes": main,
+        "children_peak_rss_bytes": kids,
+        "detail": rss,
+        "server_startup_s": server.startup_s,
+        "baseline_bytes_computed": baseline,
+        "ratio": baseline / main if main else None,
+        "load_before": la0,
+        "load_after": loadavg(),
+    }
 
 
 # ----------------------------------------------------------------------------- table
+
 
 def _times_smaller(ratio: float) -> str:
     return f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
@@ -782,66 +961,98 @@ def table(results: dict) -> str:
     bm = results.get("build_modes")
     if bm:
         for name, v in bm["layouts"].items():
-            lines.append(f"| 0 | build layout: {name}; {bm['images']:,} images, median of {bm['rounds']}"
-                         f"{', with ' + str(bm['busy_loops']) + ' busy loop(s)' if bm['busy_loops'] else ''} "
-                         f"(decode->vectors img/s; build() s) | {fmt_rate(v['median_img_per_s'])}; "
-                         f"{v['median_build_s']:.2f} s | | |")
+            lines.append(
+                f"| 0 | build layout: {name}; {bm['images']:,} images, median of {bm['rounds']}"
+                f"{', with ' + str(bm['busy_loops']) + ' busy loop(s)' if bm['busy_loops'] else ''} "
+                f"(decode->vectors img/s; build() s) | {fmt_rate(v['median_img_per_s'])}; "
+                f"{v['median_build_s']:.2f} s | | |"
+            )
     r = results.get("indexing")
     if r:
-        lines.append(f"| 1 | indexing, {r['images']:,} celeba10k images, decode -> faces -> vectors incl. worker "
-                     f"start-up and model load (img/s; faces: {r['facemem_faces']} vs {r['baseline_faces']}) | "
-                     f"{fmt_rate(r['facemem_img_per_s'])} | {fmt_rate(r['baseline_img_per_s'])} | {r['ratio']:.1f}x |")
-        lines.append(f"| 1 | indexing, whole build() incl. calibration + index write / whole `python -m indexer "
-                     f"build` process (img/s) | {fmt_rate(r['facemem_build_img_per_s'])} / "
-                     f"{fmt_rate(r['facemem_process_img_per_s'])} | {fmt_rate(r['baseline_img_per_s'])} | "
-                     f"{r['ratio_build']:.1f}x / {r['ratio_process']:.1f}x |")
+        lines.append(
+            f"| 1 | indexing, {r['images']:,} celeba10k images, decode -> faces -> vectors incl. worker "
+            f"start-up and model load (img/s; faces: {r['facemem_faces']} vs {r['baseline_faces']}) | "
+            f"{fmt_rate(r['facemem_img_per_s'])} | {fmt_rate(r['baseline_img_per_s'])} | {r['ratio']:.1f}x |"
+        )
+        lines.append(
+            f"| 1 | indexing, whole build() incl. calibration + index write / whole `python -m indexer "
+            f"build` process (img/s) | {fmt_rate(r['facemem_build_img_per_s'])} / "
+            f"{fmt_rate(r['facemem_process_img_per_s'])} | {fmt_rate(r['baseline_img_per_s'])} | "
+            f"{r['ratio_build']:.1f}x / {r['ratio_process']:.1f}x |"
+        )
     for s in results.get("semantic", []):
-        lines.append(f"| 2 | semantic top-{s['k']} search, N={s['n']:,} {'real' if s['real'] else 'CelebA-size'} "
-                     f"(queries/s; same ids: {s['same_top_k_ids']}) | {fmt_rate(s['facemem_q_per_s'])} | "
-                     f"{fmt_rate(s['baseline_q_per_s'])} | {s['ratio']:.0f}x |")
+        lines.append(
+            f"| 2 | semantic top-{s['k']} search, N={s['n']:,} {'real' if s['real'] else 'CelebA-size'} "
+            f"(queries/s; same ids: {s['same_top_k_ids']}) | {fmt_rate(s['facemem_q_per_s'])} | "
+            f"{fmt_rate(s['baseline_q_per_s'])} | {s['ratio']:.0f}x |"
+        )
     p = results.get("pixel")
     if p:
-        lines.append(f"| 3 | pixel L1 top-{p['k']} search, N={p['n']:,} x 64x64x3 (queries/s; facemem "
-                     f"{p['facemem_queries']} queries, held-out {fmt_rate(p['facemem_heldout_q_per_s'])} / "
-                     f"near-dup {fmt_rate(p['facemem_neardup_q_per_s'])}; baseline {p['baseline_queries']} of them; "
-                     f"same distances: {p['same_top_k_distances']}) | {fmt_rate(p['facemem_q_per_s'])} | "
-                     f"{p['baseline_q_per_s']:.3f} | {p['ratio']:.0f}x |")
-        lines.append(f"| 3 | pixel L1 memory ({p['facemem_bytes_per_dim']:.3f} vs 4 bytes/dim) | "
-                     f"{fmt_bytes(p['facemem_bytes'])} | {fmt_bytes(p['baseline_bytes'])} | "
-                     f"{_times_smaller(p['baseline_bytes'] / p['facemem_bytes'])} |")
+        lines.append(
+            f"| 3 | pixel L1 top-{p['k']} search, N={p['n']:,} x 64x64x3 (queries/s; facemem "
+            f"{p['facemem_queries']} queries, held-out {fmt_rate(p['facemem_heldout_q_per_s'])} / "
+            f"near-dup {fmt_rate(p['facemem_neardup_q_per_s'])}; baseline {p['baseline_queries']} of them; "
+            f"same distances: {p['same_top_k_distances']}) | {fmt_rate(p['facemem_q_per_s'])} | "
+            f"{p['baseline_q_per_s']:.3f} | {p['ratio']:.0f}x |"
+        )
+        lines.append(
+            f"| 3 | pixel L1 memory ({p['facemem_bytes_per_dim']:.3f} vs 4 bytes/dim) | "
+            f"{fmt_bytes(p['facemem_bytes'])} | {fmt_bytes(p['baseline_bytes'])} | "
+            f"{_times_smaller(p['baseline_bytes'] / p['facemem_bytes'])} |"
+        )
     sv = results.get("service")
     if sv:
         for b, row in sv["batches"].items():
-            base = (f"{row['baseline_p50_s'] * 1000:,.0f} / {row['baseline_p95_s'] * 1000:,.0f}"
-                    if "baseline_p50_s" in row else "n/a")
+            base = (
+                f"{row['baseline_p50_s'] * 1000:,.0f} / {row['baseline_p95_s'] * 1000:,.0f}"
+                if "baseline_p50_s" in row
+                else "n/a"
+            )
             ratio = f"{row['ratio']:.1f}x" if "ratio" in row else ""
-            lines.append(f"| 4 | POST /neighbors, batch {b}, p50 / p95 ms ({row['per_image_p50_ms']:.0f} ms/image; "
-                         f"{row['requests']} requests) | {row['p50_s'] * 1000:,.0f} / {row['p95_s'] * 1000:,.0f} | "
-                         f"{base} | {ratio} |")
+            lines.append(
+                f"| 4 | POST /neighbors, batch {b}, p50 / p95 ms ({row['per_image_p50_ms']:.0f} ms/image; "
+                f"{row['requests']} requests) | {row['p50_s'] * 1000:,.0f} / {row['p95_s'] * 1000:,.0f} | "
+                f"{base} | {ratio} |"
+            )
     rs = results.get("rss")
     if rs:
-        lines.append(f"| 5 | server peak RSS, N={rs['n']:,} (+ {fmt_bytes(rs['children_peak_rss_bytes'])} in worker "
-                     f"processes; baseline computed) | {fmt_bytes(rs['server_peak_rss_bytes'])} | "
-                     f"{fmt_bytes(rs['baseline_bytes_computed'])} | {_times_smaller(rs['ratio'])} |")
+        lines.append(
+            f"| 5 | server peak RSS, N={rs['n']:,} (+ {fmt_bytes(rs['children_peak_rss_bytes'])} in worker "
+            f"processes; baseline computed) | {fmt_bytes(rs['server_peak_rss_bytes'])} | "
+            f"{fmt_bytes(rs['baseline_bytes_computed'])} | {_times_smaller(rs['ratio'])} |"
+        )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- main
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(ROWS),
-                    help=f"comma-separated rows to run, of {','.join(ROWS)} (default: all), and build-modes "
-                         f"(the build layouts that were tried; not in the default set)")
+    ap = argparse.ArgumentParser(
+        prog="scripts/bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--only",
+        default=",".join(ROWS),
+        help=f"comma-separated rows to run, of {','.join(ROWS)} (default: all), and build-modes "
+        f"(the build layouts that were tried; not in the default set)",
+    )
     ap.add_argument("--modes-rounds", type=int, default=3, help="build-modes: rounds over the layouts")
-    ap.add_argument("--modes-load", type=int, default=0,
-                    help="build-modes: busy-loop processes to run meanwhile (behaviour under contention)")
-    ap.add_argument("--quick", action="store_true",
-                    help="small sizes for a smoke run (200 images, N=20,000, few queries and requests)")
+    ap.add_argument(
+        "--modes-load",
+        type=int,
+        default=0,
+        help="build-modes: busy-loop processes to run meanwhile (behaviour under contention)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes for a smoke run (200 images, N=20,000, few queries and requests)",
+    )
     ap.add_argument("--data", type=Path, default=default_data_root(), help="shared data folder (env FACEMEM_DATA)")
-    ap.add_argument("--work", type=Path, default=REPO / "build" / "bench",
-                    help="where indexes are built and cached between runs")
+    ap.add_argument(
+        "--work", type=Path, default=REPO / "build" / "bench", help="where indexes are built and cached between runs"
+    )
     ap.add_argument("--celeba-index", help="an existing celeba10k index to use instead of building one")
     ap.add_argument("--json", type=Path, help="write all measurements here")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="facemem device")
@@ -881,9 +1092,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("faiss.loader", "indexer.l1", "indexer.store", "indexer.calibrate", "indexer.resnet"):
         logging.getLogger(name).setLevel(logging.WARNING)
     a.work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-                               "machine": machine_info(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "load_start": loadavg(), "busy_at_start": busy_processes()}
+    results: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_info(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_start": loadavg(),
+        "busy_at_start": busy_processes(),
+    }
     log.info("machine %s; load %s", results["machine"], results["load_start"])
     searchers = Searchers(a.device)
     samples: list[tuple[float, float]] = []  # (seconds since start, 1-min load average), every 15 s
@@ -916,10 +1131,12 @@ def main(argv: list[str] | None = None) -> int:
     tab = table(results)
     results["table"] = tab
     print()
-    print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
-          f"{results['machine']['mem_gib']} GiB; load average at start {results['load_start']}, "
-          f"at end {results['load_end']}, max 1-min sample {max([x for _, x in samples], default=None)} "
-          f"(this run itself keeps ~2 busy); {results['seconds']:.0f} s")
+    print(
+        f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"{results['machine']['mem_gib']} GiB; load average at start {results['load_start']}, "
+        f"at end {results['load_end']}, max 1-min sample {max([x for _, x in samples], default=None)} "
+        f"(this run itself keeps ~2 busy); {results['seconds']:.0f} s"
+    )
     print(tab)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -58,12 +58,18 @@ def main() -> None:
     vectors, heldout, neardup = load_data(args.n, args.cache)
     n = vectors.shape[0]
     log.info("load average %s", os.getloadavg())
-    log.info("data: N=%d D=%d, %d held-out + %d near-duplicate queries", n, vectors.shape[1], len(heldout), len(neardup))
+    log.info(
+        "data: N=%d D=%d, %d held-out + %d near-duplicate queries", n, vectors.shape[1], len(heldout), len(neardup)
+    )
 
     t0 = time.perf_counter()
     index = L1Index(vectors)
-    log.info("L1Index build %.1f s, own structures %.1f MB, vectors uint8 %.1f MB",
-             time.perf_counter() - t0, index.nbytes / 1e6, vectors.nbytes / 1e6)
+    log.info(
+        "L1Index build %.1f s, own structures %.1f MB, vectors uint8 %.1f MB",
+        time.perf_counter() - t0,
+        index.nbytes / 1e6,
+        vectors.nbytes / 1e6,
+    )
 
     for k in args.ks:
         for name, q in (("held-out", heldout), ("near-dup", neardup)):
@@ -72,8 +78,18 @@ def main() -> None:
             index.search(q, k)
             dt = time.perf_counter() - t0
             st = index.last_stats
-            log.info("L1Index k=%d %-8s %4d q: %.2f s, %.1f q/s | per query: cand16 %.0f cand8 %.0f cand4 %.0f exact %.0f",
-                     k, name, len(q), dt, len(q) / dt, st["cand16"], st["cand8"], st["cand4"], st["exact"])
+            log.info(
+                "L1Index k=%d %-8s %4d q: %.2f s, %.1f q/s | per query: cand16 %.0f cand8 %.0f cand4 %.0f exact %.0f",
+                k,
+                name,
+                len(q),
+                dt,
+                len(q) / dt,
+                st["cand16"],
+                st["cand8"],
+                st["cand4"],
+                st["exact"],
+            )
 
     # Baseline on the same queries, interleaved with L1Index in rounds so that load from other processes
     # on a shared machine hits both alike.
@@ -103,12 +119,25 @@ def main() -> None:
         oi.append(i)
     fd, fi, od, oi = (np.concatenate(a) for a in (fd, fi, od, oi))
     log.info("load average %s", os.getloadavg())
-    log.info("SAME %d queries, k=%d, interleaved: L1Index %.2f s (%.1f q/s) vs faiss IndexFlat METRIC_L1 float32 "
-             "%.2f s (%.2f q/s): %.1fx | distances identical: %s, ids identical: %s (faiss tie order may differ)",
-             nb, k, t_ours, nb / t_ours, t_flat, nb / t_flat, t_flat / t_ours,
-             np.array_equal(fd.astype(np.int64), od), np.array_equal(fi, oi))
-    log.info("memory: L1Index %.1f MB uint8 vectors + %.1f MB bound tables; faiss flat %.1f MB float32",
-             vectors.nbytes / 1e6, index.nbytes / 1e6, flat.ntotal * flat.d * 4 / 1e6)
+    log.info(
+        "SAME %d queries, k=%d, interleaved: L1Index %.2f s (%.1f q/s) vs faiss IndexFlat METRIC_L1 float32 "
+        "%.2f s (%.2f q/s): %.1fx | distances identical: %s, ids identical: %s (faiss tie order may differ)",
+        nb,
+        k,
+        t_ours,
+        nb / t_ours,
+        t_flat,
+        nb / t_flat,
+        t_flat / t_ours,
+        np.array_equal(fd.astype(np.int64), od),
+        np.array_equal(fi, oi),
+    )
+    log.info(
+        "memory: L1Index %.1f MB uint8 vectors + %.1f MB bound tables; faiss flat %.1f MB float32",
+        vectors.nbytes / 1e6,
+        index.nbytes / 1e6,
+        flat.ntotal * flat.d * 4 / 1e6,
+    )
 
 
 if __name__ == "__main__":

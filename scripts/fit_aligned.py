@@ -40,8 +40,7 @@ def _hog_and_aligned(path: str, upscale: int):
     if upscale > 1:
         from PIL import Image
 
-        img = np.asarray(Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale),
-                                                      Image.BICUBIC))
+        img = np.asarray(Image.fromarray(img).resize((img.shape[1] * upscale, img.shape[0] * upscale), Image.BICUBIC))
     h, w = img.shape[:2]
     boxes = faces.detect(img, "hog")
     if not boxes:
@@ -51,7 +50,11 @@ def _hog_and_aligned(path: str, upscale: int):
     _, hog_ref = faces.refined_landmarks(img, boxes[0])  # facemem's hog mode
     _, al_ref = faces.refined_landmarks(img, faces.aligned_start_box(img))  # facemem's aligned mode
     return {
-        "path": path, "w": w, "h": h, "box": boxes[0], "hog_pts": hog_pts,
+        "path": path,
+        "w": w,
+        "h": h,
+        "box": boxes[0],
+        "hog_pts": hog_pts,
         "hog_chip": faces.chip_from_landmarks(img, hog_ref),
         "al_chip": faces.chip_from_landmarks(img, al_ref),
         "rawhog_chip": faces.chip_from_landmarks(img, hog_pts),
@@ -60,8 +63,9 @@ def _hog_and_aligned(path: str, upscale: int):
 
 
 def fit(results: list[dict]) -> dict:
-    rel = np.array([(r["box"][0] / r["w"], r["box"][1] / r["h"], r["box"][2] / r["w"], r["box"][3] / r["h"])
-                    for r in results])
+    rel = np.array(
+        [(r["box"][0] / r["w"], r["box"][1] / r["h"], r["box"][2] / r["w"], r["box"][3] / r["h"]) for r in results]
+    )
     init = np.median(rel, axis=0)
     dx, dy, side = [], [], []
     for r in results:
@@ -72,13 +76,19 @@ def fit(results: list[dict]) -> dict:
         dx.append(((l + rr) / 2 - c[0]) / s)
         dy.append(((t + b) / 2 - c[1]) / s)
         side.append(((rr - l) + (b - t)) / 2 / s)
-    return {"ALIGNED_INIT_BOX": [round(float(v), 4) for v in init],
-            "ALIGNED_REFINE": {"dx": round(float(np.median(dx)), 4), "dy": round(float(np.median(dy)), 4),
-                               "side": round(float(np.median(side)), 4)}}
+    return {
+        "ALIGNED_INIT_BOX": [round(float(v), 4) for v in init],
+        "ALIGNED_REFINE": {
+            "dx": round(float(np.median(dx)), 4),
+            "dy": round(float(np.median(dy)), 4),
+            "side": round(float(np.median(side)), 4),
+        },
+    }
 
 
 def top1_agreement(a: np.ndarray, b: np.ndarray, ids: np.ndarray) -> float:
     """Leave-one-out top-1 identity in index ``a`` (queried with ``a``) vs index ``b`` (with ``b``)."""
+
     def loo_top1(x):
         d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
         np.fill_diagonal(d, np.inf)
@@ -91,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default="../shared/data/celeba10k", help="CelebA-layout dataset root")
     ap.add_argument("--limit", type=int, default=2000, help="images to use (first N)")
-    ap.add_argument("--upscale", type=int, default=1, help="resize the crops by this factor first "
-                    "(2 turns the 89x109 sample into full-size 178x218 CelebA geometry)")
+    ap.add_argument(
+        "--upscale",
+        type=int,
+        default=1,
+        help="resize the crops by this factor first (2 turns the 89x109 sample into full-size 178x218 CelebA geometry)",
+    )
     ap.add_argument("--fit", action="store_true", help="print fitted constants (from HOG boxes)")
     ap.add_argument("--embedder", default="torch", choices=["torch", "dlib"])
     ap.add_argument("--workers", type=int, default=2)
@@ -106,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     with Pool(args.workers) as pool:
         res = pool.starmap(_hog_and_aligned, [(p, args.upscale) for p in paths], chunksize=32)
     found = [r for r in res if r is not None]
-    report: dict = {"images": len(paths), "hog_found": len(found), "upscale": args.upscale,
-                    "size": f"{found[0]['w']}x{found[0]['h']}" if found else None}
+    report: dict = {
+        "images": len(paths),
+        "hog_found": len(found),
+        "upscale": args.upscale,
+        "size": f"{found[0]['w']}x{found[0]['h']}" if found else None,
+    }
     if args.fit:
         report["fit"] = fit(found)
     emb = faces.make_embedder(args.embedder, "cpu")
@@ -115,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def stats(a, b):
         dist = np.linalg.norm(d[a] - d[b], axis=1)
-        return {"median": round(float(np.median(dist)), 4), "p90": round(float(np.percentile(dist, 90)), 4),
-                "max": round(float(dist.max()), 4)}
+        return {
+            "median": round(float(np.median(dist)), 4),
+            "p90": round(float(np.percentile(dist, 90)), 4),
+            "max": round(float(dist.max()), 4),
+        }
 
     report["aligned_vs_hog"] = stats("al", "hog")  # facemem's two modes (both refined)
     report["aligned_vs_raw_hog"] = stats("al", "rawhog")  # vs face_recognition's unrefined landmarks

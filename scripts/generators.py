@@ -21,9 +21,10 @@ import importlib
 import io
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -31,7 +32,6 @@ from PIL import Image
 from indexer.datasets import IMAGE_EXTS, read_folder
 
 log = logging.getLogger(__name__)
-
 
 
 class SourceError(Exception):
@@ -43,6 +43,7 @@ class Sampler(Protocol):
 
 
 # ----------------------------------------------------------------------------- conversions
+
 
 def to_uint8(images: Any) -> np.ndarray:
     """Generator output → (N, H, W, 3) uint8. Floats are taken as tanh output in [−1, 1]. Layout:
@@ -77,6 +78,7 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 # ----------------------------------------------------------------------------- sources
 
+
 @dataclass
 class FolderSource:
     """A flat or nested folder of images; trials are subsets drawn without replacement."""
@@ -86,7 +88,7 @@ class FolderSource:
     kind: str = "folder"
 
     @classmethod
-    def open(cls, root: str | Path) -> "FolderSource":
+    def open(cls, root: str | Path) -> FolderSource:
         root = Path(root)
         if not root.is_dir():
             raise SourceError(f"--generated {root}: not a directory")
@@ -150,6 +152,7 @@ class GeneratorSource:
 
 # ----------------------------------------------------------------------------- DCGAN adapter
 
+
 def _dcgan32_module():
     import torch.nn as nn
 
@@ -194,8 +197,9 @@ def dcgan32(checkpoint: str, device: str = "cpu") -> Sampler:
     res = net.load_state_dict(sd, strict=False)
     bad_missing = [k for k in res.missing_keys if not k.endswith("num_batches_tracked")]
     if bad_missing or res.unexpected_keys:
-        raise SourceError(f"{path} is not a dcgan32 checkpoint (missing {bad_missing}, unexpected "
-                          f"{res.unexpected_keys})")
+        raise SourceError(
+            f"{path} is not a dcgan32 checkpoint (missing {bad_missing}, unexpected {res.unexpected_keys})"
+        )
     net.eval().to(device)
 
     @torch.no_grad()
@@ -234,8 +238,10 @@ def load_generator(spec: str, device: str = "cpu") -> GeneratorSource:
     """Parse ``--generator SPEC`` (forms in the module docstring) into a seeded source."""
     head, sep, rest = spec.partition(":")
     if not sep or not rest:
-        raise SourceError(f"--generator {spec!r}: expected ADAPTER:CHECKPOINT ({', '.join(ADAPTERS)}), "
-                          f"module:callable or module:callable:CHECKPOINT")
+        raise SourceError(
+            f"--generator {spec!r}: expected ADAPTER:CHECKPOINT ({', '.join(ADAPTERS)}), "
+            f"module:callable or module:callable:CHECKPOINT"
+        )
     if head in ADAPTERS:
         return GeneratorSource(spec, ADAPTERS[head](rest, device))
     attr, sep2, ckpt = rest.partition(":")

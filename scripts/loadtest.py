@@ -29,11 +29,11 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import requests
@@ -50,6 +50,7 @@ def default_data() -> Path:
 
 # ----------------------------------------------------------------------------- payloads and references
 
+
 @dataclass(frozen=True)
 class Payload:
     """One request body: real files of one kind, sent as they are on disk with that kind's detector."""
@@ -59,8 +60,9 @@ class Payload:
     files: tuple[tuple[str, bytes], ...]
 
 
-def make_payloads(data: Path | str | None = None, n: int = 32, batch: int = 1, mix: float = 0.25,
-                  seed: int = 0) -> list[Payload]:
+def make_payloads(
+    data: Path | str | None = None, n: int = 32, batch: int = 1, mix: float = 0.25, seed: int = 0
+) -> list[Payload]:
     """A fixed, seeded pool of ``n`` distinct payloads, ``round(mix * n)`` of them PGGAN.
 
     A pool rather than fresh images per request is what makes answer checking possible: each
@@ -68,8 +70,10 @@ def make_payloads(data: Path | str | None = None, n: int = 32, batch: int = 1, m
     """
     data = Path(data) if data else default_data()
     rng = random.Random(seed)
-    pools = {"celeba": sorted((data / "celeba10k" / "img_align_celeba").glob("*.jpg")),
-             "pggan": sorted((data / "generated" / "pggan_celebahq").glob("*.jpg"))}
+    pools = {
+        "celeba": sorted((data / "celeba10k" / "img_align_celeba").glob("*.jpg")),
+        "pggan": sorted((data / "generated" / "pggan_celebahq").glob("*.jpg")),
+    }
     order = {k: rng.sample(v, len(v)) for k, v in pools.items()}  # consumed in chunks, wrapping around
     used: Counter[str] = Counter()
     n_pggan = round(mix * n)
@@ -87,15 +91,20 @@ def make_payloads(data: Path | str | None = None, n: int = 32, batch: int = 1, m
 
 def post(session: requests.Session, url: str, payload: Payload, timeout: float) -> requests.Response:
     files = [("images", (name, body, "image/jpeg")) for name, body in payload.files]
-    return session.post(url.rstrip("/") + "/neighbors", params={"detector": payload.detector, "k": 5},
-                        files=files, timeout=timeout)
+    return session.post(
+        url.rstrip("/") + "/neighbors", params={"detector": payload.detector, "k": 5}, files=files, timeout=timeout
+    )
 
 
 def answer_of(body: dict) -> list[dict]:
     """What must not change between identical requests: per image, status and both neighbour lists."""
-    return [{"status": im["status"], **{ch: [(nb["file"], float(nb["distance"])) for nb in im.get(ch) or []]
-                                         for ch in ("semantic", "pixel")}}
-            for im in body.get("images", body.get("results"))]
+    return [
+        {
+            "status": im["status"],
+            **{ch: [(nb["file"], float(nb["distance"])) for nb in im.get(ch) or []] for ch in ("semantic", "pixel")},
+        }
+        for im in body.get("images", body.get("results"))
+    ]
 
 
 def compare(got: list[dict], ref: list[dict], rtol: float = 1e-4) -> str | None:
@@ -133,14 +142,18 @@ def reference_answers(url: str, payloads: list[Payload], timeout: float = 120.0)
 
 # ----------------------------------------------------------------------------- peak RSS
 
+
 def descendants(pid: int) -> list[int]:
     """All descendants: from /proc/PID/task/*/children where the kernel has it, else one /proc scan."""
     files = list(Path(f"/proc/{pid}/task").glob("*/children"))
     if files:
         kids = [int(k) for f in files for k in _read(f).split()]
         return kids + [d for k in kids for d in descendants(k)]
-    parent = {int(p.name): st.rsplit(")", 1)[1].split()[1] for p in Path("/proc").iterdir()
-              if p.name.isdigit() and (st := _read(p / "stat"))}
+    parent = {
+        int(p.name): st.rsplit(")", 1)[1].split()[1]
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and (st := _read(p / "stat"))
+    }
     out, todo = [], [pid]
     while todo:
         up = str(todo.pop())
@@ -187,6 +200,7 @@ class RssMonitor(threading.Thread):
 
 # ----------------------------------------------------------------------------- the load
 
+
 @dataclass
 class ClientStats:
     """One client's counts; merged after the run, so clients share no locks."""
@@ -212,8 +226,17 @@ class ClientStats:
             self.messages.append(msg[:300])
 
 
-def _client(cid: int, url: str, n: int, payloads: list[Payload], refs: list[list[dict]], timeout: float,
-            honor_retry_after: bool, seed: int, stop: threading.Event | None = None) -> ClientStats:
+def _client(
+    cid: int,
+    url: str,
+    n: int,
+    payloads: list[Payload],
+    refs: list[list[dict]],
+    timeout: float,
+    honor_retry_after: bool,
+    seed: int,
+    stop: threading.Event | None = None,
+) -> ClientStats:
     """Send ``n`` requests one after another (or until ``stop`` is set); refusals and a dead server
     never end the client early."""
     st, rng = ClientStats(), random.Random(seed * 1000 + cid)
@@ -263,11 +286,23 @@ def _client(cid: int, url: str, n: int, payloads: list[Payload], refs: list[list
     return st
 
 
-def run_load(url: str, clients: int = 8, requests_per_client: int = 25, *, batch: int = 1,
-             data: Path | str | None = None, mix: float = 0.25, pool: int = 32, seed: int = 0,
-             timeout: float = 120.0, server_pid: int | None = None, honor_retry_after: bool = False,
-             payloads: list[Payload] | None = None, references: list[list[dict]] | None = None,
-             stop: threading.Event | None = None) -> dict:
+def run_load(
+    url: str,
+    clients: int = 8,
+    requests_per_client: int = 25,
+    *,
+    batch: int = 1,
+    data: Path | str | None = None,
+    mix: float = 0.25,
+    pool: int = 32,
+    seed: int = 0,
+    timeout: float = 120.0,
+    server_pid: int | None = None,
+    honor_retry_after: bool = False,
+    payloads: list[Payload] | None = None,
+    references: list[list[dict]] | None = None,
+    stop: threading.Event | None = None,
+) -> dict:
     """Run the load against ``url``; return every count, rate, latency and peak RSS as a dict.
 
     ``payloads`` default to ``make_payloads(data, pool, batch, mix, seed)``. ``references`` (one per
@@ -284,33 +319,53 @@ def run_load(url: str, clients: int = 8, requests_per_client: int = 25, *, batch
         mon.start()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients, thread_name_prefix="client") as ex:
-        res = list(ex.map(lambda c: _client(c, url, requests_per_client, payloads, refs, timeout,
-                                            honor_retry_after, seed, stop), range(clients)))
+        res = list(
+            ex.map(
+                lambda c: _client(c, url, requests_per_client, payloads, refs, timeout, honor_retry_after, seed, stop),
+                range(clients),
+            )
+        )
     wall = time.perf_counter() - t0
     lat = np.array([x for r in res for x in r.latencies_ms])
-    out = {"url": url, "clients": clients, "requests_per_client": requests_per_client, "batch": batch, "mix": mix,
-           "honor_retry_after": honor_retry_after, "payloads": len(payloads),
-           **{k: sum(getattr(r, k) for r in res) for k in ("sent", "ok", "rejected", "wrong")},
-           "errors": dict(sum((r.errors for r in res), Counter())),
-           "retry_after": dict(sum((r.retry_after for r in res), Counter())),
-           "messages": [m for r in res for m in r.messages][:2 * MAX_MESSAGES], "wall_s": wall,
-           # when each error happened (time.monotonic()), so a test can line errors up with its events
-           "error_at": sorted((t, k) for r in res for k, t in r.error_at),
-           "ok_per_s": sum(r.ok for r in res) / wall, "images_per_s": sum(r.images_ok for r in res) / wall,
-           "latency_ms": {q: float(np.percentile(lat, p)) if lat.size else None
-                          for q, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},
-           "peak_rss_mib": mon.stop() if mon else None}
+    out = {
+        "url": url,
+        "clients": clients,
+        "requests_per_client": requests_per_client,
+        "batch": batch,
+        "mix": mix,
+        "honor_retry_after": honor_retry_after,
+        "payloads": len(payloads),
+        **{k: sum(getattr(r, k) for r in res) for k in ("sent", "ok", "rejected", "wrong")},
+        "errors": dict(sum((r.errors for r in res), Counter())),
+        "retry_after": dict(sum((r.retry_after for r in res), Counter())),
+        "messages": [m for r in res for m in r.messages][: 2 * MAX_MESSAGES],
+        "wall_s": wall,
+        # when each error happened (time.monotonic()), so a test can line errors up with its events
+        "error_at": sorted((t, k) for r in res for k, t in r.error_at),
+        "ok_per_s": sum(r.ok for r in res) / wall,
+        "images_per_s": sum(r.images_ok for r in res) / wall,
+        "latency_ms": {
+            q: float(np.percentile(lat, p)) if lat.size else None
+            for q, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
+        },
+        "peak_rss_mib": mon.stop() if mon else None,
+    }
     out["error_count"] = sum(out["errors"].values())
-    log.info("load done: %(sent)d sent, %(ok)d ok, %(rejected)d rejected, %(error_count)d errors, "
-             "%(wrong)d wrong in %(wall_s).1f s", out)
+    log.info(
+        "load done: %(sent)d sent, %(ok)d ok, %(rejected)d rejected, %(error_count)d errors, "
+        "%(wrong)d wrong in %(wall_s).1f s",
+        out,
+    )
     return out
 
 
 # ----------------------------------------------------------------------------- a server to test
 
+
 @contextmanager
-def serve(index_dir: Path | str, *server_args: str, start_timeout: float = 180.0
-          ) -> Iterator[tuple[str, subprocess.Popen]]:
+def serve(
+    index_dir: Path | str, *server_args: str, start_timeout: float = 180.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python -m service --index DIR --port 0 ARGS`` until /healthz answers; SIGTERM (drain) at exit.
 
     Raises RuntimeError with the server's last output lines if it exits or is not ready in time.
@@ -333,8 +388,9 @@ def serve(index_dir: Path | str, *server_args: str, start_timeout: float = 180.0
         while not urls or not _healthy(urls[0]):
             if proc.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)  # let the drain thread catch the last lines
-                raise RuntimeError(f"`python {shlex.join(cmd[1:])}` did not start (exit {proc.poll()}): "
-                                   + " | ".join(tail))
+                raise RuntimeError(
+                    f"`python {shlex.join(cmd[1:])}` did not start (exit {proc.poll()}): " + " | ".join(tail)
+                )
             time.sleep(0.1)
         log.info("server pid %d ready on %s", proc.pid, urls[0])
         yield urls[0], proc
@@ -357,10 +413,26 @@ def _healthy(url: str) -> bool:
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def format_table(rows: list[dict]) -> str:
     """One line per run (counts, throughput, latency of ok requests, peak RSS), then errors and 503s."""
-    head = ("run", "sent", "ok", "503", "err", "wrong", "wall s", "ok/s", "img/s",
-            "p50 ms", "p95 ms", "p99 ms", "max ms", "RSS MiB", "+kids MiB")
+    head = (
+        "run",
+        "sent",
+        "ok",
+        "503",
+        "err",
+        "wrong",
+        "wall s",
+        "ok/s",
+        "img/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "RSS MiB",
+        "+kids MiB",
+    )
     f = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     cells, notes = [], []
     for r in rows:
@@ -369,43 +441,76 @@ def format_table(rows: list[dict]) -> str:
             notes.append(f"{r['label']}: FAILED: {r['error']}")
             continue
         lat, rss = r["latency_ms"], r["peak_rss_mib"] or {}
-        cells.append([r["label"], *map(str, (r["sent"], r["ok"], r["rejected"], r["error_count"], r["wrong"])),
-                      f(r["wall_s"], 1), f(r["ok_per_s"], 1), f(r["images_per_s"], 1),
-                      *(f(lat[q]) for q in ("p50", "p95", "p99", "max")),
-                      f(rss.get("server")), f(rss.get("server+children"))])
+        cells.append(
+            [
+                r["label"],
+                *map(str, (r["sent"], r["ok"], r["rejected"], r["error_count"], r["wrong"])),
+                f(r["wall_s"], 1),
+                f(r["ok_per_s"], 1),
+                f(r["images_per_s"], 1),
+                *(f(lat[q]) for q in ("p50", "p95", "p99", "max")),
+                f(rss.get("server")),
+                f(rss.get("server+children")),
+            ]
+        )
         if r["errors"] or r["retry_after"] or r["messages"]:
             notes.append(f"{r['label']}: errors {r['errors']}; 503 Retry-After values {r['retry_after']}")
             notes += [f"    {m}" for m in r["messages"]]
     widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
-    line = lambda cs: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
-                                for i, (c, w) in enumerate(zip(cs, widths)))
+
+    def line(cs: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cs, widths)))
+
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, cells), *notes])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
-    where.add_argument("--index", type=Path, help="start `python -m service --index INDEX --port 0` and "
-                       "stop it (SIGTERM) at the end")
+    where.add_argument(
+        "--index", type=Path, help="start `python -m service --index INDEX --port 0` and stop it (SIGTERM) at the end"
+    )
     p.add_argument("--server-pid", type=int, help="with --url: the server's pid, for peak RSS")
-    p.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="with --index: passed to "
-                   "the server, split like a shell; repeatable (e.g. --server-arg='--max-inflight 2')")
-    p.add_argument("--compare-queue", action="store_true", help="with --index: two servers in turn, default "
-                   "admission control and --max-queue none (the unbounded baseline); one row each")
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="with --index: passed to "
+        "the server, split like a shell; repeatable (e.g. --server-arg='--max-inflight 2')",
+    )
+    p.add_argument(
+        "--compare-queue",
+        action="store_true",
+        help="with --index: two servers in turn, default "
+        "admission control and --max-queue none (the unbounded baseline); one row each",
+    )
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--requests", type=int, default=25, help="requests per client (default 25)")
     p.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
     p.add_argument("--pool", type=int, default=32, help="distinct payloads (default 32)")
-    p.add_argument("--data", type=Path, default=default_data(), help="data root (default $FACEMEM_DATA or "
-                   "../shared/data)")
-    p.add_argument("--mix", type=float, default=0.25, help="fraction of PGGAN payloads, sent with detector=hog; "
-                   "the rest are celeba10k crops, sent with detector=aligned (default 0.25)")
+    p.add_argument(
+        "--data", type=Path, default=default_data(), help="data root (default $FACEMEM_DATA or ../shared/data)"
+    )
+    p.add_argument(
+        "--mix",
+        type=float,
+        default=0.25,
+        help="fraction of PGGAN payloads, sent with detector=hog; "
+        "the rest are celeba10k crops, sent with detector=aligned (default 0.25)",
+    )
     p.add_argument("--seed", type=int, default=0, help="payload choice and request order (default 0)")
     p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds (default 120)")
-    p.add_argument("--honor-retry-after", action="store_true", help="after a 503, sleep Retry-After "
-                   f"(at most {RETRY_AFTER_CAP_S:g} s) before the next request")
+    p.add_argument(
+        "--honor-retry-after",
+        action="store_true",
+        help=f"after a 503, sleep Retry-After (at most {RETRY_AFTER_CAP_S:g} s) before the next request",
+    )
     p.add_argument("--json", type=Path, help="write all results (a list of rows) here")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     a = p.parse_args(argv)
@@ -420,15 +525,24 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(name)s: %(message)s")
     payloads = make_payloads(a.data, a.pool, a.batch, a.mix, a.seed)
-    kw = dict(batch=a.batch, mix=a.mix, seed=a.seed, timeout=a.timeout, honor_retry_after=a.honor_retry_after,
-              payloads=payloads)
+    kw = dict(
+        batch=a.batch,
+        mix=a.mix,
+        seed=a.seed,
+        timeout=a.timeout,
+        honor_retry_after=a.honor_retry_after,
+        payloads=payloads,
+    )
     rows = []
     if a.url:
         rows.append({"label": a.url, **run_load(a.url, a.clients, a.requests, server_pid=a.server_pid, **kw)})
     else:
         extra = [x for s in a.server_arg for x in shlex.split(s)]
-        runs = [("admission control", extra), ("unbounded queue", [*extra, "--max-queue", "none"])] \
-            if a.compare_queue else [("server", extra)]
+        runs = (
+            [("admission control", extra), ("unbounded queue", [*extra, "--max-queue", "none"])]
+            if a.compare_queue
+            else [("server", extra)]
+        )
         for label, args in runs:
             label += f" ({shlex.join(args)})" if args else " (defaults)"
             try:
@@ -437,8 +551,10 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"label": label, "server_args": args, **row})
             except RuntimeError as e:
                 rows.append({"label": label, "server_args": args, "error": str(e)})
-    print(f"{a.clients} clients x {a.requests} requests, batch {a.batch}, {len(payloads)} payloads "
-          f"({a.mix:.0%} PGGAN/hog, {1 - a.mix:.0%} celeba/aligned); latency of ok requests; RSS = polled peak")
+    print(
+        f"{a.clients} clients x {a.requests} requests, batch {a.batch}, {len(payloads)} payloads "
+        f"({a.mix:.0%} PGGAN/hog, {1 - a.mix:.0%} celeba/aligned); latency of ok requests; RSS = polled peak"
+    )
     print(format_table(rows))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -15,40 +15,55 @@ import io
 import json
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-SECTIONS = (("summary", "1. Summary"), ("nn-grid", "2. Nearest-neighbour grid"),
-            ("calibration", "3. Calibration histograms"), ("birthday", "4. Birthday paradox"),
-            ("identities", "5. Identity concentration"), ("distribution", "6. Distribution distances"),
-            ("method", "Method and reproduction"))
+SECTIONS = (
+    ("summary", "1. Summary"),
+    ("nn-grid", "2. Nearest-neighbour grid"),
+    ("calibration", "3. Calibration histograms"),
+    ("birthday", "4. Birthday paradox"),
+    ("identities", "5. Identity concentration"),
+    ("distribution", "6. Distribution distances"),
+    ("method", "Method and reproduction"),
+)
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d232a;background:#fafbfc}
-header{background:#1f3b57;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:22px}header p{margin:0;opacity:.85}
-nav{padding:8px 28px;background:#e9eef3;position:sticky;top:0;z-index:2}nav a{margin-right:14px;color:#1f3b57;text-decoration:none;font-weight:600}
-main{padding:0 28px 40px;max-width:1280px}section{margin:28px 0;padding:16px 20px;background:#fff;border:1px solid #dde3ea;border-radius:8px}
-h2{margin-top:0;color:#1f3b57}table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #dde3ea;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f2f5f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;
+color:#1d232a;background:#fafbfc}
+header{background:#1f3b57;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:22px}
+header p{margin:0;opacity:.85}nav{padding:8px 28px;background:#e9eef3;position:sticky;top:0;z-index:2}
+nav a{margin-right:14px;color:#1f3b57;text-decoration:none;font-weight:600}main{padding:0 28px 40px;max-width:1280px}
+section{margin:28px 0;padding:16px 20px;background:#fff;border:1px solid #dde3ea;border-radius:8px}
+h2{margin-top:0;color:#1f3b57}table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #dde3ea;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f2f5f8}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:#4a5663;font-size:13px;background:#f6f8fa;border-left:3px solid #9fb3c8;padding:6px 10px;margin:8px 0}
-.warn{border-left-color:#d08700;background:#fff8e6}
-.big{font-size:20px;font-weight:700}.badge{display:inline-block;padding:0 6px;border-radius:4px;font-size:12px;font-weight:600}
-.b-red{background:#fde2e1;color:#a3120b}.b-amber{background:#fff1cc;color:#7a5200}.b-green{background:#e1f5e6;color:#1a6b32}.b-grey{background:#eceff2;color:#4a5663}
-.nngrid{display:flex;flex-wrap:wrap;gap:10px}.nn{display:grid;grid-template-columns:30px repeat(3,132px);gap:4px 8px;align-items:start;padding:6px;border:1px solid #dde3ea;border-radius:6px}
-.nn figure,.pair figure,.gal figure{margin:0}.nn img,.pair img,.gal img{display:block;border:1px solid #cfd7df;background:#eee}
+.warn{border-left-color:#d08700;background:#fff8e6}.big{font-size:20px;font-weight:700}
+.badge{display:inline-block;padding:0 6px;border-radius:4px;font-size:12px;font-weight:600}
+.b-red{background:#fde2e1;color:#a3120b}.b-amber{background:#fff1cc;color:#7a5200}
+.b-green{background:#e1f5e6;color:#1a6b32}.b-grey{background:#eceff2;color:#4a5663}
+.nngrid{display:flex;flex-wrap:wrap;gap:10px}
+.nn{display:grid;grid-template-columns:30px repeat(3,132px);gap:4px 8px;align-items:start;padding:6px;
+border:1px solid #dde3ea;border-radius:6px}
+.nn figure,.pair figure,.gal figure{margin:0}
+.nn img,.pair img,.gal img{display:block;border:1px solid #cfd7df;background:#eee}
 figcaption{font-size:12px;color:#37414b;overflow-wrap:anywhere}.rank{font-weight:700;color:#6b7885;padding-top:4px}
-.lbl{font-weight:700;color:#6b7885}
-.pairs{display:flex;flex-wrap:wrap;gap:14px}.pair{display:flex;gap:4px;padding:6px;border:1px solid #dde3ea;border-radius:6px}
+.lbl{font-weight:700;color:#6b7885}.pairs{display:flex;flex-wrap:wrap;gap:14px}
+.pair{display:flex;gap:4px;padding:6px;border:1px solid #dde3ea;border-radius:6px}
 .pair .cap{font-size:12px;width:150px}.gal{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}
-img.plot{max-width:100%;height:auto;border:0}details{margin:10px 0}summary{cursor:pointer;font-weight:600;color:#1f3b57}
-code{background:#f2f5f8;padding:1px 4px;border-radius:3px}pre{background:#f2f5f8;padding:8px;overflow-x:auto;white-space:pre-wrap}
+img.plot{max-width:100%;height:auto;border:0}details{margin:10px 0}
+summary{cursor:pointer;font-weight:600;color:#1f3b57}code{background:#f2f5f8;padding:1px 4px;border-radius:3px}
+pre{background:#f2f5f8;padding:8px;overflow-x:auto;white-space:pre-wrap}
 """
 
 
 # ----------------------------------------------------------------------------- small helpers
+
 
 def esc(x: Any) -> str:
     return html.escape("" if x is None else str(x), quote=True)
@@ -110,6 +125,7 @@ def json_safe(x: Any) -> Any:
 
 # ----------------------------------------------------------------------------- plots
 
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -133,8 +149,9 @@ def _finite(a: Any) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def plot_histogram(title: str, xlabel: str, generated: list[float], reference: dict[str, Any],
-                   thresholds: dict[str, float | None]) -> str:
+def plot_histogram(
+    title: str, xlabel: str, generated: list[float], reference: dict[str, Any], thresholds: dict[str, float | None]
+) -> str:
     """Density histograms of the generated→train NN distances against train→train distributions."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 3.6))
@@ -149,8 +166,15 @@ def plot_histogram(title: str, xlabel: str, generated: list[float], reference: d
     for (name, v), c in zip(refs.items(), colors):
         ax.hist(v, bins=bins, density=True, alpha=0.55, color=c, label=f"{name} (n={len(v):,})")
     if len(gen):
-        ax.hist(gen, bins=bins, density=True, histtype="step", lw=2.2, color="#c0392b",
-                label=f"generated → training NN (n={len(gen):,})")
+        ax.hist(
+            gen,
+            bins=bins,
+            density=True,
+            histtype="step",
+            lw=2.2,
+            color="#c0392b",
+            label=f"generated → training NN (n={len(gen):,})",
+        )
     styles = ["--", ":", "-."]
     for (name, t), ls in zip(thresholds.items(), styles):
         if t is not None:
@@ -168,8 +192,10 @@ def plot_birthday(rows: list[dict], crossing: dict) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 3.6))
     s = [r["s"] for r in rows]
-    for ch, color, label in (("semantic", "#c0392b", "same person (identity threshold)"),
-                             ("pixel", "#2e86c1", "pixel near-duplicate (copy threshold)")):
+    for ch, color, label in (
+        ("semantic", "#c0392b", "same person (identity threshold)"),
+        ("pixel", "#2e86c1", "pixel near-duplicate (copy threshold)"),
+    ):
         y = [r[ch]["share"] if r.get(ch) else np.nan for r in rows]
         ax.plot(s, y, "o-", color=color, label=label)
     ax.axhline(0.5, color="#6b7885", ls="--", lw=1)
@@ -204,6 +230,7 @@ def plot_identities(top: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- sections
 
+
 def _kv(rows: list[tuple[str, str]]) -> str:
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
@@ -216,60 +243,110 @@ def _summary(d: dict) -> str:
     semc, pixc = lc.get("semantic") or {}, lc.get("pixel") or {}
     sem_coll = (coll or {}).get("semantic") or {}
     out = [f'<section id="summary" data-section="summary"><h2>{SECTIONS[0][1]}</h2>']
-    out.append(_kv([
-        ("source", esc(src["describe"])),
-        ("mode", esc(f"{d['backend']['mode']}: {d['backend']['where']}")),
-        ("images audited", fmt(s["images"])),
-        ("faces found", f"{fmt(s['faces'])} ok · {fmt(s['counts'].get('no_face', 0))} no face · "
-                        f"{fmt(s['counts'].get('unreadable', 0))} unreadable (detector <code>{esc(d['params']['detector'])}</code>)"),
-    ]))
+    out.append(
+        _kv(
+            [
+                ("source", esc(src["describe"])),
+                ("mode", esc(f"{d['backend']['mode']}: {d['backend']['where']}")),
+                ("images audited", fmt(s["images"])),
+                (
+                    "faces found",
+                    f"{fmt(s['faces'])} ok · {fmt(s['counts'].get('no_face', 0))} no face · "
+                    f"{fmt(s['counts'].get('unreadable', 0))} unreadable "
+                    f"(detector <code>{esc(d['params']['detector'])}</code>)",
+                ),
+            ]
+        )
+    )
     fmr = cal.get("expected_false_match_rate")
     rows = [
-        ("same person as a training identity",
-         f'<span class="big">{pct(same.get("share"))}</span> ({fmt(same.get("count"))} of {fmt(same.get("faces"))}) '
-         f'{ci(same.get("interval"))}',
-         f"{pct(fmr)} expected false-match rate (real strangers)",
-         f"p = {fmt(same.get('p_value_vs_strangers'))} (one-sided, more than strangers)"),
-        ("likely copy, semantic", f'<span class="big">{pct(semc.get("share"))}</span> ({fmt(semc.get("count"))}) {ci(semc.get("interval"))}',
-         f"{fmt(cal.get('copy_percentile'))}% of train→train nearest distances are this close",
-         f"threshold {fmt(semc.get('threshold'))}"),
-        ("likely copy, pixel L1", f'<span class="big">{pct(pixc.get("share"))}</span> ({fmt(pixc.get("count"))}) {ci(pixc.get("interval"))}',
-         f"{fmt(cal.get('copy_percentile'))}% of train→train nearest distances are this close",
-         f"threshold {fmt(pixc.get('threshold'))} (= {fmt(pixc.get('threshold_per_value'))} per value)"),
+        (
+            "same person as a training identity",
+            f'<span class="big">{pct(same.get("share"))}</span> ({fmt(same.get("count"))} of {fmt(same.get("faces"))}) '
+            f"{ci(same.get('interval'))}",
+            f"{pct(fmr)} expected false-match rate (real strangers)",
+            f"p = {fmt(same.get('p_value_vs_strangers'))} (one-sided, more than strangers)",
+        ),
+        (
+            "likely copy, semantic",
+            f'<span class="big">{pct(semc.get("share"))}</span> ({fmt(semc.get("count"))}) {ci(semc.get("interval"))}',
+            f"{fmt(cal.get('copy_percentile'))}% of train→train nearest distances are this close",
+            f"threshold {fmt(semc.get('threshold'))}",
+        ),
+        (
+            "likely copy, pixel L1",
+            f'<span class="big">{pct(pixc.get("share"))}</span> ({fmt(pixc.get("count"))}) {ci(pixc.get("interval"))}',
+            f"{fmt(cal.get('copy_percentile'))}% of train→train nearest distances are this close",
+            f"threshold {fmt(pixc.get('threshold'))} (= {fmt(pixc.get('threshold_per_value'))} per value)",
+        ),
     ]
-    out.append("<h3>Memorization rates</h3><table><tr><th>measure</th><th>generated</th><th>calibration baseline</th>"
-               "<th>detail</th></tr>" + "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td><td>{e}</td></tr>"
-                                                for a, b, c, e in rows) + "</table>")
+    out.append(
+        "<h3>Memorization rates</h3><table><tr><th>measure</th><th>generated</th><th>calibration baseline</th>"
+        "<th>detail</th></tr>"
+        + "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td><td>{e}</td></tr>" for a, b, c, e in rows)
+        + "</table>"
+    )
     est = sem_coll.get("support_estimate")
     if est is not None:
-        sup = (f'<span class="big">{fmt(est)}</span> faces, {int(100 * sem_coll["confidence"])}% interval '
-               f'{ci(sem_coll.get("support_interval"), as_pct=False)}')
+        sup = (
+            f'<span class="big">{fmt(est)}</span> faces, {int(100 * sem_coll["confidence"])}% interval '
+            f"{ci(sem_coll.get('support_interval'), as_pct=False)}"
+        )
     elif sem_coll.get("support_lower_bound") is not None:
-        sup = f'<span class="big">≥ {fmt(sem_coll["support_lower_bound"])}</span> faces (no collision: lower bound only)'
+        sup = (
+            f'<span class="big">≥ {fmt(sem_coll["support_lower_bound"])}</span> faces (no collision: lower bound only)'
+        )
     else:
         sup = "—"
     bd = d.get("birthday") or {}
     cross = (bd.get("crossing") or {}).get("semantic") or {}
-    out.append("<h3>Support size</h3>" + _kv([
-        ("from the audited batch", f"{sup}: {fmt(sem_coll.get('colliding_pairs'))} same-person pairs among "
-                                   f"{fmt(sem_coll.get('faces'))} faces ({fmt(sem_coll.get('pairs_compared'))} pairs), "
-                                   f"M̂ = s(s−1)/(2c)"),
-        ("from the 50% crossing", esc(cross.get("text", "—"))),
-    ]))
-    out.append("<h3>Calibration (thresholds from the index itself)</h3>" + _kv([
-        ("identity threshold", f"{fmt(cal.get('identity'))} (source: {esc(cal.get('source'))}; target false-match rate "
-                               f"{pct(cal.get('false_match_rate'))}; expected recall {pct(cal.get('expected_recall'))})"),
-        ("semantic copy threshold", fmt(cal.get("semantic_copy"))),
-        ("pixel copy threshold", f"{fmt(cal.get('pixel_copy'))} L1 sum ({fmt(cal.get('pixel_copy_per_value'))} per value)"),
-        ("note", esc(cal.get("note"))),
-    ]))
+    out.append(
+        "<h3>Support size</h3>"
+        + _kv(
+            [
+                (
+                    "from the audited batch",
+                    f"{sup}: {fmt(sem_coll.get('colliding_pairs'))} same-person pairs among "
+                    f"{fmt(sem_coll.get('faces'))} faces ({fmt(sem_coll.get('pairs_compared'))} pairs), "
+                    f"M̂ = s(s−1)/(2c)",
+                ),
+                ("from the 50% crossing", esc(cross.get("text", "—"))),
+            ]
+        )
+    )
+    out.append(
+        "<h3>Calibration (thresholds from the index itself)</h3>"
+        + _kv(
+            [
+                (
+                    "identity threshold",
+                    f"{fmt(cal.get('identity'))} (source: {esc(cal.get('source'))}; target false-match rate "
+                    f"{pct(cal.get('false_match_rate'))}; expected recall {pct(cal.get('expected_recall'))})",
+                ),
+                ("semantic copy threshold", fmt(cal.get("semantic_copy"))),
+                (
+                    "pixel copy threshold",
+                    f"{fmt(cal.get('pixel_copy'))} L1 sum ({fmt(cal.get('pixel_copy_per_value'))} per value)",
+                ),
+                ("note", esc(cal.get("note"))),
+            ]
+        )
+    )
     summ = idx.get("summary", {})
-    man = [("faces", fmt(summ.get("faces"))), ("images", fmt(summ.get("images"))),
-           ("dataset", esc(f"{summ.get('dataset')} split={summ.get('split')} identities={summ.get('identities')}")),
-           ("pipeline", esc(f"detector={summ.get('detector')} embedder={summ.get('embedder')} "
-                            f"pixel crop {summ.get('pixel_size')}²")),
-           ("written", esc(idx.get("written_at"))), ("format version", esc(idx.get("format_version"))),
-           ("model sha256", esc(", ".join(f"{k} {str(v)[:12]}…" for k, v in (idx.get("model_sha256") or {}).items())))]
+    man = [
+        ("faces", fmt(summ.get("faces"))),
+        ("images", fmt(summ.get("images"))),
+        ("dataset", esc(f"{summ.get('dataset')} split={summ.get('split')} identities={summ.get('identities')}")),
+        (
+            "pipeline",
+            esc(
+                f"detector={summ.get('detector')} embedder={summ.get('embedder')} pixel crop {summ.get('pixel_size')}²"
+            ),
+        ),
+        ("written", esc(idx.get("written_at"))),
+        ("format version", esc(idx.get("format_version"))),
+        ("model sha256", esc(", ".join(f"{k} {str(v)[:12]}…" for k, v in (idx.get("model_sha256") or {}).items()))),
+    ]
     if idx.get("root"):
         man.insert(3, ("dataset root", esc(idx["root"])))
     out.append("<h3>Index</h3>" + _kv(man))
@@ -280,21 +357,29 @@ def _summary(d: dict) -> str:
 def _nn_row(r: dict, thumbs: dict[str, str]) -> str:
     sem = r["semantic"][0] if r.get("semantic") else None
     pix = r["pixel"][0] if r.get("pixel") else None
-    badges = " ".join(f'<span class="badge {"b-amber" if b == "same person" else "b-red"}">{esc(b)}</span>'
-                      for b in r.get("badges", []))
-    g = (f'<figure>{img_tag(thumbs.get("gen:" + r["image"]), r["image"], 128)}'
-         f'<figcaption><span class="lbl">generated</span> {esc(r["image"])}<br>{badges}</figcaption></figure>')
+    badges = " ".join(
+        f'<span class="badge {"b-amber" if b == "same person" else "b-red"}">{esc(b)}</span>'
+        for b in r.get("badges", [])
+    )
+    g = (
+        f"<figure>{img_tag(thumbs.get('gen:' + r['image']), r['image'], 128)}"
+        f'<figcaption><span class="lbl">generated</span> {esc(r["image"])}<br>{badges}</figcaption></figure>'
+    )
     if pix:
-        p = (f'<figure>{img_tag(thumbs.get("train:" + pix["file"]), pix["file"], 128)}<figcaption><span class="lbl">'
-             f'L1-pixel NN</span> {esc(pix["file"])} · id {esc(pix["identity"])}<br>L1 {fmt(pix["distance"])} '
-             f'({fmt(pix["distance_per_value"])} per value)</figcaption></figure>')
+        p = (
+            f'<figure>{img_tag(thumbs.get("train:" + pix["file"]), pix["file"], 128)}<figcaption><span class="lbl">'
+            f"L1-pixel NN</span> {esc(pix['file'])} · id {esc(pix['identity'])}<br>L1 {fmt(pix['distance'])} "
+            f"({fmt(pix['distance_per_value'])} per value)</figcaption></figure>"
+        )
     else:
         p = "<div>—</div>"
     if sem:
         same = '<span class="badge b-amber">same person</span>' if sem["same_person"] else ""
-        s = (f'<figure>{img_tag(thumbs.get("train:" + sem["file"]), sem["file"], 128)}<figcaption><span class="lbl">'
-             f'semantic NN</span> {esc(sem["file"])} · id {esc(sem["identity"])}<br>distance {fmt(sem["distance"])} '
-             f'{same}</figcaption></figure>')
+        s = (
+            f'<figure>{img_tag(thumbs.get("train:" + sem["file"]), sem["file"], 128)}<figcaption><span class="lbl">'
+            f"semantic NN</span> {esc(sem['file'])} · id {esc(sem['identity'])}<br>distance {fmt(sem['distance'])} "
+            f"{same}</figcaption></figure>"
+        )
     else:
         s = "<div>—</div>"
     return f'<div class="nn nnrow"><div class="rank">#{r["order"]}</div>{g}{p}{s}</div>'
@@ -302,34 +387,47 @@ def _nn_row(r: dict, thumbs: dict[str, str]) -> str:
 
 def _grid(d: dict, thumbs: dict[str, str]) -> str:
     g = d["grid"]
-    top = "".join(_nn_row(r, thumbs) for r in g["rows"][:g["expanded"]])
-    rest = g["rows"][g["expanded"]:]
-    out = [f'<section id="nn-grid" data-section="nn-grid"><h2>{SECTIONS[1][1]}</h2>',
-           '<p class="note">Each generated face beside its nearest training face in L1 pixel distance (64×64 aligned '
-           'face crop, the Progressive GAN protocol) and in dlib descriptor distance (identity). Ordered most '
-           'suspicious first: by the smaller of (semantic distance / semantic copy threshold) and '
-           '(pixel distance / pixel copy threshold).</p>', f'<div class="nngrid">{top}</div>']
+    top = "".join(_nn_row(r, thumbs) for r in g["rows"][: g["expanded"]])
+    rest = g["rows"][g["expanded"] :]
+    out = [
+        f'<section id="nn-grid" data-section="nn-grid"><h2>{SECTIONS[1][1]}</h2>',
+        '<p class="note">Each generated face beside its nearest training face in L1 pixel distance (64×64 aligned '
+        "face crop, the Progressive GAN protocol) and in dlib descriptor distance (identity). Ordered most "
+        "suspicious first: by the smaller of (semantic distance / semantic copy threshold) and "
+        "(pixel distance / pixel copy threshold).</p>",
+        f'<div class="nngrid">{top}</div>',
+    ]
     if rest:
-        out.append(f'<details><summary>the other {len(rest)} generated faces</summary><div class="nngrid">'
-                   + "".join(_nn_row(r, thumbs) for r in rest) + "</div></details>")
+        out.append(
+            f'<details><summary>the other {len(rest)} generated faces</summary><div class="nngrid">'
+            + "".join(_nn_row(r, thumbs) for r in rest)
+            + "</div></details>"
+        )
     if g.get("omitted"):
         out.append(f'<p class="note">{g["omitted"]} more faces are in the JSON block but not drawn (--grid-max).</p>')
     nf = g.get("no_face", [])
     if nf:
-        out.append(f"<details><summary>{len(nf)} image{'s' if len(nf) != 1 else ''} without a usable face</summary><table><tr><th>image</th>"
-                   "<th>status</th><th>reason</th></tr>" + "".join(
-                       f"<tr><td>{esc(x['image'])}</td><td>{esc(x['status'])}</td><td>{esc(x['reason'])}</td></tr>"
-                       for x in nf) + "</table></details>")
+        out.append(
+            f"<details><summary>{len(nf)} image{'s' if len(nf) != 1 else ''} without a usable face</summary>"
+            "<table><tr><th>image</th>"
+            "<th>status</th><th>reason</th></tr>"
+            + "".join(
+                f"<tr><td>{esc(x['image'])}</td><td>{esc(x['status'])}</td><td>{esc(x['reason'])}</td></tr>" for x in nf
+            )
+            + "</table></details>"
+        )
     out.append("</section>")
     return "".join(out)
 
 
 def _calibration(d: dict, plots: dict[str, str]) -> str:
     h = d["histograms"]
-    out = [f'<section id="calibration" data-section="calibration"><h2>{SECTIONS[2][1]}</h2>',
-           '<p class="note">Red outline: each generated face\'s nearest training face. Grey: training faces\' '
-           'nearest other training face (leave-one-out) and, semantically, their nearest face of another identity '
-           '(what a stranger scores). A generator that copies puts red mass left of the grey.</p>']
+    out = [
+        f'<section id="calibration" data-section="calibration"><h2>{SECTIONS[2][1]}</h2>',
+        "<p class=\"note\">Red outline: each generated face's nearest training face. Grey: training faces' "
+        "nearest other training face (leave-one-out) and, semantically, their nearest face of another identity "
+        "(what a stranger scores). A generator that copies puts red mass left of the grey.</p>",
+    ]
     for key in ("semantic", "pixel"):
         if plots.get(f"hist_{key}"):
             out.append(img_tag(plots[f"hist_{key}"], f"{key} histogram", cls="plot"))
@@ -337,11 +435,16 @@ def _calibration(d: dict, plots: dict[str, str]) -> str:
         out.append(f'<p class="note warn">{esc(h["note"])}</p>')
     st = h.get("stats", {})
     if st:
-        out.append("<table><tr><th>distribution</th><th>n</th><th>p1</th><th>median</th><th>share under its "
-                   "copy threshold</th></tr>" + "".join(
-                       f"<tr><td>{esc(k)}</td><td class=num>{fmt(v.get('n'))}</td><td class=num>{fmt(v.get('p1'))}</td>"
-                       f"<td class=num>{fmt(v.get('median'))}</td><td class=num>{pct(v.get('under_copy'))}</td></tr>"
-                       for k, v in st.items()) + "</table>")
+        out.append(
+            "<table><tr><th>distribution</th><th>n</th><th>p1</th><th>median</th><th>share under its "
+            "copy threshold</th></tr>"
+            + "".join(
+                f"<tr><td>{esc(k)}</td><td class=num>{fmt(v.get('n'))}</td><td class=num>{fmt(v.get('p1'))}</td>"
+                f"<td class=num>{fmt(v.get('median'))}</td><td class=num>{pct(v.get('under_copy'))}</td></tr>"
+                for k, v in st.items()
+            )
+            + "</table>"
+        )
     out.append("</section>")
     return "".join(out)
 
@@ -352,23 +455,33 @@ def _pair_fig(p: dict, thumbs: dict[str, str]) -> str:
         flags.append('<span class="badge b-amber">same person</span>')
     if p.get("pixel_duplicate"):
         flags.append('<span class="badge b-red">pixel near-duplicate</span>')
-    return (f'<div class="pair pairfig">{img_tag(thumbs.get("gen:" + p["a"]), p["a"], 110)}'
-            f'{img_tag(thumbs.get("gen:" + p["b"]), p["b"], 110)}<div class="cap">#{p["rank"]} distance '
-            f'{fmt(p["distance"])}<br>{esc(p["a"])}<br>{esc(p["b"])}<br>{" ".join(flags)}</div></div>')
+    return (
+        f'<div class="pair pairfig">{img_tag(thumbs.get("gen:" + p["a"]), p["a"], 110)}'
+        f'{img_tag(thumbs.get("gen:" + p["b"]), p["b"], 110)}<div class="cap">#{p["rank"]} distance '
+        f"{fmt(p['distance'])}<br>{esc(p['a'])}<br>{esc(p['b'])}<br>{' '.join(flags)}</div></div>"
+    )
 
 
 def _birthday(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
     b = d["birthday"]
-    out = [f'<section id="birthday" data-section="birthday"><h2>{SECTIONS[3][1]}</h2>',
-           f'<p class="note">{esc(b["protocol"])}</p>']
+    out = [
+        f'<section id="birthday" data-section="birthday"><h2>{SECTIONS[3][1]}</h2>',
+        f'<p class="note">{esc(b["protocol"])}</p>',
+    ]
     if plots.get("birthday"):
         out.append(img_tag(plots["birthday"], "birthday paradox plot", cls="plot"))
-    out.append("<table><tr><th>batch size s</th><th>trials</th><th>mean faces</th><th>share with ≥1 same-person pair"
-               "</th><th>mean pairs</th><th>share with ≥1 pixel near-duplicate</th><th>mean pairs</th></tr>" + "".join(
-                   f"<tr><td class=num>{r['s']}</td><td class=num>{r['trials']}</td><td class=num>{fmt(r['faces_mean'])}</td>"
-                   f"<td class=num>{pct(r['semantic']['share'])}</td><td class=num>{fmt(r['semantic']['mean_pairs'])}</td>"
-                   f"<td class=num>{pct((r.get('pixel') or {}).get('share'))}</td>"
-                   f"<td class=num>{fmt((r.get('pixel') or {}).get('mean_pairs'))}</td></tr>" for r in b["rows"]) + "</table>")
+    out.append(
+        "<table><tr><th>batch size s</th><th>trials</th><th>mean faces</th><th>share with ≥1 same-person pair"
+        "</th><th>mean pairs</th><th>share with ≥1 pixel near-duplicate</th><th>mean pairs</th></tr>"
+        + "".join(
+            f"<tr><td class=num>{r['s']}</td><td class=num>{r['trials']}</td><td class=num>{fmt(r['faces_mean'])}</td>"
+            f"<td class=num>{pct(r['semantic']['share'])}</td><td class=num>{fmt(r['semantic']['mean_pairs'])}</td>"
+            f"<td class=num>{pct((r.get('pixel') or {}).get('share'))}</td>"
+            f"<td class=num>{fmt((r.get('pixel') or {}).get('mean_pairs'))}</td></tr>"
+            for r in b["rows"]
+        )
+        + "</table>"
+    )
     for ch in ("semantic", "pixel"):
         c = (b.get("crossing") or {}).get(ch)
         if c:
@@ -376,26 +489,34 @@ def _birthday(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
     if b.get("skipped"):
         out.append(f'<p class="note warn">{esc(b["skipped"])}</p>')
     tp = b.get("top_pairs", [])
-    out.append(f"<h3>The {len(tp)} most similar pairs of one batch</h3>"
-               f'<p class="note">{esc(b.get("top_pairs_batch", ""))} Arora &amp; Zhang\'s protocol: the estimate is only '
-               "as good as the pairs it rests on, so confirm by eye that the flagged pairs are the same face.</p>")
+    out.append(
+        f"<h3>The {len(tp)} most similar pairs of one batch</h3>"
+        f'<p class="note">{esc(b.get("top_pairs_batch", ""))} Arora &amp; Zhang\'s protocol: the estimate is only '
+        "as good as the pairs it rests on, so confirm by eye that the flagged pairs are the same face.</p>"
+    )
     out.append('<div class="pairs">' + "".join(_pair_fig(p, thumbs) for p in tp) + "</div></section>")
     return "".join(out)
 
 
 def _identities(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
     idn = d["identities"]
-    out = [f'<section id="identities" data-section="identities"><h2>{SECTIONS[4][1]}</h2>',
-           f'<p class="note">{esc(idn["text"])}</p>']
+    out = [
+        f'<section id="identities" data-section="identities"><h2>{SECTIONS[4][1]}</h2>',
+        f'<p class="note">{esc(idn["text"])}</p>',
+    ]
     if plots.get("identities"):
         out.append(img_tag(plots["identities"], "identity counts", cls="plot"))
-    out.append("<table><tr><th>identity</th><th>top-1 matches</th><th>same person</th><th>training faces matched</th>"
-               "<th>generated faces</th></tr>")
-    for t in idn["top"][:idn.get("gallery", 10)]:
-        tr = "".join(f'<figure>{img_tag(thumbs.get("train:" + f), f, 64)}</figure>' for f in t["train_files"][:4])
-        gn = "".join(f'<figure>{img_tag(thumbs.get("gen:" + f), f, 64)}</figure>' for f in t["generated"][:6])
-        out.append(f'<tr><td>{esc(t["identity"])}</td><td class=num>{t["top1"]}</td><td class=num>{t["same_person"]}</td>'
-                   f'<td><div class="gal">{tr}</div></td><td><div class="gal">{gn}</div></td></tr>')
+    out.append(
+        "<table><tr><th>identity</th><th>top-1 matches</th><th>same person</th><th>training faces matched</th>"
+        "<th>generated faces</th></tr>"
+    )
+    for t in idn["top"][: idn.get("gallery", 10)]:
+        tr = "".join(f"<figure>{img_tag(thumbs.get('train:' + f), f, 64)}</figure>" for f in t["train_files"][:4])
+        gn = "".join(f"<figure>{img_tag(thumbs.get('gen:' + f), f, 64)}</figure>" for f in t["generated"][:6])
+        out.append(
+            f"<tr><td>{esc(t['identity'])}</td><td class=num>{t['top1']}</td><td class=num>{t['same_person']}</td>"
+            f'<td><div class="gal">{tr}</div></td><td><div class="gal">{gn}</div></td></tr>'
+        )
     out.append("</table></section>")
     return "".join(out)
 
@@ -403,8 +524,7 @@ def _identities(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
 def _distribution(d: dict) -> str:
     dd = d.get("distribution") or {}
     out = [f'<section id="distribution" data-section="distribution"><h2>{SECTIONS[5][1]}</h2>']
-    out.append('<p class="note warn"><b>Not comparable with published FID.</b> '
-               f'{esc(dd.get("note", ""))}</p>')
+    out.append(f'<p class="note warn"><b>Not comparable with published FID.</b> {esc(dd.get("note", ""))}</p>')
     if dd.get("error"):
         out.append(f'<p class="note warn">{esc(dd["error"])}</p></section>')
         return "".join(out)
@@ -413,47 +533,65 @@ def _distribution(d: dict) -> str:
     def cell(m: dict) -> str:
         return f"{fmt(m['mean'])} ± {fmt(m['std'])}"
 
-    out.append(f"<p>{fmt(dd['n_per_side'])} faces per side, training side redrawn {dd['repeats']} times (seed "
-               f"{dd['seed']}); k = {dd['k']} for precision/recall.</p>")
-    out.append("<table><tr><th>statistic</th><th>generated vs training</th><th>training vs training (baseline)</th></tr>"
-               f"<tr><td>Fréchet distance (FID formula on dlib descriptors)</td><td class=num>{cell(g['frechet'])}</td>"
-               f"<td class=num>{cell(b['frechet'])}</td></tr>"
-               f"<tr><td>k-NN precision (Kynkäänniemi et al. 2019)</td><td class=num>{cell(g['precision'])}</td>"
-               f"<td class=num>{cell(b['precision'])}</td></tr>"
-               f"<tr><td>k-NN recall</td><td class=num>{cell(g['recall'])}</td><td class=num>{cell(b['recall'])}</td></tr>"
-               "</table>")
-    out.append(f"<p>Fréchet distance of all {fmt(dd['n_generated'])} generated faces to all {fmt(dd['n_train'])} "
-               f"training faces: {fmt(dd.get('frechet_vs_full_train'))}.</p></section>")
+    out.append(
+        f"<p>{fmt(dd['n_per_side'])} faces per side, training side redrawn {dd['repeats']} times (seed "
+        f"{dd['seed']}); k = {dd['k']} for precision/recall.</p>"
+    )
+    out.append(
+        "<table><tr><th>statistic</th><th>generated vs training</th><th>training vs training (baseline)</th></tr>"
+        f"<tr><td>Fréchet distance (FID formula on dlib descriptors)</td><td class=num>{cell(g['frechet'])}</td>"
+        f"<td class=num>{cell(b['frechet'])}</td></tr>"
+        f"<tr><td>k-NN precision (Kynkäänniemi et al. 2019)</td><td class=num>{cell(g['precision'])}</td>"
+        f"<td class=num>{cell(b['precision'])}</td></tr>"
+        f"<tr><td>k-NN recall</td><td class=num>{cell(g['recall'])}</td><td class=num>{cell(b['recall'])}</td></tr>"
+        "</table>"
+    )
+    out.append(
+        f"<p>Fréchet distance of all {fmt(dd['n_generated'])} generated faces to all {fmt(dd['n_train'])} "
+        f"training faces: {fmt(dd.get('frechet_vs_full_train'))}.</p></section>"
+    )
     return "".join(out)
 
 
 def _method(d: dict) -> str:
     t = d.get("timing", {})
-    return (f'<section id="method" data-section="method"><h2>{SECTIONS[6][1]}</h2>'
-            f"<pre>{esc(d.get('command', ''))}</pre>"
-            + _kv([("created", esc(d.get("created_at"))), ("seed", esc(d.get("seed"))),
-                   ("runtime", esc(", ".join(f"{k} {v:.1f} s" for k, v in t.items()))),
-                   ("parameters", f"<code>{esc(json.dumps(d.get('params')))}</code>")])
-            + '<p class="note">Every number in this report is also in the JSON block '
-              '<code>&lt;script type="application/json" id="facemem-data"&gt;</code> at the end of this file. '
-              "Per-image neighbour lists there are exactly the service's <code>POST /neighbors</code> response "
-              "entries.</p></section>")
+    return (
+        f'<section id="method" data-section="method"><h2>{SECTIONS[6][1]}</h2>'
+        f"<pre>{esc(d.get('command', ''))}</pre>"
+        + _kv(
+            [
+                ("created", esc(d.get("created_at"))),
+                ("seed", esc(d.get("seed"))),
+                ("runtime", esc(", ".join(f"{k} {v:.1f} s" for k, v in t.items()))),
+                ("parameters", f"<code>{esc(json.dumps(d.get('params')))}</code>"),
+            ]
+        )
+        + '<p class="note">Every number in this report is also in the JSON block '
+        '<code>&lt;script type="application/json" id="facemem-data"&gt;</code> at the end of this file. '
+        "Per-image neighbour lists there are exactly the service's <code>POST /neighbors</code> response "
+        "entries.</p></section>"
+    )
 
 
 def render(data: dict, thumbs: dict[str, str], plots: dict[str, str]) -> str:
     """The whole report. ``thumbs`` maps ``gen:<name>`` / ``train:<file>`` to data URIs."""
     parts: list[str] = [
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>facemem audit: {esc(data['source']['describe'])}</title><style>{CSS}</style></head><body>",
         f"<header><h1>facemem memorization audit</h1><p>{esc(data['source']['describe'])} against "
         f"{fmt(data['index']['summary'].get('faces'))} training faces · {esc(data.get('created_at'))}</p></header>",
         "<nav>" + "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in SECTIONS) + "</nav><main>",
     ]
     builders: list[Callable[[], str]] = [
-        lambda: _summary(data), lambda: _grid(data, thumbs), lambda: _calibration(data, plots),
-        lambda: _birthday(data, plots, thumbs), lambda: _identities(data, plots, thumbs),
-        lambda: _distribution(data), lambda: _method(data)]
+        lambda: _summary(data),
+        lambda: _grid(data, thumbs),
+        lambda: _calibration(data, plots),
+        lambda: _birthday(data, plots, thumbs),
+        lambda: _identities(data, plots, thumbs),
+        lambda: _distribution(data),
+        lambda: _method(data),
+    ]
     parts += [b() for b in builders]
     blob = json.dumps(json_safe(data), allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
     parts.append(f'</main><script type="application/json" id="facemem-data">{blob}</script></body></html>')

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["create_app"]
 
 
-def create_app(index_dir: Any, config: dict | None = None) -> "Flask":
+def create_app(index_dir: Any, config: dict | None = None) -> Flask:
     """The app factory: loads the index once, read-only; ``config`` keys are in ``service.app.DEFAULTS``."""
     from .app import create_app as _create_app
 

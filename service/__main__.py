@@ -22,52 +22,115 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m service",
         description="facemem HTTP service: POST /neighbors finds each uploaded face's nearest training "
-                    "faces (semantic and pixel) and reports collision and memorization statistics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "faces (semantic and pixel) and reports collision and memorization statistics.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--index", required=True, help="index directory built by `python -m indexer build`")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default; use a "
-                   "token before binding anything else)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (loopback by default; use a token before binding anything else)",
+    )
     p.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
-    p.add_argument("--workers", type=int, default=None, help="request threads (waitress); default: "
-                   "max-inflight + max-queue + 2, so that refusals and /healthz never wait behind searches")
-    p.add_argument("--max-inflight", type=int, default=None,
-                   help="POST /neighbors requests computing at once (default: one per core)")
-    p.add_argument("--max-queue", type=_queue_arg, default=DEFAULTS["max_queue"],
-                   help="POST /neighbors requests waiting for a slot; beyond it 503 + Retry-After "
-                   "('none': unbounded, the naive baseline)")
-    p.add_argument("--queue-wait-s", type=float, default=DEFAULTS["queue_wait_s"],
-                   help="longest wait for a slot before 503")
-    p.add_argument("--connection-limit", type=int, default=100,
-                   help="open connections waitress accepts; beyond it new ones wait in the TCP backlog")
-    p.add_argument("--read-timeout-s", type=float, default=30.0,
-                   help="a request must arrive within this many seconds plus 1 s per --min-read-kib-s KiB, "
-                   "else 408 and the connection is closed; idle connections close after it too "
-                   "(slow-loris defence; 0: off, waitress's 120 s idle timeout only)")
-    p.add_argument("--min-read-kib-s", type=float, default=64.0,
-                   help="upload rate (KiB/s) that --read-timeout-s allows for beyond its base")
-    p.add_argument("--drain-s", type=float, default=10.0,
-                   help="on SIGTERM: answer 503 to new requests and wait this long for running ones")
-    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every route "
-                   "except /healthz (default: $FACEMEM_TOKEN; no authentication when neither is set). "
-                   "Prefer --token-file or the variable: a command line is visible to other users")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="request threads (waitress); default: "
+        "max-inflight + max-queue + 2, so that refusals and /healthz never wait behind searches",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=None,
+        help="POST /neighbors requests computing at once (default: one per core)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_queue_arg,
+        default=DEFAULTS["max_queue"],
+        help="POST /neighbors requests waiting for a slot; beyond it 503 + Retry-After "
+        "('none': unbounded, the naive baseline)",
+    )
+    p.add_argument(
+        "--queue-wait-s", type=float, default=DEFAULTS["queue_wait_s"], help="longest wait for a slot before 503"
+    )
+    p.add_argument(
+        "--connection-limit",
+        type=int,
+        default=100,
+        help="open connections waitress accepts; beyond it new ones wait in the TCP backlog",
+    )
+    p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=30.0,
+        help="a request must arrive within this many seconds plus 1 s per --min-read-kib-s KiB, "
+        "else 408 and the connection is closed; idle connections close after it too "
+        "(slow-loris defence; 0: off, waitress's 120 s idle timeout only)",
+    )
+    p.add_argument(
+        "--min-read-kib-s",
+        type=float,
+        default=64.0,
+        help="upload rate (KiB/s) that --read-timeout-s allows for beyond its base",
+    )
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=10.0,
+        help="on SIGTERM: answer 503 to new requests and wait this long for running ones",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="require 'Authorization: Bearer TOKEN' on every route "
+        "except /healthz (default: $FACEMEM_TOKEN; no authentication when neither is set). "
+        "Prefer --token-file or the variable: a command line is visible to other users",
+    )
     p.add_argument("--token-file", default=None, help="read the token from this file (first line)")
-    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every index file at "
-                   "start-up (sizes are still checked); for very large indexes on trusted disks")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the sha256 check of every index file at "
+        "start-up (sizes are still checked); for very large indexes on trusted disks",
+    )
     p.add_argument("--max-files", type=int, default=DEFAULTS["max_files"], help="images per request")
-    p.add_argument("--max-request-mb", type=float, default=DEFAULTS["max_request_mb"],
-                   help="request body limit in MiB (413 above it)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULTS["max_pixels"],
-                   help="per-image pixel cap, checked from the header before decoding")
+    p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULTS["max_request_mb"],
+        help="request body limit in MiB (413 above it)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULTS["max_pixels"],
+        help="per-image pixel cap, checked from the header before decoding",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="embedding/search device")
-    p.add_argument("--detect-processes", type=int, default=None,
-                   help="face-detection worker processes (default: one per core; 0: in the request thread)")
+    p.add_argument(
+        "--detect-processes",
+        type=int,
+        default=None,
+        help="face-detection worker processes (default: one per core; 0: in the request thread)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     a = p.parse_args(argv)
-    if (a.workers is not None and a.workers < 1) or a.max_files < 1 or a.max_request_mb <= 0 or a.max_pixels < 1 \
-            or (a.max_inflight is not None and a.max_inflight < 1) or a.queue_wait_s <= 0 or a.connection_limit < 1 \
-            or a.min_read_kib_s <= 0:
-        p.error("--workers, --max-inflight, --max-files, --max-request-mb, --max-pixels, --queue-wait-s, "
-                "--connection-limit and --min-read-kib-s must be positive")
+    if (
+        (a.workers is not None and a.workers < 1)
+        or a.max_files < 1
+        or a.max_request_mb <= 0
+        or a.max_pixels < 1
+        or (a.max_inflight is not None and a.max_inflight < 1)
+        or a.queue_wait_s <= 0
+        or a.connection_limit < 1
+        or a.min_read_kib_s <= 0
+    ):
+        p.error(
+            "--workers, --max-inflight, --max-files, --max-request-mb, --max-pixels, --queue-wait-s, "
+            "--connection-limit and --min-read-kib-s must be positive"
+        )
     if a.token and a.token_file:
         p.error("give --token or --token-file, not both")
     return a
@@ -107,8 +170,7 @@ def json_server_errors() -> None:
 
     def to_response(self, ident=None):
         code = self.reason.lower().replace(" ", "_")
-        body = json.dumps({"error": same_as_app.get(code, code),
-                           "message": f"{self.reason}: {self.body}"}).encode()
+        body = json.dumps({"error": same_as_app.get(code, code), "message": f"{self.reason}: {self.body}"}).encode()
         return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
 
     utilities.Error.to_response = to_response
@@ -128,11 +190,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         token = _read_token(a)
-        app = create_app(a.index, {"token": token, "max_files": a.max_files, "max_request_mb": a.max_request_mb,
-                                   "max_pixels": a.max_pixels, "device": a.device,
-                                   "detect_processes": a.detect_processes, "max_inflight": a.max_inflight,
-                                   "max_queue": a.max_queue, "queue_wait_s": a.queue_wait_s,
-                                   "verify": not a.no_verify})
+        app = create_app(
+            a.index,
+            {
+                "token": token,
+                "max_files": a.max_files,
+                "max_request_mb": a.max_request_mb,
+                "max_pixels": a.max_pixels,
+                "device": a.device,
+                "detect_processes": a.detect_processes,
+                "max_inflight": a.max_inflight,
+                "max_queue": a.max_queue,
+                "queue_wait_s": a.queue_wait_s,
+                "verify": not a.no_verify,
+            },
+        )
     except (IndexLoadError, OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -146,9 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     # the app's JSON 413 and a huge one is refused without being read.
     adm = state.admission
     threads = a.workers or (adm.inflight + (adm.queue if adm.queue is not None else 2) + 2)
-    server = create_server(app, host=a.host, port=a.port, threads=threads, ident="facemem",
-                           max_request_body_size=max(2 * limit, limit + (16 << 20)),
-                           connection_limit=a.connection_limit, clear_untrusted_proxy_headers=True)
+    server = create_server(
+        app,
+        host=a.host,
+        port=a.port,
+        threads=threads,
+        ident="facemem",
+        max_request_body_size=max(2 * limit, limit + (16 << 20)),
+        connection_limit=a.connection_limit,
+        clear_untrusted_proxy_headers=True,
+    )
     slow_clients.install(server, a.read_timeout_s, a.min_read_kib_s)
     listeners = slow_clients.listeners(server)
 
@@ -190,12 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.main_thread().ident
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _interrupt)
-    urls = " and ".join(f"http://{f'[{s.effective_host}]' if ':' in str(s.effective_host) else s.effective_host}"
-                        f":{s.effective_port}" for s in listeners)
-    print(f"facemem serving {state.index.n_faces} faces from {a.index} on {urls} "
-          f"({threads} threads, {adm.inflight} searching at once, queue {adm.queue}, "
-          f"{state.pool.processes} detection processes, device {state.searcher.device}, "
-          f"auth {'on' if token else 'off'})", flush=True)
+    urls = " and ".join(
+        f"http://{f'[{s.effective_host}]' if ':' in str(s.effective_host) else s.effective_host}:{s.effective_port}"
+        for s in listeners
+    )
+    print(
+        f"facemem serving {state.index.n_faces} faces from {a.index} on {urls} "
+        f"({threads} threads, {adm.inflight} searching at once, queue {adm.queue}, "
+        f"{state.pool.processes} detection processes, device {state.searcher.device}, "
+        f"auth {'on' if token else 'off'})",
+        flush=True,
+    )
     try:
         server.run()  # returns on SIGTERM / Ctrl-C (waitress catches the KeyboardInterrupt)
     except KeyboardInterrupt:

@@ -15,8 +15,8 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 # What a client refused during a drain should wait: about the time a restart takes (the index
 # loads and is verified again), not the present queue's.
@@ -73,8 +73,9 @@ class Admission:
             self.active += 1
             return
         if self.queue is not None and self.waiting >= self.queue:
-            raise self._refuse(f"server busy: {self.active} requests running and {self.waiting} "
-                               f"waiting (limit {self.queue})")
+            raise self._refuse(
+                f"server busy: {self.active} requests running and {self.waiting} waiting (limit {self.queue})"
+            )
         ticket = object()
         self._waiters.append(ticket)
         deadline = time.monotonic() + self.wait_s
@@ -139,6 +140,12 @@ class Admission:
 
     def to_dict(self) -> dict:
         with self._cond:
-            return {"inflight_limit": self.inflight, "queue_limit": self.queue, "active": self.active,
-                    "waiting": self.waiting, "admitted": self.admitted, "rejected": self.rejected,
-                    "draining": self.draining}
+            return {
+                "inflight_limit": self.inflight,
+                "queue_limit": self.queue,
+                "active": self.active,
+                "waiting": self.waiting,
+                "admitted": self.admitted,
+                "rejected": self.rejected,
+                "draining": self.draining,
+            }

@@ -12,11 +12,12 @@ import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class ApiError(Exception):
 
 
 # ----------------------------------------------------------------------------- parameters
+
 
 @dataclass(frozen=True)
 class Params:
@@ -91,8 +93,11 @@ def parse_params(args: Mapping[str, Any]) -> Params:
     """
     unknown = sorted(set(args) - set(PARAM_NAMES))
     if unknown:
-        raise ApiError(400, "unknown_parameter", f"unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                       f"allowed: {', '.join(PARAM_NAMES)}")
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(PARAM_NAMES)}",
+        )
     kw: dict[str, Any] = {}
     if "k" in args:
         raw = _single(args, "k")
@@ -106,18 +111,25 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         raw = _single(args, "channels")
         parts = raw.split(",") if isinstance(raw, str) else list(raw)
         if not parts or any(p not in CHANNELS for p in parts):  # exact names, as documented (no spaces)
-            raise ApiError(400, "bad_parameter", f"channels must be a comma-separated subset of "
-                           f"{','.join(CHANNELS)}, got {str(raw)[:60]!r}")
+            raise ApiError(
+                400,
+                "bad_parameter",
+                f"channels must be a comma-separated subset of {','.join(CHANNELS)}, got {str(raw)[:60]!r}",
+            )
         kw["channels"] = tuple(c for c in CHANNELS if c in parts)
     if "detector" in args:
         raw = _single(args, "detector")
         if raw not in faces.DETECTORS:
-            raise ApiError(400, "bad_parameter", f"detector must be one of {', '.join(faces.DETECTORS)}, "
-                           f"got {str(raw)[:40]!r}")
+            raise ApiError(
+                400, "bad_parameter", f"detector must be one of {', '.join(faces.DETECTORS)}, got {str(raw)[:40]!r}"
+            )
         kw["detector"] = raw
     if "threshold" in args and "false_match_rate" in args:
-        raise ApiError(400, "bad_parameter", "give either threshold (a distance) or false_match_rate "
-                       "(to use the calibrated threshold), not both")
+        raise ApiError(
+            400,
+            "bad_parameter",
+            "give either threshold (a distance) or false_match_rate (to use the calibrated threshold), not both",
+        )
     if "threshold" in args:
         v = _float("threshold", _single(args, "threshold"))
         if v <= 0:
@@ -132,6 +144,7 @@ def parse_params(args: Mapping[str, Any]) -> Params:
 
 
 # ----------------------------------------------------------------------------- face detection
+
 
 def detect_one(data: bytes, detector: str, max_pixels: int = faces.MAX_PIXELS) -> faces.Face:
     """The face pipeline on one upload; any failure becomes an ``unreadable`` status, never an error."""
@@ -190,9 +203,12 @@ class DetectPool:
                 # the OS when it is done instead of keeping it in the heap (read at process start).
                 os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
                 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # per-core thread stacks: not needed here
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=get_context("spawn"),
-                                                 initializer=_init_detect_worker,
-                                                 initargs=(self.memory_mb, os.getpid()))
+                self._pool = ProcessPoolExecutor(
+                    self.processes,
+                    mp_context=get_context("spawn"),
+                    initializer=_init_detect_worker,
+                    initargs=(self.memory_mb, os.getpid()),
+                )
             return self._pool
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
@@ -245,29 +261,44 @@ class DetectPool:
 
 # ----------------------------------------------------------------------------- the response
 
+
 def index_summary(index: FaceIndex) -> dict:
     """What a response says about the index it searched (no server paths)."""
     m = index.manifest
     ds, pipe = m.get("dataset", {}), m.get("pipeline", {})
-    return {"faces": index.n_faces, "images": len(index.rows), "dataset": ds.get("kind"),
-            "split": ds.get("split"), "identities": ds.get("identities"),
-            "identities_known": bool(m.get("identities_known")), "detector": pipe.get("detector"),
-            "embedder": pipe.get("embedder"), "pixel_size": pipe.get("pixel", {}).get("size"),
-            "written_at": m.get("written_at")}
+    return {
+        "faces": index.n_faces,
+        "images": len(index.rows),
+        "dataset": ds.get("kind"),
+        "split": ds.get("split"),
+        "identities": ds.get("identities"),
+        "identities_known": bool(m.get("identities_known")),
+        "detector": pipe.get("detector"),
+        "embedder": pipe.get("embedder"),
+        "pixel_size": pipe.get("pixel", {}).get("size"),
+        "written_at": m.get("written_at"),
+    }
 
 
 def _image_entry(name: str, face: faces.Face) -> dict:
     reason = face.reason
     if face.ok and face.faces_found > 1:
         reason = f"{face.faces_found} faces found; the largest is used"
-    return {"image": name, "status": face.status, "reason": reason, "faces_found": int(face.faces_found),
-            "box": list(face.box) if face.box is not None else None,
-            "image_size": [face.width, face.height] if face.width else None,
-            "semantic": [], "pixel": []}
+    return {
+        "image": name,
+        "status": face.status,
+        "reason": reason,
+        "faces_found": int(face.faces_found),
+        "box": list(face.box) if face.box is not None else None,
+        "image_size": [face.width, face.height] if face.width else None,
+        "semantic": [],
+        "pixel": [],
+    }
 
 
-def neighbors_for_faces(searcher, named_faces: list[tuple[str, faces.Face]], params: Params,
-                        thresholds: stats.Thresholds | None = None) -> dict:
+def neighbors_for_faces(
+    searcher, named_faces: list[tuple[str, faces.Face]], params: Params, thresholds: stats.Thresholds | None = None
+) -> dict:
     """Embed, search and summarise faces that went through the face pipeline already.
 
     Every ok face is embedded in one batch (:meth:`Searcher.prepare`) and searched in one batched
@@ -280,8 +311,8 @@ def neighbors_for_faces(searcher, named_faces: list[tuple[str, faces.Face]], par
     entries = [_image_entry(q.name, q.face) for q in queries]
     pos = [i for i, q in enumerate(queries) if q.face.ok]
     names = [queries[i].name for i in pos]
-    desc = (np.stack([queries[i].descriptor for i in pos]) if pos else np.zeros((0, 128), np.float32))
-    pix = (np.stack([queries[i].pixel for i in pos]) if pos else np.zeros((0, pixels.PIXEL_DIM), np.uint8))
+    desc = np.stack([queries[i].descriptor for i in pos]) if pos else np.zeros((0, 128), np.float32)
+    pix = np.stack([queries[i].pixel for i in pos]) if pos else np.zeros((0, pixels.PIXEL_DIM), np.uint8)
     files, idents = searcher.files, searcher.identities
     sem_top1 = pix_top1 = sem_train = pix_train = None
     t1 = time.perf_counter()
@@ -289,18 +320,32 @@ def neighbors_for_faces(searcher, named_faces: list[tuple[str, faces.Face]], par
         sd, si = searcher.semantic_search(desc, params.k)
         for row, i in enumerate(pos):
             entries[i]["semantic"] = [
-                {"rank": r + 1, "file": files[j], "identity": idents[j], "distance": float(sd[row, r]),
-                 "same_person": bool(sd[row, r] < th.identity)}
-                for r, j in enumerate(si[row]) if j >= 0]
+                {
+                    "rank": r + 1,
+                    "file": files[j],
+                    "identity": idents[j],
+                    "distance": float(sd[row, r]),
+                    "same_person": bool(sd[row, r] < th.identity),
+                }
+                for r, j in enumerate(si[row])
+                if j >= 0
+            ]
         sem_top1 = sd[:, 0] if pos else np.zeros(0)
         sem_train = [{"file": files[j], "identity": idents[j]} for j in si[:, 0]] if pos else []
     if "pixel" in params.channels:
         pd, pi = searcher.pixel_search(pix, params.k)
         for row, i in enumerate(pos):
             entries[i]["pixel"] = [
-                {"rank": r + 1, "file": files[j], "identity": idents[j], "distance": int(pd[row, r]),
-                 "distance_per_value": float(pixels.normalised_l1(pd[row, r]))}
-                for r, j in enumerate(pi[row]) if j >= 0]
+                {
+                    "rank": r + 1,
+                    "file": files[j],
+                    "identity": idents[j],
+                    "distance": int(pd[row, r]),
+                    "distance_per_value": float(pixels.normalised_l1(pd[row, r])),
+                }
+                for r, j in enumerate(pi[row])
+                if j >= 0
+            ]
         pix_top1 = pd[:, 0].astype(np.float64) if pos else np.zeros(0)
         pix_train = [{"file": files[j], "identity": idents[j]} for j in pi[:, 0]] if pos else []
     t_search = time.perf_counter() - t1
@@ -320,9 +365,14 @@ def neighbors_for_faces(searcher, named_faces: list[tuple[str, faces.Face]], par
     }
 
 
-def neighbors(searcher, images: list[tuple[str, bytes]], params: Params | Mapping[str, Any] | None = None,
-              pool: DetectPool | None = None, max_pixels: int = faces.MAX_PIXELS,
-              thresholds: stats.Thresholds | None = None) -> dict:
+def neighbors(
+    searcher,
+    images: list[tuple[str, bytes]],
+    params: Params | Mapping[str, Any] | None = None,
+    pool: DetectPool | None = None,
+    max_pixels: int = faces.MAX_PIXELS,
+    thresholds: stats.Thresholds | None = None,
+) -> dict:
     """The exact JSON body of ``POST /neighbors`` for ``images`` = [(name, bytes)] in upload order.
 
     ``params`` may be a :class:`Params` or a raw mapping (validated here). Face detection runs in
@@ -332,8 +382,11 @@ def neighbors(searcher, images: list[tuple[str, bytes]], params: Params | Mappin
         params = parse_params(params or {})
     t0 = time.perf_counter()
     datas = [d for _, d in images]
-    found = pool.run(datas, params.detector, max_pixels) if pool else [detect_one(d, params.detector, max_pixels)
-                                                                       for d in datas]
+    found = (
+        pool.run(datas, params.detector, max_pixels)
+        if pool
+        else [detect_one(d, params.detector, max_pixels) for d in datas]
+    )
     t_detect = time.perf_counter() - t0
     body = neighbors_for_faces(searcher, [(n, f) for (n, _), f in zip(images, found)], params, thresholds)
     body["timing"] = {"detect_s": t_detect, **body["timing"], "total_s": time.perf_counter() - t0}

@@ -96,8 +96,9 @@ def _no_params(allowed: tuple[str, ...] = ()) -> None:
     unknown = sorted(set(request.args) - set(allowed))
     if unknown:
         allowed_txt = f"allowed: {', '.join(allowed)}" if allowed else "this route takes no parameters"
-        raise api.ApiError(400, "unknown_parameter", f"unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                           f"{allowed_txt}")
+        raise api.ApiError(
+            400, "unknown_parameter", f"unknown parameter(s) {', '.join(map(repr, unknown))}; {allowed_txt}"
+        )
 
 
 def image_path(index: FaceIndex, file: str) -> Path:
@@ -126,12 +127,14 @@ def token_matches(header: str, token: str) -> bool:
 
 # ----------------------------------------------------------------------------- request reading
 
+
 def read_images(max_files: int) -> list[tuple[str, bytes]]:
     """The uploaded images, in upload order: multipart ``images`` files, or JSON with base64."""
     mt = request.mimetype
     if not mt and not request.content_length:
-        raise api.ApiError(400, "missing_images", "no images: send multipart/form-data with one or more "
-                           "files under the field 'images'")
+        raise api.ApiError(
+            400, "missing_images", "no images: send multipart/form-data with one or more files under the field 'images'"
+        )
     if mt == "multipart/form-data":
         files = request.files  # parsing here may raise 413 (MAX_CONTENT_LENGTH / MAX_FORM_PARTS)
         ups = files.getlist("images")
@@ -141,47 +144,69 @@ def read_images(max_files: int) -> list[tuple[str, bytes]]:
             raise api.ApiError(400, "missing_images", f"no files under the multipart field 'images'{got}")
         other = sorted(set(files) - {"images"})
         if other:
-            raise api.ApiError(400, "unexpected_field", f"files must be sent under the field 'images', "
-                               f"got field(s) {', '.join(map(repr, other))}")
+            raise api.ApiError(
+                400,
+                "unexpected_field",
+                f"files must be sent under the field 'images', got field(s) {', '.join(map(repr, other))}",
+            )
         if request.form:
             names = sorted(request.form)
             hint = "send images as file parts" if "images" in names else "parameters go in the query string"
-            raise api.ApiError(400, "unexpected_field", f"unexpected form field(s) {', '.join(map(repr, names))}; "
-                               f"{hint}")
+            raise api.ApiError(
+                400, "unexpected_field", f"unexpected form field(s) {', '.join(map(repr, names))}; {hint}"
+            )
         if len(ups) > max_files:
-            raise api.ApiError(413, "too_many_files", f"{len(ups)} files; at most {max_files} per request "
-                               f"(server option --max-files)")
+            raise api.ApiError(
+                413, "too_many_files", f"{len(ups)} files; at most {max_files} per request (server option --max-files)"
+            )
         return [(u.filename or f"image-{i + 1}", u.read()) for i, u in enumerate(ups)]
     if mt == "application/json":
         body = request.get_json(silent=True)  # size limited by MAX_CONTENT_LENGTH
         if not isinstance(body, dict):
             raise api.ApiError(400, "bad_json", "the body is not a JSON object")
         if set(body) - {"images"}:
-            raise api.ApiError(400, "unexpected_field", f"unexpected key(s) {sorted(set(body) - {'images'})}; "
-                               f"expected only 'images'; parameters go in the query string")
+            raise api.ApiError(
+                400,
+                "unexpected_field",
+                f"unexpected key(s) {sorted(set(body) - {'images'})}; "
+                f"expected only 'images'; parameters go in the query string",
+            )
         items = body.get("images")
         if not isinstance(items, list) or not items:
-            raise api.ApiError(400, "missing_images", "'images' must be a non-empty list of "
-                               "{\"name\": str, \"data\": base64 str}")
+            raise api.ApiError(
+                400, "missing_images", '\'images\' must be a non-empty list of {"name": str, "data": base64 str}'
+            )
         if len(items) > max_files:
-            raise api.ApiError(413, "too_many_files", f"{len(items)} images; at most {max_files} per request "
-                               f"(server option --max-files)")
+            raise api.ApiError(
+                413,
+                "too_many_files",
+                f"{len(items)} images; at most {max_files} per request (server option --max-files)",
+            )
         out = []
         for i, it in enumerate(items):
-            if not isinstance(it, dict) or not isinstance(it.get("data"), str) or set(it) - {"name", "data"} \
-                    or not isinstance(it.get("name", ""), str):
-                raise api.ApiError(400, "bad_json", f"images[{i}] must be {{\"name\": str, \"data\": base64 str}}")
+            if (
+                not isinstance(it, dict)
+                or not isinstance(it.get("data"), str)
+                or set(it) - {"name", "data"}
+                or not isinstance(it.get("name", ""), str)
+            ):
+                raise api.ApiError(400, "bad_json", f'images[{i}] must be {{"name": str, "data": base64 str}}')
             try:
                 data = base64.b64decode(it["data"], validate=True)
             except (binascii.Error, ValueError):
                 raise api.ApiError(400, "bad_base64", f"images[{i}].data is not valid base64") from None
             out.append((it.get("name") or f"image-{i + 1}", data))
         return out
-    raise api.ApiError(415, "unsupported_media_type", f"send multipart/form-data with files under 'images' "
-                       f"(or application/json with base64 images), not {mt or 'no content type'!r}")
+    raise api.ApiError(
+        415,
+        "unsupported_media_type",
+        f"send multipart/form-data with files under 'images' "
+        f"(or application/json with base64 images), not {mt or 'no content type'!r}",
+    )
 
 
 # ----------------------------------------------------------------------------- the app
+
 
 def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flask:
     """Load the index once and build the app. ``config`` keys: see :data:`DEFAULTS`."""
@@ -200,14 +225,22 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
     inflight = int(cfg["max_inflight"] or os.cpu_count() or 1)
     queue = None if cfg["max_queue"] is None else int(cfg["max_queue"])
     state = ServiceState(
-        index=index, searcher=searcher, config=cfg, pool=pool,
+        index=index,
+        searcher=searcher,
+        config=cfg,
+        pool=pool,
         admission=Admission(inflight, queue, float(cfg["queue_wait_s"])),
         default_thresholds=stats.calibrate(index.calibration),
         face_files={f: i for i, f in enumerate(searcher.files)},
         openapi=json.loads(OPENAPI_PATH.read_text()),
     )
-    log.info("index %s loaded: %d faces, device %s (%.1f s)", index_dir, index.n_faces, searcher.device,
-             time.perf_counter() - t0)
+    log.info(
+        "index %s loaded: %d faces, device %s (%.1f s)",
+        index_dir,
+        index.n_faces,
+        searcher.device,
+        time.perf_counter() - t0,
+    )
 
     app = Flask("facemem")
     app.config["MAX_CONTENT_LENGTH"] = int(float(cfg["max_request_mb"]) * 1024 * 1024)
@@ -245,8 +278,12 @@ def _register(app: Flask) -> None:
         token = st.config["token"]
         if token and request.endpoint != "healthz":
             if not token_matches(request.headers.get("Authorization", ""), token):
-                return error(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)",
-                             {"WWW-Authenticate": 'Bearer realm="facemem"'})
+                return error(
+                    401,
+                    "unauthorized",
+                    "missing or wrong bearer token (Authorization: Bearer <token>)",
+                    {"WWW-Authenticate": 'Bearer realm="facemem"'},
+                )
         return None
 
     @app.after_request
@@ -261,8 +298,7 @@ def _register(app: Flask) -> None:
 
     @app.errorhandler(Overloaded)
     def _overloaded(e: Overloaded) -> Response:
-        return error(503, e.code, f"{e.message}; retry after {e.retry_after} s",
-                     {"Retry-After": str(e.retry_after)})
+        return error(503, e.code, f"{e.message}; retry after {e.retry_after} s", {"Retry-After": str(e.retry_after)})
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response:
@@ -271,8 +307,10 @@ def _register(app: Flask) -> None:
         if e.code == 413:
             st = _state()
             code = "request_too_large"
-            msg = (f"request too large: the limit is {st.config['max_request_mb']:g} MiB per request and "
-                   f"{st.config['max_files']} files (server options --max-request-mb, --max-files)")
+            msg = (
+                f"request too large: the limit is {st.config['max_request_mb']:g} MiB per request and "
+                f"{st.config['max_files']} files (server options --max-request-mb, --max-files)"
+            )
         headers = {}
         if e.code == 405 and e.valid_methods:  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
@@ -289,9 +327,16 @@ def _register(app: Flask) -> None:
     def healthz() -> Response:
         _no_params()
         st = _state()
-        return jsonify({"status": "ok", "faces": st.index.n_faces, "uptime_s": time.time() - st.started,
-                        "requests": st.requests, "internal_errors": st.internal_errors,
-                        "admission": st.admission.to_dict()})
+        return jsonify(
+            {
+                "status": "ok",
+                "faces": st.index.n_faces,
+                "uptime_s": time.time() - st.started,
+                "requests": st.requests,
+                "internal_errors": st.internal_errors,
+                "admission": st.admission.to_dict(),
+            }
+        )
 
     @app.get("/v1/index")
     def index_info() -> Response:
@@ -299,21 +344,27 @@ def _register(app: Flask) -> None:
         st = _state()
         m = st.index.manifest
         ds = {k: v for k, v in m.get("dataset", {}).items() if k != "root"}  # no server paths
-        return jsonify({
-            "summary": api.index_summary(st.index),
-            "dataset": ds,
-            "counts": m.get("counts", {}),
-            "pipeline": m.get("pipeline", {}),
-            "build": m.get("build", {}),
-            "format_version": m.get("format_version"),
-            "written_at": m.get("written_at"),
-            "model_sha256": m.get("model_sha256", {}),
-            "libraries": m.get("libraries", {}),
-            "calibration": st.default_thresholds.to_dict(st.searcher.index.pixels.shape[1]),
-            "limits": {"max_files": st.config["max_files"], "max_request_mb": st.config["max_request_mb"],
-                       "max_pixels": st.config["max_pixels"], "k_max": api.K_MAX},
-            "device": st.searcher.device,
-        })
+        return jsonify(
+            {
+                "summary": api.index_summary(st.index),
+                "dataset": ds,
+                "counts": m.get("counts", {}),
+                "pipeline": m.get("pipeline", {}),
+                "build": m.get("build", {}),
+                "format_version": m.get("format_version"),
+                "written_at": m.get("written_at"),
+                "model_sha256": m.get("model_sha256", {}),
+                "libraries": m.get("libraries", {}),
+                "calibration": st.default_thresholds.to_dict(st.searcher.index.pixels.shape[1]),
+                "limits": {
+                    "max_files": st.config["max_files"],
+                    "max_request_mb": st.config["max_request_mb"],
+                    "max_pixels": st.config["max_pixels"],
+                    "k_max": api.K_MAX,
+                },
+                "device": st.searcher.device,
+            }
+        )
 
     @app.post("/neighbors")
     def neighbors() -> Response:
@@ -325,8 +376,14 @@ def _register(app: Flask) -> None:
             raise RequestEntityTooLarge()  # refused from the header, without waiting for a slot
         with st.admission.slot():  # waits (bounded) before the body is parsed; 503 when full
             images = read_images(int(st.config["max_files"]))
-            body = api.neighbors(st.searcher, images, params, pool=st.pool,
-                                 max_pixels=int(st.config["max_pixels"]), thresholds=thresholds)
+            body = api.neighbors(
+                st.searcher,
+                images,
+                params,
+                pool=st.pool,
+                max_pixels=int(st.config["max_pixels"]),
+                thresholds=thresholds,
+            )
         return jsonify(body)
 
     @app.get("/images/<path:file>")
@@ -337,8 +394,11 @@ def _register(app: Flask) -> None:
         if "size" in request.args:
             raw = request.args["size"]
             if not raw.isdigit() or not 16 <= int(raw) <= st.config["thumbnail_max"]:
-                raise api.ApiError(400, "bad_parameter", f"size must be an integer from 16 to "
-                                   f"{st.config['thumbnail_max']}, got {raw[:40]!r}")
+                raise api.ApiError(
+                    400,
+                    "bad_parameter",
+                    f"size must be an integer from 16 to {st.config['thumbnail_max']}, got {raw[:40]!r}",
+                )
             size = int(raw)
         if file not in st.face_files:  # only indexed faces; anything else never touches the disk
             raise api.ApiError(404, "not_found", f"{file!r} is not a face in this index")

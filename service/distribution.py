@@ -25,10 +25,12 @@ from scipy.spatial.distance import cdist
 
 log = logging.getLogger(__name__)
 
-NOT_COMPARABLE = ("Computed on 128-d dlib face descriptors, not Inception-v3 features: these values are "
-                  "not comparable with published FID / precision / recall numbers. Compare them only with "
-                  "the training-vs-training baseline at the same sample size, and between generators "
-                  "audited against the same index.")
+NOT_COMPARABLE = (
+    "Computed on 128-d dlib face descriptors, not Inception-v3 features: these values are "
+    "not comparable with published FID / precision / recall numbers. Compare them only with "
+    "the training-vs-training baseline at the same sample size, and between generators "
+    "audited against the same index."
+)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -78,16 +80,24 @@ def _mean_std(v: list[float]) -> dict:
     return {"mean": float(np.nanmean(a)), "std": float(np.nanstd(a)), "values": [float(x) for x in a]}
 
 
-def distribution_distances(generated: np.ndarray, train: np.ndarray, k: int = 3, repeats: int = 5,
-                           seed: int = 0, max_n: int = 5000) -> dict:
+def distribution_distances(
+    generated: np.ndarray, train: np.ndarray, k: int = 3, repeats: int = 5, seed: int = 0, max_n: int = 5000
+) -> dict:
     """Fréchet distance and k-NN precision/recall of generated vs training descriptors, with the
     training-vs-training baseline at the same sample size. Subsets are seeded."""
     gen = np.asarray(generated, np.float64)
     train = np.asarray(train, np.float64)
     rng = np.random.default_rng(seed)
     n = int(min(len(gen), len(train) // 2, max_n))
-    out: dict = {"k": k, "n_generated": int(len(gen)), "n_train": int(len(train)), "n_per_side": n,
-                 "repeats": repeats, "seed": seed, "note": NOT_COMPARABLE}
+    out: dict = {
+        "k": k,
+        "n_generated": int(len(gen)),
+        "n_train": int(len(train)),
+        "n_per_side": n,
+        "repeats": repeats,
+        "seed": seed,
+        "note": NOT_COMPARABLE,
+    }
     if n <= k:
         out["error"] = f"too few faces for the statistics (need more than {k} per side, have {n})"
         return out
@@ -96,7 +106,7 @@ def distribution_distances(generated: np.ndarray, train: np.ndarray, k: int = 3,
     fd, prec, rec, fd0, prec0, rec0 = [], [], [], [], [], []
     for _ in range(repeats):
         perm = rng.permutation(len(train))
-        real, real2 = train[perm[:n]], train[perm[n:2 * n]]
+        real, real2 = train[perm[:n]], train[perm[n : 2 * n]]
         fd.append(frechet_distance(gen, real))
         p, r = knn_precision_recall(real, gen, k)
         prec.append(p)
@@ -106,10 +116,18 @@ def distribution_distances(generated: np.ndarray, train: np.ndarray, k: int = 3,
         prec0.append(p)
         rec0.append(r)
     out["generated"] = {"frechet": _mean_std(fd), "precision": _mean_std(prec), "recall": _mean_std(rec)}
-    out["baseline_train_vs_train"] = {"frechet": _mean_std(fd0), "precision": _mean_std(prec0),
-                                      "recall": _mean_std(rec0)}
+    out["baseline_train_vs_train"] = {
+        "frechet": _mean_std(fd0),
+        "precision": _mean_std(prec0),
+        "recall": _mean_std(rec0),
+    }
     # One more number that needs no subsampling: the Fréchet distance to the whole training set.
     out["frechet_vs_full_train"] = frechet_distance(np.asarray(generated, np.float64), train)
-    log.info("distribution distances: n=%d FD=%.4f P=%.3f R=%.3f", n, out["generated"]["frechet"]["mean"],
-             out["generated"]["precision"]["mean"], out["generated"]["recall"]["mean"])
+    log.info(
+        "distribution distances: n=%d FD=%.4f P=%.3f R=%.3f",
+        n,
+        out["generated"]["frechet"]["mean"],
+        out["generated"]["precision"]["mean"],
+        out["generated"]["recall"]["mean"],
+    )
     return out

@@ -74,8 +74,8 @@ class Searcher:
             c = cand[j][cand[j] >= 0]
             d = np.linalg.norm(base[c].astype(np.float64) - q[j].astype(np.float64), axis=1)
             order = np.lexsort((c, d))[:k]
-            out_d[j, :len(order)] = d[order]
-            out_i[j, :len(order)] = c[order]
+            out_d[j, : len(order)] = d[order]
+            out_i[j, : len(order)] = c[order]
         return out_d, out_i
 
     def pixel_search(self, pix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

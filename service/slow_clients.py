@@ -69,14 +69,21 @@ class DeadlineChannel(HTTPChannel):
                 self._timed = req
             allowed = self.base_s + self._nbytes / self.min_rate
             if now - self._started > allowed:
-                why = (f"the request did not arrive within {allowed:.0f} s ({self.base_s:g} s plus 1 s per "
-                       f"{self.min_rate / 1024:g} KiB received)")
+                why = (
+                    f"the request did not arrive within {allowed:.0f} s ({self.base_s:g} s plus 1 s per "
+                    f"{self.min_rate / 1024:g} KiB received)"
+                )
             elif silent_since is not None and self.last_activity < silent_since:
                 why = f"nothing of the request arrived for {self.base_s:g} s"
             else:
                 return
-            log.info("closing %s: %d bytes of a request in %.1f s: %s", self.addr[0] if self.addr else "?",
-                     self._nbytes, now - self._started, why)
+            log.info(
+                "closing %s: %d bytes of a request in %.1f s: %s",
+                self.addr[0] if self.addr else "?",
+                self._nbytes,
+                now - self._started,
+                why,
+            )
             # Hand the partial request to waitress's error path: it writes the 408 and closes.
             req.error = RequestTimeout(why)
             req.completed = True

@@ -14,8 +14,8 @@ Conventions used everywhere:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 import numpy as np
 from scipy import stats as sps
@@ -28,6 +28,7 @@ _BLOCK = 256  # rows per block in the pairwise searches (bounded memory for larg
 
 
 # ----------------------------------------------------------------------------- calibration
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -55,8 +56,9 @@ class Thresholds:
 
     def to_dict(self, pixel_dim: int | None = None) -> dict:
         d = asdict(self)
-        d["pixel_copy_per_value"] = (None if self.pixel_copy is None or not pixel_dim
-                                     else self.pixel_copy / (pixel_dim * 255.0))
+        d["pixel_copy_per_value"] = (
+            None if self.pixel_copy is None or not pixel_dim else self.pixel_copy / (pixel_dim * 255.0)
+        )
         return d
 
 
@@ -67,8 +69,12 @@ def _finite(a: np.ndarray | None) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def calibrate(calibration: Mapping[str, np.ndarray], false_match_rate: float = DEFAULT_FALSE_MATCH_RATE,
-              threshold: float | None = None, copy_percentile: float = COPY_PERCENTILE) -> Thresholds:
+def calibrate(
+    calibration: Mapping[str, np.ndarray],
+    false_match_rate: float = DEFAULT_FALSE_MATCH_RATE,
+    threshold: float | None = None,
+    copy_percentile: float = COPY_PERCENTILE,
+) -> Thresholds:
     """Turn the index's stored nearest-distance distributions into thresholds.
 
     * With identities: ``identity`` = the ``false_match_rate`` quantile of ``sem_diff_id`` (each
@@ -97,14 +103,18 @@ def calibrate(calibration: Mapping[str, np.ndarray], false_match_rate: float = D
     elif len(null):
         identity = float(np.quantile(null, false_match_rate))
         source, target = "identities", false_match_rate
-        notes.append(f"identity threshold = {false_match_rate:g} quantile of each training face's nearest "
-                     f"other-identity distance ({len(null)} faces)")
+        notes.append(
+            f"identity threshold = {false_match_rate:g} quantile of each training face's nearest "
+            f"other-identity distance ({len(null)} faces)"
+        )
     elif len(loo):
         identity = float(np.quantile(loo, false_match_rate))
         source, target = "leave_one_out", false_match_rate
-        notes.append("the index has no identities: identity threshold = "
-                     f"{false_match_rate:g} quantile of the leave-one-out nearest distances "
-                     f"({len(loo)} faces); the false-match rate at it is unknown")
+        notes.append(
+            "the index has no identities: identity threshold = "
+            f"{false_match_rate:g} quantile of the leave-one-out nearest distances "
+            f"({len(loo)} faces); the false-match rate at it is unknown"
+        )
     else:
         raise ValueError("the index has no calibration data (fewer than 2 faces): give a threshold")
     exp_fmr = float(np.mean(null < identity)) if len(null) else None
@@ -113,11 +123,25 @@ def calibrate(calibration: Mapping[str, np.ndarray], false_match_rate: float = D
     pix_copy = float(np.percentile(pix, copy_percentile)) if len(pix) else None
     if sem_copy is None or pix_copy is None:
         notes.append("copy thresholds unavailable (index too small)")
-    return Thresholds(identity, source, target, exp_fmr, exp_recall, sem_copy, pix_copy, copy_percentile,
-                      int(len(null)), int(len(same)), int(len(loo)), int(len(pix)), "; ".join(notes))
+    return Thresholds(
+        identity,
+        source,
+        target,
+        exp_fmr,
+        exp_recall,
+        sem_copy,
+        pix_copy,
+        copy_percentile,
+        int(len(null)),
+        int(len(same)),
+        int(len(loo)),
+        int(len(pix)),
+        "; ".join(notes),
+    )
 
 
 # ----------------------------------------------------------------------------- pairs inside a batch
+
 
 def close_pairs(x: np.ndarray, threshold: float | None, metric: str) -> list[tuple[int, int, float]]:
     """All pairs i < j with distance(x[i], x[j]) < threshold, sorted by (i, j).
@@ -132,9 +156,9 @@ def close_pairs(x: np.ndarray, threshold: float | None, metric: str) -> list[tup
     x = np.asarray(x, dtype=np.float64).reshape(n, -1)
     out: list[tuple[int, int, float]] = []
     for s in range(0, n, _BLOCK):
-        a = x[s:s + _BLOCK]
+        a = x[s : s + _BLOCK]
         for t in range(s, n, _BLOCK):
-            d = cdist(a, x[t:t + _BLOCK], metric=metric)
+            d = cdist(a, x[t : t + _BLOCK], metric=metric)
             ii, jj = np.nonzero(d < threshold)
             for i, j in zip(ii, jj):
                 gi, gj = s + int(i), t + int(j)
@@ -145,6 +169,7 @@ def close_pairs(x: np.ndarray, threshold: float | None, metric: str) -> list[tup
 
 
 # ----------------------------------------------------------------------------- birthday paradox
+
 
 def poisson_interval(c: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Exact (Garwood) two-sided interval for a Poisson mean from one count ``c``:
@@ -165,17 +190,24 @@ def support_estimate(s: int, c: int, confidence: float = CONFIDENCE) -> dict:
     (≈ 3.0 at 95%). With s < 2 nothing can be said.
     """
     pairs = s * (s - 1) / 2
-    out = {"faces": int(s), "pairs_compared": int(pairs), "colliding_pairs": int(c),
-           "confidence": confidence, "support_estimate": None, "support_interval": None,
-           "support_lower_bound": None}
+    out = {
+        "faces": int(s),
+        "pairs_compared": int(pairs),
+        "colliding_pairs": int(c),
+        "confidence": confidence,
+        "support_estimate": None,
+        "support_interval": None,
+        "support_lower_bound": None,
+    }
     if s < 2:
         out["note"] = "fewer than 2 faces: no estimate"
         return out
     if c == 0:
         lam0 = -math.log(1.0 - confidence)  # = χ²(confidence; 2)/2, one-sided
         out["support_lower_bound"] = pairs / lam0
-        out["note"] = (f"no collision among {int(pairs)} pairs: one-sided {confidence:.0%} lower bound "
-                       f"M >= s(s-1)/(2*{lam0:.3f})")
+        out["note"] = (
+            f"no collision among {int(pairs)} pairs: one-sided {confidence:.0%} lower bound M >= s(s-1)/(2*{lam0:.3f})"
+        )
         return out
     lo, hi = poisson_interval(c, confidence)
     out["support_estimate"] = pairs / c
@@ -184,9 +216,15 @@ def support_estimate(s: int, c: int, confidence: float = CONFIDENCE) -> dict:
     return out
 
 
-def collisions(names: list[str], descriptors: np.ndarray | None, pix: np.ndarray | None,
-               th: Thresholds, batch_size: int, positions: list[int] | None = None,
-               confidence: float = CONFIDENCE) -> dict:
+def collisions(
+    names: list[str],
+    descriptors: np.ndarray | None,
+    pix: np.ndarray | None,
+    th: Thresholds,
+    batch_size: int,
+    positions: list[int] | None = None,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """Near-duplicate pairs inside the batch and the support estimate, per channel.
 
     ``names`` / ``descriptors`` / ``pix`` cover the batch's ok faces only (same order); a channel
@@ -196,26 +234,37 @@ def collisions(names: list[str], descriptors: np.ndarray | None, pix: np.ndarray
     """
     s = len(names)
     pos = list(range(s)) if positions is None else list(positions)
-    out: dict = {"batch_size": int(batch_size), "faces": int(s), "reference": "Arora & Zhang (2017), Do GANs "
-                 "actually learn the distribution? An empirical study, arXiv:1706.08224"}
-    for channel, x, thr, metric in (("semantic", descriptors, th.identity, "euclidean"),
-                                    ("pixel", pix, th.pixel_copy, "cityblock")):
+    out: dict = {
+        "batch_size": int(batch_size),
+        "faces": int(s),
+        "reference": "Arora & Zhang (2017), Do GANs "
+        "actually learn the distribution? An empirical study, arXiv:1706.08224",
+    }
+    for channel, x, thr, metric in (
+        ("semantic", descriptors, th.identity, "euclidean"),
+        ("pixel", pix, th.pixel_copy, "cityblock"),
+    ):
         if x is None:
             out[channel] = None
             continue
         pairs = close_pairs(x, thr, metric)
         est = support_estimate(s, len(pairs), confidence)
         cast = float if channel == "semantic" else (lambda v: int(round(v)))  # L1 sums are integers
-        out[channel] = {"threshold": thr,
-                        "pairs": [{"a": names[i], "b": names[j], "a_index": pos[i], "b_index": pos[j],
-                                   "distance": cast(d)} for i, j, d in pairs],
-                        **est}
+        out[channel] = {
+            "threshold": thr,
+            "pairs": [
+                {"a": names[i], "b": names[j], "a_index": pos[i], "b_index": pos[j], "distance": cast(d)}
+                for i, j, d in pairs
+            ],
+            **est,
+        }
         if thr is None:
             out[channel]["note"] = "no pixel copy threshold in this index: pixel collisions not computed"
     return out
 
 
 # ----------------------------------------------------------------------------- memorization
+
 
 def share_with_interval(k: int, n: int, confidence: float = CONFIDENCE) -> dict:
     """k of n, the share, and its exact (Clopper–Pearson) interval."""
@@ -225,9 +274,17 @@ def share_with_interval(k: int, n: int, confidence: float = CONFIDENCE) -> dict:
     return {"count": int(k), "faces": int(n), "share": k / n, "interval": [float(ci.low), float(ci.high)]}
 
 
-def memorization(names: list[str], sem_top1: np.ndarray | None, sem_train: list[dict] | None,
-                 pix_top1: np.ndarray | None, pix_train: list[dict] | None, th: Thresholds,
-                 pixel_dim: int, positions: list[int] | None = None, confidence: float = CONFIDENCE) -> dict:
+def memorization(
+    names: list[str],
+    sem_top1: np.ndarray | None,
+    sem_train: list[dict] | None,
+    pix_top1: np.ndarray | None,
+    pix_train: list[dict] | None,
+    th: Thresholds,
+    pixel_dim: int,
+    positions: list[int] | None = None,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """How much of the batch sits on the training set, from each face's top-1 neighbours.
 
     * ``same_person``: share with a top-1 semantic distance under the identity threshold, beside
@@ -241,22 +298,30 @@ def memorization(names: list[str], sem_top1: np.ndarray | None, sem_train: list[
     """
     n = len(names)
     pos = list(range(n)) if positions is None else list(positions)
-    out: dict = {"faces": int(n), "identity_threshold": th.identity,
-                 "expected_false_match_rate": th.expected_false_match_rate}
+    out: dict = {
+        "faces": int(n),
+        "identity_threshold": th.identity,
+        "expected_false_match_rate": th.expected_false_match_rate,
+    }
     if sem_top1 is not None:
         sem_top1 = np.asarray(sem_top1, dtype=np.float64)
         k = int(np.sum(sem_top1 < th.identity))
         same = share_with_interval(k, n, confidence)
         p0 = th.expected_false_match_rate
-        same["p_value_vs_strangers"] = (float(sps.binomtest(k, n, p0, alternative="greater").pvalue)
-                                        if n and p0 is not None and 0 < p0 < 1 else None)
+        same["p_value_vs_strangers"] = (
+            float(sps.binomtest(k, n, p0, alternative="greater").pvalue)
+            if n and p0 is not None and 0 < p0 < 1
+            else None
+        )
         out["same_person"] = same
     else:
         out["same_person"] = None
     copies: list[dict] = []
     likely: dict = {}
-    for channel, top1, train, thr in (("semantic", sem_top1, sem_train, th.semantic_copy),
-                                      ("pixel", pix_top1, pix_train, th.pixel_copy)):
+    for channel, top1, train, thr in (
+        ("semantic", sem_top1, sem_train, th.semantic_copy),
+        ("pixel", pix_top1, pix_train, th.pixel_copy),
+    ):
         if top1 is None or thr is None:
             likely[channel] = None
             continue
@@ -267,8 +332,17 @@ def memorization(names: list[str], sem_top1: np.ndarray | None, sem_train: list[
             likely[channel]["threshold_per_value"] = thr / (pixel_dim * 255.0)
         for i in hit:
             t = train[i] if train else {}
-            copies.append({"image": names[i], "index": pos[i], "channel": channel, "file": t.get("file"),
-                           "identity": t.get("identity"), "distance": float(top1[i]), "threshold": thr})
+            copies.append(
+                {
+                    "image": names[i],
+                    "index": pos[i],
+                    "channel": channel,
+                    "file": t.get("file"),
+                    "identity": t.get("identity"),
+                    "distance": float(top1[i]),
+                    "threshold": thr,
+                }
+            )
     copies.sort(key=lambda c: (c["index"], c["channel"] != "semantic"))
     out["likely_copies"] = likely
     out["suspected_copies"] = copies

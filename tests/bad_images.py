@@ -28,8 +28,8 @@ import random
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -50,6 +50,7 @@ class BadImage:
 
 
 # ----------------------------------------------------------------------------- byte-level helpers
+
 
 def _zlib_fill(n: int, fill: int = 0, level: int = 9, block: int = 1 << 20) -> bytes:
     """A valid zlib stream that inflates to ``n`` copies of byte ``fill``, built in O(n / block).
@@ -84,8 +85,9 @@ def _chunk(ctype: bytes, payload: bytes) -> bytes:
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
-def _png_raw(width: int, height: int, depth: int, color_type: int, zdata: bytes,
-             extra: tuple[bytes, ...] = ()) -> bytes:
+def _png_raw(
+    width: int, height: int, depth: int, color_type: int, zdata: bytes, extra: tuple[bytes, ...] = ()
+) -> bytes:
     """A PNG from an already-compressed IDAT stream; ``extra`` chunks go between IHDR and IDAT."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
     return PNG_SIG + _chunk(b"IHDR", ihdr) + b"".join(extra) + _chunk(b"IDAT", zdata) + _chunk(b"IEND", b"")
@@ -110,7 +112,7 @@ def _png_chunks(png: bytes) -> list[tuple[bytes, int, int]]:
     """(type, payload start, payload length) for each chunk."""
     out, pos = [], len(PNG_SIG)
     while pos + 8 <= len(png):
-        n, ctype = struct.unpack(">I4s", png[pos:pos + 8])
+        n, ctype = struct.unpack(">I4s", png[pos : pos + 8])
         out.append((ctype, pos + 8, n))
         pos += 12 + n
     return out
@@ -119,8 +121,9 @@ def _png_chunks(png: bytes) -> list[tuple[bytes, int, int]]:
 _TIFF_TYPES = {3: "H", 4: "I"}  # SHORT, LONG
 
 
-def _tiff(tags: dict[int, tuple[int, list[int]]], blob: bytes, strip_offsets: list[int],
-          strip_counts: list[int]) -> bytes:
+def _tiff(
+    tags: dict[int, tuple[int, list[int]]], blob: bytes, strip_offsets: list[int], strip_counts: list[int]
+) -> bytes:
     """A little-endian single-IFD TIFF: header, strip data ``blob``, IFD, out-of-line values.
 
     ``strip_offsets`` are relative to ``blob``; several strips may share the same bytes.
@@ -157,8 +160,14 @@ def _g4_all_white(height: int) -> bytes:
 
 def _fits(width: int, height: int, data: bytes = b"") -> bytes:
     """A FITS primary HDU, BITPIX 8, in 2880-byte blocks; ``data`` is padded to a block."""
-    cards = ["SIMPLE  = {:>20}".format("T"), "BITPIX  = {:>20}".format(8), "NAXIS   = {:>20}".format(2),
-             "NAXIS1  = {:>20}".format(width), "NAXIS2  = {:>20}".format(height), "END"]
+    cards = [
+        "SIMPLE  = {:>20}".format("T"),
+        f"BITPIX  = {8:>20}",
+        f"NAXIS   = {2:>20}",
+        f"NAXIS1  = {width:>20}",
+        f"NAXIS2  = {height:>20}",
+        "END",
+    ]
     head = "".join(c.ljust(80) for c in cards).encode("ascii")
     head += b" " * (-len(head) % 2880)
     return head + data + b"\0" * (-len(data) % 2880)
@@ -177,7 +186,7 @@ def _gif_header(w: int, h: int) -> bytes:
 
 
 def _gif_sub_blocks(data: bytes) -> bytes:
-    out = b"".join(bytes([len(data[i:i + 255])]) + data[i:i + 255] for i in range(0, len(data), 255))
+    out = b"".join(bytes([len(data[i : i + 255])]) + data[i : i + 255] for i in range(0, len(data), 255))
     return out + b"\0"
 
 
@@ -201,7 +210,7 @@ def _jpeg_markers(jpeg: bytes) -> list[tuple[int, int, int]]:
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        n = struct.unpack(">H", jpeg[pos + 2:pos + 4])[0]
+        n = struct.unpack(">H", jpeg[pos + 2 : pos + 4])[0]
         out.append((marker, pos, n + 2))
         if marker == 0xDA:
             break
@@ -210,6 +219,7 @@ def _jpeg_markers(jpeg: bytes) -> list[tuple[int, int, int]]:
 
 
 # ----------------------------------------------------------------------------- image helpers
+
 
 def _save(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
@@ -231,8 +241,7 @@ def _alpha_mask(size: tuple[int, int]) -> Image.Image:
     return mask
 
 
-def _exif_bytes(entries: list[tuple[int, int, int, bytes]], ifd_count: int | None = None,
-                tail: bytes = b"") -> bytes:
+def _exif_bytes(entries: list[tuple[int, int, int, bytes]], ifd_count: int | None = None, tail: bytes = b"") -> bytes:
     """APP1 payload "Exif\\0\\0" + little-endian TIFF with IFD0 at 8. Entries are raw
     (tag, type, count, 4-byte value field); ``ifd_count`` may lie about how many follow."""
     n = len(entries) if ifd_count is None else ifd_count
@@ -264,18 +273,18 @@ def _truncated_scan(c: _Ctx) -> bytes:
     j = c.face_jpeg
     sos = [m for m in _jpeg_markers(j) if m[0] == 0xDA][-1]
     scan_start, scan_end = sos[1] + sos[2], j.rindex(b"\xff\xd9")
-    return j[:(scan_start + scan_end) // 2]
+    return j[: (scan_start + scan_end) // 2]
 
 
 def _truncated_header(c: _Ctx) -> bytes:
     j = c.face_jpeg
     sof = [m for m in _jpeg_markers(j) if m[0] in (0xC0, 0xC1, 0xC2)][0]
-    return j[:sof[1] + sof[2]]  # ends right after the frame header: no Huffman tables, no scan
+    return j[: sof[1] + sof[2]]  # ends right after the frame header: no Huffman tables, no scan
 
 
 def _truncated_idat(c: _Ctx) -> bytes:
     ctype, start, n = [ch for ch in _png_chunks(c.face_png) if ch[0] == b"IDAT"][0]
-    return c.face_png[:start + n // 2]
+    return c.face_png[: start + n // 2]
 
 
 def _random_after_app0(c: _Ctx) -> bytes:
@@ -301,15 +310,14 @@ def _png_bomb(c: _Ctx) -> bytes:
 def _tiff_bomb(c: _Ctx) -> bytes:
     w = h = 60000  # bilevel, CCITT G4 (compression 4), one strip of all-white rows: 7.5 KB
     data = _g4_all_white(h)
-    tags = {256: (4, [w]), 257: (4, [h]), 258: (3, [1]), 259: (3, [4]), 262: (3, [0]), 277: (3, [1]),
-            278: (4, [h])}
+    tags = {256: (4, [w]), 257: (4, [h]), 258: (3, [1]), 259: (3, [4]), 262: (3, [0]), 277: (3, [1]), 278: (4, [h])}
     return _tiff(tags, data, [0], [len(data)])
 
 
 def _jpeg_bomb(c: _Ctx) -> bytes:
     j = bytearray(c.face_jpeg)
     sof = [m for m in _jpeg_markers(bytes(j)) if m[0] in (0xC0, 0xC1, 0xC2)][0]
-    j[sof[1] + 5:sof[1] + 9] = struct.pack(">HH", 65000, 65000)  # height, width
+    j[sof[1] + 5 : sof[1] + 9] = struct.pack(">HH", 65000, 65000)  # height, width
     return bytes(j)
 
 
@@ -341,12 +349,12 @@ def _near_limit_jpeg(c: _Ctx) -> bytes:
     j = bytearray(_save(Image.new("RGB", (16, 16), (128, 128, 128)), "JPEG", quality=90, subsampling=0))
     marks = _jpeg_markers(bytes(j))
     sof = [m for m in marks if m[0] == 0xC0][0]
-    j[sof[1] + 5:sof[1] + 9] = struct.pack(">HH", h, w)
+    j[sof[1] + 5 : sof[1] + 9] = struct.pack(">HH", h, w)
     sos = marks[-1]
     assert sos[0] == 0xDA
     mcus = (w // 8) * (h // 8)
     assert mcus % 4 == 0
-    return bytes(j[:sos[1] + sos[2]]) + bytes.fromhex("2800a002800a00") * (mcus // 4) + b"\xff\xd9"
+    return bytes(j[: sos[1] + sos[2]]) + bytes.fromhex("2800a002800a00") * (mcus // 4) + b"\xff\xd9"
 
 
 def _near_limit_gray16(c: _Ctx) -> bytes:
@@ -358,8 +366,16 @@ def _near_limit_float(c: _Ctx) -> bytes:
     w = h = 6000
     rps = 100  # 60 deflate strips of 100 rows, all sharing the same compressed bytes
     z = _zlib_fill(w * 4 * rps)
-    tags = {256: (4, [w]), 257: (4, [h]), 258: (3, [32]), 259: (3, [8]), 262: (3, [1]), 277: (3, [1]),
-            278: (4, [rps]), 339: (3, [3])}
+    tags = {
+        256: (4, [w]),
+        257: (4, [h]),
+        258: (3, [32]),
+        259: (3, [8]),
+        262: (3, [1]),
+        277: (3, [1]),
+        278: (4, [rps]),
+        339: (3, [3]),
+    }
     return _tiff(tags, z, [0] * (h // rps), [len(z)] * (h // rps))
 
 
@@ -371,8 +387,17 @@ def _tiff_many_pages(c: _Ctx) -> bytes:
     ifd_size = 2 + 12 * 9 + 4
     for i in range(n):
         nxt = len(out) + ifd_size if i < n - 1 else 0
-        tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-                (273, 4, 1, 8), (277, 3, 1, 1), (278, 3, 1, h), (279, 4, 1, len(strip))]
+        tags = [
+            (256, 3, 1, w),
+            (257, 3, 1, h),
+            (258, 3, 1, 8),
+            (259, 3, 1, 1),
+            (262, 3, 1, 1),
+            (273, 4, 1, 8),
+            (277, 3, 1, 1),
+            (278, 3, 1, h),
+            (279, 4, 1, len(strip)),
+        ]
         out += struct.pack("<H", 9) + b"".join(struct.pack("<HHII", *t) for t in tags)
         out += struct.pack("<I", nxt)
     return bytes(out)
@@ -452,8 +477,12 @@ def _noise(size: tuple[int, int], seed: str) -> Image.Image:
 
 def _animated_gif(c: _Ctx) -> bytes:
     f = c.face
-    frames = [f, f.transpose(Image.Transpose.FLIP_LEFT_RIGHT), Image.new("RGB", f.size, (128, 128, 128)),
-              _noise(f.size, "gif")]
+    frames = [
+        f,
+        f.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        Image.new("RGB", f.size, (128, 128, 128)),
+        _noise(f.size, "gif"),
+    ]
     return _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
@@ -490,7 +519,7 @@ def _exif_huge(c: _Ctx) -> bytes:
     # a max-size MakerNote blob; the segment is the largest JPEG allows (64 KB), repeated 16×.
     entries = [(0xC000 + i, 4, 0x3FFFFFFF, le(0x7FFF0000 + i)) for i in range(5000)]
     head = _exif_bytes(entries)
-    payload = head + b"\xAB" * (65533 - len(head))
+    payload = head + b"\xab" * (65533 - len(head))
     seg = _jpeg_segment(0xE1, payload)
     return _jpeg_insert_after_soi(c.face_jpeg, seg * 16)
 
@@ -522,8 +551,7 @@ def _gif_js_html(c: _Ctx) -> bytes:
                 pos += gif[pos] + 1
             pos += 1
         assert gif[pos] == 0x2C
-        out = (b"GIF89a/*" + gif[8:13] + gif[13:13 + gct_len] + b"\x21\xfe" + _gif_sub_blocks(html)
-               + gif[pos:])
+        out = b"GIF89a/*" + gif[8:13] + gif[13 : 13 + gct_len] + b"\x21\xfe" + _gif_sub_blocks(html) + gif[pos:]
         if b"*/" not in out[8:]:
             return out + js
     raise RuntimeError("could not build a GIF without '*/' in its body")  # pragma: no cover
@@ -579,116 +607,294 @@ def _ico_size_lie(c: _Ctx) -> bytes:
 _SPECS: list[_Spec] = [
     # --- not images / broken files
     ("empty.jpg", "empty", REFUSED, "zero bytes", lambda c: b""),
-    ("text_file.txt", "text", REFUSED, "a plain UTF-8 text file",
-     lambda c: "Not an image. Ceci n'est pas une image. 这不是图片。\n".encode() * 20),
-    ("truncated_scan.jpg", "truncated_jpeg", REFUSED,
-     "face JPEG cut half-way through the entropy-coded scan data (no EOI)", _truncated_scan),
-    ("truncated_header.jpg", "truncated_jpeg_header", REFUSED,
-     "face JPEG cut right after the SOF frame header (no Huffman tables, no scan)", _truncated_header),
-    ("truncated_idat.png", "truncated_png", REFUSED, "face PNG cut half-way through its IDAT chunk",
-     _truncated_idat),
-    ("random_after_app0.jpg", "jpeg_random_body", REFUSED, "JPEG SOI + JFIF APP0, then 8 KB of random bytes",
-     _random_after_app0),
-    ("random_after_signature.png", "png_random_body", REFUSED, "PNG signature, then 8 KB of random bytes",
-     lambda c: PNG_SIG + c.rng("png").randbytes(8192)),
-    ("garbage_idat.png", "png_bad_zlib", REFUSED,
-     "valid IHDR (64×64 RGB) and chunk CRCs, but the IDAT is random bytes, not zlib", _garbage_idat),
+    (
+        "text_file.txt",
+        "text",
+        REFUSED,
+        "a plain UTF-8 text file",
+        lambda c: "Not an image. Ceci n'est pas une image. 这不是图片。\n".encode() * 20,
+    ),
+    (
+        "truncated_scan.jpg",
+        "truncated_jpeg",
+        REFUSED,
+        "face JPEG cut half-way through the entropy-coded scan data (no EOI)",
+        _truncated_scan,
+    ),
+    (
+        "truncated_header.jpg",
+        "truncated_jpeg_header",
+        REFUSED,
+        "face JPEG cut right after the SOF frame header (no Huffman tables, no scan)",
+        _truncated_header,
+    ),
+    ("truncated_idat.png", "truncated_png", REFUSED, "face PNG cut half-way through its IDAT chunk", _truncated_idat),
+    (
+        "random_after_app0.jpg",
+        "jpeg_random_body",
+        REFUSED,
+        "JPEG SOI + JFIF APP0, then 8 KB of random bytes",
+        _random_after_app0,
+    ),
+    (
+        "random_after_signature.png",
+        "png_random_body",
+        REFUSED,
+        "PNG signature, then 8 KB of random bytes",
+        lambda c: PNG_SIG + c.rng("png").randbytes(8192),
+    ),
+    (
+        "garbage_idat.png",
+        "png_bad_zlib",
+        REFUSED,
+        "valid IHDR (64×64 RGB) and chunk CRCs, but the IDAT is random bytes, not zlib",
+        _garbage_idat,
+    ),
     ("bad_crc.png", "png_bad_crc", REFUSED, "face PNG with a corrupted IHDR CRC", _bad_crc),
     # --- decompression bombs (all valid files)
-    ("bomb_png_20000x20000.png", "png_bomb", REFUSED,
-     "valid 1-bit greyscale PNG, 20000×20000 (400 Mpx), IDAT = zlib of 50 MB of zero rows", _png_bomb),
-    ("bomb_tiff_60000x60000.tif", "tiff_bomb", REFUSED,
-     "valid bilevel TIFF, 60000×60000 (3.6 Gpx), one CCITT G4 strip of all-white rows", _tiff_bomb),
-    ("bomb_fits_60000x60000.fits", "fits_bomb", REFUSED,
-     "FITS header (2880-byte block), BITPIX 8, NAXIS1=NAXIS2=60000, no data", lambda c: _fits(60000, 60000)),
-    ("bomb_gif_screen_65535x65535.gif", "gif_screen_bomb", REFUSED,
-     "GIF whose logical screen is 65535×65535, holding one 1×1 frame", _gif_screen_bomb),
-    ("bomb_gif_frame_65535x65535.gif", "gif_frame_bomb", REFUSED,
-     "GIF with a 16×16 screen whose first frame descriptor is 65535×65535", _gif_frame_bomb),
-    ("bomb_jpeg_65000x65000.jpg", "jpeg_bomb", REFUSED,
-     "face JPEG with its SOF dimensions patched to 65000×65000", _jpeg_bomb),
-    ("bomb_png_itxt_64mb.png", "png_text_bomb", REFUSED,
-     "face PNG plus a compressed iTXt chunk that inflates to 64 MB of 'A'", _png_text_bomb),
+    (
+        "bomb_png_20000x20000.png",
+        "png_bomb",
+        REFUSED,
+        "valid 1-bit greyscale PNG, 20000×20000 (400 Mpx), IDAT = zlib of 50 MB of zero rows",
+        _png_bomb,
+    ),
+    (
+        "bomb_tiff_60000x60000.tif",
+        "tiff_bomb",
+        REFUSED,
+        "valid bilevel TIFF, 60000×60000 (3.6 Gpx), one CCITT G4 strip of all-white rows",
+        _tiff_bomb,
+    ),
+    (
+        "bomb_fits_60000x60000.fits",
+        "fits_bomb",
+        REFUSED,
+        "FITS header (2880-byte block), BITPIX 8, NAXIS1=NAXIS2=60000, no data",
+        lambda c: _fits(60000, 60000),
+    ),
+    (
+        "bomb_gif_screen_65535x65535.gif",
+        "gif_screen_bomb",
+        REFUSED,
+        "GIF whose logical screen is 65535×65535, holding one 1×1 frame",
+        _gif_screen_bomb,
+    ),
+    (
+        "bomb_gif_frame_65535x65535.gif",
+        "gif_frame_bomb",
+        REFUSED,
+        "GIF with a 16×16 screen whose first frame descriptor is 65535×65535",
+        _gif_frame_bomb,
+    ),
+    (
+        "bomb_jpeg_65000x65000.jpg",
+        "jpeg_bomb",
+        REFUSED,
+        "face JPEG with its SOF dimensions patched to 65000×65000",
+        _jpeg_bomb,
+    ),
+    (
+        "bomb_png_itxt_64mb.png",
+        "png_text_bomb",
+        REFUSED,
+        "face PNG plus a compressed iTXt chunk that inflates to 64 MB of 'A'",
+        _png_text_bomb,
+    ),
     # --- legal pixel counts that are expensive to decode (36 Mpx < MAX_PIXELS = 40 Mpx)
-    ("near_limit_rgba_6000x6000.png", "near_limit_rgba", DECODES,
-     "valid 6000×6000 RGBA PNG (36 Mpx, fully transparent), ~140 KB", _near_limit_rgba),
-    ("near_limit_rgb_7360x4912.jpg", "near_limit_jpeg", DECODES,
-     "valid 7360×4912 baseline JPEG (36 Mpx camera size, uniform grey), hand-made 1 MB scan",
-     _near_limit_jpeg),
-    ("near_limit_gray16_6000x6000.png", "near_limit_gray16", DECODES,
-     "valid 6000×6000 16-bit greyscale PNG (36 Mpx, black), ~70 KB", _near_limit_gray16),
-    ("near_limit_float_6000x6000.tif", "near_limit_float", DECODES,
-     "valid 6000×6000 float32 TIFF (36 Mpx, zeros), 60 deflate strips sharing one 2 KB block",
-     _near_limit_float),
-    ("many_pages.tif", "tiff_many_ifds", DECODES,
-     "valid TIFF with 20,000 pages (IFDs) of 16×16 grey; only page 0 is needed", _tiff_many_pages),
-    ("many_frames.gif", "gif_many_frames", DECODES,
-     "valid 16×16 GIF with 150,000 1×1 frames; only frame 0 is needed", _gif_many_frames),
+    (
+        "near_limit_rgba_6000x6000.png",
+        "near_limit_rgba",
+        DECODES,
+        "valid 6000×6000 RGBA PNG (36 Mpx, fully transparent), ~140 KB",
+        _near_limit_rgba,
+    ),
+    (
+        "near_limit_rgb_7360x4912.jpg",
+        "near_limit_jpeg",
+        DECODES,
+        "valid 7360×4912 baseline JPEG (36 Mpx camera size, uniform grey), hand-made 1 MB scan",
+        _near_limit_jpeg,
+    ),
+    (
+        "near_limit_gray16_6000x6000.png",
+        "near_limit_gray16",
+        DECODES,
+        "valid 6000×6000 16-bit greyscale PNG (36 Mpx, black), ~70 KB",
+        _near_limit_gray16,
+    ),
+    (
+        "near_limit_float_6000x6000.tif",
+        "near_limit_float",
+        DECODES,
+        "valid 6000×6000 float32 TIFF (36 Mpx, zeros), 60 deflate strips sharing one 2 KB block",
+        _near_limit_float,
+    ),
+    (
+        "many_pages.tif",
+        "tiff_many_ifds",
+        DECODES,
+        "valid TIFF with 20,000 pages (IFDs) of 16×16 grey; only page 0 is needed",
+        _tiff_many_pages,
+    ),
+    (
+        "many_frames.gif",
+        "gif_many_frames",
+        DECODES,
+        "valid 16×16 GIF with 150,000 1×1 frames; only frame 0 is needed",
+        _gif_many_frames,
+    ),
     # --- extreme shapes
-    ("aspect_1x10000.png", "aspect_tall_1px", REFUSED, "valid 1×10000 greyscale PNG (too thin for a face)",
-     lambda c: _strip_png(1, 10000)),
-    ("aspect_10000x1.png", "aspect_wide_1px", REFUSED, "valid 10000×1 greyscale PNG (too thin for a face)",
-     lambda c: _strip_png(10000, 1)),
-    ("aspect_16x10000.png", "aspect_tall", DECODES, "valid 16×10000 greyscale PNG (minimum side exactly 16)",
-     lambda c: _strip_png(16, 10000)),
-    ("tiny_8x8.png", "too_small", REFUSED, "valid 8×8 PNG (below MIN_SIDE)",
-     lambda c: _save(c.face.resize((8, 8)), "PNG")),
+    (
+        "aspect_1x10000.png",
+        "aspect_tall_1px",
+        REFUSED,
+        "valid 1×10000 greyscale PNG (too thin for a face)",
+        lambda c: _strip_png(1, 10000),
+    ),
+    (
+        "aspect_10000x1.png",
+        "aspect_wide_1px",
+        REFUSED,
+        "valid 10000×1 greyscale PNG (too thin for a face)",
+        lambda c: _strip_png(10000, 1),
+    ),
+    (
+        "aspect_16x10000.png",
+        "aspect_tall",
+        DECODES,
+        "valid 16×10000 greyscale PNG (minimum side exactly 16)",
+        lambda c: _strip_png(16, 10000),
+    ),
+    (
+        "tiny_8x8.png",
+        "too_small",
+        REFUSED,
+        "valid 8×8 PNG (below MIN_SIDE)",
+        lambda c: _save(c.face.resize((8, 8)), "PNG"),
+    ),
     # --- real but odd formats and modes (all should decode)
     ("face_gray16.png", "png_gray16", DECODES, "face as 16-bit greyscale PNG (Pillow mode I;16)", _gray16),
     ("face_rgb16.png", "png_rgb16", DECODES, "face as 16-bit-per-channel RGB PNG (hand-written)", _rgb16),
-    ("face_rgba16.png", "png_rgba16", DECODES, "face as 16-bit RGBA PNG, transparent outside an ellipse",
-     _rgba16),
+    ("face_rgba16.png", "png_rgba16", DECODES, "face as 16-bit RGBA PNG, transparent outside an ellipse", _rgba16),
     ("face_palette.png", "png_palette", DECODES, "face as 64-colour palette (P) PNG", _palette),
-    ("face_palette_trns.png", "png_palette_transparency", DECODES,
-     "face as palette PNG with a tRNS transparent index", _palette_trns),
-    ("face_rgba.png", "png_rgba", DECODES,
-     "face as RGBA PNG, background fully transparent (black RGB under alpha 0)", _rgba),
+    (
+        "face_palette_trns.png",
+        "png_palette_transparency",
+        DECODES,
+        "face as palette PNG with a tRNS transparent index",
+        _palette_trns,
+    ),
+    (
+        "face_rgba.png",
+        "png_rgba",
+        DECODES,
+        "face as RGBA PNG, background fully transparent (black RGB under alpha 0)",
+        _rgba,
+    ),
     ("face_la.png", "png_la", DECODES, "face as grey+alpha (LA) PNG, transparent background", _la),
-    ("face_1bit.png", "png_1bit", DECODES, "face dithered to a 1-bit PNG",
-     lambda c: _save(c.face.convert("1"), "PNG")),
-    ("face_float.tif", "tiff_float", DECODES, "face as float32 TIFF (mode F), values in [-1.25, 2.25]",
-     _float_tiff),
-    ("face_float_nan.tif", "tiff_float_nan", DECODES,
-     "float32 TIFF face with NaN, +inf and -inf border pixels", lambda c: _float_tiff(c, nan=True)),
-    ("face_int32.tif", "tiff_int32", DECODES, "face as 32-bit signed int TIFF (mode I), values beyond 16 bits",
-     _int32_tiff),
-    ("face_cmyk.jpg", "jpeg_cmyk_adobe", DECODES, "face as CMYK JPEG (Adobe APP14, inverted CMYK)",
-     lambda c: _save(c.face.convert("CMYK"), "JPEG", quality=90)),
-    ("face_gray.jpg", "jpeg_gray", DECODES, "face as single-channel greyscale JPEG",
-     lambda c: _save(c.face.convert("L"), "JPEG", quality=90)),
-    ("face_progressive.jpg", "jpeg_progressive", DECODES, "face as progressive JPEG",
-     lambda c: _save(c.face, "JPEG", quality=90, progressive=True)),
+    ("face_1bit.png", "png_1bit", DECODES, "face dithered to a 1-bit PNG", lambda c: _save(c.face.convert("1"), "PNG")),
+    ("face_float.tif", "tiff_float", DECODES, "face as float32 TIFF (mode F), values in [-1.25, 2.25]", _float_tiff),
+    (
+        "face_float_nan.tif",
+        "tiff_float_nan",
+        DECODES,
+        "float32 TIFF face with NaN, +inf and -inf border pixels",
+        lambda c: _float_tiff(c, nan=True),
+    ),
+    (
+        "face_int32.tif",
+        "tiff_int32",
+        DECODES,
+        "face as 32-bit signed int TIFF (mode I), values beyond 16 bits",
+        _int32_tiff,
+    ),
+    (
+        "face_cmyk.jpg",
+        "jpeg_cmyk_adobe",
+        DECODES,
+        "face as CMYK JPEG (Adobe APP14, inverted CMYK)",
+        lambda c: _save(c.face.convert("CMYK"), "JPEG", quality=90),
+    ),
+    (
+        "face_gray.jpg",
+        "jpeg_gray",
+        DECODES,
+        "face as single-channel greyscale JPEG",
+        lambda c: _save(c.face.convert("L"), "JPEG", quality=90),
+    ),
+    (
+        "face_progressive.jpg",
+        "jpeg_progressive",
+        DECODES,
+        "face as progressive JPEG",
+        lambda c: _save(c.face, "JPEG", quality=90, progressive=True),
+    ),
     ("face.webp", "webp", DECODES, "face as lossy WebP", lambda c: _save(c.face, "WEBP", quality=85)),
     ("face.bmp", "bmp", DECODES, "face as 24-bit BMP", lambda c: _save(c.face, "BMP")),
-    ("face_animated.gif", "gif_animated", DECODES,
-     "4-frame animated GIF: face, mirrored face, grey, noise (face is frame 0)", _animated_gif),
+    (
+        "face_animated.gif",
+        "gif_animated",
+        DECODES,
+        "4-frame animated GIF: face, mirrored face, grey, noise (face is frame 0)",
+        _animated_gif,
+    ),
     ("face_animated.png", "apng", DECODES, "3-frame APNG: face, mirrored face, green (face is frame 0)", _apng),
-    ("face_exif_orientation6.jpg", "jpeg_exif_rotate", DECODES,
-     "face JPEG with EXIF Orientation=6 (decoded image must come out rotated 90° clockwise: H and W swap)",
-     _exif_rot6),
-    ("face_exif_corrupt.jpg", "jpeg_exif_corrupt", DECODES,
-     "face JPEG with a corrupt EXIF APP1 (lying entry count, bad offsets/types, IFD pointer loop)",
-     _exif_corrupt),
-    ("face_exif_huge.jpg", "jpeg_exif_huge", DECODES,
-     "face JPEG with 16 max-size (64 KB) EXIF APP1 segments, 5,000 entries claiming 4 GB each", _exif_huge),
+    (
+        "face_exif_orientation6.jpg",
+        "jpeg_exif_rotate",
+        DECODES,
+        "face JPEG with EXIF Orientation=6 (decoded image must come out rotated 90° clockwise: H and W swap)",
+        _exif_rot6,
+    ),
+    (
+        "face_exif_corrupt.jpg",
+        "jpeg_exif_corrupt",
+        DECODES,
+        "face JPEG with a corrupt EXIF APP1 (lying entry count, bad offsets/types, IFD pointer loop)",
+        _exif_corrupt,
+    ),
+    (
+        "face_exif_huge.jpg",
+        "jpeg_exif_huge",
+        DECODES,
+        "face JPEG with 16 max-size (64 KB) EXIF APP1 segments, 5,000 entries claiming 4 GB each",
+        _exif_huge,
+    ),
     # --- polyglots and wrong types
-    ("face_with_zip.jpg", "polyglot_jpeg_zip", DECODES,
-     "valid face JPEG with a ZIP archive appended (also a valid ZIP); decoders ignore trailing bytes",
-     _jpeg_zip),
-    ("gif_js_html_polyglot.gif", "polyglot_gif_js_html", DECODES,
-     "valid GIF (10799-px-wide screen, face at left) that is also valid JavaScript and carries HTML",
-     _gif_js_html),
+    (
+        "face_with_zip.jpg",
+        "polyglot_jpeg_zip",
+        DECODES,
+        "valid face JPEG with a ZIP archive appended (also a valid ZIP); decoders ignore trailing bytes",
+        _jpeg_zip,
+    ),
+    (
+        "gif_js_html_polyglot.gif",
+        "polyglot_gif_js_html",
+        DECODES,
+        "valid GIF (10799-px-wide screen, face at left) that is also valid JavaScript and carries HTML",
+        _gif_js_html,
+    ),
     ("face_huge_text.png", "png_huge_text", DECODES, "face PNG with a 2 MB tEXt chunk before IDAT", _huge_text),
-    ("svg_named.png", "svg_as_png", REFUSED, "an SVG (XML, with a <script>) uploaded under a .png name",
-     lambda c: SVG),
+    ("svg_named.png", "svg_as_png", REFUSED, "an SVG (XML, with a <script>) uploaded under a .png name", lambda c: SVG),
     ("document.pdf", "pdf", REFUSED, "a minimal one-page PDF", lambda c: PDF),
-    ("drawing.eps", "eps", REFUSED,
-     "Encapsulated PostScript: Pillow identifies it and would run Ghostscript to rasterise it",
-     lambda c: EPS),
+    (
+        "drawing.eps",
+        "eps",
+        REFUSED,
+        "Encapsulated PostScript: Pillow identifies it and would run Ghostscript to rasterise it",
+        lambda c: EPS,
+    ),
     ("face.xbm", "xbm", REFUSED, "face as XBM: C source text that Pillow decodes as an image", _xbm),
     ("face.fits", "fits", REFUSED, "face as a small valid FITS file (astronomy format, BITPIX 8)", _fits_small),
-    ("icon_size_lie.ico", "ico_size_lie", REFUSED,
-     "ICO whose directory says 16×16 but whose embedded PNG is 2048×2048", _ico_size_lie),
+    (
+        "icon_size_lie.ico",
+        "ico_size_lie",
+        REFUSED,
+        "ICO whose directory says 16×16 but whose embedded PNG is 2048×2048",
+        _ico_size_lie,
+    ),
 ]
 
 
@@ -717,6 +923,7 @@ def corpus(good_jpeg: bytes) -> list[BadImage]:
 
 
 # ----------------------------------------------------------------------------- decoder check
+
 
 def _vm(field: str) -> int:
     """A VmXXX value from /proc/self/status in bytes (0 where unavailable)."""
@@ -748,8 +955,10 @@ def _decode_child(item: BadImage, conn, max_pixels: int | None) -> None:  # prag
     try:
         arr = faces.decode(item.data, **kw)
         ok = isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3
-        res = {"outcome": DECODES if ok else "bad_array",
-               "detail": f"{arr.shape} {arr.dtype}" if isinstance(arr, np.ndarray) else repr(type(arr))}
+        res = {
+            "outcome": DECODES if ok else "bad_array",
+            "detail": f"{arr.shape} {arr.dtype}" if isinstance(arr, np.ndarray) else repr(type(arr)),
+        }
     except faces.Unreadable as e:
         res = {"outcome": REFUSED, "detail": str(e)}
     except BaseException as e:  # noqa: BLE001 - anything else is a decoder bug
@@ -760,8 +969,7 @@ def _decode_child(item: BadImage, conn, max_pixels: int | None) -> None:  # prag
     conn.close()
 
 
-def check_decoder(items: list[BadImage], timeout_s: float = 30.0,
-                  max_pixels: int | None = None) -> list[dict]:
+def check_decoder(items: list[BadImage], timeout_s: float = 30.0, max_pixels: int | None = None) -> list[dict]:
     """Run ``indexer.faces.decode`` on each item in a forked child; one dict per item with
     name, kind, bytes, expected, outcome (decodes / refused / exception / bad_array / timeout /
     crashed), detail, seconds and rss_growth (peak RSS above the child's start, bytes)."""
@@ -788,10 +996,21 @@ def check_decoder(items: list[BadImage], timeout_s: float = 30.0,
             p.kill()
             p.join()
         if res is None:
-            res = {"outcome": "timeout" if time.perf_counter() - t0 >= timeout_s else "crashed",
-                   "detail": f"exit code {p.exitcode}", "seconds": time.perf_counter() - t0, "rss_growth": 0}
-        rows.append({"name": item.name, "kind": item.kind, "bytes": len(item.data),
-                     "expected": expect.get(item.name, "?"), **res})
+            res = {
+                "outcome": "timeout" if time.perf_counter() - t0 >= timeout_s else "crashed",
+                "detail": f"exit code {p.exitcode}",
+                "seconds": time.perf_counter() - t0,
+                "rss_growth": 0,
+            }
+        rows.append(
+            {
+                "name": item.name,
+                "kind": item.kind,
+                "bytes": len(item.data),
+                "expected": expect.get(item.name, "?"),
+                **res,
+            }
+        )
     return rows
 
 
@@ -825,8 +1044,10 @@ def _main(argv: list[str]) -> int:  # pragma: no cover - manual tool
         face = data / "celeba10k" / "img_align_celeba" / "000001.jpg"
     t0 = time.perf_counter()
     items = corpus(face.read_bytes())
-    print(f"corpus: {len(items)} items, {sum(len(i.data) for i in items):,} bytes, "
-          f"built in {time.perf_counter() - t0:.2f} s from {face}")
+    print(
+        f"corpus: {len(items)} items, {sum(len(i.data) for i in items):,} bytes, "
+        f"built in {time.perf_counter() - t0:.2f} s from {face}"
+    )
     import indexer.faces  # noqa: F401 - imported before forking, so children share it
 
     rows = check_decoder(items)
@@ -834,11 +1055,12 @@ def _main(argv: list[str]) -> int:  # pragma: no cover - manual tool
     for r in rows:
         p = problems(r)
         bad += bool(p)
-        print(f"{r['name']:34} {r['kind']:24} {r['bytes']:>9,} {r['expected']:8} {r['outcome']:9} "
-              f"{r['seconds']:6.2f}s {r['rss_growth'] >> 20:5d}MB  {'!! ' + ', '.join(p) if p else ''}  "
-              f"{r['detail'][:110]}")
-    print(f"{bad} item(s) with problems; parent peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MB")
+        print(
+            f"{r['name']:34} {r['kind']:24} {r['bytes']:>9,} {r['expected']:8} {r['outcome']:9} "
+            f"{r['seconds']:6.2f}s {r['rss_growth'] >> 20:5d}MB  {'!! ' + ', '.join(p) if p else ''}  "
+            f"{r['detail'][:110]}"
+        )
+    print(f"{bad} item(s) with problems; parent peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MB")
     return 1 if bad else 0
 
 

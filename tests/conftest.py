@@ -8,9 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -30,8 +30,7 @@ def build_index(out: Path, root: Path = CELEBA10K, dataset: str = "celeba", **kw
     """Build an index in-process with the real pipeline (no progress bar)."""
     from indexer.build import BuildConfig, build
 
-    cfg = BuildConfig(dataset=dataset, root=str(root), out=str(out), progress=False, overwrite=True,
-                      device="cpu", **kw)
+    cfg = BuildConfig(dataset=dataset, root=str(root), out=str(out), progress=False, overwrite=True, device="cpu", **kw)
     return build(cfg)
 
 
@@ -77,12 +76,15 @@ def wild_labels() -> list[tuple[str, str, str]]:
 
 
 @contextmanager
-def live_server(index_dir: Path, log_path: Path, *args: str, env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+def live_server(
+    index_dir: Path, log_path: Path, *args: str, env: dict | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start ``python -m service`` on a free loopback port, wait for /healthz, stop it (SIGTERM) after."""
     cmd = [sys.executable, "-m", "service", "--index", str(index_dir), "--port", "0", *args]
     logf = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    )
     try:
         import requests
 
@@ -110,4 +112,3 @@ def live_server(index_dir: Path, log_path: Path, *args: str, env: dict | None = 
             proc.kill()
             proc.wait()
         logf.close()
-

@@ -54,8 +54,15 @@ def test_waiters_are_admitted_in_arrival_order_and_newcomers_queue_behind_them()
         t.join(10)
     assert order == ["running", "w0", "w1", "w2", "w3", "w4", "late"]
     assert set(results.values()) == {"ok"}
-    assert adm.to_dict() == {"inflight_limit": 1, "queue_limit": 8, "active": 0, "waiting": 0,
-                             "admitted": 7, "rejected": 0, "draining": False}
+    assert adm.to_dict() == {
+        "inflight_limit": 1,
+        "queue_limit": 8,
+        "active": 0,
+        "waiting": 0,
+        "admitted": 7,
+        "rejected": 0,
+        "draining": False,
+    }
 
 
 def test_full_queue_and_expired_wait_are_refused_with_retry_after():

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import CELEBA10K, DATA, REPO, live_server
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +26,23 @@ DCGAN_CKPT = DATA / "generated" / "dcgan32_celeba" / "checkpoint_G.pth"
 DCGAN_SPEC = f"dcgan32:{DCGAN_CKPT}"
 AUDIT = [sys.executable, str(REPO / "scripts" / "audit.py")]
 SECTION_IDS = ("summary", "nn-grid", "calibration", "birthday", "identities", "distribution")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 TOKEN = "audit-test-token"
 N_PGGAN = 20  # PGGAN images in the folder test (plus planted files)
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def run_audit(args: list[str], timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.perf_counter()
@@ -64,20 +72,36 @@ def render(report: Path, tmp: Path, height: int = 2400) -> tuple[str, np.ndarray
     The copy gets one probe script that, on load, records how many <img> decoded (complete and
     naturalWidth > 0) on <body>; the report itself carries no script."""
     probe = tmp / f"probe-{report.stem}.html"
-    js = ('<script>window.addEventListener("load",()=>{const im=[...document.images];'
-          'document.body.setAttribute("data-images",im.length);'
-          'document.body.setAttribute("data-images-ok",im.filter(i=>i.complete&&i.naturalWidth>0).length)})'
-          '</script></body>')
+    js = (
+        '<script>window.addEventListener("load",()=>{const im=[...document.images];'
+        'document.body.setAttribute("data-images",im.length);'
+        'document.body.setAttribute("data-images-ok",im.filter(i=>i.complete&&i.naturalWidth>0).length)})'
+        "</script></body>"
+    )
     probe.write_text(report.read_text(encoding="utf-8").replace("</body>", js, 1), encoding="utf-8")
     exe = chromium()
     profile = tmp / f"chromium-profile-{report.stem}"
     url = probe.resolve().as_uri()
-    dom = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000",
-                          "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     png = tmp / f"{report.stem}.png"
-    subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
-                    f"--window-size=1300,{height}", report.resolve().as_uri()],
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [
+            exe,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size=1300,{height}",
+            report.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert png.is_file(), "chromium wrote no screenshot"
     shot = np.asarray(Image.open(png).convert("RGB"), dtype=np.float64)
     keep = REPO / "build" / "audit-screenshots"
@@ -121,6 +145,7 @@ def jsonify(x):
 
 # ----------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def searcher(full_index):
     from service.search import Searcher
@@ -148,15 +173,32 @@ def pggan_folder(tmp_path_factory) -> Path:
 
 def planted_pair(folder: Path) -> set[str]:
     dup = next(folder.glob("dup_of_*"))
-    return {dup.name, dup.name[len("dup_of_"):]}
+    return {dup.name, dup.name[len("dup_of_") :]}
 
 
 @pytest.fixture(scope="module")
 def pggan_report(full_index_dir, pggan_folder, tmp_path_factory) -> tuple[Path, float, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("reports") / "pggan.html"
-    p, dt = run_audit(["--generated", str(pggan_folder), "--index", str(full_index_dir), "--out", str(out),
-                       "--detector", "aligned", "--batch-sizes", "4,8,16", "--trials", "12", "--seed", "3",
-                       "--grid-expanded", "8"])
+    p, dt = run_audit(
+        [
+            "--generated",
+            str(pggan_folder),
+            "--index",
+            str(full_index_dir),
+            "--out",
+            str(out),
+            "--detector",
+            "aligned",
+            "--batch-sizes",
+            "4,8,16",
+            "--trials",
+            "12",
+            "--seed",
+            "3",
+            "--grid-expanded",
+            "8",
+        ]
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return out, dt, p
 
@@ -170,6 +212,7 @@ def audit_server(full_index_dir, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- folder (PGGAN)
+
 
 def test_pggan_report_renders_and_flags_the_planted_copies(pggan_report, pggan_folder, tmp_path):
     out, dt, p = pggan_report
@@ -237,19 +280,46 @@ def test_pggan_report_equals_the_service_in_process(pggan_report, pggan_folder, 
 
 # ----------------------------------------------------------------------------- server mode
 
+
 def test_server_mode_gives_the_same_numbers_as_in_process(audit_server, full_index_dir, pggan_folder, tmp_path):
     import requests
 
-    common = ["--generated", str(pggan_folder), "--n", "10", "--seed", "5", "--detector", "aligned",
-              "--batch-sizes", "4,8", "--trials", "6", "--chunk", "4", "--pairs-max", "10", "--no-progress"]
+    common = [
+        "--generated",
+        str(pggan_folder),
+        "--n",
+        "10",
+        "--seed",
+        "5",
+        "--detector",
+        "aligned",
+        "--batch-sizes",
+        "4,8",
+        "--trials",
+        "6",
+        "--chunk",
+        "4",
+        "--pairs-max",
+        "10",
+        "--no-progress",
+    ]
     srv, loc = tmp_path / "server.html", tmp_path / "local.html"
     p1, t_srv = run_audit(common + ["--server", audit_server, "--token", TOKEN, "--out", str(srv)])
     assert p1.returncode == 0, p1.stderr[-3000:]
     p2, t_loc = run_audit(common + ["--index", str(full_index_dir), "--out", str(loc)])
     assert p2.returncode == 0, p2.stderr[-3000:]
     a, b = report_data(srv), report_data(loc)
-    for key in ("summary", "neighbors", "memorization", "collisions", "birthday", "grid", "identities",
-                "calibration", "params"):
+    for key in (
+        "summary",
+        "neighbors",
+        "memorization",
+        "collisions",
+        "birthday",
+        "grid",
+        "identities",
+        "calibration",
+        "params",
+    ):
         assert a[key] == b[key], key
     # And the report's entries are exactly what POST /neighbors answers for the same requests
     # (chunks of 4, as the audit sent them).
@@ -260,10 +330,14 @@ def test_server_mode_gives_the_same_numbers_as_in_process(audit_server, full_ind
     names = [e["image"] for e in a["neighbors"]["images"]]
     posted = []
     for i in range(0, len(names), 4):
-        imgs = src.read([by_name[n] for n in names[i:i + 4]])
-        r = requests.post(audit_server + "/neighbors", params={"detector": "aligned", "k": "5"},
-                          files=[("images", (n, d, "application/octet-stream")) for n, d in imgs],
-                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
+        imgs = src.read([by_name[n] for n in names[i : i + 4]])
+        r = requests.post(
+            audit_server + "/neighbors",
+            params={"detector": "aligned", "k": "5"},
+            files=[("images", (n, d, "application/octet-stream")) for n, d in imgs],
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=300,
+        )
         assert r.status_code == 200, r.text[:500]
         posted += r.json()["images"]
         assert r.json()["calibration"] == a["calibration"]
@@ -300,15 +374,35 @@ def test_errors_have_clear_messages_and_exit_codes(audit_server, full_index_dir,
 
 # ----------------------------------------------------------------------------- generator (DCGAN)
 
+
 def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
     from scripts.audit import sub_seed
     from scripts.generators import load_generator
     from service import api
 
     out = tmp_path / "dcgan.html"
-    p, dt = run_audit(["--generator", DCGAN_SPEC, "--index", str(full_index_dir), "--out", str(out), "--n", "24",
-                       "--detector", "aligned", "--batch-sizes", "4,8", "--trials", "3", "--seed", "11",
-                       "--chunk", "16"])
+    p, dt = run_audit(
+        [
+            "--generator",
+            DCGAN_SPEC,
+            "--index",
+            str(full_index_dir),
+            "--out",
+            str(out),
+            "--n",
+            "24",
+            "--detector",
+            "aligned",
+            "--batch-sizes",
+            "4,8",
+            "--trials",
+            "3",
+            "--seed",
+            "11",
+            "--chunk",
+            "16",
+        ]
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     data = report_data(out)
     assert data["source"]["kind"] == "generator" and data["summary"]["images"] == 24
@@ -355,7 +449,8 @@ def test_generator_sources_are_seeded_and_validated(tmp_path, monkeypatch):
         "    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, 40, 40))\n"
         "def adapter(ckpt, device):\n"
         "    from scripts.generators import dcgan32\n"
-        "    return dcgan32(ckpt, device)\n")
+        "    return dcgan32(ckpt, device)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     s1 = generators.load_generator("my_gen:sample")
     assert s1.sample(3, 0)[0][0] == "g00000.png"
@@ -367,6 +462,7 @@ def test_generator_sources_are_seeded_and_validated(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- distribution maths
+
 
 def test_frechet_distance_matches_the_sqrtm_formula_and_is_fast():
     """Against the textbook formula with scipy.linalg.sqrtm, on full-rank and rank-deficient data."""
@@ -380,8 +476,12 @@ def test_frechet_distance_matches_the_sqrtm_formula_and_is_fast():
 
     def textbook(x, y):
         s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-        return float(((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2)
-                     - 2 * np.trace(np.real(linalg.sqrtm(s1 @ s2))))
+        return float(
+            ((x.mean(0) - y.mean(0)) ** 2).sum()
+            + np.trace(s1)
+            + np.trace(s2)
+            - 2 * np.trace(np.real(linalg.sqrtm(s1 @ s2)))
+        )
 
     assert frechet_distance(a, b) == pytest.approx(textbook(a, b), rel=1e-9)
     assert frechet_distance(a[:40], b[:40]) == pytest.approx(textbook(a[:40], b[:40]), rel=1e-6)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import build_index
 
 N_IMAGES = 300  # the conftest ``small_index_dir`` size, so the torch side is shared with other tests
@@ -54,6 +53,8 @@ def test_descriptors_match_dlib(both):
 def test_semantic_top5_identical(both):
     (dt, it), (dd, id_) = _top(both[0].descriptors, TOP), _top(both[1].descriptors, TOP)
     differ = np.flatnonzero((it != id_).any(1))
-    assert differ.size == 0, (f"{differ.size} faces have different top-{TOP} neighbours, e.g. face {differ[0]}: "
-                              f"torch {it[differ[0]]} {dt[differ[0]]} vs dlib {id_[differ[0]]} {dd[differ[0]]}")
+    assert differ.size == 0, (
+        f"{differ.size} faces have different top-{TOP} neighbours, e.g. face {differ[0]}: "
+        f"torch {it[differ[0]]} {dt[differ[0]]} vs dlib {id_[differ[0]]} {dd[differ[0]]}"
+    )
     np.testing.assert_allclose(dt, dd, atol=2e-3)

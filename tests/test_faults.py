@@ -21,12 +21,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import CELEBA10K, REPO
+
 from indexer import store
 
-BUILD = [sys.executable, "-m", "indexer", "build", "--dataset", "celeba", "--root", str(CELEBA10K),
-         "--device", "cpu", "--no-progress"]
+BUILD = [
+    sys.executable,
+    "-m",
+    "indexer",
+    "build",
+    "--dataset",
+    "celeba",
+    "--root",
+    str(CELEBA10K),
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -35,8 +46,11 @@ def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
 
 def _debris(parent: Path) -> list[str]:
     """Anything a killed build could leave that a later one might trip over."""
-    return sorted(str(p.relative_to(parent)) for p in parent.rglob("*")
-                  if ".tmp" in p.name or ".old-" in p.name or p.name.endswith(".partial") or p.name.endswith(".part"))
+    return sorted(
+        str(p.relative_to(parent))
+        for p in parent.rglob("*")
+        if ".tmp" in p.name or ".old-" in p.name or p.name.endswith(".partial") or p.name.endswith(".part")
+    )
 
 
 def _data_files(idx: Path) -> dict:
@@ -62,8 +76,13 @@ def test_kill9_five_times_then_resume_is_byte_identical(tmp_path):
         return len(list(partial.glob("chunk-*.npz"))) - len(list(partial.glob("chunk-*.tmp.npz")))
 
     for k in range(5):
-        p = subprocess.Popen([*args, "--out", str(out), "--resume"], cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(
+            [*args, "--out", str(out), "--resume"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + 300
         if k == 0:
             delay = rng.uniform(0.2, 1.5)
@@ -107,8 +126,10 @@ def test_kill9_five_times_then_resume_is_byte_identical(tmp_path):
 
 def _holder(path: Path) -> subprocess.Popen:
     """Another live process holding ``path``'s writer lock (as a running build does)."""
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from indexer import watchdog; "
-            "watchdog.lock_dir(sys.argv[2]); print('locked', flush=True); time.sleep(120)")
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from indexer import watchdog; "
+        "watchdog.lock_dir(sys.argv[2]); print('locked', flush=True); time.sleep(120)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code, str(REPO), str(path)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"
     return p
@@ -165,8 +186,13 @@ def test_fallback_swap_replaces_the_index_and_restores_it_on_failure(tmp_path, s
             raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
         return real_replace(src, dst)
 
-    args = (small_index.rows, small_index.descriptors, small_index.pixels, small_index.calibration,
-            dict(small_index.manifest, note="second"))
+    args = (
+        small_index.rows,
+        small_index.descriptors,
+        small_index.pixels,
+        small_index.calibration,
+        dict(small_index.manifest, note="second"),
+    )
     monkeypatch.setattr(os, "replace", second_rename_fails)
     with pytest.raises(store.IndexWriteError, match="previous index .* untouched"):
         store.write_index(out, *args, overwrite=True)
@@ -184,9 +210,10 @@ def test_kill9_while_overwriting_keeps_the_previous_index(tmp_path, small_index_
     shutil.copytree(small_index_dir, out)
     before = {n: (out / n).read_bytes() for n in (*store.FILES, store.MANIFEST)}
     args = [*BUILD, "--limit", "400", "--workers", "1", "--out", str(out), "--overwrite"]
-    for attempt in range(3):  # the window is tens of ms; a missed one is retried, never passed
-        p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    for _attempt in range(3):  # the window is tens of ms; a missed one is retried, never passed
+        p = subprocess.Popen(
+            args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.time() + 300
         while time.time() < deadline and p.poll() is None and not list(tmp_path.glob(".idx.tmp-*")):
             time.sleep(0.002)
@@ -231,8 +258,7 @@ def _build_old_and_fill(tmp_path: Path, where: Path, preexec=None) -> tuple[Path
     r = _run([*BUILD, "--limit", "100", "--out", str(idx)])
     assert r.returncode == 0, r.stderr
     before = {n: (idx / n).read_bytes() for n in (*store.FILES, store.MANIFEST)}
-    r = _run([*BUILD, "--limit", "600", "--chunk-size", "64", "--out", str(idx), "--overwrite"],
-             preexec_fn=preexec)
+    r = _run([*BUILD, "--limit", "600", "--chunk-size", "64", "--out", str(idx), "--overwrite"], preexec_fn=preexec)
     assert r.returncode != 0, "the build should have run out of space"
     after = {n: (idx / n).read_bytes() for n in (*store.FILES, store.MANIFEST)}
     assert after == before, "the previous index was changed"
@@ -281,6 +307,7 @@ def test_disk_full_keeps_the_previous_index_and_the_finished_work(tmp_path, size
 
         def limit():  # 3 MiB per file: checkpoints (0.8 MB) fit, pixels.npy (7.4 MB) does not
             resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
+
         mnt.mkdir(exist_ok=True)
         idx, r = _build_old_and_fill(tmp_path, mnt, preexec=limit)
         assert "larger than the filesystem or the process's file-size limit allows" in r.stderr, r.stderr
@@ -302,8 +329,15 @@ def test_write_error_message_names_the_cause(tmp_path, small_index, monkeypatch)
 
     monkeypatch.setattr(store, "_save_npy", full_disk)
     with pytest.raises(store.IndexWriteError, match=r"disk is full .*pixels\.npy.*previous index .* untouched"):
-        store.write_index(out, small_index.rows, small_index.descriptors, small_index.pixels,
-                          small_index.calibration, dict(small_index.manifest), overwrite=True)
+        store.write_index(
+            out,
+            small_index.rows,
+            small_index.descriptors,
+            small_index.pixels,
+            small_index.calibration,
+            dict(small_index.manifest),
+            overwrite=True,
+        )
     assert (out / "manifest.json").read_bytes() == before
     assert _debris(tmp_path) == []
 
@@ -359,8 +393,10 @@ def _damaged_copies(src: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
 def test_damaged_index_service_refuses_and_info_explains(small_index_dir, tmp_path):
     cases = _damaged_copies(small_index_dir, tmp_path)
     for name, (d, words) in cases.items():
-        s = _run([sys.executable, "-m", "service", "--index", str(d), "--port", "0"],
-                 env={**os.environ, "PYTHONPATH": str(REPO)})
+        s = _run(
+            [sys.executable, "-m", "service", "--index", str(d), "--port", "0"],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         assert s.returncode == 2, (name, s.stdout, s.stderr)
         assert words in s.stderr and "Traceback" not in s.stderr, (name, s.stderr)
         i = _run([sys.executable, "-m", "indexer", "info", str(d), "--verify"])

@@ -13,9 +13,9 @@ import time
 
 import pytest
 import requests
-
 from bad_images import check_decoder, corpus, expected_outcomes, problems
 from conftest import CELEBA10K, live_server
+
 from indexer import faces
 from scripts.loadtest import RssMonitor
 
@@ -49,8 +49,7 @@ def test_schemathesis_every_operation_no_5xx_and_schema_conformant(fuzz_server):
     ops = [r.ok() for r in schema.get_all_operations()]
     if "GET /openapi.json" not in {op.label for op in ops}:  # schemathesis leaves out the schema's own route
         ops.append(schema["/openapi.json"]["GET"])
-    assert {op.label for op in ops} == {f"{m.upper()} {p}" for p, ms in schema.raw_schema["paths"].items()
-                                        for m in ms}
+    assert {op.label for op in ops} == {f"{m.upper()} {p}" for p, ms in schema.raw_schema["paths"].items() for m in ms}
     counts: dict[str, int] = {}
     statuses: dict[int, int] = {}
     failures: list[str] = []
@@ -83,8 +82,14 @@ def _runner(key: str, strategy, url: str, auth: dict, counts: dict, statuses: di
     from hypothesis import HealthCheck, Phase, given, settings
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],
+    )
     @given(case=strategy)
     def run(case):
         counts[key] += 1
@@ -103,8 +108,12 @@ def _runner(key: str, strategy, url: str, auth: dict, counts: dict, statuses: di
 
 
 def _post(url: str, items: list[tuple[str, bytes]]) -> requests.Response:
-    return requests.post(url + "/neighbors", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300,
-                         files=[("images", (n, d, "application/octet-stream")) for n, d in items])
+    return requests.post(
+        url + "/neighbors",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=300,
+        files=[("images", (n, d, "application/octet-stream")) for n, d in items],
+    )
 
 
 def test_bad_image_corpus_gets_a_status_each_and_memory_stays_bounded(fuzz_server):
@@ -138,7 +147,7 @@ def test_bad_image_corpus_gets_a_status_each_and_memory_stays_bounded(fuzz_serve
                 outcomes[it.name] = f"{r.status_code} {body['error']}"
         # ... and the whole corpus in requests of 8 (the server's limit), statuses in upload order
         for lo in range(0, len(items), 8):
-            chunk = items[lo:lo + 8]
+            chunk = items[lo : lo + 8]
             r = _post(url, [(i.name, i.data) for i in chunk])
             assert r.status_code == 200, r.text[:300]
             assert [x["image"] for x in r.json()["images"]] == [i.name for i in chunk]
@@ -146,9 +155,11 @@ def test_bad_image_corpus_gets_a_status_each_and_memory_stays_bounded(fuzz_serve
     finally:
         peak = monitor.stop()
     grow = {k: round(peak[k] - base[k]) for k in base}
-    print(f"\nbad-image corpus: {len(items)} items, outcomes {sorted(set(outcomes.values()))}; server RSS "
-          f"{base['server']:.0f} -> peak {peak['server']:.0f} MiB, with detection workers "
-          f"{base['server+children']:.0f} -> {peak['server+children']:.0f} MiB")
+    print(
+        f"\nbad-image corpus: {len(items)} items, outcomes {sorted(set(outcomes.values()))}; server RSS "
+        f"{base['server']:.0f} -> peak {peak['server']:.0f} MiB, with detection workers "
+        f"{base['server+children']:.0f} -> {peak['server+children']:.0f} MiB"
+    )
     # Bounded by the detection workers, one image each: a 40 Mpx decode peaks near 0.4 GB (0.6 allowed).
     # One request at a time, at most 8 files each: at most 8 decodes at once, however many workers.
     workers = min(8, os.cpu_count() or 1)
@@ -163,8 +174,11 @@ def test_decoder_alone_on_every_corpus_item_in_a_child_process():
     child's start (the 36 Mpx files at the cap need ~0.35-0.47 GB). Time is bounded only by the
     30 s that counts as a hang; speed is for the benchmarks."""
     rows = check_decoder(corpus((CELEBA10K / "img_align_celeba" / "000001.jpg").read_bytes()), timeout_s=30)
-    bad = {r["name"]: found + [r["detail"][:120]]
-           for r in rows if (found := problems(r, max_seconds=30, max_rss=600 << 20))}
+    bad = {
+        r["name"]: found + [r["detail"][:120]]
+        for r in rows
+        if (found := problems(r, max_seconds=30, max_rss=600 << 20))
+    }
     worst = max(rows, key=lambda r: r["rss_growth"])
     print(f"\ndecoder alone: {len(rows)} items, peak growth {worst['rss_growth'] >> 20} MB ({worst['name']})")
     assert not bad, bad

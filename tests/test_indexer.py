@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CELEBA10K, REPO, WILD, build_index
 from PIL import Image
 
-from conftest import CELEBA10K, REPO, WILD, build_index
 from indexer import faces, pixels, store
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,14 @@ def test_celeba_wild_indexed_people_found(full_index, wild_labels):
     _, ids = s.semantic_search(np.stack([q.descriptor for q, _ in found]), 1)
     right = sum(s.identities[i] == ident for i, (_, ident) in zip(ids[:, 0], found))
     rate = right / len(found)
-    log.warning("celeba_wild indexed_person: semantic top-1 correct %d/%d = %.1f%% (faces found %d/%d)",
-                right, len(found), 100 * rate, len(found), len(wanted))
+    log.warning(
+        "celeba_wild indexed_person: semantic top-1 correct %d/%d = %.1f%% (faces found %d/%d)",
+        right,
+        len(found),
+        100 * rate,
+        len(found),
+        len(wanted),
+    )
     assert rate > 0.6
 
 
@@ -114,8 +120,16 @@ def test_corrupt_files_become_unreadable_rows(tmp_path):
     out = build_index(tmp_path / "idx", root=ds, dataset="folder", identity_from_folders=True)
     idx = store.load_index(out)
     by_file = {r["file"]: r for r in idx.rows}
-    assert set(by_file) == {"000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg", "zero.jpg",
-                            "truncated.jpg", "text.jpg", "person_b/b1.png"}
+    assert set(by_file) == {
+        "000001.jpg",
+        "000002.jpg",
+        "000003.jpg",
+        "000004.jpg",
+        "zero.jpg",
+        "truncated.jpg",
+        "text.jpg",
+        "person_b/b1.png",
+    }
     for bad in ("zero.jpg", "truncated.jpg", "text.jpg"):
         assert by_file[bad]["status"] == "unreadable", by_file[bad]
         assert by_file[bad]["reason"]
@@ -181,15 +195,34 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
-    common = ["build", "--dataset", "celeba", "--root", str(CELEBA10K), "--limit", "400", "--chunk-size", "8",
-              "--workers", "1", "--device", "cpu", "--no-progress"]
+    common = [
+        "build",
+        "--dataset",
+        "celeba",
+        "--root",
+        str(CELEBA10K),
+        "--limit",
+        "400",
+        "--chunk-size",
+        "8",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     ref = tmp_path / "ref"
     r = _cli(*common, "--out", str(ref))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "killed"
     partial = tmp_path / "killed.partial"
-    p = subprocess.Popen([sys.executable, "-m", "indexer", *common, "--out", str(out)], cwd=REPO,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "indexer", *common, "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and len(list(partial.glob("chunk-*.npz"))) < 5:
         assert p.poll() is None, "build finished before it could be killed"

@@ -136,7 +136,10 @@ def test_other_shapes(crops: np.ndarray, side: int) -> None:
 
     def resize(x: np.ndarray) -> np.ndarray:
         return np.stack(
-            [np.asarray(Image.fromarray(r.reshape(64, 64, 3)).resize((side, side), Image.BILINEAR)).reshape(-1) for r in x]
+            [
+                np.asarray(Image.fromarray(r.reshape(64, 64, 3)).resize((side, side), Image.BILINEAR)).reshape(-1)
+                for r in x
+            ]
         )
 
     v = resize(crops[:600])

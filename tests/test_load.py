@@ -24,11 +24,12 @@ def payloads():
 def test_eight_clients_twenty_five_requests_no_errors(small_index_dir, payloads):
     with serve(small_index_dir, "--log-level", "WARNING") as (url, proc):
         refs = reference_answers(url, payloads)
-        out = run_load(url, clients=8, requests_per_client=25, payloads=payloads, references=refs,
-                       server_pid=proc.pid)
+        out = run_load(url, clients=8, requests_per_client=25, payloads=payloads, references=refs, server_pid=proc.pid)
         health = requests.get(url + "/healthz", timeout=10).json()
-    print(f"\n8 clients x 25: {out['ok']} ok in {out['wall_s']:.1f} s ({out['ok_per_s']:.1f} req/s), latency "
-          f"{ {k: round(v) for k, v in out['latency_ms'].items()} } ms, peak RSS {out['peak_rss_mib']}")
+    print(
+        f"\n8 clients x 25: {out['ok']} ok in {out['wall_s']:.1f} s ({out['ok_per_s']:.1f} req/s), latency "
+        f"{ {k: round(v) for k, v in out['latency_ms'].items()} } ms, peak RSS {out['peak_rss_mib']}"
+    )
     assert out["sent"] == 200 and out["ok"] == 200
     assert out["error_count"] == 0 and out["wrong"] == 0 and out["rejected"] == 0, out["messages"]
     assert health["internal_errors"] == 0 and health["admission"]["admitted"] >= 200 + len(payloads)
@@ -38,11 +39,12 @@ def test_overload_is_refused_with_503_and_retry_after(small_index_dir, payloads)
     """One compute slot and a queue of two against 16 clients: most requests are refused at once."""
     with serve(small_index_dir, "--max-inflight", "1", "--max-queue", "2", "--log-level", "WARNING") as (url, proc):
         refs = reference_answers(url, payloads)
-        out = run_load(url, clients=16, requests_per_client=8, payloads=payloads, references=refs,
-                       server_pid=proc.pid)
+        out = run_load(url, clients=16, requests_per_client=8, payloads=payloads, references=refs, server_pid=proc.pid)
         adm = requests.get(url + "/healthz", timeout=10).json()["admission"]
-    print(f"\noverload 16 clients, inflight 1, queue 2: {out['ok']} ok, {out['rejected']} refused (Retry-After "
-          f"{out['retry_after']}), p99 {out['latency_ms']['p99']:.0f} ms, peak RSS {out['peak_rss_mib']}")
+    print(
+        f"\noverload 16 clients, inflight 1, queue 2: {out['ok']} ok, {out['rejected']} refused (Retry-After "
+        f"{out['retry_after']}), p99 {out['latency_ms']['p99']:.0f} ms, peak RSS {out['peak_rss_mib']}"
+    )
     assert out["error_count"] == 0 and out["wrong"] == 0, out["messages"]
     assert out["rejected"] > 0 and out["ok"] > 0 and out["ok"] + out["rejected"] == out["sent"]
     assert "missing" not in out["retry_after"] and all(int(v) >= 1 for v in out["retry_after"])
@@ -67,8 +69,13 @@ def test_restart_under_load_never_gives_a_wrong_answer(small_index_dir, payloads
         refs = reference_answers(url, fast)
         result: dict = {}
         stop = threading.Event()
-        load = threading.Thread(target=lambda: result.update(run_load(
-            url, clients=6, requests_per_client=10**6, payloads=fast, references=refs, timeout=60, stop=stop)))
+        load = threading.Thread(
+            target=lambda: result.update(
+                run_load(
+                    url, clients=6, requests_per_client=10**6, payloads=fast, references=refs, timeout=60, stop=stop
+                )
+            )
+        )
         load.start()
         time.sleep(3)
         t_term = time.monotonic()
@@ -95,15 +102,19 @@ def test_restart_under_load_never_gives_a_wrong_answer(small_index_dir, payloads
         served_after = requests.get(url3 + "/healthz", timeout=10).json()["admission"]["admitted"]
     out = result
     cut = [(kind, round(t - t_term, 2), round(t - t_kill, 2)) for t, kind in out["error_at"] if kind != "connection"]
-    print(f"\nrestart under load ({', '.join(stops)}): {out['sent']} sent, {out['ok']} ok, {out['rejected']} 503, "
-          f"errors {out['errors']}, wrong {out['wrong']}; the last server answered {served_after}")
+    print(
+        f"\nrestart under load ({', '.join(stops)}): {out['sent']} sent, {out['ok']} ok, {out['rejected']} 503, "
+        f"errors {out['errors']}, wrong {out['wrong']}; the last server answered {served_after}"
+    )
     print("errors other than connection errors (kind, s after SIGTERM, s after SIGKILL):", cut)
     assert out["wrong"] == 0, out["messages"]
     # Refused or reset connections only. The SIGKILL may also cut a response off mid-body, which
     # requests reports as ChunkedEncodingError (a short body, never parsed): accepted only right at
     # the kill. One at any other time (e.g. during the SIGTERM drain) fails the test.
-    assert all(kind == "ChunkedEncodingError" and 0 <= after_kill < 2 for kind, _, after_kill in cut), \
-        (cut, out["messages"])
+    assert all(kind == "ChunkedEncodingError" and 0 <= after_kill < 2 for kind, _, after_kill in cut), (
+        cut,
+        out["messages"],
+    )
     assert out["errors"].get("connection", 0) > 0  # the restarts really happened under load
     assert served_after > 0 and out["ok"] > 0
 
@@ -115,8 +126,9 @@ def test_sigterm_finishes_running_requests_and_refuses_new_ones(small_index_dir)
     with serve(small_index_dir, "--log-level", "WARNING", "--detect-processes", "1") as (url, proc):
         ref = reference_answers(url, slow)
         got: dict = {}
-        t = threading.Thread(target=lambda: got.update(run_load(url, clients=1, requests_per_client=1,
-                                                                payloads=slow, references=ref)))
+        t = threading.Thread(
+            target=lambda: got.update(run_load(url, clients=1, requests_per_client=1, payloads=slow, references=ref))
+        )
         t.start()
         time.sleep(0.3)  # the request is being processed
         proc.terminate()

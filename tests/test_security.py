@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import CELEBA10K, REPO, build_index, live_server
+
 from service import create_app
 from service.app import token_matches
 
@@ -33,13 +33,38 @@ TOKEN = "tok-\u00e9-0123456789abcdef"  # non-ASCII on purpose
 # Paths that try to leave the index's file list: dot segments, absolute paths, encodings, unicode
 # look-alikes, NUL bytes, backslashes, the dataset's own non-image files, URLs.
 TRAVERSALS = [
-    "../identity_CelebA.txt", "../../../../etc/passwd", "..%2fidentity_CelebA.txt", "%2e%2e/identity_CelebA.txt",
-    "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%252e%252e%252fetc%252fpasswd", "..%5c..%5cetc%5cpasswd",
-    "..\\..\\etc\\passwd", "/etc/passwd", "%2Fetc%2Fpasswd", "//etc/passwd", "%c0%ae%c0%ae/etc/passwd",
-    "%ef%bc%8e%ef%bc%8e%ef%bc%8fetc%ef%bc%8fpasswd", "\u2025/etc/passwd", "000001.jpg%00.png", "000001.jpg%00",
-    "./000001.jpg", "000001.jpg/", "000001.jpg/.", "img_align_celeba/000001.jpg", "000001.JPG", " 000001.jpg",
-    "identity_CelebA.txt", "list_eval_partition.txt", "manifest.json", "../manifest.json", "/proc/self/environ",
-    "file:///etc/passwd", "http://127.0.0.1:1/x.jpg", "~/.ssh/id_rsa", "$HOME/x", "000001.jpg;ls",
+    "../identity_CelebA.txt",
+    "../../../../etc/passwd",
+    "..%2fidentity_CelebA.txt",
+    "%2e%2e/identity_CelebA.txt",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "%252e%252e%252fetc%252fpasswd",
+    "..%5c..%5cetc%5cpasswd",
+    "..\\..\\etc\\passwd",
+    "/etc/passwd",
+    "%2Fetc%2Fpasswd",
+    "//etc/passwd",
+    "%c0%ae%c0%ae/etc/passwd",
+    "%ef%bc%8e%ef%bc%8e%ef%bc%8fetc%ef%bc%8fpasswd",
+    "\u2025/etc/passwd",
+    "000001.jpg%00.png",
+    "000001.jpg%00",
+    "./000001.jpg",
+    "000001.jpg/",
+    "000001.jpg/.",
+    "img_align_celeba/000001.jpg",
+    "000001.JPG",
+    " 000001.jpg",
+    "identity_CelebA.txt",
+    "list_eval_partition.txt",
+    "manifest.json",
+    "../manifest.json",
+    "/proc/self/environ",
+    "file:///etc/passwd",
+    "http://127.0.0.1:1/x.jpg",
+    "~/.ssh/id_rsa",
+    "$HOME/x",
+    "000001.jpg;ls",
 ]
 
 
@@ -117,8 +142,9 @@ _recording = [False]
 
 
 def _hook(event: str, args: tuple) -> None:
-    if _recording[0] and (event == "open" or event.startswith(("socket.", "urllib.", "subprocess.", "os.system",
-                                                                "http.client"))):
+    if _recording[0] and (
+        event == "open" or event.startswith(("socket.", "urllib.", "subprocess.", "os.system", "http.client"))
+    ):
         _events.append((event, args))
 
 
@@ -139,14 +165,23 @@ def test_no_route_opens_a_client_chosen_path_or_fetches_a_url(client, symlinked_
         data = {"images": [(io.BytesIO(good), n) for n in hostile_names]}
         r = client.post("/neighbors?detector=aligned", data=data, headers=AUTH, content_type="multipart/form-data")
         assert r.status_code == 200 and [i["image"] for i in r.get_json()["images"]] == hostile_names
-        for body in ({"images": [{"name": "/etc/passwd", "data": "http://127.0.0.1:9/x.jpg"}]},
-                     {"images": [{"name": "x", "url": "http://127.0.0.1:9/x.jpg"}]},
-                     {"images": "file:///etc/passwd"}):
+        for body in (
+            {"images": [{"name": "/etc/passwd", "data": "http://127.0.0.1:9/x.jpg"}]},
+            {"images": [{"name": "x", "url": "http://127.0.0.1:9/x.jpg"}]},
+            {"images": "file:///etc/passwd"},
+        ):
             r = client.post("/neighbors", json=body, headers=AUTH)
             assert r.status_code == 400, body
         for q in ("?detector=/etc/passwd", "?k=../../x", "?channels=file:///etc/passwd"):
-            assert client.post("/neighbors" + q, data={"images": [(io.BytesIO(good), "a.jpg")]}, headers=AUTH,
-                               content_type="multipart/form-data").status_code == 400
+            assert (
+                client.post(
+                    "/neighbors" + q,
+                    data={"images": [(io.BytesIO(good), "a.jpg")]},
+                    headers=AUTH,
+                    content_type="multipart/form-data",
+                ).status_code
+                == 400
+            )
     finally:
         _recording[0] = False
     net = [e for e in _events if e[0] != "open"]
@@ -160,24 +195,53 @@ def test_no_route_opens_a_client_chosen_path_or_fetches_a_url(client, symlinked_
             continue  # an already-open descriptor
         p = Path(os.fsdecode(path)).resolve()
         opened.append(p)
-        ok = p in indexed or any(p.is_relative_to(r) for r in roots) or str(p) in system_files \
+        ok = (
+            p in indexed
+            or any(p.is_relative_to(r) for r in roots)
+            or str(p) in system_files
             or (p.is_relative_to(Path(tempfile.gettempdir()).resolve()) and re.match(r"tmp\w+$", p.name))
+        )
         assert ok, f"opened {p} while serving hostile requests"
     assert (st.index.dataset_root / "000001.jpg").resolve() in opened  # the hook did see the real read
 
 
-@pytest.mark.parametrize("headers", [
-    {}, {"Authorization": "Bearer"}, {"Authorization": "Bearer "}, {"Authorization": "Bearer wrong"},
-    {"Authorization": TOKEN.encode().decode("latin-1")}, {"Authorization": "Basic " + TOKEN.encode().decode("latin-1")},
-    {"Authorization": "bearer " + TOKEN.encode().decode("latin-1")},
-    {"Authorization": "Bearer " + TOKEN.encode().decode("latin-1")[:-1]},
-    {"Authorization": "Bearer " + TOKEN.encode().decode("latin-1") + "x"},
-    {"Authorization": "Bearer " + "A" * 8000}, {"X-Token": TOKEN.encode().decode("latin-1")},
-], ids=["none", "empty", "blank", "wrong", "no-scheme", "basic", "lowercase", "prefix", "longer", "huge", "other-header"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN.encode().decode("latin-1")},
+        {"Authorization": "Basic " + TOKEN.encode().decode("latin-1")},
+        {"Authorization": "bearer " + TOKEN.encode().decode("latin-1")},
+        {"Authorization": "Bearer " + TOKEN.encode().decode("latin-1")[:-1]},
+        {"Authorization": "Bearer " + TOKEN.encode().decode("latin-1") + "x"},
+        {"Authorization": "Bearer " + "A" * 8000},
+        {"X-Token": TOKEN.encode().decode("latin-1")},
+    ],
+    ids=[
+        "none",
+        "empty",
+        "blank",
+        "wrong",
+        "no-scheme",
+        "basic",
+        "lowercase",
+        "prefix",
+        "longer",
+        "huge",
+        "other-header",
+    ],
+)
 def test_every_route_but_healthz_needs_the_token(client, headers):
     app = client.application
-    routes = [(m, re.sub(r"<(?:\w+:)?\w+>", "000001.jpg", r.rule)) for r in app.url_map.iter_rules()
-              if r.endpoint != "static" for m in sorted(r.methods - {"HEAD"})]
+    routes = [
+        (m, re.sub(r"<(?:\w+:)?\w+>", "000001.jpg", r.rule))
+        for r in app.url_map.iter_rules()
+        if r.endpoint != "static"
+        for m in sorted(r.methods - {"HEAD"})
+    ]
     routes += [("GET", "/no/such/route"), ("DELETE", "/neighbors"), ("PUT", "/v1/index"), ("GET", "/images/../x")]
     assert {p for _, p in routes} >= {"/healthz", "/v1/index", "/neighbors", "/images/000001.jpg", "/openapi.json"}
     for method, path in routes:
@@ -216,20 +280,26 @@ def test_tokens_never_reach_the_log(small_index_dir, tmp_path):
     tok_file = tmp_path / "token"
     tok_file.write_text(secret + "\n")
     log_path = tmp_path / "server.log"
-    with live_server(small_index_dir, log_path, "--token-file", str(tok_file), "--log-level", "DEBUG",
-                     "--detect-processes", "0") as (url, proc):
+    with live_server(
+        small_index_dir, log_path, "--token-file", str(tok_file), "--log-level", "DEBUG", "--detect-processes", "0"
+    ) as (url, proc):
         assert secret not in " ".join(Path(f"/proc/{proc.pid}/cmdline").read_text().split("\0"))
         good = (IMG_DIR / "000001.jpg").read_bytes()
         for tok in (secret, wrong):
             h = {"Authorization": f"Bearer {tok}"}
             for path in ("/v1/index", "/openapi.json", "/images/000001.jpg", "/images/nope.jpg", "/nowhere"):
                 requests.get(url + path, headers=h, timeout=30)
-            requests.post(url + "/neighbors?detector=aligned", headers=h, timeout=60,
-                          files=[("images", ("a.jpg", good, "image/jpeg"))])
+            requests.post(
+                url + "/neighbors?detector=aligned",
+                headers=h,
+                timeout=60,
+                files=[("images", ("a.jpg", good, "image/jpeg"))],
+            )
             requests.post(url + "/neighbors?bogus=1", headers=h, timeout=60, files=[("images", ("a.jpg", good))])
         assert requests.get(url + "/v1/index", headers={"Authorization": f"Bearer {secret}"}, timeout=30).ok
-        assert requests.get(url + "/v1/index", headers={"Authorization": f"Bearer {wrong}"},
-                            timeout=30).status_code == 401
+        assert (
+            requests.get(url + "/v1/index", headers={"Authorization": f"Bearer {wrong}"}, timeout=30).status_code == 401
+        )
     text = log_path.read_text()
     assert "GET /v1/index -> 401" in text and "DEBUG" in text  # the log is there and verbose
     assert secret not in text and wrong not in text

@@ -19,8 +19,13 @@ def _calib(rng, n=2000, with_ids=True):
     if not with_ids:
         null[:] = np.nan
         same[:] = np.nan
-    return {"sem_loo": loo, "sem_diff_id": null, "sem_same_id": same,
-            "pix_loo": rng.integers(100_000, 900_000, 500).astype(np.float64), "pix_loo_rows": np.arange(500)}
+    return {
+        "sem_loo": loo,
+        "sem_diff_id": null,
+        "sem_same_id": same,
+        "pix_loo": rng.integers(100_000, 900_000, 500).astype(np.float64),
+        "pix_loo_rows": np.arange(500),
+    }
 
 
 def test_calibrate_with_identities_uses_null_quantile_and_reports_recall():
@@ -120,8 +125,11 @@ def test_memorization_shares_and_p_value():
     m = stats.memorization([f"q{i}" for i in range(4)], top1, train, None, None, th, 12288, positions=[0, 2, 3, 5])
     assert m["same_person"]["count"] == 2 and m["same_person"]["share"] == 0.5
     assert m["same_person"]["p_value_vs_strangers"] == pytest.approx(
-        sps.binomtest(2, 4, th.expected_false_match_rate, alternative="greater").pvalue)
+        sps.binomtest(2, 4, th.expected_false_match_rate, alternative="greater").pvalue
+    )
     assert m["likely_copies"]["pixel"] is None
     sem = m["likely_copies"]["semantic"]
     assert sem["count"] == int(np.sum(top1 < th.semantic_copy))
-    assert [c["index"] for c in m["suspected_copies"]] == [p for p, d in zip([0, 2, 3, 5], top1) if d < th.semantic_copy]
+    assert [c["index"] for c in m["suspected_copies"]] == [
+        p for p, d in zip([0, 2, 3, 5], top1) if d < th.semantic_copy
+    ]

@@ -12,8 +12,8 @@ import threading
 import time
 
 import requests
-
 from conftest import CELEBA10K
+
 from scripts.loadtest import serve
 
 ATTACK_S = 12.0  # how long the slow-loris clients keep at it
@@ -32,7 +32,7 @@ def _read_all(s: socket.socket, timeout: float) -> bytes:
     try:
         while chunk := s.recv(65536):
             out += chunk
-    except (socket.timeout, ConnectionError):
+    except (TimeoutError, ConnectionError):
         pass
     return out
 
@@ -53,7 +53,7 @@ def _loris(port: int, stop: threading.Event, replies: list[bytes]) -> None:
                     s.sendall(b"a")
                     try:
                         got = s.recv(4096)
-                    except socket.timeout:
+                    except TimeoutError:
                         continue
                     replies.append(got + _read_all(s, 1.0))
                     break
@@ -89,9 +89,11 @@ def test_slow_loris_cannot_hold_every_connection(small_index_dir):
     with serve(small_index_dir, *args, "--read-timeout-s", "2") as (url, _):
         waited, replies = _healthz_wait_under_slow_loris(url, n_loris=6)
         after = requests.get(url + "/healthz", timeout=10).json()
-    print(f"\nslow-loris, 6 clients against 4 connections: /healthz waited "
-          f"{'> %g s (never answered)' % ATTACK_S if baseline is None else '%.1f s' % baseline} without read "
-          f"deadlines, {waited:.1f} s with a 2 s deadline; {len(replies)} slow connections cut off")
+    print(
+        f"\nslow-loris, 6 clients against 4 connections: /healthz waited "
+        f"{f'> {ATTACK_S:g} s (never answered)' if baseline is None else f'{baseline:.1f} s'} without read "
+        f"deadlines, {waited:.1f} s with a 2 s deadline; {len(replies)} slow connections cut off"
+    )
     assert baseline is None, "without deadlines the attack should hold the server (is the test still valid?)"
     # Answered while the attack went on: the 2 clients queued ahead of it are cut off after 2-3 s.
     assert waited is not None and waited < 8.0
@@ -113,12 +115,14 @@ def _post_slowly(port: int, body: bytes, content_type: str, rate: float) -> tupl
     """POST /neighbors, sending the body at ``rate`` bytes/s; the status, headers, body and seconds taken."""
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(f"POST /neighbors HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(
+            f"POST /neighbors HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
         step = max(1, int(rate / 10))
         try:
             for i in range(0, len(body), step):
-                s.sendall(body[i:i + step])
+                s.sendall(body[i : i + step])
                 time.sleep(0.1)
         except OSError:  # the server answered 408 and closed while we were still sending
             pass
@@ -148,8 +152,11 @@ def test_slow_body_is_cut_off_but_a_slow_steady_upload_is_answered(small_index_d
         # Headers and 40 KiB of a 46 KiB body, then silence: the deadline (2 s + 5 s for 40 KiB)
         # is far off, but 2 s without a byte ends it with a 408 rather than a silent close.
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            s.sendall(f"POST /neighbors HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:40 * 1024])
+            s.sendall(
+                f"POST /neighbors HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[: 40 * 1024]
+            )
             t0 = time.monotonic()
             status, _, silent_body = _parse(_read_all(s, 30))
             silent_cut = time.monotonic() - t0
@@ -162,10 +169,12 @@ def test_slow_body_is_cut_off_but_a_slow_steady_upload_is_answered(small_index_d
             idle_closed = time.monotonic() - t0
         assert idle_closed < 5.0
         health = requests.get(url + "/healthz", timeout=10).json()
-    print(f"\nslow steady upload {len(body) / 1024:.0f} KiB in {took:.1f} s: 200 ({statuses.count('ok')} of "
-          f"{len(statuses)} faces found); 500 B/s trickle cut off "
-          f"after {cut_after:.1f} s with 408; silent mid-request 408 after {silent_cut:.1f} s; idle "
-          f"connection closed after {idle_closed:.1f} s")
+    print(
+        f"\nslow steady upload {len(body) / 1024:.0f} KiB in {took:.1f} s: 200 ({statuses.count('ok')} of "
+        f"{len(statuses)} faces found); 500 B/s trickle cut off "
+        f"after {cut_after:.1f} s with 408; silent mid-request 408 after {silent_cut:.1f} s; idle "
+        f"connection closed after {idle_closed:.1f} s"
+    )
     assert health["internal_errors"] == 0
 
 
