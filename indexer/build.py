@@ -550,7 +550,7 @@ def build(cfg: BuildConfig) -> Path:
             dtype=np.int64,
         )
         calib = calibrate.semantic_calibration(desc, idents, device=device)
-        calib.update(calibrate.pixel_calibration(pix, cfg.pixel_calibration_sample, device=device))
+        calib.update(calibrate.pixel_calibration(pix, idents, cfg.pixel_calibration_sample, device=device))
         counts = {s: sum(r["status"] == s for r in rows) for s in faces.STATUSES}
         manifest = {
             "dataset": {

@@ -7,6 +7,7 @@ Nothing here knows about Flask. Parameters are validated by :func:`parse_params`
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ CHANNELS = ("semantic", "pixel")
 K_DEFAULT = 5
 K_MAX = 100
 DEFAULT_DETECTOR = "hog"
-PARAM_NAMES = ("k", "channels", "detector", "threshold", "false_match_rate")
+PARAM_NAMES = ("k", "channels", "detector", "threshold", "false_match_rate", "pair_false_match_rate", "vectors")
 
 
 class ApiError(Exception):
@@ -55,6 +56,8 @@ class Params:
     detector: str = DEFAULT_DETECTOR
     threshold: float | None = None
     false_match_rate: float = stats.DEFAULT_FALSE_MATCH_RATE
+    pair_false_match_rate: float = stats.DEFAULT_PAIR_FALSE_MATCH_RATE
+    vectors: bool = False  # return each face's descriptor and pixel crop (the audit computes pairs from them)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -85,7 +88,8 @@ def _float(name: str, raw: Any) -> float:
 
 
 def parse_params(args: Mapping[str, Any]) -> Params:
-    """Validate ``k``, ``channels``, ``detector``, ``threshold``, ``false_match_rate``.
+    """Validate ``k``, ``channels``, ``detector``, ``threshold``, ``false_match_rate``,
+    ``pair_false_match_rate`` and ``vectors``.
 
     Accepts a query-string MultiDict (values are strings) or a plain dict from Python callers
     (ints, floats, lists allowed). Unknown names, repeats and out-of-range values raise
@@ -140,6 +144,20 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         if not 0 < v < 1:
             raise ApiError(400, "bad_parameter", f"false_match_rate must be in (0, 1), got {v}")
         kw["false_match_rate"] = v
+    if "pair_false_match_rate" in args:
+        v = _float("pair_false_match_rate", _single(args, "pair_false_match_rate"))
+        if not 0 < v <= stats.MAX_PAIR_FALSE_MATCH_RATE:
+            raise ApiError(
+                400,
+                "bad_parameter",
+                f"pair_false_match_rate must be in (0, {stats.MAX_PAIR_FALSE_MATCH_RATE:g}], got {v}",
+            )
+        kw["pair_false_match_rate"] = v
+    if "vectors" in args:
+        raw = _single(args, "vectors")
+        if raw not in (True, False, 0, 1, "0", "1", "true", "false"):
+            raise ApiError(400, "bad_parameter", f"vectors must be 0, 1, true or false, got {str(raw)[:40]!r}")
+        kw["vectors"] = raw in (True, 1, "1", "true")
     return Params(**kw)
 
 
@@ -305,7 +323,10 @@ def neighbors_for_faces(
     call per channel, so a batch of 64 costs one forward pass, and a single image a batch of one.
     """
     t0 = time.perf_counter()
-    th = thresholds or stats.calibrate(searcher.index.calibration, params.false_match_rate, params.threshold)
+    cal = searcher.index.calibration
+    th = thresholds or stats.calibrate(
+        cal, params.false_match_rate, params.threshold, pair_false_match_rate=params.pair_false_match_rate
+    )
     queries = searcher.prepare(named_faces)
     t_embed = time.perf_counter() - t0
     entries = [_image_entry(q.name, q.face) for q in queries]
@@ -351,7 +372,13 @@ def neighbors_for_faces(
     t_search = time.perf_counter() - t1
     t2 = time.perf_counter()
     coll = stats.collisions(names, desc, pix, th, batch_size=len(queries), positions=pos)
-    mem = stats.memorization(names, sem_top1, sem_train, pix_top1, pix_train, th, pixels.PIXEL_DIM, positions=pos)
+    mem = stats.memorization(
+        names, sem_top1, sem_train, pix_top1, pix_train, th, pixels.PIXEL_DIM, positions=pos, calibration=cal
+    )
+    if params.vectors:
+        for row, i in enumerate(pos):
+            entries[i]["descriptor"] = [float(v) for v in desc[row]]
+            entries[i]["pixels"] = base64.b64encode(np.ascontiguousarray(pix[row]).tobytes()).decode("ascii")
     counts = {s: sum(q.face.status == s for q in queries) for s in faces.STATUSES}
     return {
         "images": entries,

@@ -370,7 +370,11 @@ def _register(app: Flask) -> None:
     def neighbors() -> Response:
         st = _state()
         params = api.parse_params(request.args)
-        default = params.threshold is None and params.false_match_rate == stats.DEFAULT_FALSE_MATCH_RATE
+        default = (
+            params.threshold is None
+            and params.false_match_rate == stats.DEFAULT_FALSE_MATCH_RATE
+            and params.pair_false_match_rate == stats.DEFAULT_PAIR_FALSE_MATCH_RATE
+        )
         thresholds = st.default_thresholds if default else None  # else calibrated per request (< 1 ms)
         if (request.content_length or 0) > current_app.config["MAX_CONTENT_LENGTH"]:
             raise RequestEntityTooLarge()  # refused from the header, without waiting for a slot

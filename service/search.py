@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer import faces, pixels
+from indexer import calibrate, faces, pixels
 from indexer.devices import faiss_gpus, faiss_index, resolve_device
 from indexer.l1 import L1Index
 from indexer.store import FaceIndex
@@ -39,6 +39,9 @@ class Searcher:
     def __init__(self, index: FaceIndex, device: str = "auto", embedder: str = "torch"):
         self.index = index
         self.device = resolve_device(device)
+        index.calibration = calibrate.complete(
+            index.calibration, index.descriptors, index.pixels, index.identity_codes(), self.device
+        )
         self.embedder = faces.make_embedder(embedder, self.device)
         if self.device == "cuda" and faiss_gpus() > 0:
             self.semantic = faiss_index(index.descriptors, "l2", self.device)

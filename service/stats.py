@@ -1,4 +1,4 @@
-"""Batch statistics: calibrated thresholds, in-batch collisions (birthday paradox), memorization.
+"""Request statistics: calibrated thresholds, in-batch collisions (birthday paradox), memorization.
 
 Pure numpy/scipy on purpose: the HTTP service and the in-process batch audit both call these
 functions on the same arrays, so both report the same numbers. Formulas are documented in
@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from scipy import stats as sps
 from scipy.spatial.distance import cdist
 
+from indexer import pixels
+
+from .audit import baselines, support
+
 DEFAULT_FALSE_MATCH_RATE = 0.01
+# Collisions (birthday paradox): per-pair false-match rate of the collision threshold; see README
+# "Collisions" for why 1e-5. The index keeps the lowest 1e-4 of its pair distances, hence the cap.
+DEFAULT_PAIR_FALSE_MATCH_RATE = 1e-5
+MAX_PAIR_FALSE_MATCH_RATE = 1e-4
 COPY_PERCENTILE = 1.0  # a "likely copy" is closer than 1% of train-to-train nearest distances
 CONFIDENCE = 0.95
 _BLOCK = 256  # rows per block in the pairwise searches (bounded memory for large audits)
@@ -31,13 +39,40 @@ _BLOCK = 256  # rows per block in the pairwise searches (bounded memory for larg
 
 
 @dataclass(frozen=True)
+class PairThreshold:
+    """A collision threshold read from pairs of faces of different training identities.
+
+    ``threshold`` is the distance under which such a pair falls with probability
+    ``per_pair_false_match_rate`` (measured: ``pairs_under`` of ``pairs_sampled``, for the target
+    ``target_rate``); ``interval`` is the distance range that the rank's 95% binomial interval spans
+    (how precisely the threshold is known). ``same_identity_recall`` is the share of pairs of two
+    photos of one training person under it. ``source``: ``identities``, or ``all_pairs`` when the
+    index has no identities (the rate is then over all pairs, same-person pairs included).
+    """
+
+    channel: str
+    threshold: float
+    target_rate: float
+    per_pair_false_match_rate: float
+    pairs_under: int
+    pairs_sampled: int
+    interval: tuple[float, float]
+    same_identity_recall: float | None
+    same_identity_pairs: int
+    source: str
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """The thresholds one request (or audit) uses, with where they came from.
 
-    ``identity`` decides ``same_person`` and semantic collisions; ``semantic_copy`` and
-    ``pixel_copy`` decide "likely copy". ``expected_false_match_rate`` is the share of the index's
-    null distribution (a stranger's nearest neighbour) under ``identity``: the rate at which real
-    strangers would be called the same person. It is None when identities are unknown.
+    ``identity`` decides ``same_person`` (a 1:N decision: is this face's nearest training face the
+    same person?); ``semantic_copy`` and ``pixel_copy`` decide "likely copy"; ``collision_semantic``
+    and ``collision_pixel`` decide whether two generated faces are a near-duplicate pair (a 1:1
+    decision, calibrated per pair, so that it does not depend on the index size).
+    ``expected_false_match_rate`` is the share of the index's null distribution (a stranger's
+    nearest neighbour) under ``identity``: the rate at which real strangers would be called the
+    same person. It is None when identities are unknown.
     """
 
     identity: float
@@ -52,6 +87,8 @@ class Thresholds:
     same_identity_samples: int
     loo_samples: int
     pixel_loo_samples: int
+    collision_semantic: PairThreshold | None
+    collision_pixel: PairThreshold | None
     note: str
 
     def to_dict(self, pixel_dim: int | None = None) -> dict:
@@ -59,7 +96,19 @@ class Thresholds:
         d["pixel_copy_per_value"] = (
             None if self.pixel_copy is None or not pixel_dim else self.pixel_copy / (pixel_dim * 255.0)
         )
+        for key in ("collision_semantic", "collision_pixel"):
+            if d[key] is not None:
+                d[key]["interval"] = list(d[key]["interval"])
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Thresholds:
+        """Rebuild the thresholds a response used from its ``calibration`` block."""
+        kw = {f.name: d[f.name] for f in fields(cls)}
+        for key in ("collision_semantic", "collision_pixel"):
+            if kw[key] is not None:
+                kw[key] = PairThreshold(**{**kw[key], "interval": tuple(kw[key]["interval"])})
+        return cls(**kw)
 
 
 def _finite(a: np.ndarray | None) -> np.ndarray:
@@ -69,13 +118,45 @@ def _finite(a: np.ndarray | None) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
+def pair_threshold(
+    calibration: Mapping[str, np.ndarray], channel: str, rate: float = DEFAULT_PAIR_FALSE_MATCH_RATE
+) -> PairThreshold | None:
+    """The ``channel`` (``sem`` or ``pix``) collision threshold with per-pair false-match rate ``rate``,
+    from the index's stored pair tail (None when the index has too few pairs)."""
+    if not 0.0 < rate <= MAX_PAIR_FALSE_MATCH_RATE:
+        raise ValueError(f"pair_false_match_rate must be in (0, {MAX_PAIR_FALSE_MATCH_RATE:g}], got {rate}")
+    tail = _finite(calibration.get(f"pair_{channel}_diff_tail"))
+    total = int(np.asarray(calibration.get(f"pair_{channel}_diff_pairs", 0)))
+    if not len(tail) or total <= 0:
+        return None
+    r = min(max(1, int(round(rate * total))), len(tail))
+    thr = float((tail[r - 1] + tail[r]) / 2) if r < len(tail) else float(np.nextafter(tail[r - 1], np.inf))
+    half = 1.96 * math.sqrt(r)
+    lo_r, hi_r = max(1, int(math.floor(r - half))), min(len(tail), int(math.ceil(r + half)))
+    same = _finite(calibration.get(f"pair_{channel}_same"))
+    known = bool(np.isfinite(np.asarray(calibration.get("sem_diff_id", [np.nan]), np.float64)).any())
+    return PairThreshold(
+        channel="semantic" if channel == "sem" else "pixel",
+        threshold=thr,
+        target_rate=rate,
+        per_pair_false_match_rate=r / total,
+        pairs_under=r,
+        pairs_sampled=total,
+        interval=(float(tail[lo_r - 1]), float(tail[hi_r - 1])),
+        same_identity_recall=float(np.mean(same < thr)) if len(same) else None,
+        same_identity_pairs=int(len(same)),
+        source="identities" if known else "all_pairs",
+    )
+
+
 def calibrate(
     calibration: Mapping[str, np.ndarray],
     false_match_rate: float = DEFAULT_FALSE_MATCH_RATE,
     threshold: float | None = None,
     copy_percentile: float = COPY_PERCENTILE,
+    pair_false_match_rate: float = DEFAULT_PAIR_FALSE_MATCH_RATE,
 ) -> Thresholds:
-    """Turn the index's stored nearest-distance distributions into thresholds.
+    """Turn the index's stored distance distributions into thresholds.
 
     * With identities: ``identity`` = the ``false_match_rate`` quantile of ``sem_diff_id`` (each
       training face's nearest *other-identity* distance: how close a stranger's nearest neighbour
@@ -87,6 +168,8 @@ def calibrate(
       at that threshold when identities are known.
     * Copy thresholds: the ``copy_percentile`` percentile of ``sem_loo`` and of ``pix_loo``
       (train-to-train nearest distances), independent of the above.
+    * Collision thresholds (:func:`pair_threshold`): per-pair false-match rate
+      ``pair_false_match_rate`` in each channel.
     """
     if not 0.0 < false_match_rate < 1.0:
         raise ValueError(f"false_match_rate must be in (0, 1), got {false_match_rate}")
@@ -123,6 +206,15 @@ def calibrate(
     pix_copy = float(np.percentile(pix, copy_percentile)) if len(pix) else None
     if sem_copy is None or pix_copy is None:
         notes.append("copy thresholds unavailable (index too small)")
+    coll_sem = pair_threshold(calibration, "sem", pair_false_match_rate)
+    coll_pix = pair_threshold(calibration, "pix", pair_false_match_rate)
+    if coll_sem is None:
+        notes.append("collision thresholds unavailable (the index has fewer than 2 faces)")
+    elif coll_sem.pairs_under < 10:
+        notes.append(
+            f"the collision threshold rests on {coll_sem.pairs_under} pair(s) of {coll_sem.pairs_sampled:,}: "
+            "the index is too small to place it precisely"
+        )
     return Thresholds(
         identity,
         source,
@@ -136,6 +228,8 @@ def calibrate(
         int(len(same)),
         int(len(loo)),
         int(len(pix)),
+        coll_sem,
+        coll_pix,
         "; ".join(notes),
     )
 
@@ -148,12 +242,17 @@ def close_pairs(x: np.ndarray, threshold: float | None, metric: str) -> list[tup
 
     ``metric`` is ``euclidean`` (descriptors) or ``cityblock`` (pixel crops, L1 sum). Exact, in
     float64 (uint8 L1 sums are exact integers in float64), computed in blocks so memory stays
-    bounded for large audits.
+    bounded for large audits. Many pixel crops (uint8, the index's crop size) go through the exact
+    L1 search of :mod:`indexer.l1` instead of a dense pass: every pair of 1,000 crops densely is
+    1.2·10¹⁰ operations, while near-duplicates are rare.
     """
     n = len(x)
     if threshold is None or n < 2:
         return []
-    x = np.asarray(x, dtype=np.float64).reshape(n, -1)
+    x = np.asarray(x).reshape(n, -1)
+    if metric == "cityblock" and n > _BLOCK and x.dtype == np.uint8 and x.shape[1] == pixels.PIXEL_DIM:
+        return _close_pairs_l1(x, threshold)
+    x = x.astype(np.float64)
     out: list[tuple[int, int, float]] = []
     for s in range(0, n, _BLOCK):
         a = x[s : s + _BLOCK]
@@ -168,52 +267,29 @@ def close_pairs(x: np.ndarray, threshold: float | None, metric: str) -> list[tup
     return out
 
 
+def _close_pairs_l1(x: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """:func:`close_pairs` for uint8 crops with the exact L1 search: each crop's top-k others, k
+    growing for the crops whose k-th neighbour is still under the threshold."""
+    from indexer.l1 import L1Index
+
+    n = len(x)
+    index = L1Index(np.ascontiguousarray(x))
+    found: dict[tuple[int, int], float] = {}
+    rows, k = np.arange(n, dtype=np.int64), 8
+    while len(rows):
+        k = min(k, n - 1)
+        d, ids = index.search(x[rows], k, exclude_self=rows)
+        for r, dr, ir in zip(rows, d, ids):
+            for dist, j in zip(dr, ir):
+                if j >= 0 and dist < threshold:
+                    found[(min(int(r), int(j)), max(int(r), int(j)))] = float(dist)
+        if k >= n - 1:
+            break
+        rows, k = rows[(d[:, -1] >= 0) & (d[:, -1] < threshold)], k * 4
+    return sorted((i, j, dist) for (i, j), dist in found.items())
+
+
 # ----------------------------------------------------------------------------- birthday paradox
-
-
-def poisson_interval(c: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Exact (Garwood) two-sided interval for a Poisson mean from one count ``c``:
-    [χ²(α/2; 2c)/2, χ²(1−α/2; 2c+2)/2], with lower bound 0 at c = 0."""
-    alpha = 1.0 - confidence
-    lo = 0.0 if c == 0 else float(sps.chi2.ppf(alpha / 2, 2 * c) / 2)
-    hi = float(sps.chi2.ppf(1 - alpha / 2, 2 * c + 2) / 2)
-    return lo, hi
-
-
-def support_estimate(s: int, c: int, confidence: float = CONFIDENCE) -> dict:
-    """Arora & Zhang's birthday-paradox support estimate from ``c`` colliding pairs among ``s`` faces.
-
-    For a distribution uniform over M distinct faces, the expected number of colliding pairs
-    among s samples is C(s,2)/M, so M̂ = s(s−1)/(2c). c is treated as Poisson: the exact Garwood
-    interval for its mean maps to [s(s−1)/(2·λ_hi), s(s−1)/(2·λ_lo)]. With c = 0 there is no
-    point estimate, only the one-sided lower bound M ≥ s(s−1)/(2·λ₀), λ₀ = −ln(1−confidence)
-    (≈ 3.0 at 95%). With s < 2 nothing can be said.
-    """
-    pairs = s * (s - 1) / 2
-    out = {
-        "faces": int(s),
-        "pairs_compared": int(pairs),
-        "colliding_pairs": int(c),
-        "confidence": confidence,
-        "support_estimate": None,
-        "support_interval": None,
-        "support_lower_bound": None,
-    }
-    if s < 2:
-        out["note"] = "fewer than 2 faces: no estimate"
-        return out
-    if c == 0:
-        lam0 = -math.log(1.0 - confidence)  # = χ²(confidence; 2)/2, one-sided
-        out["support_lower_bound"] = pairs / lam0
-        out["note"] = (
-            f"no collision among {int(pairs)} pairs: one-sided {confidence:.0%} lower bound M >= s(s-1)/(2*{lam0:.3f})"
-        )
-        return out
-    lo, hi = poisson_interval(c, confidence)
-    out["support_estimate"] = pairs / c
-    out["support_interval"] = [pairs / hi, pairs / lo]
-    out["note"] = f"M = s(s-1)/(2c); {confidence:.0%} interval from the exact Poisson (Garwood) interval on c"
-    return out
 
 
 def collisions(
@@ -225,41 +301,42 @@ def collisions(
     positions: list[int] | None = None,
     confidence: float = CONFIDENCE,
 ) -> dict:
-    """Near-duplicate pairs inside the batch and the support estimate, per channel.
+    """Near-duplicate pairs inside the batch and the support estimate of this one batch, per channel.
 
     ``names`` / ``descriptors`` / ``pix`` cover the batch's ok faces only (same order); a channel
-    given as None is reported as not computed. Semantic collisions use the identity threshold
-    (same person), pixel collisions the pixel copy threshold. ``positions`` are the faces' places
-    in the upload (default 0..s−1); pairs report them as ``a_index`` / ``b_index``.
+    given as None is reported as not computed. Pairs collide under the channel's pair-calibrated
+    collision threshold; the support estimate (:func:`service.audit.support.estimate`) removes the
+    chance pairs that threshold lets through. ``positions`` are the faces' places in the upload
+    (default 0..s−1); pairs report them as ``a_index`` / ``b_index``.
     """
     s = len(names)
     pos = list(range(s)) if positions is None else list(positions)
-    out: dict = {
-        "batch_size": int(batch_size),
-        "faces": int(s),
-        "reference": "Arora & Zhang (2017), Do GANs "
-        "actually learn the distribution? An empirical study, arXiv:1706.08224",
-    }
-    for channel, x, thr, metric in (
-        ("semantic", descriptors, th.identity, "euclidean"),
-        ("pixel", pix, th.pixel_copy, "cityblock"),
+    out: dict = {"batch_size": int(batch_size), "faces": int(s), "reference": support.REFERENCE}
+    for channel, x, pt, metric in (
+        ("semantic", descriptors, th.collision_semantic, "euclidean"),
+        ("pixel", pix, th.collision_pixel, "cityblock"),
     ):
         if x is None:
             out[channel] = None
             continue
-        pairs = close_pairs(x, thr, metric)
-        est = support_estimate(s, len(pairs), confidence)
+        if pt is None:
+            out[channel] = {"threshold": None, "pairs": [], "note": "the index is too small for a collision threshold"}
+            continue
+        pairs = close_pairs(x, pt.threshold, metric)
+        est = support.estimate(
+            [support.Batch(s, tuple((i, j) for i, j, _ in pairs))], pt.per_pair_false_match_rate, confidence
+        )
         cast = float if channel == "semantic" else (lambda v: int(round(v)))  # L1 sums are integers
         out[channel] = {
-            "threshold": thr,
+            "threshold": pt.threshold,
+            "per_pair_false_match_rate": pt.per_pair_false_match_rate,
+            "same_identity_recall": pt.same_identity_recall,
             "pairs": [
                 {"a": names[i], "b": names[j], "a_index": pos[i], "b_index": pos[j], "distance": cast(d)}
                 for i, j, d in pairs
             ],
             **est,
         }
-        if thr is None:
-            out[channel]["note"] = "no pixel copy threshold in this index: pixel collisions not computed"
     return out
 
 
@@ -284,18 +361,22 @@ def memorization(
     pixel_dim: int,
     positions: list[int] | None = None,
     confidence: float = CONFIDENCE,
+    calibration: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """How much of the batch sits on the training set, from each face's top-1 neighbours.
 
-    * ``same_person``: share with a top-1 semantic distance under the identity threshold, beside
-      the expected false-match rate (what the same number of real strangers would score), with a
-      one-sided exact binomial p-value for "more than strangers".
-    * ``likely_copies``: share closer than the copy thresholds (semantic and pixel separately).
+    * ``same_person``: share with a top-1 semantic distance under the identity threshold, beside the
+      share of the index's strangers (each training face's nearest other-identity face) under it,
+      with the exact one-sided p-value of "more than strangers" (:mod:`service.audit.baselines`).
+    * ``likely_copies``: share closer than the copy thresholds (semantic and pixel separately),
+      beside the share of strangers that close, with the same kind of p-value.
     * ``suspected_copies``: each such face with its training file.
 
-    ``sem_train`` / ``pix_train`` give each face's top-1 training face as ``{"file", "identity"}``;
-    ``positions`` are the faces' places in the upload (reported as ``index``).
+    ``calibration`` holds the index's null samples (without it, no p-values). ``sem_train`` /
+    ``pix_train`` give each face's top-1 training face as ``{"file", "identity"}``; ``positions``
+    are the faces' places in the upload (reported as ``index``).
     """
+    cal = calibration or {}
     n = len(names)
     pos = list(range(n)) if positions is None else list(positions)
     out: dict = {
@@ -303,24 +384,22 @@ def memorization(
         "identity_threshold": th.identity,
         "expected_false_match_rate": th.expected_false_match_rate,
     }
+    null_sem = _finite(cal.get("sem_diff_id"))
     if sem_top1 is not None:
         sem_top1 = np.asarray(sem_top1, dtype=np.float64)
         k = int(np.sum(sem_top1 < th.identity))
-        same = share_with_interval(k, n, confidence)
-        p0 = th.expected_false_match_rate
-        same["p_value_vs_strangers"] = (
-            float(sps.binomtest(k, n, p0, alternative="greater").pvalue)
-            if n and p0 is not None and 0 < p0 < 1
-            else None
-        )
-        out["same_person"] = same
+        out["same_person"] = share_with_interval(k, n, confidence)
+        if len(null_sem):
+            out["same_person"]["baseline"] = baselines.rate_test(
+                k, n, null_sem, th.identity, order_statistic=th.source == "identities"
+            )
     else:
         out["same_person"] = None
     copies: list[dict] = []
     likely: dict = {}
-    for channel, top1, train, thr in (
-        ("semantic", sem_top1, sem_train, th.semantic_copy),
-        ("pixel", pix_top1, pix_train, th.pixel_copy),
+    for channel, top1, train, thr, null in (
+        ("semantic", sem_top1, sem_train, th.semantic_copy, null_sem),
+        ("pixel", pix_top1, pix_train, th.pixel_copy, _finite(cal.get("pix_diff_id"))),
     ):
         if top1 is None or thr is None:
             likely[channel] = None
@@ -330,6 +409,8 @@ def memorization(
         likely[channel] = {"threshold": thr, **share_with_interval(len(hit), n, confidence)}
         if channel == "pixel":
             likely[channel]["threshold_per_value"] = thr / (pixel_dim * 255.0)
+        if len(null):
+            likely[channel]["baseline"] = baselines.rate_test(len(hit), n, null, thr, order_statistic=False)
         for i in hit:
             t = train[i] if train else {}
             copies.append(

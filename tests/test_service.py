@@ -712,14 +712,17 @@ def test_collisions_find_exactly_the_planted_pairs(transport):
     assert exact["distance"] == 0
     s = len(images) - 1  # ok faces
     assert body["collisions"]["faces"] == s and body["collisions"]["batch_size"] == len(images)
-    assert sem["colliding_pairs"] == 3 and sem["support_estimate"] == pytest.approx(s * (s - 1) / 2 / 3)
-    lo, hi = sem["support_interval"]
-    assert lo < sem["support_estimate"] < hi
+    f = sem["per_pair_false_match_rate"]
+    assert sem["threshold"] == body["calibration"]["collision_semantic"]["threshold"]
+    assert sem["colliding_pairs"] == 3 and sem["estimate"] == pytest.approx((1 - f) / (3 / (s * (s - 1) / 2) - f))
+    lo, hi = sem["interval"]
+    assert lo < sem["estimate"] < hi
     # Without the planted faces there is no collision: only a lower bound on the support.
     status, body = transport.post([(f, celeba_bytes(f)) for f in fillers], {"detector": "aligned", "k": 1})
     sem = body["collisions"]["semantic"]
-    assert sem["colliding_pairs"] == 0 and sem["support_estimate"] is None
-    assert sem["support_lower_bound"] == pytest.approx(14 * 13 / 2 / -np.log(0.05))
+    f = sem["per_pair_false_match_rate"]
+    assert sem["colliding_pairs"] == 0 and sem["estimate"] is None and sem["interval"] is None
+    assert sem["lower_bound"] == pytest.approx((1 - f) / (-np.log(0.05) / (14 * 13 / 2) - f))
 
 
 def test_memorization_flags_training_images_as_copies(http):

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from service import stats
+from service.audit import support
 
 
 def _calib(rng, n=2000, with_ids=True):
@@ -64,41 +65,61 @@ def test_calibrate_user_threshold_still_reports_rates_at_it():
 
 def test_garwood_interval_matches_the_published_table():
     # Garwood (1936) exact 95% limits: c=0 -> [0, 3.689], c=1 -> [0.0253, 5.572], c=10 -> [4.795, 18.39]
-    assert stats.poisson_interval(0) == pytest.approx((0.0, 3.689), abs=1e-3)
-    assert stats.poisson_interval(1) == pytest.approx((0.0253, 5.572), abs=1e-3)
-    assert stats.poisson_interval(10) == pytest.approx((4.795, 18.39), abs=1e-2)
+    assert support.garwood(0) == pytest.approx((0.0, 3.689), abs=1e-3)
+    assert support.garwood(1) == pytest.approx((0.0253, 5.572), abs=1e-3)
+    assert support.garwood(10) == pytest.approx((4.795, 18.39), abs=1e-2)
+    assert support.poisson_upper(0) == pytest.approx(-math.log(0.05))
+    assert -math.log(0.05) == pytest.approx(sps.chi2.ppf(0.95, 2) / 2)
+
+
+def test_pair_threshold_reads_the_rank_of_the_per_pair_rate():
+    rng = np.random.default_rng(1)
+    tail = np.sort(rng.uniform(0.2, 0.5, 500))
+    same = np.sort(rng.uniform(0.1, 0.7, 300))
+    cal = {
+        "pair_sem_diff_tail": tail,
+        "pair_sem_diff_pairs": np.array(5_000_000),
+        "pair_sem_same": same,
+        "sem_diff_id": np.array([0.5, 0.6]),
+    }
+    pt = stats.pair_threshold(cal, "sem", 1e-5)  # rank 50 of 5 M pairs
+    assert pt.pairs_under == 50 and pt.per_pair_false_match_rate == pytest.approx(1e-5)
+    assert tail[49] < pt.threshold < tail[50] and np.sum(tail < pt.threshold) == 50
+    assert pt.interval[0] < pt.threshold < pt.interval[1]
+    assert pt.same_identity_recall == pytest.approx(np.mean(same < pt.threshold))
+    assert pt.source == "identities"
+    with pytest.raises(ValueError):
+        stats.pair_threshold(cal, "sem", 1e-3)  # beyond the stored tail
+    assert stats.pair_threshold({}, "pix") is None
 
 
 def test_support_estimate_formulas():
-    s = 100
+    s, f = 100, 1e-5
     pairs = s * (s - 1) / 2
-    est = stats.support_estimate(s, 5)
-    assert est["support_estimate"] == pytest.approx(pairs / 5)
-    lo, hi = stats.poisson_interval(5)
-    assert est["support_interval"] == pytest.approx([pairs / hi, pairs / lo])
-    assert est["support_interval"][0] < est["support_estimate"] < est["support_interval"][1]
-    zero = stats.support_estimate(s, 0)
-    assert zero["support_estimate"] is None and zero["support_interval"] is None
-    assert zero["support_lower_bound"] == pytest.approx(pairs / -math.log(0.05))
-    assert -math.log(0.05) == pytest.approx(sps.chi2.ppf(0.95, 2) / 2)
-    assert stats.support_estimate(1, 0)["support_lower_bound"] is None
+    planted = tuple((i, i + 1) for i in range(0, 10, 2))
+    est = support.estimate([support.Batch(s, planted)], f)
+    q = 5 / pairs
+    assert est["estimate"] == pytest.approx((1 - f) / (q - f))
+    assert est["expected_chance_pairs"] == pytest.approx(f * pairs)
+    lo, hi = support.garwood(5)
+    # The interval holds the Garwood one (and the bootstrap's, where wider).
+    assert est["interval"][0] <= (1 - f) / (hi / pairs - f) and est["interval"][1] >= (1 - f) / (lo / pairs - f)
+    assert est["interval"][0] < est["estimate"] < est["interval"][1]
+    zero = support.estimate([support.Batch(s)], f)
+    assert zero["estimate"] is None and zero["interval"] is None
+    assert zero["lower_bound"] == pytest.approx((1 - f) / (-math.log(0.05) / pairs - f))
+    # A batch so large that even its upper bound is chance: no bound at all, and the note says why.
+    huge = support.estimate([support.Batch(3000)], f)
+    assert huge["lower_bound"] is None and "beyond what this threshold resolves" in huge["note"]
+    assert support.estimate([support.Batch(1)], f)["estimate"] is None
 
 
-def test_support_estimate_recovers_a_known_support_by_simulation():
-    """Sample s faces uniformly from M: the interval covers M in about 95% of batches."""
-    rng = np.random.default_rng(3)
-    m, s, covered, trials = 5000, 300, 0, 400
-    for _ in range(trials):
-        x = rng.integers(0, m, s)
-        _, counts = np.unique(x, return_counts=True)
-        c = int((counts * (counts - 1) // 2).sum())
-        est = stats.support_estimate(s, c)
-        if c == 0:
-            covered += est["support_lower_bound"] <= m
-        else:
-            lo, hi = est["support_interval"]
-            covered += lo <= m <= hi
-    assert 0.90 <= covered / trials <= 0.995
+def test_bootstrap_never_pairs_a_face_with_itself():
+    """Resampled faces drawn twice must not add a collision: with no collision at all, every
+    bootstrap rate is 0, and with one pair the mean rate stays near the observed rate."""
+    assert np.all(support.bootstrap_rates([support.Batch(50)], 200) == 0)
+    r = support.bootstrap_rates([support.Batch(50, ((3, 7),))], 4000, seed=1)
+    assert abs(r.mean() - 1 / (50 * 49 / 2)) < 0.1 / (50 * 49 / 2)
 
 
 def test_close_pairs_is_exact_in_both_metrics():
@@ -118,18 +139,40 @@ def test_close_pairs_is_exact_in_both_metrics():
     assert [(i, j) for i, j, _ in stats.close_pairs(y, 1.0, "euclidean")] == want2
 
 
-def test_memorization_shares_and_p_value():
-    th = stats.calibrate(_calib(np.random.default_rng(5)))
+def test_close_pairs_of_many_pixel_crops_uses_the_exact_l1_search():
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (400, 12288)).astype(np.uint8)  # > 256 crops of the index's size
+    for a, b, noise in ((3, 300, 0), (17, 18, 2), (50, 250, 3), (50, 251, 3)):
+        x[b] = np.clip(x[a].astype(int) + rng.integers(-noise, noise + 1, 12288), 0, 255)
+    d = np.abs(x[:, None, :].astype(np.int32) - x[None, :, :]).sum(-1, dtype=np.int64)
+    thr = 30_000
+    want = sorted((i, j, float(d[i, j])) for i, j in zip(*np.nonzero(d < thr)) if i < j)
+    got = stats.close_pairs(x, thr, "cityblock")
+    assert got == want and len(want) >= 4
+
+
+def test_memorization_shares_and_p_values():
+    cal = _calib(np.random.default_rng(5))
+    cal["pix_diff_id"] = cal["pix_loo"] * 1.05
+    th = stats.calibrate(cal)
     top1 = np.array([th.identity / 2, th.identity * 2, th.identity * 0.99, 5.0])
     train = [{"file": f"f{i}.jpg", "identity": str(i)} for i in range(4)]
-    m = stats.memorization([f"q{i}" for i in range(4)], top1, train, None, None, th, 12288, positions=[0, 2, 3, 5])
-    assert m["same_person"]["count"] == 2 and m["same_person"]["share"] == 0.5
-    assert m["same_person"]["p_value_vs_strangers"] == pytest.approx(
-        sps.binomtest(2, 4, th.expected_false_match_rate, alternative="greater").pvalue
+    m = stats.memorization(
+        [f"q{i}" for i in range(4)], top1, train, None, None, th, 12288, positions=[0, 2, 3, 5], calibration=cal
     )
+    assert m["same_person"]["count"] == 2 and m["same_person"]["share"] == 0.5
+    null = cal["sem_diff_id"].astype(np.float64)
+    base = m["same_person"]["baseline"]
+    k0 = int(np.sum(null < th.identity))
+    assert base["null_count"] == k0 and base["null_samples"] == len(null)
+    assert base["p_value"] == pytest.approx(sps.betabinom.sf(1, 4, k0 + 1, len(null) - k0))
     assert m["likely_copies"]["pixel"] is None
     sem = m["likely_copies"]["semantic"]
     assert sem["count"] == int(np.sum(top1 < th.semantic_copy))
+    m_copy = int(np.sum(null < th.semantic_copy))
+    assert sem["baseline"]["p_value"] == pytest.approx(
+        sps.fisher_exact([[sem["count"], 4 - sem["count"]], [m_copy, len(null) - m_copy]], alternative="greater").pvalue
+    )
     assert [c["index"] for c in m["suspected_copies"]] == [
         p for p, d in zip([0, 2, 3, 5], top1) if d < th.semantic_copy
     ]

@@ -1,0 +1,86 @@
+"""Exact tests of a generated rate against a null baseline, and multiple-testing correction.
+
+Why not a one-sample binomial test at the baseline rate p0: p0 is itself measured, on a null sample
+of N faces (each training face's nearest other-identity distance, or real strangers run through the
+same pipeline), and with m of them under the threshold its uncertainty is not negligible (m ≈ 100
+of 10,000 at the 1% identity threshold, m ≈ 6 under the copy threshold). Two exact tests cover the
+two ways a threshold relates to the null sample:
+
+* the threshold is an order statistic of the null sample itself (the identity threshold is its
+  false_match_rate quantile): under H0 the generated values and the null values are exchangeable,
+  and the number of generated values under the (m+1)-th smallest null value is beta-binomial
+  (n, m + 1, N − m). Exact (conservative by at most one rank).
+* the threshold was fixed otherwise (copy thresholds, a user threshold, a reference sample): the
+  two counts are binomials with one common rate under H0, and Fisher's exact test (conditional on
+  the total) is the exact test.
+
+Both are one-sided: "the generator is under the threshold more often than the null".
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats as sps
+
+
+def order_statistic_p_value(k: int, n: int, m: int, n_null: int) -> float | None:
+    """P(K ≥ k) for K generated values (of n) under the (m+1)-th smallest of n_null null values.
+
+    ``m`` = null values strictly under the threshold. With m = n_null the threshold is above the whole
+    null sample and nothing can be said (None)."""
+    if n == 0 or n_null == 0 or m >= n_null:
+        return None
+    return float(sps.betabinom.sf(k - 1, n, m + 1, n_null - m))
+
+
+def fisher_p_value(k: int, n: int, m: int, n_null: int) -> float | None:
+    """One-sided Fisher exact test: is k/n larger than m/n_null?"""
+    if n == 0 or n_null == 0:
+        return None
+    return float(sps.fisher_exact([[k, n - k], [m, n_null - m]], alternative="greater").pvalue)
+
+
+def rate_test(k: int, n: int, null_values: np.ndarray, threshold: float, order_statistic: bool) -> dict:
+    """Compare k of n generated faces under ``threshold`` with the share of ``null_values`` under it."""
+    null = np.asarray(null_values, np.float64)
+    null = null[np.isfinite(null)]
+    m, n_null = int(np.sum(null < threshold)), int(len(null))
+    p = order_statistic_p_value(k, n, m, n_null) if order_statistic else fisher_p_value(k, n, m, n_null)
+    rate = m / n_null if n_null else None
+    return {
+        "null_count": m,
+        "null_samples": n_null,
+        "null_rate": rate,
+        "null_rate_interval": clopper_pearson(m, n_null),
+        "expected": None if rate is None else rate * n,
+        "p_value": p,
+        "test": "beta-binomial (threshold = a quantile of the null sample), one-sided"
+        if order_statistic
+        else "Fisher exact, one-sided",
+    }
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> list[float] | None:
+    if n == 0:
+        return None
+    ci = sps.binomtest(k, n).proportion_ci(confidence, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
+def holm(p_values: dict[str, float | None], alpha: float = 0.05) -> dict[str, dict]:
+    """Holm's step-down adjustment of a family of p-values (None = test not run, left out)."""
+    items = sorted(((p, name) for name, p in p_values.items() if p is not None), key=lambda t: t[0])
+    m = len(items)
+    out: dict[str, dict] = {name: {"p_value": None, "p_holm": None, "reject": None} for name in p_values}
+    running = 0.0
+    for rank, (p, name) in enumerate(items):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[name] = {"p_value": p, "p_holm": running, "reject": running < alpha}
+    return out
+
+
+def normal_sf(z: float) -> float:
+    """P(Z ≥ z) for a standard normal (one-sided p-value of a z-score)."""
+    return float(0.5 * math.erfc(z / math.sqrt(2.0)))
