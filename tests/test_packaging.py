@@ -102,7 +102,7 @@ def test_facemem_command_version_help_and_unknown_commands(installed):
 
 def test_facemem_index_build_info_and_serve_from_the_installed_copy(installed):
     """A real (tiny) build with stderr to a pipe draws no progress bar; info reads it back; serve
-    answers the browser page from the installed package data."""
+    answers the browser page from the installed package data, and nothing from its working directory."""
     tmp = installed["tmp"]
     ds = tmp / "faces"
     ds.mkdir()
@@ -114,6 +114,8 @@ def test_facemem_index_build_info_and_serve_from_the_installed_copy(installed):
     assert "\r" not in p.stderr and "indexing:" not in p.stderr and "img/s]" not in p.stderr, p.stderr[-500:]
     p = run(installed, "index", "info", str(out), "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["faces"] == 4
+    (tmp / "static").mkdir()  # Flask's implicit static folder would serve this from the working directory
+    (tmp / "static" / "secret.txt").write_text("not for the web")
     log = tmp / "serve.log"
     with open(log, "w") as lf:
         proc = subprocess.Popen(
@@ -133,6 +135,7 @@ def test_facemem_index_build_info_and_serve_from_the_installed_copy(installed):
         page = requests.get(url + "/", timeout=30)
         assert page.status_code == 200 and (installed["site"] / "service/static/index.html").read_text() == page.text
         assert requests.get(url + "/static/app.js", timeout=30).status_code == 200
+        assert requests.get(url + "/static/secret.txt", timeout=30).status_code == 404
         assert requests.get(url + "/healthz", timeout=30).json()["faces"] == 4
     finally:
         proc.send_signal(signal.SIGTERM)
