@@ -10,13 +10,18 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# Re-install only when requirements.txt changes.
-$(STAMP): requirements.txt
+# Re-install only when requirements.txt or pyproject.toml changes. The project itself goes in last,
+# editable and without dependencies (they are the pins above), with the venv's own setuptools (no
+# download); it gives .venv/bin/facemem. An editable install points at this checkout: a .venv shared
+# by several checkouts resolves `facemem` to whichever ran this last.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade "pip<26"
 	$(VPY) -m pip install -q -r requirements.txt
 	$(VPY) -m pip install -q --no-deps face_recognition==1.3.0
+	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(VPY) -c "import dlib, face_recognition, face_recognition_models, faiss, torch; print('deps ok: dlib', dlib.__version__, 'faiss', faiss.__version__, 'torch', torch.__version__)"
+	$(VENV)/bin/facemem --version
 	touch $(STAMP)
 
 # Headless Chromium renders the HTML report and drives the browser page in the tests, with

@@ -477,17 +477,9 @@ def build(cfg: BuildConfig) -> Path:
         )
         times = {"decode": 0.0, "detect_align": 0.0, "embed": 0.0}
 
-        from tqdm import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(
-            total=len(items),
-            initial=done_images,
-            unit="img",
-            disable=not cfg.progress,
-            dynamic_ncols=True,
-            file=sys.stderr,
-            desc="indexing",
-        )
+        bar = progress_bar(enabled=cfg.progress, total=len(items), initial=done_images, unit="img", desc="indexing")
 
         def save(i: int, res: dict) -> None:
             ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
-__all__ = ["create_app"]
+__all__ = ["__version__", "create_app"]
+
+__version__ = "0.1.0"  # the facemem project version (pyproject.toml reads it); the API version is in openapi.json
 
 
 def create_app(index_dir: Any, config: dict | None = None) -> Flask:

@@ -93,7 +93,9 @@ def parse_params(args: Mapping[str, Any]) -> Params:
 
     Accepts a query-string MultiDict (values are strings) or a plain dict from Python callers
     (ints, floats, lists allowed). Unknown names, repeats and out-of-range values raise
-    :class:`ApiError` (400) with a message that says what is allowed.
+    :class:`ApiError` (400) with a message that says what is allowed. When both ``threshold`` and
+    ``false_match_rate`` are given, ``threshold`` wins (``calibration.source`` = ``user``); both are
+    still validated.
     """
     unknown = sorted(set(args) - set(PARAM_NAMES))
     if unknown:
@@ -128,12 +130,6 @@ def parse_params(args: Mapping[str, Any]) -> Params:
                 400, "bad_parameter", f"detector must be one of {', '.join(faces.DETECTORS)}, got {str(raw)[:40]!r}"
             )
         kw["detector"] = raw
-    if "threshold" in args and "false_match_rate" in args:
-        raise ApiError(
-            400,
-            "bad_parameter",
-            "give either threshold (a distance) or false_match_rate (to use the calibrated threshold), not both",
-        )
     if "threshold" in args:
         v = _float("threshold", _single(args, "threshold"))
         if v <= 0:
@@ -327,6 +323,7 @@ def neighbors_for_faces(
     th = thresholds or stats.calibrate(
         cal, params.false_match_rate, params.threshold, pair_false_match_rate=params.pair_false_match_rate
     )
+    ctx = stats.DistanceContext.of(cal)
     queries = searcher.prepare(named_faces)
     t_embed = time.perf_counter() - t0
     entries = [_image_entry(q.name, q.face) for q in queries]
@@ -347,6 +344,7 @@ def neighbors_for_faces(
                     "identity": idents[j],
                     "distance": float(sd[row, r]),
                     "same_person": bool(sd[row, r] < th.identity),
+                    **ctx.semantic(sd[row, r]),
                 }
                 for r, j in enumerate(si[row])
                 if j >= 0
@@ -363,6 +361,7 @@ def neighbors_for_faces(
                     "identity": idents[j],
                     "distance": int(pd[row, r]),
                     "distance_per_value": float(pixels.normalised_l1(pd[row, r])),
+                    **ctx.pixel(pd[row, r]),
                 }
                 for r, j in enumerate(pi[row])
                 if j >= 0

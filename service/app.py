@@ -30,7 +30,7 @@ from werkzeug.wsgi import ClosingIterator
 from indexer import faces
 from indexer.store import FaceIndex, load_index
 
-from . import api, stats
+from . import api, metrics, page, stats
 from .admission import Admission, Overloaded
 from .search import Searcher
 
@@ -54,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "verify": True,  # check every index file's sha256 at start-up (bit rot, edits), not just sizes
 }
 THUMB_DEFAULT = 256
+# Routes that need no token: liveness, and the browser page that asks for the token (it holds no data).
+PUBLIC_ENDPOINTS = frozenset({"healthz"}) | page.PUBLIC_ENDPOINTS
 
 
 @dataclass
@@ -72,6 +74,7 @@ class ServiceState:
     requests: int = 0
     internal_errors: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    metrics: metrics.Metrics | None = None
 
     def count(self, attr: str) -> None:
         with self.lock:
@@ -242,7 +245,7 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
         time.perf_counter() - t0,
     )
 
-    app = Flask("facemem")
+    app = Flask("facemem", static_folder=None)  # no implicit /static from the working directory
     app.config["MAX_CONTENT_LENGTH"] = int(float(cfg["max_request_mb"]) * 1024 * 1024)
     # Werkzeug's multipart part cap: a backstop above max_files, so the count check gives the message.
     app.config["MAX_FORM_PARTS"] = max(1000, 2 * int(cfg["max_files"]) + 16)
@@ -250,6 +253,8 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
     app.url_map.merge_slashes = False  # paths are taken literally (no redirects on '//' in file names)
     app.extensions["facemem"] = state
     atexit.register(pool.close)
+    state.metrics = metrics.install(app, state, _no_params)  # first: its clock starts before the token check
+    page.install(app, _no_params)
     _register(app)
     inner = app.wsgi_app
     adm = state.admission
@@ -276,7 +281,7 @@ def _register(app: Flask) -> None:
         if st.admission.draining:
             raise st.admission.shutting_down()
         token = st.config["token"]
-        if token and request.endpoint != "healthz":
+        if token and request.endpoint not in PUBLIC_ENDPOINTS:
             if not token_matches(request.headers.get("Authorization", ""), token):
                 return error(
                     401,
@@ -388,6 +393,7 @@ def _register(app: Flask) -> None:
                 max_pixels=int(st.config["max_pixels"]),
                 thresholds=thresholds,
             )
+        st.metrics.observe_neighbors(body)
         return jsonify(body)
 
     @app.get("/images/<path:file>")

@@ -14,6 +14,8 @@ Conventions used everywhere:
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -232,6 +234,72 @@ def calibrate(
         coll_pix,
         "; ".join(notes),
     )
+
+
+# ----------------------------------------------------------------------------- where one distance falls
+
+
+def share_below(sorted_sample: np.ndarray, distance: float) -> float | None:
+    """Share of a sorted sample strictly below ``distance`` (the empirical CDF just left of it);
+    None for an empty sample. Strict, like every threshold comparison here, so that at the identity
+    threshold it equals :attr:`Thresholds.expected_false_match_rate` exactly."""
+    n = len(sorted_sample)
+    if n == 0 or not math.isfinite(distance):
+        return None
+    return float(np.searchsorted(sorted_sample, distance, side="left") / n)
+
+
+_SORTED: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+_SORTED_LOCK = threading.Lock()
+
+
+def _sorted_finite(a: np.ndarray | None) -> np.ndarray:
+    """``a``'s finite values, sorted, cached per array object (the index's calibration arrays are
+    loaded once and shared by every request; sorting 200k values per request would cost ~10 ms)."""
+    if a is None:
+        return np.zeros(0, np.float64)
+    with _SORTED_LOCK:
+        hit = _SORTED.get(id(a))
+        if hit is not None and hit[0]() is a:
+            return hit[1]
+    out = np.sort(_finite(a))
+    try:
+        ref = weakref.ref(a)
+    except TypeError:  # not weak-referenceable (a plain list): no caching
+        return out
+    with _SORTED_LOCK:
+        for k in [k for k, (r, _) in _SORTED.items() if r() is None]:
+            del _SORTED[k]
+        _SORTED[id(a)] = (ref, out)
+    return out
+
+
+@dataclass(frozen=True)
+class DistanceContext:
+    """Where a neighbour's distance falls in the index's own calibration distributions, so a user
+    can read "closer than 99% of strangers' nearest training face" instead of a bare number.
+
+    * ``stranger_quantile`` (semantic): share of ``sem_diff_id`` (each training face's nearest
+      other-identity distance: a stranger's nearest training face) strictly below the distance, i.e.
+      the false-match rate a threshold at this distance would have. None without identities.
+    * ``loo_quantile``: share of training faces whose nearest other training face is closer
+      (``sem_loo`` semantic, ``pix_loo`` pixel); at the copy threshold it is about ``copy_percentile``/100.
+    """
+
+    sem_diff_id: np.ndarray
+    sem_loo: np.ndarray
+    pix_loo: np.ndarray
+
+    @classmethod
+    def of(cls, calibration: Mapping[str, np.ndarray]) -> DistanceContext:
+        return cls(*(_sorted_finite(calibration.get(k)) for k in ("sem_diff_id", "sem_loo", "pix_loo")))
+
+    def semantic(self, distance: float) -> dict:
+        d = float(distance)
+        return {"stranger_quantile": share_below(self.sem_diff_id, d), "loo_quantile": share_below(self.sem_loo, d)}
+
+    def pixel(self, distance: float) -> dict:
+        return {"loo_quantile": share_below(self.pix_loo, float(distance))}
 
 
 # ----------------------------------------------------------------------------- pairs inside a batch

@@ -176,3 +176,66 @@ def test_memorization_shares_and_p_values():
     assert [c["index"] for c in m["suspected_copies"]] == [
         p for p, d in zip([0, 2, 3, 5], top1) if d < th.semantic_copy
     ]
+
+
+# ----------------------------------------------------------------------------- where a distance falls
+
+
+def test_share_below_on_planted_values_is_exact_and_strict():
+    a = np.sort(np.array([0.1, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]))
+    assert stats.share_below(a, 0.1) == 0.0  # strict: a value equal to the distance is not below it
+    assert stats.share_below(a, 0.2) == 0.1
+    assert stats.share_below(a, 0.25) == 0.3
+    assert stats.share_below(a, 0.95) == 1.0
+    assert stats.share_below(a, -1.0) == 0.0
+    assert stats.share_below(np.zeros(0), 0.5) is None
+    assert stats.share_below(a, float("nan")) is None
+
+
+def test_distance_context_matches_the_true_null_cdf_within_the_dkw_bound():
+    """Known truth: a null drawn from N(0.6, 0.05). The empirical share below d must be within the
+    Dvoretzky-Kiefer-Wolfowitz band of the true CDF (at 1 - 1e-6 confidence), for every d at once."""
+    rng = np.random.default_rng(7)
+    n = 20_000
+    null = rng.normal(0.6, 0.05, n).astype(np.float32)
+    null[::50] = np.nan  # undefined entries (faces without another identity) are left out
+    loo = rng.normal(0.45, 0.08, n).astype(np.float32)
+    pix = rng.uniform(1e5, 9e5, 5000)
+    ctx = stats.DistanceContext.of({"sem_diff_id": null, "sem_loo": loo, "pix_loo": pix})
+    n_null = int(np.isfinite(null).sum())
+    eps = math.sqrt(math.log(2 / 1e-6) / (2 * n_null))
+    ds = np.linspace(0.4, 0.8, 81)
+    got = np.array([ctx.semantic(d)["stranger_quantile"] for d in ds])
+    assert np.max(np.abs(got - sps.norm.cdf(ds, 0.6, 0.05))) < eps
+    assert np.all(np.diff(got) >= 0)
+    eps_loo = math.sqrt(math.log(2 / 1e-6) / (2 * n))
+    assert abs(ctx.semantic(0.45)["loo_quantile"] - 0.5) < eps_loo
+    eps_pix = math.sqrt(math.log(2 / 1e-6) / (2 * len(pix)))
+    assert abs(ctx.pixel(3e5)["loo_quantile"] - 0.25) < eps_pix
+    # ... and exactly what an independent count gives, including the NaN handling
+    finite = null[np.isfinite(null)].astype(np.float64)
+    for d in (0.5, 0.6, 0.65):
+        assert ctx.semantic(d)["stranger_quantile"] == np.mean(finite < d)
+
+
+def test_distance_context_agrees_with_the_thresholds_it_explains():
+    """At the identity threshold the stranger quantile is the expected false-match rate (same
+    strict comparison), and at the copy thresholds the leave-one-out quantile is about 1%."""
+    c = _calib(np.random.default_rng(3), n=5000)
+    ctx = stats.DistanceContext.of(c)
+    for fmr in (0.01, 0.05, 0.2):
+        th = stats.calibrate(c, false_match_rate=fmr)
+        assert ctx.semantic(th.identity)["stranger_quantile"] == th.expected_false_match_rate
+        assert abs(ctx.semantic(th.semantic_copy)["loo_quantile"] - th.copy_percentile / 100) <= 1 / 5000 + 1e-12
+        assert abs(ctx.pixel(th.pixel_copy)["loo_quantile"] - th.copy_percentile / 100) <= 1 / 500 + 1e-12
+    no_ids = stats.DistanceContext.of(_calib(np.random.default_rng(4), with_ids=False))
+    assert no_ids.semantic(0.5)["stranger_quantile"] is None and no_ids.semantic(0.5)["loo_quantile"] is not None
+
+
+def test_distance_context_sorts_each_calibration_array_once():
+    c = _calib(np.random.default_rng(5))
+    a, b = stats.DistanceContext.of(c), stats.DistanceContext.of(c)
+    assert a.sem_diff_id is b.sem_diff_id  # cached per array object
+    c2 = {k: v.copy() for k, v in c.items()}
+    c2["sem_diff_id"][:] = 0.1
+    assert stats.DistanceContext.of(c2).semantic(0.2)["stranger_quantile"] == 1.0  # a new array is not confused
