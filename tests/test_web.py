@@ -265,10 +265,13 @@ def test_page_shows_the_neighbours_the_api_returns(server, api, files, driver):
     assert counts == '{"ok":2,"no_face":1,"unreadable":1}'
     same = body["memorization"]["same_person"]
     row = driver.find_element(By.CSS_SELECTOR, "#memorization tr[data-kind=same_person]").text
-    assert f"{same['count']} of {same['faces']}" in row and "expected for strangers" in row
+    assert f"{same['count']} of {same['faces']}" in row and "of the index's strangers" in row
+    assert f"vs {pct(same['baseline']['null_rate'])} of the index's strangers (p = " in row
     coll = driver.find_element(By.ID, "collisions").text
     sem = body["collisions"]["semantic"]
-    assert f"semantic: {sem['colliding_pairs']} of {sem['pairs_compared']} pairs" in coll
+    assert (
+        f"semantic: {sem['colliding_pairs']} of {sem['pairs_compared']} pairs" in coll and "expected by chance" in coll
+    )
     assert not csp_problems(driver)
     SHOTS.mkdir(parents=True, exist_ok=True)
     png = SHOTS / "page.png"

@@ -217,7 +217,8 @@
   function renderMemorization(m) {
     const rows = [];
     if (m.same_person) {
-      const p = m.same_person.p_value_vs_strangers;
+      const base = m.same_person.baseline;
+      const p = base ? base.p_value : null;
       rows.push(
         el(
           "tr",
@@ -226,7 +227,7 @@
           el(
             "td",
             {},
-            `${shareText(m.same_person)} vs ${pct(m.expected_false_match_rate)} expected for strangers` +
+            `${shareText(m.same_person)} vs ${pct(base ? base.null_rate : m.expected_false_match_rate)} of the index's strangers` +
               (p !== null && p !== undefined ? ` (p = ${p.toPrecision(3)} for "more than strangers")` : "")
           )
         )
@@ -238,7 +239,16 @@
           "tr",
           { "data-kind": "likely_copies_" + ch },
           el("th", {}, `likely copies (${ch})`),
-          el("td", {}, shareText(m.likely_copies[ch]))
+          el(
+            "td",
+            {},
+            shareText(m.likely_copies[ch]) +
+              (m.likely_copies[ch] && m.likely_copies[ch].baseline
+                ? ` vs ${pct(m.likely_copies[ch].baseline.null_rate)} of strangers (p = ${
+                    m.likely_copies[ch].baseline.p_value === null ? "n/a" : m.likely_copies[ch].baseline.p_value.toPrecision(3)
+                  })`
+                : "")
+          )
         )
       );
     }
@@ -268,16 +278,17 @@
       const c = col[ch];
       if (!c) continue;
       const est =
-        c.support_estimate !== null
-          ? `support ≈ ${big(c.support_estimate)} (95% ${big(c.support_interval[0])}–${big(c.support_interval[1])})`
-          : c.support_lower_bound !== null
-            ? `support ≥ ${big(c.support_lower_bound)} (95% lower bound)`
+        c.estimate !== null && c.estimate !== undefined
+          ? `support ≈ ${big(c.estimate)}` + (c.interval ? ` (95% ${big(c.interval[0])}–${big(c.interval[1])})` : "")
+          : c.lower_bound !== null && c.lower_bound !== undefined
+            ? `support ≥ ${big(c.lower_bound)} (95% lower bound)`
             : "";
       parts.push(
         el(
           "p",
           { "data-channel": ch },
           `${ch}: ${c.colliding_pairs} of ${c.pairs_compared} pairs under ${dist(ch, c.threshold)}` +
+            (c.expected_chance_pairs !== undefined ? ` (${c.expected_chance_pairs.toPrecision(2)} expected by chance)` : "") +
             (est ? `; ${est}` : "") +
             ". ",
           el("span", { class: "muted" }, c.note || "")
