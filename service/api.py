@@ -157,6 +157,53 @@ def parse_params(args: Mapping[str, Any]) -> Params:
     return Params(**kw)
 
 
+REFERENCE_PARAMS = (
+    "faces",
+    "seed",
+    "false_match_rate",
+    "threshold",
+    "pair_false_match_rate",
+    "cells",
+    "training_set_size",
+)
+REFERENCE_MAX_FACES = 1_000_000
+
+
+def _int(args: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
+    raw = _single(args, name)
+    if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit())):
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {lo} to {hi}, got {str(raw)[:40]!r}")
+    v = int(raw)
+    if not lo <= v <= hi:
+        raise ApiError(400, "bad_parameter", f"{name} must be from {lo} to {hi}, got {v}")
+    return v
+
+
+def parse_reference_params(args: Mapping[str, Any]) -> dict:
+    """Validate the query of ``GET /v1/reference`` into keyword arguments of
+    :func:`service.audit.reference.training_side` (same rules as :func:`parse_params` for the shared ones)."""
+    unknown = sorted(set(args) - set(REFERENCE_PARAMS))
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(REFERENCE_PARAMS)}",
+        )
+    p = parse_params(
+        {k: _single(args, k) for k in ("threshold", "false_match_rate", "pair_false_match_rate") if k in args}
+    )
+    kw: dict[str, Any] = {
+        "faces": _int(args, "faces", 2, REFERENCE_MAX_FACES) if "faces" in args else 1000,
+        "seed": _int(args, "seed", 0, 2**32 - 1) if "seed" in args else 0,
+        "false_match_rate": p.false_match_rate,
+        "threshold": p.threshold,
+        "pair_false_match_rate": p.pair_false_match_rate,
+        "cells": _int(args, "cells", 2, 50) if "cells" in args else None,
+        "training_set_size": _int(args, "training_set_size", 1, 10**10) if "training_set_size" in args else None,
+    }
+    return kw
+
+
 # ----------------------------------------------------------------------------- face detection
 
 

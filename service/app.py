@@ -75,6 +75,7 @@ class ServiceState:
     internal_errors: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     metrics: metrics.Metrics | None = None
+    reference_cache: dict = field(default_factory=dict)  # GET /v1/reference answers by query
 
     def count(self, attr: str) -> None:
         with self.lock:
@@ -394,6 +395,25 @@ def _register(app: Flask) -> None:
                 thresholds=thresholds,
             )
         st.metrics.observe_neighbors(body)
+        return jsonify(body)
+
+    @app.get("/v1/reference")
+    def reference() -> Response:
+        """The training side of a batch audit (service.audit.reference.training_side), cached per query."""
+        st = _state()
+        kw = api.parse_reference_params(request.args)
+        key = tuple(sorted(kw.items()))
+        with st.lock:
+            body = st.reference_cache.get(key)
+        if body is None:
+            from .audit.reference import training_side
+
+            with st.admission.slot():  # seconds of CPU: queued like a search
+                body = training_side(st.index, **kw)
+            with st.lock:
+                st.reference_cache[key] = body
+                while len(st.reference_cache) > 8:
+                    st.reference_cache.pop(next(iter(st.reference_cache)))
         return jsonify(body)
 
     @app.get("/images/<path:file>")

@@ -17,6 +17,7 @@ from importlib.metadata import version as dist_version
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("indexer.__main__", "build or describe a face index (= python -m indexer build|info)"),
     "serve": ("service.__main__", "serve an index over HTTP (= python -m service)"),
+    "audit": ("service.audit.cli", "audit a generator or a folder of generated faces (= python scripts/audit.py)"),
 }
 
 

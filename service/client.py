@@ -246,6 +246,12 @@ class Client:
         q = {k: query_value(v) for k, v in (params or {}).items() if v is not None}
         return self._json("POST", "/neighbors", params=q, files=files)
 
+    def reference(self, **params: Any) -> dict:
+        """``GET /v1/reference``: the training side of an audit (thresholds, null samples, the
+        training reference of the support estimate, the C_T cells); see :mod:`service.audit.reference`."""
+        q = {k: query_value(v) for k, v in params.items() if v is not None}
+        return self._json("GET", "/v1/reference", params=q)
+
     def thumbnail(self, file: str, size: int | None = None) -> bytes:
         """``GET /images/<file>?size=``: JPEG bytes of a training face (404 → :class:`ServiceError`)."""
         params = {"size": str(int(size))} if size is not None else None

@@ -1,2 +1,153 @@
-"""The batch audit as a library: did a face generator invent its faces, copy them, or drop parts
-of the distribution? (Work in progress: the audit logic is moving here from scripts/audit.py.)"""
+"""The batch audit as a library: did a face generator invent its faces or copy the training set?
+
+One call, for notebooks and scripts alike::
+
+    from service.audit import audit
+    res = audit(generator="dcgan32:../shared/data/generated/dcgan32_celeba/checkpoint_G.pth",
+                index="build/celeba10k", n=1000, detector="aligned")
+    res.data["support"]["semantic"]["estimate"]     # the numbers: the report's JSON, facemem-audit/2
+    res.rows[:3]                                     # one dict per image (the CSV rows)
+    res.to_html("report.html"); res.to_json("report.json"); res.to_csv("images.csv")
+
+Exactly one source: ``generated=DIR`` (a folder), ``generator=SPEC`` (a PyTorch generator, fresh
+samples per birthday trial; or a ``sampler(n, seed)`` callable) or ``images=[...]`` (paths, bytes,
+uint8 arrays or (name, ...) pairs);
+exactly one target: ``index=PATH`` (loaded in this process) or ``server=URL`` (a running facemem
+service, with ``token=``). The other options and their defaults are in
+:data:`service.audit.defaults.OPTIONS`. Both targets give identical numbers, except the distribution
+distances, which need the training descriptors (``index=`` only).
+
+Modules, one job each: ``sources`` (folders, generators, in-memory images), ``backends`` (in-process
+or server), ``run`` (the passes and the report's data), ``support`` (birthday-paradox support),
+``baselines`` (exact tests against strangers, Holm), ``ct`` (Meehan et al.'s C_T), ``identities``
+(identity concentration and its null), ``distribution`` (Fréchet distance, k-NN precision/recall),
+``reference`` (the training side, also served at ``GET /v1/reference``), ``verdict`` (the primary
+test and the Holm family), ``html`` and ``assets`` (the report), ``simulate`` (worlds with known
+truth for validation), ``cli`` (``python scripts/audit.py``, ``facemem audit``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["audit", "AuditResult"]
+
+
+def _write_atomic(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` returns: the numbers (``data``), per-image ``rows``, and the report."""
+
+    data: dict
+    thumbs: dict[str, str] = field(default_factory=dict, repr=False)
+    plots: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.data["rows"]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def to_html(self, path: str | Path) -> Path:
+        """The self-contained HTML report (opens offline; the JSON block at its end holds ``data``)."""
+        from .html import render
+
+        return _write_atomic(path, render(self.data, self.thumbs, self.plots))
+
+    def to_json(self, path: str | Path) -> Path:
+        """``data`` as strict JSON (NaN → null): the same dict as the report's embedded block."""
+        from .html import json_safe
+
+        return _write_atomic(path, json.dumps(json_safe(self.data), allow_nan=False, indent=1) + "\n")
+
+    def to_csv(self, path: str | Path) -> Path:
+        """One row per audited image: status, top-1 semantic and pixel neighbours, and the flags."""
+        import io
+
+        buf = io.StringIO()
+        rows = self.rows
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["image"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return _write_atomic(path, buf.getvalue())
+
+    def summary_line(self) -> str:
+        """One line for a terminal."""
+        from .html import fmt, pct
+
+        d = self.data
+        s, sup = d["summary"], (d["support"] or {}).get("semantic") or {}
+        ref = (d["support_reference"] or {}).get("semantic") or {}
+        same = d["memorization"]["same_person"] or {}
+        est = sup.get("estimate") or sup.get("lower_bound")
+        rest = ref.get("estimate") or ref.get("lower_bound")
+        return (
+            f"{s['images']} images, {s['faces']} faces: {s['verdict']}; same person {pct(same.get('share'))}; "
+            f"support {fmt(est)}{'' if sup.get('estimate') else ' (lower bound)'} vs training data {fmt(rest)}"
+            f"{'' if ref.get('estimate') else ' (lower bound)'}; C_T {fmt((d.get('ct_test') or {}).get('statistic'))}"
+        )
+
+
+def audit(
+    *,
+    generated: str | Path | None = None,
+    generator: str | Any | None = None,
+    images: list | None = None,
+    index: str | Path | None = None,
+    server: str | None = None,
+    token: str | None = None,
+    command: str = "",
+    **options: Any,
+) -> AuditResult:
+    """Audit one source against one index or server; see the module docstring. Raises
+    :class:`service.audit.backends.AuditError` (with an exit code) or
+    :class:`service.audit.sources.SourceError` for anything the caller can fix."""
+    from .backends import EXIT_USAGE, AuditError, LocalBackend, ServerBackend
+    from .defaults import DEFAULTS
+    from .run import Audit
+    from .sources import FolderSource, GeneratorSource, ImagesSource, load_generator
+
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown audit option(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    opts["batch_sizes"] = tuple(sorted({int(s) for s in opts["batch_sizes"]}))
+    if sum(x is not None for x in (generated, generator, images)) != 1:
+        raise AuditError(EXIT_USAGE, "give exactly one of generated=, generator= and images=")
+    if (index is None) == (server is None):
+        raise AuditError(EXIT_USAGE, "give exactly one of index= and server=")
+    if opts["threshold"] is not None and options.get("false_match_rate") is not None:
+        opts["false_match_rate"] = None  # threshold wins, as in the service
+    if generated is not None:
+        source: Any = FolderSource.open(generated)
+    elif images is not None:
+        source = ImagesSource.of(list(images))
+    elif callable(generator):  # a sampler(n, seed) -> images, straight from a notebook
+        source = GeneratorSource(getattr(generator, "__name__", repr(generator)), generator)
+    else:
+        device = "cpu" if opts["device"] == "auto" else opts["device"]
+        source = load_generator(generator, device=device)
+    backend = (
+        LocalBackend(index, device=opts["device"], detect_processes=opts["detect_processes"])
+        if index is not None
+        else ServerBackend(server, token)
+    )
+    try:
+        data, thumbs, plots = Audit(opts, source, backend, command).run()
+    finally:
+        backend.close()
+    return AuditResult(data, thumbs, plots)

@@ -104,3 +104,124 @@ def copying_sampler(world: World, rate: float):
         return out.astype(np.float32), copy
 
     return sample
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A modal generator and an audit design: ``batches`` = faces per batch (the main sample first,
+    then any trial batches), all pooled by the estimator."""
+
+    name: str
+    kind: str
+    k: int
+    batches: tuple[int, ...]
+    zipf_a: float = 1.0
+    mode_mass: float = 0.03
+
+
+SCENARIOS = (
+    Scenario("uniform 2,000, n = 1,000", "uniform", 2000, (1000,)),
+    Scenario("uniform 20,000, n = 1,000", "uniform", 20000, (1000,)),
+    Scenario("Zipf a=1 over 20,000, n = 1,000", "zipf", 20000, (1000,)),
+    Scenario("Zipf a=0.7 over 3,000, n = 1,000", "zipf", 3000, (1000,), zipf_a=0.7),
+    Scenario("one 3% mode + 5,000, n = 1,000", "mode", 5000, (1000,)),
+    Scenario("one 1% mode + 20,000, n = 1,000", "mode", 20000, (1000,), mode_mass=0.01),
+    Scenario("one 3% mode + 5,000, s = 128", "mode", 5000, (128,)),
+    Scenario("Zipf a=1 over 20,000, s = 128", "zipf", 20000, (128,)),
+    Scenario("one 3% mode + 5,000, 1,000 + 20×(16..128)", "mode", 5000, (1000,) + (16, 32, 64, 128) * 20),
+)
+
+
+def world_thresholds(world: World, pair_false_match_rate: float | None = None, pair_sample: int = 5000):
+    """The audit's thresholds for a world, from the index calibration functions themselves; returns
+    (calibration arrays, :class:`service.stats.Thresholds`)."""
+    from indexer.calibrate import semantic_calibration
+
+    from .. import stats
+
+    cal = semantic_calibration(world.train, world.train_ids, pair_sample=pair_sample)
+    rate = stats.DEFAULT_PAIR_FALSE_MATCH_RATE if pair_false_match_rate is None else pair_false_match_rate
+    return cal, stats.calibrate(cal, pair_false_match_rate=rate)
+
+
+def support_run(world: World, th, sc: Scenario, seed: int, n_boot: int = 1000) -> dict:
+    """One simulated audit of ``sc``: the estimate, its interval, and whether it covers 1/Σp²."""
+    from .. import stats
+    from . import support
+
+    p = mode_probabilities(sc.kind, sc.k, sc.zipf_a, sc.mode_mass)
+    truth = effective_support(p)
+    sample = modal_sampler(world, p, seed)
+    rng = np.random.default_rng([seed, 2])
+    pt = th.collision_semantic
+    batches = []
+    for n in sc.batches:
+        pairs = stats.close_pairs(sample(n, rng), pt.threshold, "euclidean")
+        batches.append(support.Batch(n, tuple((i, j) for i, j, _ in pairs)))
+    est = support.estimate(batches, pt.per_pair_false_match_rate, n_boot=n_boot, seed=seed)
+    if est["interval"] is not None:
+        covered = est["interval"][0] <= truth <= est["interval"][1]
+    else:
+        covered = est["lower_bound"] is None or est["lower_bound"] <= truth
+    return {
+        "truth": truth,
+        "estimate": est["estimate"],
+        "interval": est["interval"],
+        "lower_bound": est["lower_bound"],
+        "covered": bool(covered),
+        "pairs": est["colliding_pairs"],
+    }
+
+
+def nearest_training(world: World, x: np.ndarray) -> np.ndarray:
+    """Each row's exact distance to its nearest training photo (FAISS candidates, float64 distance)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(DIM)
+    index.add(np.ascontiguousarray(world.train, np.float32))
+    x = np.ascontiguousarray(x, np.float32)
+    _, ids = index.search(x, 4)
+    d = np.linalg.norm(world.train[ids].astype(np.float64) - x[:, None, :].astype(np.float64), axis=2)
+    return d.min(axis=1)
+
+
+def copy_run(rate: float, n: int, seed: int, spread: float = 0.0, identities: int = 2000, with_ct: bool = True) -> dict:
+    """One simulated audit, in a fresh world (training set) per seed, of a generator of new people
+    that copies a share ``rate`` of its faces (``spread`` > 0: instead, every face is a training photo
+    moved by ``spread`` per coordinate — the copying C_T is built to catch). Returns the p-values of
+    the copy and same-person tests and C_T.
+
+    Why a fresh training set each time: the null (training faces' nearest other-identity distances)
+    is measured on one training set, and the tests' p-values account for that measurement; their
+    error rates hold over training sets and generated samples both, not for one fixed training set."""
+    from .. import stats
+    from . import ct
+
+    world = make_world(identities, 2, seed=1000 + seed)
+    cal, th = world_thresholds(world, pair_sample=200)  # the copy tests need no collision threshold
+    rng = np.random.default_rng([seed, 3])
+    if spread > 0:
+        src = rng.integers(0, len(world.train), n)
+        x = (world.train[src] + rng.normal(scale=spread, size=(n, DIM))).astype(np.float32)
+    else:
+        x, _ = copying_sampler(world, rate)(n, rng)
+    top1 = nearest_training(world, x)
+    names = [f"g{i}" for i in range(n)]
+    mem = stats.memorization(names, top1, None, None, None, th, 1, calibration=cal)
+    out = {
+        "p_copies": mem["likely_copies"]["semantic"]["baseline"]["p_value"],
+        "p_same_person": mem["same_person"]["baseline"]["p_value"],
+        "ct": None,
+        "p_ct": None,
+    }
+    if not with_ct:
+        return out
+    k = ct.cell_count(n)
+    centroids = ct.kmeans_cells(world.train, k, seed)
+    held = np.asarray(cal["sem_diff_id"], np.float64)
+    ok = np.isfinite(held)
+    c = ct.ct_test(top1, ct.assign(x, centroids), held[ok], ct.assign(world.train[ok], centroids), k)
+    return out | {"ct": c["statistic"], "p_ct": c["p_value_copying"]}

@@ -75,15 +75,16 @@ def support_from_rate(q: float, f: float) -> float:
 def bootstrap_rates(batches: list[Batch], n_boot: int = N_BOOTSTRAP, seed: int = 0) -> np.ndarray:
     """Per-pair collision rates of ``n_boot`` bootstrap resamples of the faces, each batch resampled on
     its own. A face drawn twice never pairs with itself: the rate is Σ w_i w_j A_ij / Σ_{i<j} w_i w_j
-    over the original faces, with multiplicities w (multinomial)."""
+    over the original faces, with multiplicities w: Poisson(1) weights (the Poisson bootstrap, which
+    approximates the multinomial one and costs a fraction of it)."""
     rng = np.random.default_rng(seed)
     num = np.zeros(n_boot)
     den = np.zeros(n_boot)
     for b in batches:
         if b.n < 2:
             continue
-        w = rng.multinomial(b.n, np.full(b.n, 1.0 / b.n), size=n_boot).astype(np.float64)  # (B, n)
-        den += (b.n * b.n - (w * w).sum(axis=1)) / 2.0
+        w = rng.poisson(1.0, size=(n_boot, b.n)).astype(np.float64)  # (B, n)
+        den += (w.sum(axis=1) ** 2 - (w * w).sum(axis=1)) / 2.0
         if b.pairs:
             ii = np.fromiter((p[0] for p in b.pairs), np.int64, len(b.pairs))
             jj = np.fromiter((p[1] for p in b.pairs), np.int64, len(b.pairs))

@@ -25,12 +25,16 @@ log = logging.getLogger(__name__)
 SECTIONS = (
     ("summary", "1. Summary"),
     ("nn-grid", "2. Nearest-neighbour grid"),
-    ("calibration", "3. Calibration histograms"),
-    ("birthday", "4. Birthday paradox"),
-    ("identities", "5. Identity concentration"),
-    ("distribution", "6. Distribution distances"),
+    ("memorization", "3. Memorization against strangers"),
+    ("calibration", "4. Calibration histograms"),
+    ("birthday", "5. Support size (birthday paradox)"),
+    ("ct-test", "6. Data-copying test C_T"),
+    ("identities", "7. Identity concentration"),
+    ("distribution", "8. Distribution distances"),
     ("method", "Method and reproduction"),
 )
+
+TITLE = dict(SECTIONS)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;
@@ -188,20 +192,29 @@ def plot_histogram(
 
 
 def plot_birthday(rows: list[dict], crossing: dict) -> str:
-    """Share of trials with ≥1 near-duplicate pair against the batch size s."""
+    """Share of trials with ≥1 colliding pair against the batch size s, with the fitted curve."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 3.6))
     s = [r["s"] for r in rows]
-    for ch, color, label in (
-        ("semantic", "#c0392b", "same person (identity threshold)"),
-        ("pixel", "#2e86c1", "pixel near-duplicate (copy threshold)"),
-    ):
+    grid = np.geomspace(max(2, min(s) / 2), max(s) * 2, 200)
+    for ch, color, label in (("semantic", "#c0392b", "semantic collision"), ("pixel", "#2e86c1", "pixel collision")):
         y = [r[ch]["share"] if r.get(ch) else np.nan for r in rows]
-        ax.plot(s, y, "o-", color=color, label=label)
+        ax.plot(s, y, "o", color=color, label=f"{label}: share of trials")
+        q = ((crossing or {}).get(ch) or {}).get("rate")
+        if q:
+            ax.plot(
+                grid,
+                -np.expm1(-grid * (grid - 1) / 2 * q),
+                "-",
+                color=color,
+                lw=1.2,
+                alpha=0.8,
+                label=f"{label}: fit 1 − exp(−C(s,2)·q)",
+            )
     ax.axhline(0.5, color="#6b7885", ls="--", lw=1)
-    s50 = (crossing or {}).get("semantic", {}).get("s50")
-    if s50:
-        ax.axvline(s50, color="#c0392b", ls=":", lw=1.4, label=f"50% crossing s ≈ {s50:.3g}")
+    s50 = ((crossing or {}).get("semantic") or {}).get("s50")
+    if s50 and math.isfinite(s50):
+        ax.axvline(s50, color="#c0392b", ls=":", lw=1.4, label=f"semantic 50% crossing s ≈ {s50:.3g}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(s)
     ax.set_xticklabels([str(v) for v in s])
@@ -214,13 +227,21 @@ def plot_birthday(rows: list[dict], crossing: dict) -> str:
     return _png(fig)
 
 
-def plot_identities(top: list[dict]) -> str:
+def plot_identities(top: list[dict], null: dict | None = None) -> str:
     plt = _plt()
     top = top[:20]
     fig, ax = plt.subplots(figsize=(7.2, max(2.0, 0.28 * len(top) + 0.8)))
     labels = [str(t["identity"]) for t in top][::-1]
     ax.barh(labels, [t["top1"] for t in top][::-1], color="#b8c4d0", label="top-1 semantic match")
     ax.barh(labels, [t["same_person"] for t in top][::-1], color="#c0392b", label="… under the identity threshold")
+    if null:
+        ax.axvline(
+            null["max_count_p95"],
+            color="#1f3b57",
+            ls="--",
+            lw=1.4,
+            label=f"strangers: 95th percentile of the largest count ({null['max_count_p95']:.0f})",
+        )
     ax.set_xlabel("generated faces")
     ax.set_title("Most-matched training identities", fontsize=11)
     ax.legend(fontsize=8, loc="lower right")
@@ -235,14 +256,32 @@ def _kv(rows: list[tuple[str, str]]) -> str:
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
+def pval(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def support_text(b: dict | None) -> str:
+    """An estimate block (support, support_reference) in words: estimate [interval], or the bound."""
+    if not b:
+        return "—"
+    if b.get("estimate") is not None:
+        iv = b.get("interval")
+        return f'<span class="big">{fmt(b["estimate"])}</span>' + (
+            f" [{fmt(iv[0])} – {fmt(iv[1])}]" if iv else " (upper end unbounded)"
+        )
+    if b.get("lower_bound") is not None:
+        return f'<span class="big">≥ {fmt(b["lower_bound"])}</span> (one-sided 95% bound)'
+    return esc(b.get("note") or "beyond what the threshold resolves")
+
+
 def _summary(d: dict) -> str:
-    s, mem, cal, coll = d["summary"], d["memorization"], d["calibration"], d["collisions"]
-    src, idx = d["source"], d["index"]
-    same = mem.get("same_person") or {}
-    lc = mem.get("likely_copies") or {}
-    semc, pixc = lc.get("semantic") or {}, lc.get("pixel") or {}
-    sem_coll = (coll or {}).get("semantic") or {}
-    out = [f'<section id="summary" data-section="summary"><h2>{SECTIONS[0][1]}</h2>']
+    s, mem, cal = d["summary"], d["memorization"], d["calibration"]
+    src, idx, scope = d["source"], d["index"], d.get("scope") or {}
+    dec = s["decisions"]
+    out = [f'<section id="summary" data-section="summary"><h2>{TITLE["summary"]}</h2>']
+    out.append(f'<p class="big" data-verdict>{esc(s["verdict"])}</p>')
     out.append(
         _kv(
             [
@@ -255,73 +294,73 @@ def _summary(d: dict) -> str:
                     f"{fmt(s['counts'].get('unreadable', 0))} unreadable "
                     f"(detector <code>{esc(d['params']['detector'])}</code>)",
                 ),
-            ]
-        )
-    )
-    fmr = cal.get("expected_false_match_rate")
-    rows = [
-        (
-            "same person as a training identity",
-            f'<span class="big">{pct(same.get("share"))}</span> ({fmt(same.get("count"))} of {fmt(same.get("faces"))}) '
-            f"{ci(same.get('interval'))}",
-            f"{pct(fmr)} expected false-match rate (real strangers)",
-            f"p = {fmt(same.get('p_value_vs_strangers'))} (one-sided, more than strangers)",
-        ),
-        (
-            "likely copy, semantic",
-            f'<span class="big">{pct(semc.get("share"))}</span> ({fmt(semc.get("count"))}) {ci(semc.get("interval"))}',
-            f"{fmt(cal.get('copy_percentile'))}% of train→train nearest distances are this close",
-            f"threshold {fmt(semc.get('threshold'))}",
-        ),
-        (
-            "likely copy, pixel L1",
-            f'<span class="big">{pct(pixc.get("share"))}</span> ({fmt(pixc.get("count"))}) {ci(pixc.get("interval"))}',
-            f"{fmt(cal.get('copy_percentile'))}% of train→train nearest distances are this close",
-            f"threshold {fmt(pixc.get('threshold'))} (= {fmt(pixc.get('threshold_per_value'))} per value)",
-        ),
-    ]
-    out.append(
-        "<h3>Memorization rates</h3><table><tr><th>measure</th><th>generated</th><th>calibration baseline</th>"
-        "<th>detail</th></tr>"
-        + "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td><td>{e}</td></tr>" for a, b, c, e in rows)
-        + "</table>"
-    )
-    est = sem_coll.get("support_estimate")
-    if est is not None:
-        sup = (
-            f'<span class="big">{fmt(est)}</span> faces, {int(100 * sem_coll["confidence"])}% interval '
-            f"{ci(sem_coll.get('support_interval'), as_pct=False)}"
-        )
-    elif sem_coll.get("support_lower_bound") is not None:
-        sup = (
-            f'<span class="big">≥ {fmt(sem_coll["support_lower_bound"])}</span> faces (no collision: lower bound only)'
-        )
-    else:
-        sup = "—"
-    bd = d.get("birthday") or {}
-    cross = (bd.get("crossing") or {}).get("semantic") or {}
-    out.append(
-        "<h3>Support size</h3>"
-        + _kv(
-            [
+                ("scope", esc(scope.get("note", ""))),
                 (
-                    "from the audited batch",
-                    f"{sup}: {fmt(sem_coll.get('colliding_pairs'))} same-person pairs among "
-                    f"{fmt(sem_coll.get('faces'))} faces ({fmt(sem_coll.get('pairs_compared'))} pairs), "
-                    f"M̂ = s(s−1)/(2c)",
+                    "null",
+                    "real reference faces run through the same pipeline (--reference-real)"
+                    if dec["null"] == "reference_real"
+                    else "the index's own strangers (each training face's nearest other-identity face); the "
+                    "generated faces come from another domain, so a domain-matched --reference-real is better",
                 ),
-                ("from the 50% crossing", esc(cross.get("text", "—"))),
             ]
         )
     )
+    rows = [
+        f"<tr><td><b>primary</b></td><td>{esc(dec['primary']['hypothesis'])}</td>"
+        f"<td class=num>{pval(dec['primary']['p_value'])}</td><td class=num>—</td>"
+        f"<td>{badge_reject(dec['primary']['reject'])}</td></tr>"
+    ]
+    for t in dec["secondary"]:
+        rows.append(
+            f"<tr><td>secondary</td><td>{esc(t['hypothesis'])}</td><td class=num>{pval(t['p_value'])}</td>"
+            f"<td class=num>{pval(t['p_holm'])}</td><td>{badge_reject(t['reject'])}</td></tr>"
+        )
     out.append(
-        "<h3>Calibration (thresholds from the index itself)</h3>"
+        f"<h3>Decisions (α = {fmt(dec['alpha'])})</h3><table><tr><th></th><th>alternative hypothesis</th>"
+        "<th>p</th><th>p (Holm)</th><th>decision</th></tr>" + "".join(rows) + "</table>"
+        f'<p class="note">{esc(dec["correction"])}. One test is primary, named before the data; the others are '
+        "a family whose p-values are adjusted together.</p>"
+    )
+    sup, ref = d.get("support") or {}, d.get("support_reference") or {}
+    same, ctb = mem.get("same_person") or {}, d.get("ct_test") or {}
+    out.append(
+        "<h3>Headline numbers</h3>"
         + _kv(
             [
                 (
-                    "identity threshold",
+                    "same person as the nearest training face",
+                    f"{pct(same.get('share'))} {ci(same.get('interval'))} vs strangers "
+                    f"{pct((same.get('reference_real') or same.get('baseline') or {}).get('null_rate'))}",
+                ),
+                ("support, semantic (generator)", support_text(sup.get("semantic"))),
+                ("support, semantic (training data, same estimator)", support_text(ref.get("semantic"))),
+                ("support, pixel (generator)", support_text(sup.get("pixel"))),
+                ("support, pixel (training data)", support_text(ref.get("pixel"))),
+                ("C_T", f"{fmt(ctb.get('statistic'))} — {esc(ctb.get('reading', ''))}"),
+            ]
+        )
+    )
+    coll = cal.get("collision_semantic") or {}
+    collp = cal.get("collision_pixel") or {}
+    out.append(
+        "<h3>Thresholds (from the index itself)</h3>"
+        + _kv(
+            [
+                (
+                    "identity threshold (1:N, same person)",
                     f"{fmt(cal.get('identity'))} (source: {esc(cal.get('source'))}; target false-match rate "
                     f"{pct(cal.get('false_match_rate'))}; expected recall {pct(cal.get('expected_recall'))})",
+                ),
+                (
+                    "collision threshold, semantic (1:1, per pair)",
+                    f"{fmt(coll.get('threshold'))}: a pair of two different training people falls under it with "
+                    f"probability {fmt(coll.get('per_pair_false_match_rate'))}; "
+                    f"{pct(coll.get('same_identity_recall'))} of same-person training pairs do",
+                ),
+                (
+                    "collision threshold, pixel",
+                    f"{fmt(collp.get('threshold'))} L1 (per-pair rate {fmt(collp.get('per_pair_false_match_rate'))}; "
+                    f"same-person recall {pct(collp.get('same_identity_recall'))})",
                 ),
                 ("semantic copy threshold", fmt(cal.get("semantic_copy"))),
                 (
@@ -350,6 +389,64 @@ def _summary(d: dict) -> str:
     if idx.get("root"):
         man.insert(3, ("dataset root", esc(idx["root"])))
     out.append("<h3>Index</h3>" + _kv(man))
+    out.append("</section>")
+    return "".join(out)
+
+
+def badge_reject(r: bool | None) -> str:
+    if r is None:
+        return '<span class="badge b-grey">not tested</span>'
+    return '<span class="badge b-red">reject H0</span>' if r else '<span class="badge b-green">no evidence</span>'
+
+
+def _memorization(d: dict) -> str:
+    mem = d["memorization"]
+    out = [f'<section id="memorization" data-section="memorization"><h2>{TITLE["memorization"]}</h2>']
+    out.append(
+        '<p class="note">Each generated face against its nearest training face, compared with the same count for '
+        "strangers: faces of people not in the index. The training-side strangers are each training face's nearest "
+        "face of another identity; with --reference-real, real faces run through the same detector (the test then "
+        "compares the two samples). p-values are exact and one-sided; they account for the strangers' rate being "
+        "measured, not known.</p>"
+    )
+    rows = []
+    for label, block in (
+        ("same person (identity threshold)", mem.get("same_person")),
+        ("likely copy, semantic", (mem.get("likely_copies") or {}).get("semantic")),
+        ("likely copy, pixel L1", (mem.get("likely_copies") or {}).get("pixel")),
+    ):
+        if not block:
+            continue
+        base, refr = block.get("baseline") or {}, block.get("reference_real") or {}
+        rows.append(
+            f"<tr><td>{label}</td><td>{pct(block.get('share'), 2)} ({fmt(block.get('count'))} of "
+            f"{fmt(block.get('faces'))}) {ci(block.get('interval'))}</td>"
+            f"<td>{pct(base.get('null_rate'), 2)} ({fmt(base.get('null_count'))} of {fmt(base.get('null_samples'))})"
+            f"</td><td class=num>{pval(base.get('p_value'))}</td>"
+            + (
+                f"<td>{pct(refr.get('null_rate'), 2)} ({fmt(refr.get('null_count'))} of "
+                f"{fmt(refr.get('null_samples'))})</td><td class=num>{pval(refr.get('p_value'))}</td>"
+                if refr
+                else "<td>—</td><td>—</td>"
+            )
+            + "</tr>"
+        )
+    out.append(
+        "<table><tr><th>measure</th><th>generated</th><th>training-side strangers</th><th>p</th>"
+        "<th>real reference faces</th><th>p</th></tr>" + "".join(rows) + "</table>"
+    )
+    sc = mem.get("suspected_copies") or []
+    if sc:
+        out.append(
+            f"<details><summary>{len(sc)} suspected copies</summary><table><tr><th>image</th><th>channel</th>"
+            "<th>training file</th><th>identity</th><th>distance</th></tr>"
+            + "".join(
+                f"<tr><td>{esc(c['image'])}</td><td>{esc(c['channel'])}</td><td>{esc(c['file'])}</td>"
+                f"<td>{esc(c['identity'])}</td><td class=num>{fmt(c['distance'])}</td></tr>"
+                for c in sc
+            )
+            + "</table></details>"
+        )
     out.append("</section>")
     return "".join(out)
 
@@ -390,7 +487,7 @@ def _grid(d: dict, thumbs: dict[str, str]) -> str:
     top = "".join(_nn_row(r, thumbs) for r in g["rows"][: g["expanded"]])
     rest = g["rows"][g["expanded"] :]
     out = [
-        f'<section id="nn-grid" data-section="nn-grid"><h2>{SECTIONS[1][1]}</h2>',
+        f'<section id="nn-grid" data-section="nn-grid"><h2>{TITLE["nn-grid"]}</h2>',
         '<p class="note">Each generated face beside its nearest training face in L1 pixel distance (64×64 aligned '
         "face crop, the Progressive GAN protocol) and in dlib descriptor distance (identity). Ordered most "
         "suspicious first: by the smaller of (semantic distance / semantic copy threshold) and "
@@ -423,7 +520,7 @@ def _grid(d: dict, thumbs: dict[str, str]) -> str:
 def _calibration(d: dict, plots: dict[str, str]) -> str:
     h = d["histograms"]
     out = [
-        f'<section id="calibration" data-section="calibration"><h2>{SECTIONS[2][1]}</h2>',
+        f'<section id="calibration" data-section="calibration"><h2>{TITLE["calibration"]}</h2>',
         "<p class=\"note\">Red outline: each generated face's nearest training face. Grey: training faces' "
         "nearest other training face (leave-one-out) and, semantically, their nearest face of another identity "
         "(what a stranger scores). A generator that copies puts red mass left of the grey.</p>",
@@ -451,8 +548,8 @@ def _calibration(d: dict, plots: dict[str, str]) -> str:
 
 def _pair_fig(p: dict, thumbs: dict[str, str]) -> str:
     flags = []
-    if p.get("same_person"):
-        flags.append('<span class="badge b-amber">same person</span>')
+    if p.get("collides"):
+        flags.append('<span class="badge b-amber">semantic collision</span>')
     if p.get("pixel_duplicate"):
         flags.append('<span class="badge b-red">pixel near-duplicate</span>')
     return (
@@ -463,16 +560,46 @@ def _pair_fig(p: dict, thumbs: dict[str, str]) -> str:
 
 
 def _birthday(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
-    b = d["birthday"]
+    b, sup, ref = d["birthday"], d.get("support") or {}, d.get("support_reference") or {}
+    cross = d.get("crossing") or {}
     out = [
-        f'<section id="birthday" data-section="birthday"><h2>{SECTIONS[3][1]}</h2>',
+        f'<section id="birthday" data-section="birthday"><h2>{TITLE["birthday"]}</h2>',
+        '<p class="note">Arora &amp; Zhang: if a generator spreads its mass over M equally likely distinct faces, a '
+        "pair of its samples collides with probability 1/M. Collisions here are pairs under the collision threshold, "
+        "calibrated per pair on faces of two different training people (so it does not depend on the index size); "
+        "the pairs that threshold lets through by chance, f·C(s,2), are removed. M is an effective support 1/Σp² "
+        "in threshold balls, not people: the training data's own support with the same estimator stands beside "
+        "it.</p>",
         f'<p class="note">{esc(b["protocol"])}</p>',
     ]
+    rows = []
+    for ch in ("semantic", "pixel"):
+        g, r, c = sup.get(ch) or {}, ref.get(ch) or {}, cross.get(ch) or {}
+        rows.append(
+            f"<tr><td>{ch}</td><td>{support_text(g)}</td><td>{support_text(r)}</td>"
+            f"<td class=num>{fmt(g.get('colliding_pairs'))} / {fmt(g.get('pairs_compared'))} "
+            f"(chance {fmt(g.get('expected_chance_pairs'))})</td>"
+            f"<td>{fmt(c.get('s50'))} {ci(c.get('interval'), as_pct=False)}</td>"
+            f"<td>{fmt(c.get('support'))} {ci(c.get('support_interval'), as_pct=False)}</td>"
+            f"<td class=num>{fmt(c.get('rule_s2'))}</td></tr>"
+        )
+    out.append(
+        "<table><tr><th>channel</th><th>support, generator (95%)</th><th>support, training data (95%)</th>"
+        "<th>colliding / compared pairs</th><th>50% crossing s50</th><th>support from the crossing fit</th>"
+        "<th>Arora &amp; Zhang s50²</th></tr>" + "".join(rows) + "</table>"
+    )
+    for ch in ("semantic", "pixel"):
+        g = sup.get(ch) or {}
+        if g.get("method"):
+            out.append(f'<p class="note">{esc(ch)}: {esc(g["method"])}. {esc(g.get("note") or "")}</p>')
+        c = cross.get(ch) or {}
+        if c.get("method"):
+            out.append(f'<p class="note">{esc(ch)} crossing: {esc(c["method"])}. {esc(c.get("note") or "")}</p>')
     if plots.get("birthday"):
         out.append(img_tag(plots["birthday"], "birthday paradox plot", cls="plot"))
     out.append(
-        "<table><tr><th>batch size s</th><th>trials</th><th>mean faces</th><th>share with ≥1 same-person pair"
-        "</th><th>mean pairs</th><th>share with ≥1 pixel near-duplicate</th><th>mean pairs</th></tr>"
+        "<table><tr><th>batch size s</th><th>trials</th><th>mean faces</th><th>share with ≥1 semantic pair"
+        "</th><th>mean pairs</th><th>share with ≥1 pixel pair</th><th>mean pairs</th></tr>"
         + "".join(
             f"<tr><td class=num>{r['s']}</td><td class=num>{r['trials']}</td><td class=num>{fmt(r['faces_mean'])}</td>"
             f"<td class=num>{pct(r['semantic']['share'])}</td><td class=num>{fmt(r['semantic']['mean_pairs'])}</td>"
@@ -482,27 +609,68 @@ def _birthday(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
         )
         + "</table>"
     )
-    for ch in ("semantic", "pixel"):
-        c = (b.get("crossing") or {}).get(ch)
-        if c:
-            out.append(f"<p><b>{esc(ch)}:</b> {esc(c['text'])}</p>")
-    if b.get("skipped"):
-        out.append(f'<p class="note warn">{esc(b["skipped"])}</p>')
     tp = b.get("top_pairs", [])
     out.append(
-        f"<h3>The {len(tp)} most similar pairs of one batch</h3>"
-        f'<p class="note">{esc(b.get("top_pairs_batch", ""))} Arora &amp; Zhang\'s protocol: the estimate is only '
-        "as good as the pairs it rests on, so confirm by eye that the flagged pairs are the same face.</p>"
+        f"<h3>The {len(tp)} most similar pairs of the audited faces</h3>"
+        '<p class="note">Arora &amp; Zhang\'s protocol: the estimate is only as good as the pairs it rests on, so '
+        "confirm by eye that the colliding pairs are the same face.</p>"
     )
     out.append('<div class="pairs">' + "".join(_pair_fig(p, thumbs) for p in tp) + "</div></section>")
+    return "".join(out)
+
+
+def _ct(d: dict) -> str:
+    c = d.get("ct_test") or {}
+    out = [f'<section id="ct-test" data-section="ct-test"><h2>{TITLE["ct-test"]}</h2>']
+    out.append(
+        '<p class="note">Meehan, Chaudhuri &amp; Dasgupta (AISTATS 2020): in each k-means cell of the training '
+        "descriptors, the generated faces' distances to their nearest training face against those of held-out real "
+        "faces (Mann–Whitney z-score); C_T is their average weighted by the held-out share. C_T ≪ 0: data copying; "
+        "C_T ≫ 0: under-fitting or another domain. It catches copying spread over the whole distribution, which a "
+        "1% copy rate misses, and has little power against a few exact copies (the copy rate catches those).</p>"
+    )
+    out.append(
+        _kv(
+            [
+                ("C_T", f'<span class="big">{fmt(c.get("statistic"))}</span> ({esc(c.get("reading", c.get("note")))})'),
+                ("one-sided p (copying)", pval(c.get("p_value_copying"))),
+                (
+                    "cells used",
+                    f"{fmt(c.get('cells_used'))} of {fmt(c.get('cells'))} "
+                    f"(≥ {fmt(c.get('min_generated_per_cell'))} generated faces each)",
+                ),
+                ("held-out faces", f"{fmt(c.get('held_out'))}: {esc(c.get('held_out_source'))}"),
+                ("distance", "to the nearest training face anywhere (the service's answer), not within the cell"),
+            ]
+        )
+    )
+    cells = [r for r in c.get("per_cell", []) if r.get("z_u") is not None]
+    if cells:
+        out.append(
+            "<table><tr><th>cell</th><th>generated</th><th>held out</th><th>held-out share</th><th>Z_U</th></tr>"
+            + "".join(
+                f"<tr><td class=num>{r['cell']}</td><td class=num>{r['generated']}</td><td class=num>{r['held_out']}"
+                f"</td><td class=num>{pct(r['held_share'])}</td><td class=num>{fmt(r['z_u'])}</td></tr>"
+                for r in cells
+            )
+            + "</table>"
+        )
+    out.append("</section>")
     return "".join(out)
 
 
 def _identities(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
     idn = d["identities"]
     out = [
-        f'<section id="identities" data-section="identities"><h2>{SECTIONS[4][1]}</h2>',
+        f'<section id="identities" data-section="identities"><h2>{TITLE["identities"]}</h2>',
         f'<p class="note">{esc(idn["text"])}</p>',
+        _kv(
+            [
+                ("p-value of the largest count", pval(idn.get("p_value_max"))),
+                ("p-value of fewer distinct identities than strangers", pval(idn.get("p_value_distinct"))),
+                ("null", esc((idn.get("null") or {}).get("source", "none"))),
+            ]
+        ),
     ]
     if plots.get("identities"):
         out.append(img_tag(plots["identities"], "identity counts", cls="plot"))
@@ -523,7 +691,7 @@ def _identities(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
 
 def _distribution(d: dict) -> str:
     dd = d.get("distribution") or {}
-    out = [f'<section id="distribution" data-section="distribution"><h2>{SECTIONS[5][1]}</h2>']
+    out = [f'<section id="distribution" data-section="distribution"><h2>{TITLE["distribution"]}</h2>']
     out.append(f'<p class="note warn"><b>Not comparable with published FID.</b> {esc(dd.get("note", ""))}</p>')
     if dd.get("error"):
         out.append(f'<p class="note warn">{esc(dd["error"])}</p></section>')
@@ -556,7 +724,7 @@ def _distribution(d: dict) -> str:
 def _method(d: dict) -> str:
     t = d.get("timing", {})
     return (
-        f'<section id="method" data-section="method"><h2>{SECTIONS[6][1]}</h2>'
+        f'<section id="method" data-section="method"><h2>{TITLE["method"]}</h2>'
         f"<pre>{esc(d.get('command', ''))}</pre>"
         + _kv(
             [
@@ -586,8 +754,10 @@ def render(data: dict, thumbs: dict[str, str], plots: dict[str, str]) -> str:
     builders: list[Callable[[], str]] = [
         lambda: _summary(data),
         lambda: _grid(data, thumbs),
+        lambda: _memorization(data),
         lambda: _calibration(data, plots),
         lambda: _birthday(data, plots, thumbs),
+        lambda: _ct(data),
         lambda: _identities(data, plots, thumbs),
         lambda: _distribution(data),
         lambda: _method(data),

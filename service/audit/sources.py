@@ -1,7 +1,8 @@
-"""Image sources for the audit: a folder of generated images, or a PyTorch generator.
+"""Image sources for the audit: a folder of generated images, images in memory, or a PyTorch generator.
 
 Why a generator and not only a folder: the birthday-paradox test (Arora & Zhang) needs *fresh*
-samples for every trial; a fixed folder can only be re-drawn as subsets without replacement.
+samples for every trial; a fixed folder (or list of images) can only be re-drawn as subsets
+without replacement.
 
 ``--generator SPEC`` forms (see :func:`load_generator`):
 
@@ -91,10 +92,10 @@ class FolderSource:
     def open(cls, root: str | Path) -> FolderSource:
         root = Path(root)
         if not root.is_dir():
-            raise SourceError(f"--generated {root}: not a directory")
+            raise SourceError(f"generated images {root}: not a directory")
         files = [it.path for it in read_folder(root)]  # the indexer's own folder reader
         if not files:
-            raise SourceError(f"--generated {root}: no image files found (looked for {', '.join(sorted(IMAGE_EXTS))})")
+            raise SourceError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_EXTS))})")
         return cls(root, files)
 
     @property
@@ -114,6 +115,50 @@ class FolderSource:
                 data = b""
             out.append((str(self.files[i].relative_to(self.root)), data))
         return out
+
+
+@dataclass
+class ImagesSource:
+    """Images handed over in memory (the notebook API's ``images=[...]``): paths, encoded bytes,
+    uint8 arrays (H, W, 3) or (name, any of those) pairs. Behaves like a folder."""
+
+    items: list[tuple[str, bytes]]
+    kind: str = "folder"
+
+    @classmethod
+    def of(cls, images: list[Any]) -> ImagesSource:
+        items = []
+        for i, it in enumerate(images):
+            name, obj = it if isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], str) else (None, it)
+            if isinstance(obj, (str, Path)):
+                path = Path(obj)
+                if not path.is_file():
+                    raise SourceError(f"images[{i}]: {path} is not a file")
+                name, data = name or path.name, path.read_bytes()
+            elif isinstance(obj, (bytes, bytearray, memoryview)):
+                data = bytes(obj)
+            else:
+                data = png_bytes(to_uint8(np.asarray(obj)[None] if np.ndim(obj) == 3 else obj)[0])
+            items.append((name or f"image{i:05d}.png", data))
+        if not items:
+            raise SourceError("images: empty list")
+        if len({n for n, _ in items}) != len(items):
+            raise SourceError("images: names are not unique")
+        return cls(items)
+
+    @property
+    def describe(self) -> str:
+        return f"{len(self.items)} images given in memory"
+
+    @property
+    def files(self) -> list[str]:
+        return [n for n, _ in self.items]
+
+    def names(self) -> list[str]:
+        return self.files
+
+    def read(self, idx: list[int]) -> list[tuple[str, bytes]]:
+        return [self.items[i] for i in idx]
 
 
 @dataclass

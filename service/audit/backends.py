@@ -1,0 +1,202 @@
+"""Where an audit's per-image answers come from: an index loaded in this process, or a running service.
+
+Both backends answer the same three questions with the same functions, so an audit gives the same
+numbers either way: ``neighbors`` (the body of ``POST /neighbors``, :func:`service.api.neighbors`),
+``reference`` (the training side, :func:`service.audit.reference.training_side`, which the service
+serves at ``GET /v1/reference``) and ``thumbnail`` (``GET /images/<file>``). The in-process answers
+go through a JSON round trip, so that both modes hand the statistics identical Python values.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from indexer import faces
+
+from .. import api
+
+log = logging.getLogger(__name__)
+
+THUMB = 150  # thumbnail side in pixels
+
+
+class AuditError(Exception):
+    """A failure the user can fix; ``code`` is the command's exit status (2 usage, 3 unreachable,
+    4 token refused, 5 other server error)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_SERVER = 2, 3, 4, 5
+
+
+def json_round_trip(x):
+    """What a client would get from the service's JSON for ``x`` (NaN → None, arrays → lists)."""
+    from .html import json_safe
+
+    return json.loads(json.dumps(json_safe(x)))
+
+
+def thumb_jpeg(arr: np.ndarray, size: int) -> bytes:
+    """The service's /images thumbnail recipe (LANCZOS into size×size, JPEG q90)."""
+    from PIL import Image
+
+    im = Image.fromarray(arr)
+    im.thumbnail((size, size), Image.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+class LocalBackend:
+    """An index loaded in this process; :func:`service.api.neighbors` called directly."""
+
+    mode = "index"
+
+    def __init__(self, index_dir: str | Path, device: str = "cpu", detect_processes: int | None = None):
+        from indexer.store import IndexLoadError, load_index
+
+        from ..search import Searcher
+
+        try:
+            self.index = load_index(Path(index_dir))
+        except IndexLoadError as e:
+            raise AuditError(EXIT_USAGE, str(e)) from None
+        except FileNotFoundError as e:
+            raise AuditError(EXIT_USAGE, f"index {index_dir}: {e}") from None
+        self.where = str(Path(index_dir).resolve())
+        self.searcher = Searcher(self.index, device=device)
+        self.pool = api.DetectPool(detect_processes)
+        self.max_files: int | None = None
+
+    def info(self) -> dict:
+        """The fields of the service's ``GET /v1/index``, plus the dataset root (a local path)."""
+        from indexer import pixels
+
+        from .. import stats
+
+        m = self.index.manifest
+        return json_round_trip(
+            {
+                "summary": api.index_summary(self.index),
+                "dataset": {k: v for k, v in m.get("dataset", {}).items() if k != "root"},
+                "counts": m.get("counts", {}),
+                "pipeline": m.get("pipeline", {}),
+                "build": m.get("build", {}),
+                "format_version": m.get("format_version"),
+                "written_at": m.get("written_at"),
+                "model_sha256": m.get("model_sha256", {}),
+                "libraries": m.get("libraries", {}),
+                "calibration": stats.calibrate(self.index.calibration).to_dict(pixels.PIXEL_DIM),
+                "root": str(self.index.dataset_root),
+                "path": self.where,
+            }
+        )
+
+    def neighbors(self, images: list[tuple[str, bytes]], params: dict) -> dict:
+        """:func:`service.api.neighbors` on one request's images, as the service would answer it."""
+        try:
+            p = api.parse_params(params)
+        except api.ApiError as e:
+            raise AuditError(EXIT_USAGE, e.message) from None
+        return json_round_trip(api.neighbors(self.searcher, images, p, pool=self.pool))
+
+    def reference(self, **params) -> dict:
+        from .reference import training_side
+
+        return json_round_trip(training_side(self.index, **params))
+
+    def thumbnail(self, file: str, size: int = THUMB) -> bytes | None:
+        from ..app import image_path
+
+        try:
+            return thumb_jpeg(faces.read_file(image_path(self.index, file)), size)
+        except faces.Unreadable as e:
+            log.warning("training thumbnail %s: %s", file, e)
+            return None
+
+    def train_descriptors(self) -> np.ndarray | None:
+        return self.index.descriptors
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class ServerBackend:
+    """A running ``python -m service``, through :class:`service.client.Client`; images are posted in
+    chunks of at most the service's ``max_files``."""
+
+    mode = "server"
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0):
+        from ..client import Client
+
+        self.client = Client(url, token=token, timeout=timeout)
+        self.where = self.client.url
+        with self._errors("GET /healthz"):
+            self.client.healthz()
+        with self._errors("GET /v1/index"):
+            self._info = self.client.index_info()
+        self.max_files = int(self._info.get("limits", {}).get("max_files", 64))
+
+    def _errors(self, what: str):
+        """The client's typed errors as the audit's exit codes."""
+        from contextlib import contextmanager
+
+        from ..client import NotFacemem, ServiceError, Unauthorized, Unreachable
+
+        @contextmanager
+        def ctx():
+            try:
+                yield
+            except (Unreachable, NotFacemem) as e:
+                raise AuditError(EXIT_UNREACHABLE, f"{what}: {e}") from None
+            except Unauthorized as e:
+                why = "refused the token" if self.client.token else "requires a token and none was given"
+                raise AuditError(
+                    EXIT_AUTH,
+                    f"the service at {self.where} {why} ({what}: HTTP {e.status}); pass the right one with --token "
+                    f"or $FACEMEM_TOKEN",
+                ) from None
+            except ServiceError as e:
+                raise AuditError(EXIT_SERVER, f"{what} failed: HTTP {e.status}: {e.message}") from None
+
+        return ctx()
+
+    def info(self) -> dict:
+        return dict(self._info, path=self.where)
+
+    def neighbors(self, images: list[tuple[str, bytes]], params: dict) -> dict:
+        with self._errors("POST /neighbors"):
+            return self.client.post_images(images, params)
+
+    def reference(self, **params) -> dict:
+        with self._errors("GET /v1/reference"):
+            return self.client.reference(**params)
+
+    def thumbnail(self, file: str, size: int = THUMB) -> bytes | None:
+        from ..client import ServiceError
+
+        try:
+            with self._errors(f"GET /images/{file}"):
+                return self.client.thumbnail(file, size)
+        except AuditError as e:
+            if e.code == EXIT_SERVER:
+                log.warning("training thumbnail %s: %s", file, e.message)
+                return None
+            raise
+        except ServiceError:  # pragma: no cover - mapped above
+            return None
+
+    def train_descriptors(self) -> None:
+        return None  # the service never hands out training descriptors
+
+    def close(self) -> None:
+        self.client.close()

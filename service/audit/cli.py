@@ -1,0 +1,164 @@
+"""The audit's command line: ``python scripts/audit.py``, ``facemem audit``, ``python -m service.audit.cli``.
+
+A thin layer over :func:`service.audit.audit`: the options and their defaults come from
+:data:`service.audit.defaults.OPTIONS`; the outputs are the HTML report (``--out``), the numbers
+(``--json``) and one row per image (``--csv``).
+
+Exit codes: 0 ok; 2 bad arguments, folder, generator or index; 3 server unreachable or not a
+facemem service; 4 token missing or refused; 5 any other error answer from the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from indexer import faces
+
+from .defaults import OPTIONS
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 2:
+        raise argparse.ArgumentTypeError("batch sizes must be integers >= 2")
+    return vals
+
+
+def parser(prog: str = "python scripts/audit.py") -> argparse.ArgumentParser:
+    from .sources import ADAPTERS
+
+    o = OPTIONS
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Audit generated faces for memorization of a training set: a self-contained HTML report "
+        "(nearest-neighbour grid, memorization against strangers with exact p-values, birthday-paradox support "
+        "beside the training data's, the data-copying test C_T, identity concentration, distribution distances), "
+        "its numbers as JSON and one CSV row per image.",
+        epilog="Generator specs: ADAPTER:CHECKPOINT (built-in adapters: "
+        + ", ".join(ADAPTERS)
+        + "), module:callable (callable(n, seed) -> images), or module:callable:CHECKPOINT (callable(checkpoint, "
+        "device) -> sampler). Exit codes: 0 ok, 2 bad input, 3 server unreachable, 4 token refused, 5 other server "
+        "error.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--generated", metavar="DIR", help="folder of generated images (searched recursively)")
+    src.add_argument("--generator", metavar="SPEC", help="PyTorch generator to sample fresh faces from")
+    tgt = p.add_mutually_exclusive_group(required=True)
+    tgt.add_argument("--index", help="index directory (in-process; no server needed)")
+    tgt.add_argument("--server", metavar="URL", help="a running facemem service, e.g. http://127.0.0.1:8000")
+    p.add_argument("--token", default=None, help="bearer token for --server (default: $FACEMEM_TOKEN)")
+    p.add_argument("--out", help="HTML report to write")
+    p.add_argument("--json", metavar="OUT", help="write the numbers (facemem-audit/2) as JSON")
+    p.add_argument("--csv", metavar="OUT", help="write one row per image as CSV")
+    p.add_argument("--n", type=int, default=o["n"].default, help=o["n"].help)
+    p.add_argument("--batch-sizes", type=_ints, default=o["batch_sizes"].default, help=o["batch_sizes"].help)
+    for name, typ in (
+        ("trials", int),
+        ("seed", int),
+        ("k", int),
+        ("chunk", int),
+        ("grid_expanded", int),
+        ("grid_max", int),
+        ("upscale", int),
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=typ, default=o[name].default, help=o[name].help)
+    p.add_argument("--detector", default=o["detector"].default, choices=list(faces.DETECTORS), help=o["detector"].help)
+    p.add_argument(
+        "--false-match-rate",
+        type=float,
+        default=None,
+        help=o["false_match_rate"].help + f" (default {o['false_match_rate'].default:g})",
+    )
+    p.add_argument("--threshold", type=float, default=None, help=o["threshold"].help + " (wins over the rate)")
+    p.add_argument(
+        "--pair-false-match-rate",
+        type=float,
+        default=o["pair_false_match_rate"].default,
+        help=o["pair_false_match_rate"].help,
+    )
+    p.add_argument("--reference-real", metavar="DIR", default=None, help=o["reference_real"].help)
+    p.add_argument(
+        "--reference-detector", default=None, choices=list(faces.DETECTORS), help=o["reference_detector"].help
+    )
+    p.add_argument("--training-set-size", type=int, default=None, help=o["training_set_size"].help)
+    p.add_argument("--ct-cells", type=int, default=None, help=o["ct_cells"].help)
+    p.add_argument("--alpha", type=float, default=o["alpha"].default, help=o["alpha"].help)
+    p.add_argument("--device", default=o["device"].default, choices=["auto", "cpu", "cuda"], help=o["device"].help)
+    p.add_argument("--detect-processes", type=int, default=None, help=o["detect_processes"].help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a terminal)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    return p
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "python scripts/audit.py") -> argparse.Namespace:
+    p = parser(prog)
+    a = p.parse_args(argv)
+    for name in ("trials", "chunk", "k", "grid_max"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.n is not None and a.n < 1:
+        p.error("--n must be >= 1")
+    if a.token and not a.server:
+        p.error("--token applies to --server")
+    if not (a.out or a.json or a.csv):
+        p.error("give at least one of --out (HTML), --json and --csv")
+    if not 0 < a.alpha < 1:
+        p.error("--alpha must be in (0, 1)")
+    return a
+
+
+def main(argv: list[str] | None = None, prog: str = "python scripts/audit.py") -> int:
+    from . import audit
+    from .backends import AuditError
+    from .sources import SourceError
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    a = parse_args(args, prog)
+    logging.basicConfig(
+        level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    command = (
+        prog + " " + " ".join(shlex.quote("***" if prev == "--token" else x) for prev, x in zip([""] + args, args))
+    )
+    opts = {k: getattr(a, k) for k in OPTIONS if k != "progress" and hasattr(a, k)}
+    opts["progress"] = not a.no_progress
+    t0 = time.perf_counter()
+    try:
+        res = audit(
+            generated=a.generated,
+            generator=a.generator,
+            index=a.index,
+            server=a.server,
+            token=a.token,
+            command=command,
+            **opts,
+        )
+        written = []
+        for path, write in ((a.out, res.to_html), (a.json, res.to_json), (a.csv, res.to_csv)):
+            if path:
+                written.append(str(write(path)))
+    except AuditError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return e.code
+    except SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    sizes = ", ".join(f"{w} ({Path(w).stat().st_size / 1e6:.1f} MB)" for w in written)
+    print(f"wrote {sizes} in {time.perf_counter() - t0:.1f} s: {res.summary_line()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m service.audit.cli"))

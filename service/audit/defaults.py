@@ -1,0 +1,57 @@
+"""Every audit option and its default, in one table (the CLI, the notebook call and the README read it).
+
+Why one table: torch-fidelity's lesson. An option documented in three places drifts; here the CLI's
+``--help``, :func:`service.audit.audit` and the report's method section all take their defaults and
+descriptions from :data:`OPTIONS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import api, stats
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    help: str
+
+
+OPTIONS: dict[str, Option] = {
+    "n": Option(None, "images audited: a seeded subset of a folder (default all); generator samples (default 100)"),
+    "batch_sizes": Option((16, 32, 64, 128), "birthday batch sizes s (generator: fresh batches; folder: subsets)"),
+    "trials": Option(20, "birthday-paradox trials per batch size"),
+    "seed": Option(0, "seed for subsets, generator samples, bootstraps and nulls"),
+    "k": Option(5, "neighbours per image and channel (service parameter k)"),
+    "detector": Option(api.DEFAULT_DETECTOR, "face detector (service parameter): hog, cnn, or aligned (no detection)"),
+    "false_match_rate": Option(stats.DEFAULT_FALSE_MATCH_RATE, "target false-match rate of the identity threshold"),
+    "threshold": Option(None, "identity threshold override (a descriptor distance)"),
+    "pair_false_match_rate": Option(
+        stats.DEFAULT_PAIR_FALSE_MATCH_RATE,
+        "per-pair false-match rate of the collision thresholds (birthday paradox)",
+    ),
+    "chunk": Option(64, "images per request (the same chunk gives bit-identical numbers in both modes)"),
+    "reference_real": Option(
+        None,
+        "folder of real faces of people not in the index, run through the same detector: the domain-matched null",
+    ),
+    "reference_detector": Option(
+        None,
+        "detector for the reference faces (default: --detector); e.g. hog for unaligned real photos when the "
+        "generator's faces are aligned crops",
+    ),
+    "training_set_size": Option(None, "images in the full training set, when the dataset does not say (coverage)"),
+    "ct_cells": Option(None, "k-means cells of the C_T test (default: one per 50 generated faces, 2 to 20)"),
+    "grid_expanded": Option(24, "grid rows shown before the collapsed rest"),
+    "grid_max": Option(300, "grid rows drawn at all"),
+    "upscale": Option(128, "generator samples smaller than this are upscaled (bicubic) before the face pipeline"),
+    "device": Option("cpu", "in-process embedding device: auto, cpu or cuda"),
+    "detect_processes": Option(None, "in-process face-detection processes (default one per core; 0 = in this one)"),
+    "alpha": Option(0.05, "significance level of the decisions (primary test, and Holm across the secondary ones)"),
+    "progress": Option(True, "progress bar on a terminal"),
+}
+
+DEFAULTS: dict[str, Any] = {k: v.default for k, v in OPTIONS.items()}
+GENERATOR_N = 100  # generator samples audited when n is not given

@@ -1,0 +1,179 @@
+"""The training side of an audit: everything the statistics compare the generated faces with.
+
+One pure function of the index, :func:`training_side`, so that an audit run in-process and one run
+against a server (``GET /v1/reference``, a thin route over this function) use the very same numbers:
+
+* the thresholds (:func:`service.stats.calibrate`);
+* the null samples the memorization tests and histograms need: each training face's nearest
+  other-identity distance (a stranger's nearest training face), its nearest other face, and the
+  pixel equivalents (seeded subsamples beyond ``NULL_CAP`` faces);
+* the training reference of the support estimate: the same estimator, at the same collision
+  thresholds, on random samples of the index's own faces of the audit's size — "generator vs
+  training data";
+* the stranger null of identity concentration;
+* the k-means cells of the C_T test and the held-out-like distances per cell;
+* the scope: how much of the training set the index covers, when the dataset says so.
+
+Nothing here returns training descriptors or pixel crops.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from indexer import pixels as pixel_channel
+from indexer.datasets import CELEBA_SPLIT_BOUNDS
+from indexer.store import FaceIndex
+
+from .. import stats
+from . import ct, identities, support
+
+log = logging.getLogger(__name__)
+
+NULL_CAP = 20_000  # null values returned per array (a seeded subsample beyond)
+REFERENCE_DRAWS = 5  # training samples of the audit's size for the reference support
+CELEBA_TOTAL = 202_599
+CELEBA_SPLIT_SIZES = {
+    "train": CELEBA_SPLIT_BOUNDS[0],
+    "val": CELEBA_SPLIT_BOUNDS[1] - CELEBA_SPLIT_BOUNDS[0],
+    "test": CELEBA_TOTAL - CELEBA_SPLIT_BOUNDS[1],
+}
+CELEBA_IDENTITIES = 10_177
+
+
+def _sub(a: np.ndarray, rows: np.ndarray | None) -> list:
+    a = np.asarray(a)
+    return (a if rows is None else a[rows]).tolist()
+
+
+def _reference_support(index: FaceIndex, th: stats.Thresholds, faces: int, seed: int) -> dict:
+    """The support estimator on ``REFERENCE_DRAWS`` random samples of ``faces`` training faces."""
+    n_all = index.n_faces
+    size = min(faces, n_all)
+    draws = REFERENCE_DRAWS if size * 2 <= n_all else 1
+    rng = np.random.default_rng([seed, 7])
+    batches: dict[str, list[support.Batch]] = {"semantic": [], "pixel": []}
+    for _ in range(draws):
+        rows = np.sort(rng.choice(n_all, size, replace=False))
+        for ch, x, pt, metric in (
+            ("semantic", index.descriptors, th.collision_semantic, "euclidean"),
+            ("pixel", index.pixels, th.collision_pixel, "cityblock"),
+        ):
+            if pt is None:
+                continue
+            pairs = stats.close_pairs(np.asarray(x[rows]), pt.threshold, metric)
+            batches[ch].append(support.Batch(size, tuple((i, j) for i, j, _ in pairs)))
+    out = {}
+    for ch, pt in (("semantic", th.collision_semantic), ("pixel", th.collision_pixel)):
+        if pt is None or not batches[ch]:
+            out[ch] = None
+            continue
+        est = support.estimate(batches[ch], pt.per_pair_false_match_rate, seed=seed)
+        out[ch] = {
+            **est,
+            "threshold": pt.threshold,
+            "per_pair_false_match_rate": pt.per_pair_false_match_rate,
+            "same_identity_recall": pt.same_identity_recall,
+            "sample_size": size,
+            "draws": draws,
+            "method": f"the audit's estimator on {draws} random sample(s) of {size} training faces of the index",
+        }
+    return out
+
+
+def scope(index: FaceIndex, training_set_size: int | None = None) -> dict:
+    """How much of the training set the index holds: the dataset's own numbers for CelebA (its
+    standard split sizes), a user-given ``training_set_size`` otherwise."""
+    m = index.manifest
+    ds = m.get("dataset", {})
+    faces = index.n_faces
+    splits: dict[str, int] = {}
+    for r in index.rows:
+        if r.get("face") is not None:
+            splits[str(r.get("split"))] = splits.get(str(r.get("split")), 0) + 1
+    out = {
+        "dataset": ds.get("kind"),
+        "split": ds.get("split"),
+        "indexed_faces": faces,
+        "indexed_identities": ds.get("identities"),
+        "faces_by_split": splits,
+        "training_set_size": training_set_size,
+        "coverage": None,
+        "source": None,
+    }
+    if training_set_size:
+        out["coverage"], out["source"] = faces / training_set_size, "given by the user (--training-set-size)"
+    elif ds.get("kind") == "celeba":
+        train = splits.get("train", 0)
+        out["training_set_size"] = CELEBA_SPLIT_SIZES["train"]
+        out["coverage"] = train / CELEBA_SPLIT_SIZES["train"]
+        out["identities_in_celeba"] = CELEBA_IDENTITIES
+        out["source"] = (
+            f"CelebA's standard split: {train:,} of its {CELEBA_SPLIT_SIZES['train']:,} training images are indexed"
+        )
+    if out["coverage"] is not None:
+        out["note"] = (
+            f"The index holds {100 * out['coverage']:.1f}% of the training set: statements about copies and "
+            f"identities hold for the indexed faces only; a copy of an image outside the index cannot be seen."
+        )
+    else:
+        out["note"] = (
+            "The size of the training set is unknown (give --training-set-size): statements about copies and "
+            "identities hold for the indexed faces only."
+        )
+    return out
+
+
+def training_side(
+    index: FaceIndex,
+    faces: int,
+    seed: int = 0,
+    false_match_rate: float = stats.DEFAULT_FALSE_MATCH_RATE,
+    threshold: float | None = None,
+    pair_false_match_rate: float = stats.DEFAULT_PAIR_FALSE_MATCH_RATE,
+    cells: int | None = None,
+    training_set_size: int | None = None,
+) -> dict:
+    """The training side for an audit of ``faces`` generated faces (see the module docstring)."""
+    cal = index.calibration
+    th = stats.calibrate(cal, false_match_rate, threshold, pair_false_match_rate=pair_false_match_rate)
+    n_all = index.n_faces
+    rng = np.random.default_rng([seed, 11])
+    rows = None if n_all <= NULL_CAP else np.sort(rng.choice(n_all, NULL_CAP, replace=False))
+    pix_rows = np.asarray(cal.get("pix_loo_rows", np.zeros(0, np.int64)))
+    pix_sub = None if len(pix_rows) <= NULL_CAP else np.sort(rng.choice(len(pix_rows), NULL_CAP, replace=False))
+    nulls = {
+        "sem_diff_id": _sub(cal["sem_diff_id"], rows),
+        "sem_loo": _sub(cal["sem_loo"], rows),
+        "pix_loo": _sub(cal.get("pix_loo", np.zeros(0)), pix_sub),
+        "pix_diff_id": _sub(cal.get("pix_diff_id", np.zeros(0)), pix_sub),
+    }
+    ids = index.identity_codes()
+    k = cells or ct.cell_count(faces)
+    centroids = ct.kmeans_cells(index.descriptors, k, seed)
+    held_rows = np.arange(n_all) if rows is None else rows
+    held = np.asarray(cal["sem_diff_id"], np.float64)[held_rows]
+    finite = np.isfinite(held)
+    out = {
+        "format": "facemem-reference/1",
+        "faces": int(faces),
+        "seed": int(seed),
+        "index_faces": n_all,
+        "calibration": th.to_dict(pixel_channel.PIXEL_DIM),
+        "nulls": nulls,
+        "support_reference": _reference_support(index, th, max(int(faces), 2), seed),
+        "identity_null": identities.null_from_training(cal["sem_diff_id_face"], ids, int(faces), seed=seed),
+        "ct": {
+            "cells": int(k),
+            "centroids": centroids.tolist(),
+            "held_out_distance": held[finite].tolist(),
+            "held_out_cells": ct.assign(index.descriptors[held_rows][finite], centroids).tolist(),
+            "held_out_source": "each training face's nearest other-identity distance (training-domain strangers)",
+        },
+        "scope": scope(index, training_set_size),
+    }
+    if not finite.any():
+        out["ct"]["note"] = "the index has no identities: no stranger-like held-out distances"
+    return out

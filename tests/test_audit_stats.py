@@ -1,0 +1,214 @@
+"""The audit's statistics against known truth: simulations at the descriptor level (service.audit.simulate)
+and planted data. No index, no images: these run the estimators and tests directly.
+
+The full simulation study (200+ seeds per row) is scripts/sim_support.py; BENCHMARKS.md records it.
+Here fewer seeds, with thresholds a correct method passes and the first version's method fails."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from indexer import calibrate
+from service import stats
+from service.audit import baselines, ct, identities, simulate, support
+
+
+@pytest.fixture(scope="module")
+def world():
+    w = simulate.make_world(2000, 2, seed=0)
+    cal, th = simulate.world_thresholds(w)
+    return w, cal, th
+
+
+# ----------------------------------------------------------------------------- pair calibration
+
+
+def test_pair_tail_is_exact_against_brute_force():
+    rng = np.random.default_rng(0)
+    n = 400
+    ids = rng.integers(0, 150, n)
+    desc = (rng.normal(size=(n, 128)) * 0.1).astype(np.float32)
+    desc[5] = desc[7] + 0.001
+    c = calibrate.semantic_calibration(desc, ids, pair_sample=250)
+    rows = calibrate.sample_rows(n, 250, 0)
+    d = cdist(desc[rows].astype(np.float64), desc.astype(np.float64))
+    other = ids[rows][:, None] != ids[None, :]
+    other[np.arange(len(rows)), rows] = False
+    want = np.sort(d[other])
+    tail = c["pair_sem_diff_tail"]
+    assert int(c["pair_sem_diff_pairs"]) == other.sum() and len(tail) == math.ceil(
+        calibrate.PAIR_TAIL_RATE * other.sum()
+    )
+    assert np.allclose(tail, want[: len(tail)], atol=1e-12)
+    same = sorted(
+        np.linalg.norm(desc[i].astype(float) - desc[j]) for i in range(n) for j in range(i + 1, n) if ids[i] == ids[j]
+    )
+    assert np.allclose(c["pair_sem_same"], same)
+    for i in range(0, n, 101):  # the nearest other-identity face, by brute force
+        di = np.linalg.norm(desc - desc[i], axis=1)
+        di[ids == ids[i]] = np.inf
+        assert c["sem_diff_id_face"][i] == np.argmin(di)
+    pix = rng.integers(0, 256, (n, 12288)).astype(np.uint8)
+    pix[10] = pix[20]
+    p = calibrate.pixel_calibration(pix, ids, 80)
+    rows = calibrate.sample_rows(n, 80, 0)
+    d = cdist(pix[rows].astype(np.float64), pix.astype(np.float64), "cityblock")
+    other = ids[rows][:, None] != ids[None, :]
+    other[np.arange(len(rows)), rows] = False
+    assert np.array_equal(p["pair_pix_diff_tail"], np.sort(d[other])[: len(p["pair_pix_diff_tail"])])
+    d2 = np.where(other, d, np.inf)
+    assert np.array_equal(p["pix_diff_id"], d2.min(axis=1))
+
+
+def test_pair_threshold_does_not_drift_with_the_index_size(world):
+    """The same population, indexed at 1,000 and 4,000 faces: the 1:N identity threshold moves, the
+    per-pair collision threshold stays within its own precision."""
+    w, _, th_big = world
+    cal_small = calibrate.semantic_calibration(w.train[:1000], w.train_ids[:1000])
+    from service import stats
+
+    th_small = stats.calibrate(cal_small)
+    big, small = th_big.collision_semantic, th_small.collision_semantic
+    assert small.interval[0] <= big.threshold <= small.interval[1]
+    assert abs(small.threshold - big.threshold) < abs(th_small.identity - th_big.identity) / 2
+
+
+# ----------------------------------------------------------------------------- support
+
+
+@pytest.mark.parametrize("scenario", [0, 3, 4, 6], ids=lambda i: simulate.SCENARIOS[i].name)
+def test_support_interval_covers_the_known_support(world, scenario):
+    """Uniform, Zipf and single-mode generators of known effective support 1/Σp²: the 95% interval
+    covers it in ≥ 17 of 20 simulated audits (the first version's Poisson interval covers the Zipf
+    and mode cases in 20–65%: scripts/sim_support.py)."""
+    w, _, th = world
+    sc = simulate.SCENARIOS[scenario]
+    runs = [simulate.support_run(w, th, sc, seed, n_boot=500) for seed in range(20)]
+    covered = sum(r["covered"] for r in runs)
+    est = [r["estimate"] for r in runs if r["estimate"] is not None]
+    assert covered >= 17, (sc.name, covered)
+    assert 0.5 < np.median(est) / runs[0]["truth"] < 2.0  # and the estimate is near the truth
+
+
+def test_chance_pairs_are_removed(world):
+    """A generator of all-new faces (no repeats): pairs collide only by chance, at f. The corrected
+    estimate then finds no support at all to report (or a huge one); uncorrected it would be s²/(2c)."""
+    w, _, th = world
+    pt = th.collision_semantic
+    x = w.strangers(3000, np.random.default_rng(4))
+    pairs = [(i, j) for i, j, _ in stats.close_pairs(x, pt.threshold, "euclidean")]
+    est = support.estimate([support.Batch(3000, tuple(pairs))], pt.per_pair_false_match_rate)
+    assert est["expected_chance_pairs"] == pytest.approx(pt.per_pair_false_match_rate * 3000 * 2999 / 2)
+    uncorrected = 3000 * 2999 / 2 / max(len(pairs), 1)
+    assert est["estimate"] is None or est["estimate"] > 3 * uncorrected
+    assert est["interval"] is None  # the data cannot bound the support from above
+
+
+def test_crossing_fit_recovers_a_known_rate():
+    """Trials with P(collision | s) = 1 − exp(−C(s,2)·q): the profile-likelihood interval covers q."""
+    q, f = 2e-3, 1e-5
+    covered = 0
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        sizes = [16, 32, 64] * 20
+        y = [rng.random() < -math.expm1(-s * (s - 1) / 2 * q) for s in sizes]
+        fit = support.crossing_fit(sizes, y, f)
+        lo, hi = fit["rate_interval"]
+        covered += lo <= q <= (hi if hi is not None else math.inf)
+    assert covered >= 53
+    assert fit["s50"] == pytest.approx(support.s50(fit["rate"]))
+    assert fit["rule_s2"] == pytest.approx(fit["s50"] ** 2)
+    assert support.s50(q) == pytest.approx((1 + math.sqrt(1 + 8 * math.log(2) / q)) / 2)
+    none = support.crossing_fit([16, 32] * 20, [False] * 40, f)  # no collision in 40 trials: s50 > 32
+    assert none["s50"] is None and none["interval"][0] > 32 and none["support_interval"][0] > 0
+    every = support.crossing_fit([16, 32] * 20, [True] * 40, f)
+    assert every["interval"][0] is None and every["interval"][1] < 16
+
+
+# ----------------------------------------------------------------------------- copies and nulls
+
+
+def test_copy_test_detects_one_percent_copying_and_spares_new_people():
+    """n = 1,000, a fresh training set each seed: a generator that copies 1% of its faces is detected
+    (p < 0.05) in ≥ 80% of seeds; one that copies nothing is flagged in at most 2 of 20."""
+    copier = [simulate.copy_run(0.01, 1000, seed, identities=1000, with_ct=False) for seed in range(20)]
+    clean = [simulate.copy_run(0.0, 1000, seed, identities=1000, with_ct=False) for seed in range(20)]
+    assert sum(r["p_copies"] < 0.05 for r in copier) >= 16
+    assert sum(r["p_copies"] < 0.05 for r in clean) <= 2
+    assert sum(r["p_same_person"] < 0.05 for r in clean) <= 2
+
+
+def test_ct_separates_copying_spread_over_the_distribution():
+    """Every generated face a training photo plus noise (closer than strangers, yet outside any copy
+    threshold for most): C_T ≪ 0. New people: C_T near 0."""
+    spread = [simulate.copy_run(0.0, 500, seed, spread=0.025, identities=1000) for seed in range(5)]
+    clean = [simulate.copy_run(0.0, 500, seed, identities=1000) for seed in range(5)]
+    assert all(r["ct"] < -3 and r["p_ct"] < 1e-3 for r in spread)
+    assert all(abs(r["ct"]) < 3 for r in clean)
+
+
+def test_z_u_sign_and_scale():
+    rng = np.random.default_rng(1)
+    held = rng.normal(1.0, 0.1, 400)
+    assert ct.z_u(rng.normal(1.0, 0.1, 300), held) == pytest.approx(0, abs=3)
+    assert ct.z_u(rng.normal(0.9, 0.1, 300), held) < -5  # closer: copying side
+    assert ct.z_u(rng.normal(1.1, 0.1, 300), held) > 5
+
+
+def test_exact_baseline_tests_hold_their_level():
+    """Generated and null values from one distribution: P(p < 0.05) ≤ 5% (plus Monte Carlo slack) for
+    the order-statistic (beta-binomial) test at the null's own 1% quantile and for Fisher's test at a
+    fixed threshold."""
+    rng = np.random.default_rng(2)
+    rej_os = rej_f = 0
+    sims = 1500
+    for _ in range(sims):
+        null, gen = rng.random(2000), rng.random(300)
+        t = np.quantile(null, 0.01)
+        k, m = int(np.sum(gen < t)), int(np.sum(null < t))
+        rej_os += baselines.order_statistic_p_value(k, 300, m, 2000) < 0.05
+        rej_f += baselines.fisher_p_value(int(np.sum(gen < 0.02)), 300, int(np.sum(null < 0.02)), 2000) < 0.05
+    assert rej_os / sims <= 0.065 and rej_f / sims <= 0.065
+    # and they have power: 3% of generated values under a 1% null threshold
+    assert baselines.order_statistic_p_value(9, 300, 20, 2000) < 0.01
+    assert baselines.order_statistic_p_value(0, 300, 20, 2000) == pytest.approx(1.0)
+
+
+def test_holm_matches_a_hand_computation():
+    got = baselines.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None, "e": 0.5}, alpha=0.05)
+    # sorted 0.01, 0.03, 0.04, 0.5 → ×4, ×3, ×2, ×1 with running max: 0.04, 0.09, 0.09, 0.5
+    assert got["a"]["p_holm"] == pytest.approx(0.04) and got["a"]["reject"]
+    assert got["c"]["p_holm"] == pytest.approx(0.09) and not got["c"]["reject"]
+    assert got["b"]["p_holm"] == pytest.approx(0.09) and got["e"]["p_holm"] == pytest.approx(0.5)
+    assert got["d"] == {"p_value": None, "p_holm": None, "reject": None}
+
+
+def test_identity_concentration_against_its_stranger_null(world):
+    """Strangers' top-1 identities match the training-side null; a generator stuck on a few people
+    does not."""
+    w, cal, _ = world
+    null = identities.null_from_training(cal["sem_diff_id_face"], w.train_ids, 300, draws=200, seed=0)
+    assert null is not None and null["faces"] == 300
+
+    def entries(x: np.ndarray) -> list[dict]:
+        d = cdist(x.astype(np.float64), w.train.astype(np.float64))
+        j = d.argmin(axis=1)
+        return [
+            {
+                "status": "ok",
+                "image": f"g{i}",
+                "semantic": [{"identity": str(w.train_ids[jj]), "file": str(jj), "same_person": False}],
+            }
+            for i, jj in enumerate(j)
+        ]
+
+    rng = np.random.default_rng(3)
+    ok = identities.concentration(entries(w.strangers(300, rng)), null)
+    assert ok["p_value_max"] > 0.05
+    few = np.repeat(w.strangers(20, rng), 15, axis=0) + rng.normal(scale=0.002, size=(300, 128))
+    bad = identities.concentration(entries(few.astype(np.float32)), null)
+    assert bad["p_value_max"] < 0.01 and bad["p_value_distinct"] < 0.01
