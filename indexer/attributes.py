@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 FEATURE_VERSION = 1
 CROP_SIZE = 16
-CROP_PADDING = 0.8
+CROP_PADDING = 0.5  # 0.8 left 21% of a celeba10k crop black (outside the 89×109 image); 0.5: 1.3%
 CROP_DIM = CROP_SIZE * CROP_SIZE * 3
 LANDMARK_DIM = 2 * geometry.N_POINTS
 DESCRIPTOR_DIM = 128

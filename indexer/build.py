@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import attributes, calibrate, faces, pixels, store, watchdog
+from . import attributes, calibrate, faces, geometry, pixels, store, watchdog
 from .datasets import Item, read_dataset
 from .devices import resolve_device
 
@@ -161,6 +161,7 @@ def _warm_forkserver() -> None:
 
     resnet.parse_dlib_resnet()
     faces._dlib_obj("sp5")
+    geometry._predictor()  # the 68-point model (~100 MB): loaded once, shared by the forked workers
     # The forkserver exits when its parent does; tearing down torch's modules would keep it (and
     # the stdout it inherited, which callers may be reading to EOF) alive ~0.4 s longer.
     atexit.register(_exit_now)
@@ -464,6 +465,8 @@ def build(cfg: BuildConfig) -> Path:
     if out.exists() and not cfg.overwrite:
         raise SystemExit(f"{out} exists; use --overwrite to replace it")
     device = _resolve_build_device(cfg.device)
+    if cfg.attribute_probes:
+        attributes.borrowed_probes(cfg.attribute_probes)  # refuse unusable probes before any work
     workers = cfg.workers or os.cpu_count() or 1
     embed_in, torch_threads = plan_embedding(cfg.embedder, device, workers, cfg.embed_in)
     # Start the (warming) forkserver first: it is the longest start-up step, and the rest of the

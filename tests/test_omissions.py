@@ -215,3 +215,36 @@ def test_report_section_renders_escaped(attr_index, pool_entries):
     assert html.count("data:image/png;base64,") >= len(geometry.NAMES)  # the histograms
     assert "data:image/jpeg;base64,AAAA" in html  # example training faces of the omitted attributes
     assert "label shift" in html.lower()
+
+
+def test_index_without_labels_borrows_probes(attr_index_dir, pool_entries, tmp_path):
+    """A folder dataset (no labels) built with --attribute-probes: its training rates come from the
+    borrowed probes on its own faces, corrected like the generated side; probes that read other
+    features are refused before any work."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    own = POOL[-150:]
+    for n in own:
+        shutil.copy(IMG / n, folder / n)
+    out = build_index(tmp_path / "borrowed", root=folder, dataset="folder", attribute_probes=str(attr_index_dir))
+    idx = load_index(out)
+    block = idx.manifest["attributes"]
+    assert block["source"] == "borrowed" and block["training_rate_source"] == "probe"
+    side = attributes.training_side(idx)
+    assert side["attributes"]["source"] == "borrowed" and side["attributes"]["borrowed_from"] == attr_index_dir.name
+    sample = [pool_entries[n] for n in POOL[:600]]
+    res = omissions.analyse(sample, side)
+    labels = celeba_labels()
+    rows = {r["name"]: r for r in res["attributes"]["rows"]}
+    for name in ("Male", "Eyeglasses", "Blond_Hair", "Smiling"):
+        truth = np.mean([name in labels[n] for n in own])
+        assert abs(rows[name]["training_rate"] - truth) < 0.15, (name, rows[name]["training_rate"], truth)
+    assert res["attributes"]["n_flagged_under"] + res["attributes"]["n_flagged_over"] <= 2
+    bad = tmp_path / "bad"
+    shutil.copytree(attr_index_dir, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    man["attributes"]["feature_signature"]["crop_size"] = 99
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="read other features"):
+        build_index(tmp_path / "never", root=folder, dataset="folder", attribute_probes=str(bad))
+    assert not (tmp_path / "never").exists()

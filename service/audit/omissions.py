@@ -54,6 +54,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ALPHA = 0.05  # a row is flagged when its BH q-value is below this
+SHIFT_ALPHA = 0.01  # label_shift p-value below this: the correction's assumption is doubtful for the row
 N_BOOT = 2000
 N_NULL = 2000
 HIST_BINS = 30
@@ -222,7 +223,8 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
         }
         thr = probe.get("threshold")
         p = np.array([np.nan if e["attributes"].get(name) is None else e["attributes"][name] for e in with_attrs])
-        if tr["status"] != "ok" or thr is None or not np.isfinite(p).all():
+        no_rate = source == "labels" and tr.get("training_rate") is None
+        if tr["status"] != "ok" or thr is None or no_rate or not np.isfinite(p).all():
             rows.append(row)
             continue
         k = int((p >= thr).sum())
@@ -243,6 +245,7 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
             direction="under" if k / n < q0 else "over",
             label_shift=label_shift(p, tr.get("heldout_p")),
         )
+        row["assumption_doubtful"] = bool(row["label_shift"] and row["label_shift"]["p_value"] < SHIFT_ALPHA)
         rows.append(row)
     q = bh([np.nan if r["p_value"] is None else r["p_value"] for r in rows])
     for r, qv in zip(rows, q):

@@ -66,7 +66,13 @@ def _badge(row: dict) -> str:
     if not row.get("flagged"):
         return '<span class="badge b-grey">—</span>' if row.get("q_value") is None else ""
     cls = "b-red" if row.get("direction") == "under" else "b-amber"
-    return f'<span class="badge {cls}">{esc(row.get("direction"))}-produced</span>'
+    doubt = (
+        ' <span class="badge b-grey" title="label-shift test: the probe scores of the generated faces are not '
+        'a mixture of the training classes, so the correction may be biased">assumption doubtful</span>'
+        if row.get("assumption_doubtful")
+        else ""
+    )
+    return f'<span class="badge {cls}">{esc(row.get("direction"))}-produced</span>{doubt}'
 
 
 def _png(fig) -> str:
