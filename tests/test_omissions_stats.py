@@ -44,6 +44,7 @@ def test_bootstrap_interval_covers_the_true_rate():
         (0.15, 0.9, 0.06, 500, 120, 600),
         (0.40, 0.8, 0.15, 300, 300, 450),
         (0.06, 0.85, 0.04, 1000, 60, 900),
+        (0.0, 0.85, 0.04, 500, 60, 900),  # a true omission: the estimate sits on the bound
     ]
     for rate, tpr, fpr, n, n_pos, n_neg in settings:
         hits = 0

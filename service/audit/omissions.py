@@ -15,10 +15,14 @@ Of *n* generated faces, *k* are called positive: the classified rate is q = k/n.
 true- and false-positive rates TPR and FPR (measured on held-out training identities), adjusted
 classify-and-count (Forman 2008) estimates the generated rate as p̂ = clip((q − FPR)/(TPR − FPR), 0, 1).
 
-* Interval: a percentile bootstrap (``n_boot`` replicates) that redraws the generated faces
-  (k* ~ Binomial(n, q)) *and* the probe's measured rates (TPR* ~ Binomial(n_pos, TPR)/n_pos,
-  FPR* ~ Binomial(n_neg, FPR)/n_neg: they come from a finite held-out set). Replicates with
-  TPR* ≤ FPR* have no estimate; their share is ``undefined_share`` (the interval is over the rest).
+* Interval: a percentile bootstrap (``n_boot`` replicates) that redraws the generated faces' classified
+  rate *and* the probe's measured rates (they come from a finite held-out set), each as
+  Beta(k + ½, n − k + ½) (:func:`draw_rate`: a Bayesian bootstrap that keeps its spread at k = 0).
+  Replicates with TPR* ≤ FPR* have no estimate; their share is ``undefined_share`` (the interval is
+  over the rest). Where q lies significantly outside [FPR, TPR] (``outside_probe_range``) the estimate
+  is clipped and its interval collapses on the bound: the counts are then at odds with the probe's
+  measured errors, which is itself a sign of domain shift. ``assumption_doubtful`` = that, or a
+  label-shift p-value below ``SHIFT_ALPHA``.
 * Test: H0 "the generator produces the attribute at the training rate r". Under H0 the classified
   count is k ~ Binomial(n, q0) with q0 = FPR + (TPR − FPR)·r. The p-value is two-sided,
   2·min(P(K ≤ k), P(K ≥ k)), with the binomial probabilities averaged over ``n_null`` draws of
@@ -92,14 +96,23 @@ def bh(pvalues: Any) -> np.ndarray:
     return out
 
 
+def draw_rate(k: int, n: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Draws of a proportion observed as k of n: Beta(k + ½, n − k + ½) (Jeffreys).
+
+    Why not Binomial(n, k/n)/n, the plain parametric bootstrap: at k = 0 (no false positive among the
+    held-out negatives, no training face called positive) it has no spread at all, and a test or an
+    interval built on it is certain of what it only saw once. This is the Bayesian bootstrap of a 0/1
+    sample with half a pseudo-count on each side; for moderate k the two agree.
+    """
+    return rng.beta(k + 0.5, n - k + 0.5, size)
+
+
 def acc_bootstrap(
     k: int, n: int, tp: int, n_pos: int, fp: int, n_neg: int, rng: np.random.Generator, n_boot: int = N_BOOT
 ) -> np.ndarray:
-    """Bootstrap replicates of the ACC estimate: the generated faces and the held-out rates redrawn."""
-    q = rng.binomial(n, k / n, n_boot) / n
-    tpr = rng.binomial(n_pos, tp / n_pos, n_boot) / n_pos
-    fpr = rng.binomial(n_neg, fp / n_neg, n_boot) / n_neg
-    return acc(q, tpr, fpr)
+    """Bootstrap replicates of the ACC estimate: the generated faces' classified rate and the probe's
+    held-out TPR and FPR all redrawn (:func:`draw_rate`)."""
+    return acc(draw_rate(k, n, rng, n_boot), draw_rate(tp, n_pos, rng, n_boot), draw_rate(fp, n_neg, rng, n_boot))
 
 
 def rate_interval(reps: np.ndarray, level: float = 0.95) -> tuple[list[float] | None, float]:
@@ -131,12 +144,26 @@ def null_classified_rate(
     n_pos, n_neg = p["n_heldout_pos"], p["n_heldout_neg"]
     if source == "probe":
         nt, kt = row["n_training"], row["n_training_calls"]
-        return kt / nt, rng.binomial(nt, kt / nt, n_null) / nt
+        return kt / nt, draw_rate(kt, nt, rng, n_null)
     r, nt = row["training_rate"], row["n_training"]
-    tpr = rng.binomial(n_pos, p["tp"] / n_pos, n_null) / n_pos
-    fpr = rng.binomial(n_neg, p["fp"] / n_neg, n_null) / n_neg
-    rr = rng.binomial(nt, r, n_null) / nt
+    tpr = draw_rate(p["tp"], n_pos, rng, n_null)
+    fpr = draw_rate(p["fp"], n_neg, rng, n_null)
+    rr = draw_rate(round(r * nt), nt, rng, n_null)
     return p["fpr"] + (p["tpr"] - p["fpr"]) * r, fpr + (tpr - fpr) * rr
+
+
+def outside_probe_range(
+    k: int, n: int, tp: int, n_pos: int, fp: int, n_neg: int, rng: np.random.Generator, n_null: int = N_NULL
+) -> bool:
+    """Whether k of n calls is significantly (one-sided p < SHIFT_ALPHA) below what false positives alone
+    give (q < FPR) or above what a generator made only of positives gives (q > TPR). Either contradicts
+    the probe's measured error rates on these faces, whatever the true rate: a sign of domain shift.
+    (A true omission sits at q ≈ FPR, inside the range.)"""
+    from scipy.stats import binom
+
+    below = float(np.mean(binom.cdf(k, n, draw_rate(fp, n_neg, rng, n_null))))
+    above = float(np.mean(binom.sf(k - 1, n, draw_rate(tp, n_pos, rng, n_null))))
+    return min(below, above) < SHIFT_ALPHA
 
 
 def label_shift(generated_p: np.ndarray, heldout: dict | None) -> dict | None:
@@ -243,9 +270,11 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
             expected_classified_rate=float(q0),
             p_value=rate_test(k, n, q0_draws),
             direction="under" if k / n < q0 else "over",
+            outside_probe_range=outside_probe_range(k, n, tp, n_pos, fp, n_neg, rng),
             label_shift=label_shift(p, tr.get("heldout_p")),
         )
-        row["assumption_doubtful"] = bool(row["label_shift"] and row["label_shift"]["p_value"] < SHIFT_ALPHA)
+        shifted = bool(row["label_shift"] and row["label_shift"]["p_value"] < SHIFT_ALPHA)
+        row["assumption_doubtful"] = shifted or row["outside_probe_range"]
         rows.append(row)
     q = bh([np.nan if r["p_value"] is None else r["p_value"] for r in rows])
     for r, qv in zip(rows, q):
