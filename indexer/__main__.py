@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         default=5000,
         help="faces used for the pixel leave-one-out distribution (default 5000)",
     )
+    b.add_argument(
+        "--attribute-probes",
+        metavar="INDEX",
+        help="use this index's attribute probes instead of fitting them (for a dataset without attribute "
+        "labels): the build scores its own faces with them, so the audit can compare attribute rates",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="describe an index", description="Print an index's manifest summary.")
     i.add_argument("index", help="index directory")
@@ -123,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             identity_from_folders=args.identity_from_folders,
             pixel_calibration_sample=args.pixel_calibration_sample,
             progress=not args.no_progress,
+            attribute_probes=args.attribute_probes,
         )
         try:
             build(cfg)
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
+        except (FileNotFoundError, ValueError, RuntimeError, store.IndexLoadError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0

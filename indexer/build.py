@@ -47,13 +47,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import calibrate, faces, pixels, store, watchdog
+from . import attributes, calibrate, faces, geometry, pixels, store, watchdog
 from .datasets import Item, read_dataset
 from .devices import resolve_device
 
 log = logging.getLogger(__name__)
 
-PARTIAL_VERSION = 1
+PARTIAL_VERSION = 2  # 2: chunks carry the per-face attribute/geometry extras
 TASK_SIZE = 64  # images per worker task (chunks are cut into tasks of this size, from the chunk start)
 WORKER_BATCH = 32  # torch batch inside a worker: single-threaded, 32 beats 64 by ~5% (cache)
 _WARM_ENV = "_FACEMEM_WARM_FORKSERVER"  # set only while the build starts its forkserver
@@ -78,6 +78,7 @@ class BuildConfig:
     progress: bool = True
     embed_in: str = "auto"  # auto | main | workers: where descriptors are computed (see plan_embedding)
     preload_workers: bool = True  # CPU torch: fork pre-loaded workers (False: spawn them, as measured before)
+    attribute_probes: str | None = None  # index whose attribute probes to use instead of fitting (see attributes.py)
 
 
 def _chunk_params(cfg: BuildConfig) -> dict:
@@ -160,6 +161,7 @@ def _warm_forkserver() -> None:
 
     resnet.parse_dlib_resnet()
     faces._dlib_obj("sp5")
+    geometry._predictor()  # the 68-point model (~100 MB): loaded once, shared by the forked workers
     # The forkserver exits when its parent does; tearing down torch's modules would keep it (and
     # the stdout it inherited, which callers may be reading to EOF) alive ~0.4 s longer.
     atexit.register(_exit_now)
@@ -173,16 +175,17 @@ def _exit_now() -> None:
 
 def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
     """Worker (or the main process): one task's (path, file) items → row records, pixel vectors,
-    and descriptors (embedder name given) or chips (None: someone else embeds them)."""
+    and descriptors (embedder name given) or chips (None: someone else embeds them), plus the per-face
+    ``face_extras`` (68 landmarks, attribute crop) that attribute probes and geometry need."""
     items, detector, embed_here = args
-    rows, chips, pix = [], [], []
+    rows, chips, pix, lm68, crops = [], [], [], [], []
     t_decode = t_face = 0.0
     for path, _ in items:
         t0 = time.perf_counter()
         try:
             img = faces.read_file(path)
             t1 = time.perf_counter()
-            face = faces.find_face(img, detector)
+            face = faces.find_face(img, detector, attributes=True)
         except faces.Unreadable as e:
             t1 = time.perf_counter()
             face = faces.Face("unreadable", str(e))
@@ -205,6 +208,8 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
         if face.ok:
             chips.append(face.chip)
             pix.append(pixels.pixel_vector(face.chip))
+            lm68.append(face.landmarks68)
+            crops.append(face.attr_crop)
     chip_arr = np.stack(chips) if chips else np.zeros((0, faces.CHIP_SIZE, faces.CHIP_SIZE, 3), np.uint8)
     out = {
         "rows": rows,
@@ -212,6 +217,7 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
         "t_decode": t_decode,
         "t_face": t_face,
         "t_embed": 0.0,
+        "face_extras": attributes.stack_extras(lm68, crops),
     }
     if embed_here:
         out.update(_embed_chips(embed_here, chip_arr))
@@ -220,10 +226,15 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
     return out
 
 
-def _save_chunk(path: Path, rows: list[dict], desc: np.ndarray, pix: np.ndarray, times: dict) -> None:
+def _save_chunk(
+    path: Path, rows: list[dict], desc: np.ndarray, pix: np.ndarray, times: dict, extras: dict | None = None
+) -> None:
     tmp = path.with_suffix(".tmp.npz")
+    ex = {f"extra/{k}": v for k, v in (extras or {}).items()}
     try:
-        np.savez(tmp, rows=np.array(json.dumps(rows)), descriptors=desc, pixels=pix, times=np.array(json.dumps(times)))
+        np.savez(
+            tmp, rows=np.array(json.dumps(rows)), descriptors=desc, pixels=pix, times=np.array(json.dumps(times)), **ex
+        )
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk: leave no half-written chunk behind
@@ -235,14 +246,21 @@ def _load_chunk(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray, dict]:
         return json.loads(str(z["rows"])), z["descriptors"], z["pixels"], json.loads(str(z["times"]))
 
 
+def _load_chunk_extras(path: Path) -> dict[str, np.ndarray]:
+    """The per-face extras of a checkpoint (``face_extras`` of :func:`_process_chunk`)."""
+    with np.load(path) as z:
+        return {k[len("extra/") :]: z[k] for k in z.files if k.startswith("extra/")}
+
+
 def _chunk_ok(path: Path, n_items: int) -> bool:
     """Whether a finished checkpoint reads back whole (a power cut can leave one short or empty)."""
     try:
         rows, desc, pix, _ = _load_chunk(path)
+        extras = _load_chunk_extras(path)
     except Exception:  # noqa: BLE001 - whatever a damaged zip or npy raises, the chunk is redone
         return False
     n_faces = sum(r.get("status") == "ok" for r in rows)
-    return len(rows) == n_items and len(desc) == len(pix) == n_faces
+    return len(rows) == n_items and len(desc) == len(pix) == n_faces and attributes.extras_ok(extras, n_faces)
 
 
 def _prepare_partial(partial: Path, params: dict, resume: bool) -> int | None:
@@ -435,6 +453,7 @@ def _merge_parts(parts: list[dict]) -> dict:
         "rows": [r for p in parts for r in p["rows"]],
         "descriptors": np.concatenate([p["descriptors"] for p in parts]),
         "pixels": np.concatenate([p["pixels"] for p in parts]),
+        "face_extras": attributes.concat_extras([p["face_extras"] for p in parts]),
         **{k: sum(p[k] for p in parts) for k in ("t_decode", "t_face", "t_embed")},
     }
 
@@ -446,6 +465,8 @@ def build(cfg: BuildConfig) -> Path:
     if out.exists() and not cfg.overwrite:
         raise SystemExit(f"{out} exists; use --overwrite to replace it")
     device = _resolve_build_device(cfg.device)
+    if cfg.attribute_probes:
+        attributes.borrowed_probes(cfg.attribute_probes)  # refuse unusable probes before any work
     workers = cfg.workers or os.cpu_count() or 1
     embed_in, torch_threads = plan_embedding(cfg.embedder, device, workers, cfg.embed_in)
     # Start the (warming) forkserver first: it is the longest start-up step, and the rest of the
@@ -484,7 +505,7 @@ def build(cfg: BuildConfig) -> Path:
         def save(i: int, res: dict) -> None:
             ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
             try:
-                _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct)
+                _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct, res["face_extras"])
             except OSError as e:  # a full disk or permissions: the finished chunks stay
                 raise SystemExit(
                     f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished "
@@ -503,9 +524,10 @@ def build(cfg: BuildConfig) -> Path:
         t_faces = time.perf_counter() - t_run
 
         # Assemble the chunks in order.
-        rows, descs, pixs = [], [], []
+        rows, descs, pixs, extras = [], [], [], []
         for i, chunk in enumerate(chunks):
             crow, cdesc, cpix, ct = _load_chunk(paths[i])
+            extras.append(_load_chunk_extras(paths[i]))
             for k in times:
                 times[k] += ct[k]
             for it, r in zip(chunk, crow):
@@ -544,6 +566,11 @@ def build(cfg: BuildConfig) -> Path:
         calib = calibrate.semantic_calibration(desc, idents, device=device)
         calib.update(calibrate.pixel_calibration(pix, idents, cfg.pixel_calibration_sample, device=device))
         counts = {s: sum(r["status"] == s for r in rows) for s in faces.STATUSES}
+        t1 = time.perf_counter()
+        extra_files, extra_manifest = attributes.index_outputs(
+            [r for r in rows if r["status"] == "ok"], desc, attributes.concat_extras(extras), cfg, len(codes) > 0
+        )
+        times["attributes"] = time.perf_counter() - t1
         manifest = {
             "dataset": {
                 "kind": cfg.dataset,
@@ -571,6 +598,7 @@ def build(cfg: BuildConfig) -> Path:
                 "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
                 "aligned_refine": faces.ALIGNED_REFINE,
             },
+            **extra_manifest,
             "counts": counts,
             "faces": int(len(desc)),
             "identities_known": bool((idents >= 0).any()),
@@ -585,12 +613,12 @@ def build(cfg: BuildConfig) -> Path:
                 "face_pipeline_seconds": round(t_faces, 3),
             },
         }
-        times["index"] = time.perf_counter() - t0
+        times["index"] = time.perf_counter() - t0 - times["attributes"]
         total = time.perf_counter() - t_start
         manifest["build"]["seconds"] = round(total, 2)
         manifest["build"]["stage_seconds"] = {k: round(v, 2) for k, v in times.items()}
         try:
-            store.write_index(out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite)
+            store.write_index(out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite, extras=extra_files)
         except store.IndexWriteError as e:  # the chunks stay: a rerun with --resume only writes the index
             raise SystemExit(
                 f"error: {e}; all {len(chunks)} chunks are kept in {partial}: free space and rerun with --resume"

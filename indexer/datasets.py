@@ -99,6 +99,16 @@ def read_celeba(root: Path, split: str = "all", limit: int | None = None) -> lis
     return items
 
 
+def celeba_attribute_names(root: Path) -> list[str]:
+    """The attribute names of ``list_attr_celeba.txt`` in file order ([] without the file)."""
+    path = Path(root) / "list_attr_celeba.txt"
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        f.readline()
+        return f.readline().split()
+
+
 def read_folder(root: Path, identity_from_folders: bool = False, limit: int | None = None) -> list[Item]:
     """Every image file under ``root`` (recursive, sorted). With ``identity_from_folders`` the
     parent folder's name is the identity (LFW layout: ``Name/Name_0001.jpg``)."""

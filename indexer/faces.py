@@ -59,6 +59,9 @@ class Face:
     box: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) in image pixels
     landmarks: np.ndarray | None = None  # (5, 2) float32, dlib 5-point order
     chip: np.ndarray | None = field(default=None, repr=False)  # (150, 150, 3) uint8
+    # With ``attributes=True`` (indexer.attributes.face_extras): 68 landmarks and the probes' context crop.
+    landmarks68: np.ndarray | None = field(default=None, repr=False)  # (68, 2) float32
+    attr_crop: np.ndarray | None = field(default=None, repr=False)  # (attributes.CROP_DIM,) uint8
 
     @property
     def ok(self) -> bool:
@@ -353,8 +356,9 @@ def chip_from_landmarks(
     return np.asarray(dlib.get_face_chip(img, shape, size=size, padding=padding), dtype=np.uint8)
 
 
-def find_face(img: np.ndarray, detector: str) -> Face:
-    """Detect (or derive) the face, keep the largest, and cut its chip."""
+def find_face(img: np.ndarray, detector: str, attributes: bool = False) -> Face:
+    """Detect (or derive) the face, keep the largest, and cut its chip; with ``attributes``, also the
+    68 landmarks and the attribute probes' context crop (:func:`indexer.attributes.face_extras`)."""
     h, w = img.shape[:2]
     if detector == "aligned":
         start, n = aligned_start_box(img), 1
@@ -365,24 +369,29 @@ def find_face(img: np.ndarray, detector: str) -> Face:
         start, n = boxes[0], len(boxes)
     box, pts = refined_landmarks(img, start)
     chip = chip_from_landmarks(img, pts)
-    return Face("ok", "", w, h, n, tuple(int(v) for v in box), pts, chip)  # type: ignore[arg-type]
+    face = Face("ok", "", w, h, n, tuple(int(v) for v in box), pts, chip)  # type: ignore[arg-type]
+    if attributes:
+        from .attributes import face_extras
+
+        face.landmarks68, face.attr_crop = face_extras(img, face.box, pts)
+    return face
 
 
-def process_bytes(data: bytes, detector: str, max_pixels: int = MAX_PIXELS) -> Face:
+def process_bytes(data: bytes, detector: str, max_pixels: int = MAX_PIXELS, attributes: bool = False) -> Face:
     """Bytes → :class:`Face`; bad input becomes a status, never an exception."""
     try:
         img = decode(data, max_pixels)
     except Unreadable as e:
         return Face("unreadable", str(e))
-    return find_face(img, detector)
+    return find_face(img, detector, attributes)
 
 
-def process_file(path: str | Path, detector: str, max_pixels: int = MAX_PIXELS) -> Face:
+def process_file(path: str | Path, detector: str, max_pixels: int = MAX_PIXELS, attributes: bool = False) -> Face:
     try:
         img = read_file(path, max_pixels)
     except Unreadable as e:
         return Face("unreadable", str(e))
-    return find_face(img, detector)
+    return find_face(img, detector, attributes)
 
 
 # ----------------------------------------------------------------------------- embed

@@ -10,6 +10,11 @@ Layout of an index directory::
     semantic.faiss    faiss.IndexFlatL2 over descriptors (exact)
     pixels.npy        uint8 (F, 64·64·3) pixel-channel crops (memory-mapped on load)
     calibration.npz   per-face nearest distances used by the service statistics
+    geometry.npy      optional: float32 (F, 7) pose/expression/framing of each face (indexer.geometry)
+    attributes.npz    optional: attribute probes, their held-out measurements, per-face probabilities
+                      and labels (indexer.attributes)
+
+The optional files are absent in indexes written before they existed; such an index loads as before.
 
 A build writes everything into ``.<out>.tmp-<pid>`` beside ``<out>`` and swaps it into place with
 one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames where the filesystem lacks it), so ``<out>``
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FILES = ("rows.jsonl", "descriptors.npy", "semantic.faiss", "pixels.npy", "calibration.npz")
+OPTIONAL_FILES = ("geometry.npy", "attributes.npz")  # absent = the behaviour before they existed
 
 
 class IndexLoadError(Exception):
@@ -87,6 +93,8 @@ class FaceIndex:
     pixels: np.ndarray  # (F, D) uint8, memory-mapped
     semantic: object  # faiss index over descriptors
     calibration: dict[str, np.ndarray]
+    geometry: np.ndarray | None = None  # (F, G) float32, or None (optional file absent)
+    attributes: dict[str, np.ndarray] | None = None  # attributes.npz arrays, or None
 
     @property
     def n_faces(self) -> int:
@@ -199,8 +207,12 @@ def write_index(
     calibration: dict[str, np.ndarray],
     manifest: dict,
     overwrite: bool = False,
+    extras: dict | None = None,
 ) -> Path:
     """Write a complete index to ``out`` atomically (temp dir in the same parent, then an atomic swap).
+
+    ``extras`` maps optional file names (:data:`OPTIONAL_FILES`) to an array (``.npy``) or a dict of
+    arrays (``.npz``).
 
     Any OS error (a full disk, above all) removes the temp dir and raises :class:`IndexWriteError`;
     the index that was at ``out`` before is untouched.
@@ -215,7 +227,7 @@ def write_index(
     try:
         tmp.mkdir()
         lock = watchdog.lock_dir(tmp)  # held until the swap: tells a later writer we are alive
-        _write_files(tmp, rows, descriptors, pixels, calibration, manifest)
+        _write_files(tmp, rows, descriptors, pixels, calibration, manifest, extras or {})
         _replace_dir(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -257,6 +269,7 @@ def _write_files(
     pixels: np.ndarray,
     calibration: dict[str, np.ndarray],
     manifest: dict,
+    extras: dict,
 ) -> None:
     import faiss
 
@@ -274,8 +287,17 @@ def _write_files(
         f.write(memoryview(faiss.serialize_index(index)))
     _save_npy(tmp / "pixels.npy", np.ascontiguousarray(pixels, dtype=np.uint8))
     _save_npz(tmp / "calibration.npz", calibration)
+    unknown = set(extras) - set(OPTIONAL_FILES)
+    if unknown:
+        raise ValueError(f"unknown optional index files {sorted(unknown)}")
+    for name, value in extras.items():
+        if name.endswith(".npz"):
+            _save_npz(tmp / name, value)
+        else:
+            _save_npy(tmp / name, value)
+    names = (*FILES, *(n for n in OPTIONAL_FILES if n in extras))
     files = {}
-    for name in FILES:
+    for name in names:
         p = tmp / name
         files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     manifest = dict(
@@ -293,7 +315,7 @@ def _write_files(
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp / (MANIFEST + ".part"), tmp / MANIFEST)
-    for p in (*(tmp / n for n in FILES), tmp / MANIFEST):  # on disk before the swap makes them live
+    for p in (*(tmp / n for n in names), tmp / MANIFEST):  # on disk before the swap makes them live
         fd = os.open(p, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -332,15 +354,15 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
     files = manifest.get("files")
     if (
         not isinstance(files, dict)
-        or set(files) != set(FILES)
+        or not set(FILES) <= set(files) <= set(FILES) | set(OPTIONAL_FILES)
         or not all(
             isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
             for m in files.values()
         )
     ):
         raise IndexLoadError(
-            f"{root}: the manifest's file list is damaged (expected {list(FILES)} with size "
-            f"and sha256 each); rebuild the index"
+            f"{root}: the manifest's file list is damaged (expected {list(FILES)}, optionally "
+            f"{list(OPTIONAL_FILES)}, with size and sha256 each); rebuild the index"
         )
     for key in ("model_sha256", "pipeline_signature"):
         if not isinstance(manifest.get(key), dict):
@@ -388,6 +410,14 @@ def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
         name = "calibration.npz"
         with np.load(root / name) as z:
             calibration = {k: z[k] for k in z.files}
+        geometry = attributes = None
+        if "geometry.npy" in manifest["files"]:
+            name = "geometry.npy"
+            geometry = np.load(root / name)
+        if "attributes.npz" in manifest["files"]:
+            name = "attributes.npz"
+            with np.load(root / name) as z:
+                attributes = {k: z[k] for k in z.files}
     except (
         ValueError,
         TypeError,
@@ -423,4 +453,33 @@ def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
             f"{root}: inconsistent face counts (rows {len(face_rows)}, descriptors "
             f"{len(descriptors)}, pixels {len(pixels)}, faiss {semantic.ntotal})"
         )
-    return FaceIndex(root, manifest, rows, face_rows, descriptors, pixels, semantic, calibration)
+    if geometry is not None and (geometry.dtype != np.float32 or geometry.ndim != 2 or len(geometry) != len(face_rows)):
+        raise IndexLoadError(
+            f"{root}: geometry.npy holds {geometry.dtype} {geometry.shape}, expected float32 "
+            f"({len(face_rows)}, G); rebuild the index"
+        )
+    if attributes is not None:
+        _check_attributes(root, attributes, len(face_rows))
+    return FaceIndex(root, manifest, rows, face_rows, descriptors, pixels, semantic, calibration, geometry, attributes)
+
+
+def _check_attributes(root: Path, z: dict[str, np.ndarray], n_faces: int) -> None:
+    """attributes.npz must hold consistent probe arrays (an edited file is refused, not used)."""
+    need = ("names", "mean", "scale", "weights", "bias", "platt", "threshold", "metrics", "face_p", "labels")
+    missing = [k for k in (*need, "labelled") if k not in z]
+    a = len(z["names"]) if "names" in z else -1
+    d = len(z["mean"]) if "mean" in z else -1
+    ok = not missing and (
+        z["scale"].shape == (d,)
+        and z["weights"].shape == (d, a)
+        and z["bias"].shape == (a,)
+        and z["platt"].shape == (a, 2)
+        and z["threshold"].shape == (a,)
+        and z["face_p"].shape == (n_faces, a)
+        and z["labels"].shape == (n_faces, a)
+        and z["labelled"].shape == (n_faces,)
+    )
+    if not ok:
+        raise IndexLoadError(
+            f"{root}: attributes.npz is damaged (missing {missing} or inconsistent shapes); rebuild the index"
+        )

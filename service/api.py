@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer import faces, pixels, watchdog
+from indexer import attributes, faces, pixels, watchdog
 from indexer.store import FaceIndex
 
 from . import stats
@@ -33,7 +33,16 @@ CHANNELS = ("semantic", "pixel")
 K_DEFAULT = 5
 K_MAX = 100
 DEFAULT_DETECTOR = "hog"
-PARAM_NAMES = ("k", "channels", "detector", "threshold", "false_match_rate", "pair_false_match_rate", "vectors")
+PARAM_NAMES = (
+    "k",
+    "channels",
+    "detector",
+    "threshold",
+    "false_match_rate",
+    "pair_false_match_rate",
+    "vectors",
+    "attributes",
+)
 
 
 class ApiError(Exception):
@@ -58,6 +67,7 @@ class Params:
     false_match_rate: float = stats.DEFAULT_FALSE_MATCH_RATE
     pair_false_match_rate: float = stats.DEFAULT_PAIR_FALSE_MATCH_RATE
     vectors: bool = False  # return each face's descriptor and pixel crop (the audit computes pairs from them)
+    attributes: bool = False  # per-image attribute probabilities and geometry (indexer.attributes)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -89,7 +99,7 @@ def _float(name: str, raw: Any) -> float:
 
 def parse_params(args: Mapping[str, Any]) -> Params:
     """Validate ``k``, ``channels``, ``detector``, ``threshold``, ``false_match_rate``,
-    ``pair_false_match_rate`` and ``vectors``.
+    ``pair_false_match_rate``, ``vectors`` and ``attributes``.
 
     Accepts a query-string MultiDict (values are strings) or a plain dict from Python callers
     (ints, floats, lists allowed). Unknown names, repeats and out-of-range values raise
@@ -154,6 +164,11 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         if raw not in (True, False, 0, 1, "0", "1", "true", "false"):
             raise ApiError(400, "bad_parameter", f"vectors must be 0, 1, true or false, got {str(raw)[:40]!r}")
         kw["vectors"] = raw in (True, 1, "1", "true")
+    if "attributes" in args:
+        raw = _single(args, "attributes")
+        if raw not in (0, 1, "0", "1") or isinstance(raw, float):  # True/False are 1/0 for Python callers
+            raise ApiError(400, "bad_parameter", f"attributes must be 0 or 1, got {str(raw)[:40]!r}")
+        kw["attributes"] = raw in (1, "1")
     return Params(**kw)
 
 
@@ -207,10 +222,10 @@ def parse_reference_params(args: Mapping[str, Any]) -> dict:
 # ----------------------------------------------------------------------------- face detection
 
 
-def detect_one(data: bytes, detector: str, max_pixels: int = faces.MAX_PIXELS) -> faces.Face:
+def detect_one(data: bytes, detector: str, max_pixels: int = faces.MAX_PIXELS, attributes: bool = False) -> faces.Face:
     """The face pipeline on one upload; any failure becomes an ``unreadable`` status, never an error."""
     try:
-        return faces.process_bytes(data, detector, max_pixels)
+        return faces.process_bytes(data, detector, max_pixels, attributes)
     except Exception as e:  # a library error on a hostile or odd file must not fail the request
         log.exception("face pipeline failed on an upload (%d bytes)", len(data))
         return faces.Face("unreadable", f"face pipeline error: {type(e).__name__}: {str(e)[:200]}")
@@ -292,13 +307,13 @@ class DetectPool:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
 
-    def run(self, datas: list[bytes], detector: str, max_pixels: int) -> list[faces.Face]:
+    def run(self, datas: list[bytes], detector: str, max_pixels: int, attributes: bool = False) -> list[faces.Face]:
         if self.processes <= 0 or not datas:
-            return [detect_one(d, detector, max_pixels) for d in datas]
+            return [detect_one(d, detector, max_pixels, attributes) for d in datas]
         out: list[faces.Face | None] = [None] * len(datas)
         pool = self._get()
         try:
-            futs = [pool.submit(detect_one, d, detector, max_pixels) for d in datas]
+            futs = [pool.submit(detect_one, d, detector, max_pixels, attributes) for d in datas]
             for i, f in enumerate(futs):
                 try:
                     out[i] = f.result()
@@ -313,7 +328,7 @@ class DetectPool:
                 if o is None:
                     pool = self._get()
                     try:
-                        out[i] = pool.submit(detect_one, datas[i], detector, max_pixels).result()
+                        out[i] = pool.submit(detect_one, datas[i], detector, max_pixels, attributes).result()
                     except BrokenProcessPool:
                         self._replace(pool)
                         out[i] = faces.Face("unreadable", "the face pipeline crashed on this image")
@@ -355,6 +370,19 @@ def _image_entry(name: str, face: faces.Face) -> dict:
         "semantic": [],
         "pixel": [],
     }
+
+
+def _add_attributes(searcher, entries: list[dict], found: list[faces.Face], desc: np.ndarray, pos: list[int]) -> None:
+    """``attributes=1``: each entry gets ``attributes`` ({name: probability}, null without probes or face)
+    and ``geometry`` ({name: value}, null without a face)."""
+    for e in entries:
+        e["attributes"], e["geometry"] = None, None
+    with_extras = [j for j, f in enumerate(found) if f.landmarks68 is not None and f.attr_crop is not None]
+    described = attributes.describe_faces(
+        getattr(searcher, "probes", None), [found[j] for j in with_extras], desc[with_extras]
+    )
+    for j, (a, g) in zip(with_extras, described):
+        entries[pos[j]]["attributes"], entries[pos[j]]["geometry"] = a, g
 
 
 def neighbors_for_faces(
@@ -416,6 +444,8 @@ def neighbors_for_faces(
         pix_top1 = pd[:, 0].astype(np.float64) if pos else np.zeros(0)
         pix_train = [{"file": files[j], "identity": idents[j]} for j in pi[:, 0]] if pos else []
     t_search = time.perf_counter() - t1
+    if params.attributes:
+        _add_attributes(searcher, entries, [queries[i].face for i in pos], desc, pos)
     t2 = time.perf_counter()
     coll = stats.collisions(names, desc, pix, th, batch_size=len(queries), positions=pos)
     mem = stats.memorization(
@@ -456,9 +486,9 @@ def neighbors(
     t0 = time.perf_counter()
     datas = [d for _, d in images]
     found = (
-        pool.run(datas, params.detector, max_pixels)
+        pool.run(datas, params.detector, max_pixels, params.attributes)
         if pool
-        else [detect_one(d, params.detector, max_pixels) for d in datas]
+        else [detect_one(d, params.detector, max_pixels, params.attributes) for d in datas]
     )
     t_detect = time.perf_counter() - t0
     body = neighbors_for_faces(searcher, [(n, f) for (n, _), f in zip(images, found)], params, thresholds)

@@ -27,7 +27,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import ClosingIterator
 
-from indexer import faces
+from indexer import attributes, faces
 from indexer.store import FaceIndex, load_index
 
 from . import api, metrics, page, stats
@@ -70,6 +70,7 @@ class ServiceState:
     default_thresholds: stats.Thresholds
     face_files: dict[str, int]
     openapi: dict
+    training_side: dict  # GET /v1/attributes: what the omission statistics need (indexer.attributes)
     started: float = field(default_factory=time.time)
     requests: int = 0
     internal_errors: int = 0
@@ -237,6 +238,7 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
         default_thresholds=stats.calibrate(index.calibration),
         face_files={f: i for i, f in enumerate(searcher.files)},
         openapi=json.loads(OPENAPI_PATH.read_text()),
+        training_side=attributes.training_side(index),
     )
     log.info(
         "index %s loaded: %d faces, device %s (%.1f s)",
@@ -371,6 +373,12 @@ def _register(app: Flask) -> None:
                 "device": st.searcher.device,
             }
         )
+
+    @app.get("/v1/attributes")
+    def attributes_info() -> Response:
+        """The training side of the omission statistics: the same dict the in-process audit reads."""
+        _no_params()
+        return jsonify(_state().training_side)
 
     @app.post("/neighbors")
     def neighbors() -> Response:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer import calibrate, faces, pixels
+from indexer import attributes, calibrate, faces, pixels
 from indexer.devices import faiss_gpus, faiss_index, resolve_device
 from indexer.l1 import L1Index
 from indexer.store import FaceIndex
@@ -50,6 +50,7 @@ class Searcher:
         self.l1 = L1Index(index.pixels, use_gpu=self.device == "cuda")
         self.files = [index.face_file(i) for i in range(index.n_faces)]
         self.identities = [index.face_identity(i) for i in range(index.n_faces)]
+        self.probes = attributes.probes_of(index)  # None: the index has no attribute probes
 
     def prepare(self, faces_: list[tuple[str, faces.Face]]) -> list[Query]:
         """Embed all ``ok`` faces in one batch (a batch of 64 pays one batched forward pass)."""

@@ -275,6 +275,7 @@ def test_healthz_is_open_and_everything_else_needs_the_token(http, server):
     check_schema("/healthz", "get", 200, r.json())
     for method, path in (
         ("get", "/v1/index"),
+        ("get", "/v1/attributes"),
         ("post", "/neighbors"),
         ("get", "/images/000001.jpg"),
         ("get", "/openapi.json"),

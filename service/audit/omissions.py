@@ -1,0 +1,377 @@
+"""What the generator under- and over-produces: attribute rates and pose/expression distributions of
+generated faces against the training set (Bau et al., "Seeing What a GAN Cannot Generate", ICCV 2019,
+for faces). Pure functions over the service's per-image entries and the index's training side.
+
+Inputs, the same in both audit modes:
+
+* ``entries``: the per-image entries of ``POST /neighbors?attributes=1`` (``service.api.neighbors`` called
+  in-process, or the JSON of a running service): ``status``, ``attributes`` ({name: probability}) and
+  ``geometry`` ({name: value}).
+* ``training``: :func:`indexer.attributes.training_side` of the index (in-process), or the body of
+  ``GET /v1/attributes`` (server mode).
+
+**Attributes.** A probe calls face *i* positive when its probability is at least the probe's threshold.
+Of *n* generated faces, *k* are called positive: the classified rate is q = k/n. With the probe's
+true- and false-positive rates TPR and FPR (measured on held-out training identities), adjusted
+classify-and-count (Forman 2008) estimates the generated rate as p̂ = clip((q − FPR)/(TPR − FPR), 0, 1).
+
+* Interval: a percentile bootstrap (``n_boot`` replicates) that redraws the generated faces' classified
+  rate *and* the probe's measured rates (they come from a finite held-out set), each as
+  Beta(k + ½, n − k + ½) (:func:`draw_rate`: a Bayesian bootstrap that keeps its spread at k = 0).
+  Replicates with TPR* ≤ FPR* have no estimate; their share is ``undefined_share`` (the interval is
+  over the rest). Where q lies significantly outside [FPR, TPR] (``outside_probe_range``) the estimate
+  is clipped and its interval collapses on the bound: the counts are then at odds with the probe's
+  measured errors, which is itself a sign of domain shift. ``assumption_doubtful`` = that, or a
+  label-shift p-value below ``SHIFT_ALPHA``.
+* Test: H0 "the generator produces the attribute at the training rate r". Under H0 the classified
+  count is k ~ Binomial(n, q0) with q0 = FPR + (TPR − FPR)·r. The p-value is two-sided,
+  2·min(P(K ≤ k), P(K ≥ k)), with the binomial probabilities averaged over ``n_null`` draws of
+  (r, TPR, FPR) from their own sampling distributions, so the uncertainty of the training rate and of
+  the probe's error rates is in the test. Where the index has no labels (borrowed probes), q0 is the
+  training faces' own classified rate (the probe is then applied to both sides alike, and TPR/FPR
+  cancel out of the test). Benjamini–Hochberg q-values across the attributes tested.
+
+**What the correction assumes** (``assumption`` in the output): the probe errs on generated faces as
+it errs on held-out training faces — P(probe score | attribute) is the same on both sides and only
+the attribute's prevalence differs (label shift). Generated faces are a domain shift (blur,
+artefacts, another crop), which can move a probe's scores; then the corrected rate is biased, and its
+interval does not cover that bias. The per-attribute ``label_shift`` diagnostic tests the assumption's
+testable part: under label shift the generated probabilities must be a mixture of the held-out
+negative and positive distributions; ``ks`` is the smallest Kolmogorov distance to any such mixture
+(``mixture_rate`` the best mixing weight, a second estimate of the rate), with an approximate p-value
+(small = the assumption is doubtful for that attribute).
+
+**Geometry.** For each of :data:`indexer.geometry.NAMES`: the generated values against a seeded
+sample of the training values; the two-sample Kolmogorov–Smirnov distance with its p-value, BH
+q-values across the geometry statistics, the Wasserstein-1 distance (in the statistic's own units),
+the ratio of the interquartile ranges (generated / training: < 1 = less varied poses or
+expressions), and histograms on common bins.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ALPHA = 0.05  # a row is flagged when its BH q-value is below this
+SHIFT_ALPHA = 0.01  # label_shift p-value below this: the correction's assumption is doubtful for the row
+N_BOOT = 2000
+N_NULL = 2000
+HIST_BINS = 30
+ASSUMPTION = (
+    "The correction assumes that the probe errs on generated faces exactly as on held-out training faces "
+    "(label shift: only the prevalence of the attribute differs). Generated faces are out of domain (blur, "
+    "artefacts, other crops); where that moves the probe's scores, the corrected rate is biased and the "
+    "interval does not cover the bias. label_shift.p_value tests the assumption's testable part."
+)
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def acc(q: Any, tpr: Any, fpr: Any) -> np.ndarray:
+    """Adjusted classify-and-count: clip((q − FPR)/(TPR − FPR), 0, 1); NaN where TPR ≤ FPR."""
+    q, tpr, fpr = (np.asarray(v, np.float64) for v in (q, tpr, fpr))
+    j = tpr - fpr
+    with np.errstate(divide="ignore", invalid="ignore"):
+        est = np.clip((q - fpr) / j, 0.0, 1.0)
+    return np.where(j > 0, est, np.nan)
+
+
+def bh(pvalues: Any) -> np.ndarray:
+    """Benjamini–Hochberg q-values (step-up, monotone); NaN p-values stay NaN and are not counted."""
+    p = np.asarray(pvalues, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    ranked = p[order] * m / np.arange(1, m + 1)
+    out[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    return out
+
+
+def draw_rate(k: int, n: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Draws of a proportion observed as k of n: Beta(k + ½, n − k + ½) (Jeffreys).
+
+    Why not Binomial(n, k/n)/n, the plain parametric bootstrap: at k = 0 (no false positive among the
+    held-out negatives, no training face called positive) it has no spread at all, and a test or an
+    interval built on it is certain of what it only saw once. This is the Bayesian bootstrap of a 0/1
+    sample with half a pseudo-count on each side; for moderate k the two agree.
+    """
+    return rng.beta(k + 0.5, n - k + 0.5, size)
+
+
+def acc_bootstrap(
+    k: int, n: int, tp: int, n_pos: int, fp: int, n_neg: int, rng: np.random.Generator, n_boot: int = N_BOOT
+) -> np.ndarray:
+    """Bootstrap replicates of the ACC estimate: the generated faces' classified rate and the probe's
+    held-out TPR and FPR all redrawn (:func:`draw_rate`)."""
+    return acc(draw_rate(k, n, rng, n_boot), draw_rate(tp, n_pos, rng, n_boot), draw_rate(fp, n_neg, rng, n_boot))
+
+
+def rate_interval(reps: np.ndarray, level: float = 0.95) -> tuple[list[float] | None, float]:
+    """Percentile interval of the defined replicates, and the share of undefined ones."""
+    ok = reps[np.isfinite(reps)]
+    undefined = 1 - len(ok) / len(reps) if len(reps) else 1.0
+    if len(ok) == 0:
+        return None, undefined
+    a = (1 - level) / 2
+    return [float(np.quantile(ok, a)), float(np.quantile(ok, 1 - a))], float(undefined)
+
+
+def rate_test(k: int, n: int, q0_draws: np.ndarray) -> float:
+    """Two-sided p-value of k positive calls among n when the classified rate under H0 is uncertain
+    (``q0_draws``: its sampling distribution): binomial tail probabilities averaged over the draws."""
+    from scipy.stats import binom
+
+    q0 = np.clip(q0_draws, 0.0, 1.0)
+    lo = float(np.mean(binom.cdf(k, n, q0)))
+    hi = float(np.mean(binom.sf(k - 1, n, q0)))
+    return min(1.0, 2 * min(lo, hi))
+
+
+def null_classified_rate(
+    row: dict, source: str, rng: np.random.Generator, n_null: int = N_NULL
+) -> tuple[float, np.ndarray]:
+    """(estimate, draws) of the classified rate a generator at the training rate would show."""
+    p = row["probe"]
+    n_pos, n_neg = p["n_heldout_pos"], p["n_heldout_neg"]
+    if source == "probe":
+        nt, kt = row["n_training"], row["n_training_calls"]
+        return kt / nt, draw_rate(kt, nt, rng, n_null)
+    r, nt = row["training_rate"], row["n_training"]
+    tpr = draw_rate(p["tp"], n_pos, rng, n_null)
+    fpr = draw_rate(p["fp"], n_neg, rng, n_null)
+    rr = draw_rate(round(r * nt), nt, rng, n_null)
+    return p["fpr"] + (p["tpr"] - p["fpr"]) * r, fpr + (tpr - fpr) * rr
+
+
+def outside_probe_range(
+    k: int, n: int, tp: int, n_pos: int, fp: int, n_neg: int, rng: np.random.Generator, n_null: int = N_NULL
+) -> bool:
+    """Whether k of n calls is significantly (one-sided p < SHIFT_ALPHA) below what false positives alone
+    give (q < FPR) or above what a generator made only of positives gives (q > TPR). Either contradicts
+    the probe's measured error rates on these faces, whatever the true rate: a sign of domain shift.
+    (A true omission sits at q ≈ FPR, inside the range.)"""
+    from scipy.stats import binom
+
+    below = float(np.mean(binom.cdf(k, n, draw_rate(fp, n_neg, rng, n_null))))
+    above = float(np.mean(binom.sf(k - 1, n, draw_rate(tp, n_pos, rng, n_null))))
+    return min(below, above) < SHIFT_ALPHA
+
+
+def label_shift(generated_p: np.ndarray, heldout: dict | None) -> dict | None:
+    """Smallest KS distance between the generated probabilities and a mixture π·F_pos + (1 − π)·F_neg of
+    the held-out class distributions, the best π, and an approximate p-value (Kolmogorov distribution at
+    the effective sample size; it ignores that π was fitted, so it flags too rarely rather than too often)."""
+    from scipy.stats import kstwobign
+
+    if heldout is None:
+        return None
+    neg = np.asarray([v for v in heldout.get("neg", []) if v is not None], np.float64)
+    pos = np.asarray([v for v in heldout.get("pos", []) if v is not None], np.float64)
+    g = np.sort(generated_p[np.isfinite(generated_p)])
+    if len(g) == 0 or len(neg) == 0 or len(pos) == 0:
+        return None
+    grid = np.unique(np.concatenate([g, neg, pos]))
+    fg = np.searchsorted(g, grid, side="right") / len(g)
+    fn = np.searchsorted(np.sort(neg), grid, side="right") / len(neg)
+    fp = np.searchsorted(np.sort(pos), grid, side="right") / len(pos)
+    pis = np.linspace(0, 1, 201)
+    d = np.abs(fg[None, :] - (pis[:, None] * fp[None, :] + (1 - pis[:, None]) * fn[None, :])).max(axis=1)
+    i = int(np.argmin(d))
+    m = len(neg) + len(pos)
+    n_eff = len(g) * m / (len(g) + m)
+    return {"ks": float(d[i]), "p_value": float(kstwobign.sf(d[i] * np.sqrt(n_eff))), "mixture_rate": float(pis[i])}
+
+
+# ----------------------------------------------------------------------------- the section
+
+
+def _generated(entries: list[dict]) -> tuple[list[dict], int]:
+    ok = [e for e in entries if e.get("status") == "ok"]
+    return ok, len(entries) - len(ok)
+
+
+def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boot: int = N_BOOT) -> dict:
+    """``attributes`` block: one row per attribute of the index's probes, ranked (see module docstring)."""
+    side = training.get("attributes") or {}
+    ok, n_no_face = _generated(entries)
+    with_attrs = [e for e in ok if isinstance(e.get("attributes"), dict)]
+    base: dict = {
+        "available": False,
+        "reason": None,
+        "n_images": len(entries),
+        "n_generated": len(with_attrs),
+        "n_without_face": n_no_face,
+        "alpha": ALPHA,
+        "n_boot": n_boot,
+        "assumption": ASSUMPTION,
+        "rows": [],
+    }
+    if not side.get("available"):
+        base["reason"] = side.get("reason") or "the index has no attribute probes"
+        return base
+    if ok and not with_attrs:
+        base["reason"] = "the entries carry no attribute probabilities (request POST /neighbors with attributes=1)"
+        return base
+    if not with_attrs:
+        base["reason"] = "no generated face was found"
+        return base
+    source = side.get("training_rate_source", "labels")
+    n = len(with_attrs)
+    rows = []
+    for j, tr in enumerate(side["rows"]):
+        name, probe = tr["name"], tr["probe"]
+        rng = np.random.default_rng([seed, j])
+        row: dict = {
+            "name": name,
+            "status": tr["status"],
+            "training_rate": tr.get("training_rate"),
+            "generated_rate": None,
+            "interval": None,
+            "p_value": None,
+            "q_value": None,
+            "direction": None,
+            "flagged": False,
+            "probe_auc": probe.get("auc"),
+            "probe_tpr": probe.get("tpr"),
+            "probe_fpr": probe.get("fpr"),
+            "n_heldout_pos": probe.get("n_heldout_pos"),
+            "n_heldout_neg": probe.get("n_heldout_neg"),
+            "n_generated": n,
+            "examples": list(tr.get("examples") or []),
+        }
+        thr = probe.get("threshold")
+        p = np.array([np.nan if e["attributes"].get(name) is None else e["attributes"][name] for e in with_attrs])
+        no_rate = source == "labels" and tr.get("training_rate") is None
+        if tr["status"] != "ok" or thr is None or no_rate or not np.isfinite(p).all():
+            rows.append(row)
+            continue
+        k = int((p >= thr).sum())
+        tp, n_pos, fp, n_neg = probe["tp"], probe["n_heldout_pos"], probe["fp"], probe["n_heldout_neg"]
+        if source == "probe":
+            row["training_rate"] = float(acc(tr["n_training_calls"] / tr["n_training"], probe["tpr"], probe["fpr"]))
+        q0, q0_draws = null_classified_rate(tr, source, rng)
+        reps = acc_bootstrap(k, n, tp, n_pos, fp, n_neg, rng, n_boot)
+        interval, undefined = rate_interval(reps)
+        row.update(
+            generated_rate=float(acc(k / n, probe["tpr"], probe["fpr"])),
+            interval=interval,
+            undefined_share=undefined,
+            generated_calls=k,
+            classified_rate=k / n,
+            expected_classified_rate=float(q0),
+            p_value=rate_test(k, n, q0_draws),
+            direction="under" if k / n < q0 else "over",
+            outside_probe_range=outside_probe_range(k, n, tp, n_pos, fp, n_neg, rng),
+            label_shift=label_shift(p, tr.get("heldout_p")),
+        )
+        shifted = bool(row["label_shift"] and row["label_shift"]["p_value"] < SHIFT_ALPHA)
+        row["assumption_doubtful"] = shifted or row["outside_probe_range"]
+        rows.append(row)
+    q = bh([np.nan if r["p_value"] is None else r["p_value"] for r in rows])
+    for r, qv in zip(rows, q):
+        if np.isfinite(qv):
+            r["q_value"] = float(qv)
+            r["flagged"] = bool(qv < ALPHA)
+    base.update(
+        available=True,
+        training_rate_source=source,
+        probes=side.get("source"),
+        borrowed_from=side.get("borrowed_from"),
+        rows=sorted(rows, key=_rank_key),
+        n_flagged_under=sum(r["flagged"] and r["direction"] == "under" for r in rows),
+        n_flagged_over=sum(r["flagged"] and r["direction"] == "over" for r in rows),
+        n_tested=int(np.isfinite(q).sum()),
+    )
+    return base
+
+
+def _rank_key(r: dict) -> tuple:
+    """Flagged first (most under-produced first, by the gap to the training rate), then by q-value."""
+    tested = r["q_value"] is not None
+    gap = (r["generated_rate"] or 0) - (r["training_rate"] or 0) if tested else 0.0
+    return (not r["flagged"], not tested, gap if r["flagged"] else (r["q_value"] or 1.0), r["name"])
+
+
+def _summary(v: np.ndarray) -> dict:
+    if len(v) == 0:
+        return {"n": 0, "mean": None, "median": None, "p10": None, "p90": None, "iqr": None}
+    q10, q25, q50, q75, q90 = np.quantile(v, [0.1, 0.25, 0.5, 0.75, 0.9])
+    return {
+        "n": int(len(v)),
+        "mean": float(v.mean()),
+        "median": float(q50),
+        "p10": float(q10),
+        "p90": float(q90),
+        "iqr": float(q75 - q25),
+    }
+
+
+def analyse_geometry(entries: list[dict], training: dict) -> dict:
+    """``geometry`` block: training against generated distribution of every geometry statistic."""
+    from scipy.stats import ks_2samp, wasserstein_distance
+
+    from indexer.geometry import LABELS
+
+    side = training.get("geometry") or {}
+    ok, _ = _generated(entries)
+    with_geo = [e for e in ok if isinstance(e.get("geometry"), dict)]
+    base: dict = {"available": False, "reason": None, "n_generated": len(with_geo), "alpha": ALPHA, "stats": []}
+    if not side.get("available"):
+        base["reason"] = side.get("reason") or "the index has no geometry"
+        return base
+    if not with_geo:
+        base["reason"] = (
+            "the entries carry no geometry (request POST /neighbors with attributes=1)" if ok else "no face found"
+        )
+        return base
+    stats = []
+    for name in side["names"]:
+        t = np.array([v for v in side["sample"].get(name, []) if v is not None], np.float64)
+        g = np.array([e["geometry"].get(name) for e in with_geo if e["geometry"].get(name) is not None], np.float64)
+        st: dict = {"name": name, "label": LABELS.get(name, name), "training": _summary(t), "generated": _summary(g)}
+        if len(t) and len(g):
+            ks = ks_2samp(g, t)
+            lo, hi = np.quantile(np.concatenate([t, g]), [0.005, 0.995])
+            if hi <= lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            edges = np.linspace(lo, hi, HIST_BINS + 1)
+            st.update(
+                ks=float(ks.statistic),
+                p_value=float(ks.pvalue),
+                wasserstein=float(wasserstein_distance(g, t)),
+                spread_ratio=(st["generated"]["iqr"] / st["training"]["iqr"]) if st["training"]["iqr"] else None,
+                histogram={
+                    "edges": edges.tolist(),
+                    "training": np.histogram(np.clip(t, lo, hi), edges, density=True)[0].tolist(),
+                    "generated": np.histogram(np.clip(g, lo, hi), edges, density=True)[0].tolist(),
+                },
+            )
+        stats.append(st)
+    q = bh([s.get("p_value", np.nan) for s in stats])
+    for s, qv in zip(stats, q):
+        s["q_value"] = float(qv) if np.isfinite(qv) else None
+        s["flagged"] = bool(np.isfinite(qv) and qv < ALPHA)
+    base.update(available=True, n_training_sample=side.get("sample_size"), stats=stats)
+    return base
+
+
+def analyse(entries: list[dict], training: dict, seed: int = 0, n_boot: int = N_BOOT) -> dict:
+    """The report section's data: ``{"attributes": {...rows...}, "geometry": {...}, "seed": seed}``.
+
+    ``entries``: ``POST /neighbors?attributes=1`` per-image entries; ``training``: the index's training
+    side (``indexer.attributes.training_side`` or ``GET /v1/attributes``). Deterministic given ``seed``.
+    """
+    return {
+        "attributes": analyse_attributes(entries, training, seed, n_boot),
+        "geometry": analyse_geometry(entries, training),
+        "seed": seed,
+    }
