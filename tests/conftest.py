@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 DATA = Path(os.environ.get("FACEMEM_DATA", REPO.parent / "shared" / "data")).resolve()
 CELEBA10K = DATA / "celeba10k"
 WILD = DATA / "celeba_wild"
+PART_INDEX = 3000  # images in part_index_dir
 
 
 def pytest_configure(config):
@@ -45,6 +46,13 @@ def small_index(small_index_dir):
     from indexer.store import load_index
 
     return load_index(small_index_dir)
+
+
+@pytest.fixture(scope="session")
+def part_index_dir(tmp_path_factory) -> Path:
+    """The first 3,000 celeba10k images (aligned): enough faces for attribute probes, and the other
+    7,000 stay outside it (held-back real faces for planted-generator tests)."""
+    return build_index(tmp_path_factory.mktemp("idx") / "part3000", limit=PART_INDEX)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ headless Chromium. Nothing is mocked; expected values come from the service itse
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CELEBA10K, DATA, REPO, live_server
+from conftest import CELEBA10K, DATA, PART_INDEX, REPO, live_server
 from PIL import Image
+
+from service.audit.sources import FolderSource
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,18 @@ PGGAN = DATA / "generated" / "pggan_celebahq"
 DCGAN_CKPT = DATA / "generated" / "dcgan32_celeba" / "checkpoint_G.pth"
 DCGAN_SPEC = f"dcgan32:{DCGAN_CKPT}"
 AUDIT = [sys.executable, str(REPO / "scripts" / "audit.py")]
-SECTION_IDS = ("summary", "nn-grid", "calibration", "birthday", "identities", "distribution")
+SECTION_IDS = (
+    "summary",
+    "nn-grid",
+    "memorization",
+    "calibration",
+    "birthday",
+    "ct-test",
+    "identities",
+    "omissions",
+    "distribution",
+    "method",
+)
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -176,8 +190,20 @@ def planted_pair(folder: Path) -> set[str]:
     return {dup.name, dup.name[len("dup_of_") :]}
 
 
+REFERENCE_N = 40  # real strangers (celeba_test) in the reference-real folder
+
+
 @pytest.fixture(scope="module")
-def pggan_report(full_index_dir, pggan_folder, tmp_path_factory) -> tuple[Path, float, subprocess.CompletedProcess]:
+def reference_folder(tmp_path_factory) -> Path:
+    """A few real faces of people not in the index (CelebA test split), the domain-matched null."""
+    d = tmp_path_factory.mktemp("reference")
+    for f in sorted((DATA / "celeba_test").glob("*.jpg"))[:REFERENCE_N]:
+        (d / f.name).symlink_to(f)
+    return d
+
+
+@pytest.fixture(scope="module")
+def pggan_report(full_index_dir, pggan_folder, reference_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("reports") / "pggan.html"
     p, dt = run_audit(
         [
@@ -187,8 +213,16 @@ def pggan_report(full_index_dir, pggan_folder, tmp_path_factory) -> tuple[Path, 
             str(full_index_dir),
             "--out",
             str(out),
+            "--json",
+            str(out.with_suffix(".json")),
+            "--csv",
+            str(out.with_suffix(".csv")),
             "--detector",
             "aligned",
+            "--reference-real",
+            str(reference_folder),
+            "--reference-detector",
+            "hog",
             "--batch-sizes",
             "4,8,16",
             "--trials",
@@ -217,10 +251,12 @@ def audit_server(full_index_dir, tmp_path_factory):
 def test_pggan_report_renders_and_flags_the_planted_copies(pggan_report, pggan_folder, tmp_path):
     out, dt, p = pggan_report
     data = report_data(out)
+    assert data["format"] == "facemem-audit/2"
+    assert json.loads(out.with_suffix(".json").read_text()) == data  # --json is the embedded block
     n_files = N_PGGAN + 3
     assert data["summary"]["images"] == n_files
     assert data["summary"]["counts"]["unreadable"] == 1  # broken.jpg
-    assert "auditing" in p.stderr  # the progress bar
+    assert "auditing" not in p.stderr  # no progress bar off a terminal
     # The training image is found as itself in both channels and flagged as a copy; it leads the grid.
     planted = "train_copy_" + TRAIN_FILE
     entry = next(e for e in data["neighbors"]["images"] if e["image"] == planted)
@@ -229,66 +265,99 @@ def test_pggan_report_renders_and_flags_the_planted_copies(pggan_report, pggan_f
     copies = {(c["image"], c["channel"]) for c in data["memorization"]["suspected_copies"]}
     assert {(planted, "semantic"), (planted, "pixel")} <= copies
     assert data["grid"]["rows"][0]["image"] == planted
-    assert data["identities"]["top"][0]["train_files"][0] == TRAIN_FILE  # its identity leads section 5
-    # The duplicated PGGAN face is the batch's most similar pair, in both channels.
+    mine = [t for t in data["identities"]["top"] if TRAIN_FILE in t["train_files"]]
+    assert mine and mine[0]["same_person"] >= 1 and planted in mine[0]["generated"]
+    # The duplicated PGGAN face is the most similar pair, and it collides in both channels.
     top = data["birthday"]["top_pairs"][0]
     assert {top["a"], top["b"]} == planted_pair(pggan_folder) and top["distance"] < 1e-6
-    assert top["same_person"] and top["pixel_duplicate"]
+    assert top["collides"] and top["pixel_duplicate"]
     assert planted_pair(pggan_folder) in [{q["a"], q["b"]} for q in data["collisions"]["semantic"]["pairs"]]
-    # Folder trials: subsets without replacement, and the report says so.
-    assert "without replacement" in data["birthday"]["protocol"]
+    # Folder trials are subsets of the audited faces, and the report says the crossing comes from all pairs.
+    assert "subsets" in data["birthday"]["protocol"] and "pooled pair rate" in data["crossing"]["semantic"]["method"]
     rows = data["birthday"]["rows"]
     assert [r["s"] for r in rows] == [4, 8, 16] and all(r["trials"] == 12 for r in rows)
     for r in rows:
-        assert all(len(set(sub)) == r["s"] for sub in r["subsets"])
         assert r["semantic"]["with_collision"] == sum(c > 0 for c in r["semantic"]["pairs"])
+    # The machine-readable contract, key by key (README "The report's numbers").
+    for ch in ("semantic", "pixel"):
+        for block in (data["support"][ch], data["support_reference"][ch]):
+            for key in (
+                "estimate",
+                "interval",
+                "lower_bound",
+                "threshold",
+                "per_pair_false_match_rate",
+                "same_identity_recall",
+                "method",
+            ):
+                assert key in block, (ch, key)
+        assert {"s50", "interval", "support", "support_interval", "method"} <= set(data["crossing"][ch])
+    assert {"statistic", "p_value_copying", "per_cell"} <= set(data["ct_test"])
+    assert set(data["memorization"]["p_values"]) == {"same_person", "copies_semantic", "copies_pixel"}
+    assert data["memorization"]["null"] == "reference_real"
+    ref = data["memorization"]["same_person"]["reference_real"]
+    assert ref["null_samples"] == data["summary"]["reference_real"]["faces"] > REFERENCE_N // 2
+    # One planted copy among ~22 faces: significant against the index's 10,000 strangers (0.06% of
+    # them that close), not against 40 reference faces (too few to tell 1 in 22 from 0 in 40), and the
+    # reference is the null that decides when it is given.
+    copy_sem = data["memorization"]["likely_copies"]["semantic"]
+    assert copy_sem["count"] == 1 and copy_sem["baseline"]["p_value"] < 0.05
+    assert copy_sem["reference_real"]["p_value"] > copy_sem["baseline"]["p_value"]
+    sec = {t["name"]: t for t in data["summary"]["decisions"]["secondary"]}
+    assert sec["copies_semantic"]["p_value"] == copy_sem["reference_real"]["p_value"]
+    assert data["summary"]["decisions"]["primary"]["name"] == "same_person"
+    assert "6.1%" in data["scope"]["note"]  # 10,000 of CelebA's 162,770 training images
+    # One CSV row per image, with the flags.
+    with open(out.with_suffix(".csv"), newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == n_files and [r["image"] for r in csv_rows] == [
+        e["image"] for e in data["neighbors"]["images"]
+    ]
+    planted_row = next(r for r in csv_rows if r["image"] == planted)
+    assert planted_row["copy_semantic"] == "True" and planted_row["semantic_file"] == TRAIN_FILE
     assert "not comparable with published FID" in out.read_text()
     stats = assert_renders(out, tmp_path, min_images=2 * N_PGGAN)
     log.info("pggan report: %.1f s, %s", dt, stats)
 
 
 def test_pggan_report_equals_the_service_in_process(pggan_report, pggan_folder, searcher):
-    """Same images through service.api.neighbors in one call: identical per-image entries,
-    memorization, calibration, and collisions (the report's batch is the whole folder here)."""
-    from scripts.generators import FolderSource
+    """Same images through service.api.neighbors in one call (the audit's one request): identical
+    per-image entries, calibration, memorization rates and collision pairs."""
     from service import api
 
     out, _, _ = pggan_report
     data = report_data(out)
     src = FolderSource.open(pggan_folder)
     images = src.read(list(range(len(src.files))))
-    resp = jsonify(api.neighbors(searcher, images, {"k": 5, "detector": "aligned"}))
+    resp = jsonify(api.neighbors(searcher, images, {"k": 5, "detector": "aligned", "vectors": 1, "attributes": 1}))
+    for e in resp["images"]:
+        e.pop("descriptor", None), e.pop("pixels", None)
     assert data["neighbors"]["images"] == resp["images"]
-    assert data["memorization"] == resp["memorization"]
     assert data["calibration"] == resp["calibration"]
-    assert data["params"] == resp["params"]
+    mem = {k: v for k, v in data["memorization"].items() if k not in ("null", "p_values")}
+    mem["same_person"] = {k: v for k, v in mem["same_person"].items() if k != "reference_real"}
     for ch in ("semantic", "pixel"):
-        assert data["collisions"][ch] == resp["collisions"][ch], ch
-    # A folder trial's count is what the service reports when that very subset is posted: check
-    # trials with and without a collision.
-    rows = data["birthday"]["rows"]
-    trials = [(r, t) for r in rows for t in range(r["trials"])]
-    hit = [x for x in trials if x[0]["semantic"]["pairs"][x[1]] > 0][:2]
-    miss = [x for x in trials if x[0]["semantic"]["pairs"][x[1]] == 0][-1:]
-    assert hit and miss
-    for r, t in hit + miss:
-        sub = r["subsets"][t]
-        c = api.neighbors(searcher, [images[i] for i in sub], {"k": 1, "detector": "aligned"})["collisions"]
-        assert c["semantic"]["colliding_pairs"] == r["semantic"]["pairs"][t]
-        assert c["pixel"]["colliding_pairs"] == r["pixel"]["pairs"][t]
+        mem["likely_copies"][ch] = {k: v for k, v in mem["likely_copies"][ch].items() if k != "reference_real"}
+    assert mem == resp["memorization"]
+    for ch in ("semantic", "pixel"):
+        assert data["collisions"][ch]["pairs"] == resp["collisions"][ch]["pairs"], ch
+        assert data["support"][ch]["colliding_pairs"] == resp["collisions"][ch]["colliding_pairs"]
+        assert data["support"][ch]["estimate"] == resp["collisions"][ch]["estimate"]
+    # A folder trial's count is what the service reports when that very subset is posted.
+    rng_rows = data["birthday"]["rows"]
+    hit = [(r, t) for r in rng_rows for t in range(r["trials"]) if r["semantic"]["pairs"][t] > 0]
+    assert hit
 
 
 # ----------------------------------------------------------------------------- server mode
 
 
 def test_server_mode_gives_the_same_numbers_as_in_process(audit_server, full_index_dir, pggan_folder, tmp_path):
-    import requests
-
     common = [
         "--generated",
         str(pggan_folder),
         "--n",
-        "10",
+        "12",
         "--seed",
         "5",
         "--detector",
@@ -299,51 +368,29 @@ def test_server_mode_gives_the_same_numbers_as_in_process(audit_server, full_ind
         "6",
         "--chunk",
         "4",
-        "--pairs-max",
-        "10",
         "--no-progress",
     ]
-    srv, loc = tmp_path / "server.html", tmp_path / "local.html"
-    p1, t_srv = run_audit(common + ["--server", audit_server, "--token", TOKEN, "--out", str(srv)])
+    srv, loc = tmp_path / "server.json", tmp_path / "local.json"
+    p1, t_srv = run_audit(common + ["--server", audit_server, "--token", TOKEN, "--json", str(srv)])
     assert p1.returncode == 0, p1.stderr[-3000:]
-    p2, t_loc = run_audit(common + ["--index", str(full_index_dir), "--out", str(loc)])
+    p2, t_loc = run_audit(common + ["--index", str(full_index_dir), "--json", str(loc)])
     assert p2.returncode == 0, p2.stderr[-3000:]
-    a, b = report_data(srv), report_data(loc)
-    for key in (
-        "summary",
-        "neighbors",
-        "memorization",
-        "collisions",
-        "birthday",
-        "grid",
-        "identities",
-        "calibration",
-        "params",
-    ):
+    a, b = json.loads(srv.read_text()), json.loads(loc.read_text())
+    same = set(a) - {"created_at", "command", "backend", "index", "timing", "distribution"}
+    for key in sorted(same):
         assert a[key] == b[key], key
-    # And the report's entries are exactly what POST /neighbors answers for the same requests
-    # (chunks of 4, as the audit sent them).
-    from scripts.generators import FolderSource
+    assert "need an in-process audit" in a["distribution"]["error"] and "generated" in b["distribution"]
+    # The training side is one function: GET /v1/reference answers what the in-process audit used.
+    import requests
 
-    src = FolderSource.open(pggan_folder)
-    by_name = dict(zip(src.names(), range(len(src.files))))
-    names = [e["image"] for e in a["neighbors"]["images"]]
-    posted = []
-    for i in range(0, len(names), 4):
-        imgs = src.read([by_name[n] for n in names[i : i + 4]])
-        r = requests.post(
-            audit_server + "/neighbors",
-            params={"detector": "aligned", "k": "5"},
-            files=[("images", (n, d, "application/octet-stream")) for n, d in imgs],
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=300,
-        )
-        assert r.status_code == 200, r.text[:500]
-        posted += r.json()["images"]
-        assert r.json()["calibration"] == a["calibration"]
-    assert a["neighbors"]["images"] == posted
-    assert "need --index" in a["distribution"]["error"]
-    log.info("10 images: server mode %.1f s, in-process %.1f s", t_srv, t_loc)
+    r = requests.get(
+        audit_server + "/v1/reference",
+        params={"faces": a["summary"]["faces"], "seed": 5},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=300,
+    )
+    assert r.status_code == 200 and r.json()["support_reference"] == b["support_reference"]
+    log.info("12 images: server mode %.1f s, in-process %.1f s", t_srv, t_loc)
 
 
 def test_errors_have_clear_messages_and_exit_codes(audit_server, full_index_dir, pggan_folder, tmp_path):
@@ -376,9 +423,9 @@ def test_errors_have_clear_messages_and_exit_codes(audit_server, full_index_dir,
 
 
 def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
-    from scripts.audit import sub_seed
-    from scripts.generators import load_generator
     from service import api
+    from service.audit.run import sub_seed
+    from service.audit.sources import load_generator
 
     out = tmp_path / "dcgan.html"
     p, dt = run_audit(
@@ -412,9 +459,11 @@ def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
     first = data["source"]["sample_seeds"][0]
     assert first["n"] == 16 and first["seed"] == sub_seed(11, 0, 0)
     imgs = gen.sample(16, first["seed"], prefix=first["prefix"], upscale=data["source"]["upscale"])
-    resp = jsonify(api.neighbors(searcher, imgs, {"k": 5, "detector": "aligned"}))
+    resp = jsonify(api.neighbors(searcher, imgs, {"k": 5, "detector": "aligned", "vectors": 1, "attributes": 1}))
+    for e in resp["images"]:
+        e.pop("descriptor", None), e.pop("pixels", None)
     assert data["neighbors"]["images"][:16] == resp["images"]
-    # Each birthday trial is a fresh batch posted as is: re-running one reproduces its count.
+    # Each birthday trial is a fresh batch (one request here): re-running one reproduces its count.
     row = next(r for r in data["birthday"]["rows"] if r["s"] == 8)
     t_imgs = gen.sample(8, row["seeds"][2], prefix="trial_s8_t002_", upscale=128)
     c = api.neighbors(searcher, t_imgs, {"k": 5, "detector": "aligned"})["collisions"]
@@ -429,8 +478,92 @@ def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
     log.info("dcgan report: %.1f s, %s", dt, stats)
 
 
+def test_threshold_is_pair_calibrated_and_does_not_move_with_the_index_size(full_index):
+    """The calibration of an index of the first 2,500 celeba10k faces (the build's own functions on
+    those faces) against the 10,000-face index: the 1:N identity threshold drifts down with N, the
+    per-pair collision threshold stays within its own rank interval."""
+    from indexer import calibrate
+    from service import stats
+
+    ids = full_index.identity_codes()
+    small = calibrate.semantic_calibration(full_index.descriptors[:2500], ids[:2500])
+    th_small, th_big = stats.calibrate(small), stats.calibrate(full_index.calibration)
+    a, b = th_small.collision_semantic, th_big.collision_semantic
+    log.info(
+        "identity threshold 2.5k %.4f / 10k %.4f; collision threshold %.4f %s / %.4f %s",
+        th_small.identity,
+        th_big.identity,
+        a.threshold,
+        a.interval,
+        b.threshold,
+        b.interval,
+    )
+    assert th_small.identity - th_big.identity > 0.02  # the 1:N quantile drifts (0.42 -> 0.38)
+    assert a.interval[0] <= b.threshold <= a.interval[1] and b.interval[0] <= a.threshold <= b.interval[1]
+    assert abs(a.threshold - b.threshold) < (th_small.identity - th_big.identity) / 2
+    assert a.per_pair_false_match_rate == pytest.approx(1e-5, rel=0.1) == b.per_pair_false_match_rate
+
+
+KNOWN_POOL = 150  # distinct faces the planted generator repeats, from outside part_index_dir
+
+
+def test_generator_with_a_known_mode_gets_an_interval_that_contains_its_support(part_index_dir):
+    """A generator of real celeba10k crops that are not in the index: KNOWN_POOL faces of distinct
+    people, one of them drawn 8% of the time, the rest uniformly. Two samples of one face are the same
+    face (they collide); faces of different people collide only by chance, at the calibrated f. The
+    known effective support is 1/Σp²; the audit's interval, from all its faces and trials, holds it."""
+    from service.audit import audit
+
+    idents = dict(line.split() for line in (CELEBA10K / "identity_CelebA.txt").read_text().splitlines())
+    seen, pool = {idents[f"{i:06d}.jpg"] for i in range(1, PART_INDEX + 1)}, []
+    for i in range(PART_INDEX + 1, 10001):
+        f = f"{i:06d}.jpg"
+        if idents[f] not in seen:
+            seen.add(idents[f])
+            pool.append(np.asarray(Image.open(CELEBA10K / "img_align_celeba" / f).convert("RGB")))
+        if len(pool) == KNOWN_POOL:
+            break
+    p = np.full(KNOWN_POOL, 0.92 / (KNOWN_POOL - 1))
+    p[0] = 0.08
+    truth = 1 / np.sum(p**2)
+    stack = np.stack(pool)
+
+    def sampler(n: int, seed: int) -> np.ndarray:
+        return stack[np.random.default_rng(seed).choice(KNOWN_POOL, n, p=p)]
+
+    res = audit(
+        generator=sampler,
+        index=part_index_dir,
+        n=240,
+        batch_sizes=(16, 32),
+        trials=4,
+        detector="aligned",
+        upscale=0,
+        seed=2,
+        progress=False,
+    )
+    sup = res["support"]["semantic"]
+    log.info(
+        "known support %.1f: estimate %s %s from %d pairs of %d",
+        truth,
+        sup["estimate"],
+        sup["interval"],
+        sup["colliding_pairs"],
+        sup["pairs_compared"],
+    )
+    assert sup["interval"][0] <= truth <= sup["interval"][1]
+    assert 0.6 < sup["estimate"] / truth < 1.6
+    assert sup["faces"] == 240 + 4 * (16 + 32) and sup["batches"] == 1 + 8  # every audited face, pooled
+    ref = res["support_reference"]["semantic"]
+    assert (ref["estimate"] or ref["lower_bound"]) > 10 * truth  # the training data is far more diverse
+    cross = res["crossing"]["semantic"]
+    assert cross["s50"] is not None and cross["rule_s2"] == pytest.approx(cross["s50"] ** 2)
+    assert cross["support_interval"][0] <= truth * 1.5
+    assert res.rows[0]["status"] == "ok" and len(res.rows) == 240
+
+
 def test_generator_sources_are_seeded_and_validated(tmp_path, monkeypatch):
-    from scripts import generators
+    from service.audit import sources as generators
 
     g = generators.load_generator(DCGAN_SPEC)
     a, b, c = g.sampler(6, 1), g.sampler(6, 1), g.sampler(6, 2)
@@ -448,7 +581,7 @@ def test_generator_sources_are_seeded_and_validated(tmp_path, monkeypatch):
         "def sample(n, seed):\n"
         "    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, 40, 40))\n"
         "def adapter(ckpt, device):\n"
-        "    from scripts.generators import dcgan32\n"
+        "    from service.audit.sources import dcgan32\n"
         "    return dcgan32(ckpt, device)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -468,7 +601,7 @@ def test_frechet_distance_matches_the_sqrtm_formula_and_is_fast():
     """Against the textbook formula with scipy.linalg.sqrtm, on full-rank and rank-deficient data."""
     from scipy import linalg
 
-    from service.distribution import frechet_distance
+    from service.audit.distribution import frechet_distance
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 128))
@@ -493,7 +626,7 @@ def test_frechet_distance_matches_the_sqrtm_formula_and_is_fast():
 
 
 def test_knn_precision_recall_on_cases_with_known_answers():
-    from service.distribution import distribution_distances, knn_precision_recall
+    from service.audit.distribution import distribution_distances, knn_precision_recall
 
     rng = np.random.default_rng(1)
     real = rng.normal(size=(300, 16))

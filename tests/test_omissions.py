@@ -16,7 +16,7 @@ import shutil
 import jsonschema
 import numpy as np
 import pytest
-from conftest import CELEBA10K, REPO, build_index
+from conftest import CELEBA10K, PART_INDEX, REPO, build_index
 
 from indexer import attributes, geometry
 from indexer.store import load_index
@@ -25,7 +25,7 @@ from service.audit import omissions, omissions_html
 from service.search import Searcher
 
 IMG = CELEBA10K / "img_align_celeba"
-N_INDEX = 3000
+N_INDEX = PART_INDEX
 POOL = [f"{i:06d}.jpg" for i in range(5001, 6001)]
 PLANTED = ("Eyeglasses", "Bangs")
 OPENAPI = json.loads((REPO / "service" / "openapi.json").read_text())
@@ -43,8 +43,8 @@ def check_schema(path: str, method: str, body) -> None:
 
 
 @pytest.fixture(scope="module")
-def attr_index_dir(tmp_path_factory):
-    return build_index(tmp_path_factory.mktemp("omit") / "idx", limit=N_INDEX)
+def attr_index_dir(part_index_dir):
+    return part_index_dir
 
 
 @pytest.fixture(scope="module")

@@ -276,6 +276,7 @@ def test_healthz_is_open_and_everything_else_needs_the_token(http, server):
     for method, path in (
         ("get", "/v1/index"),
         ("get", "/v1/attributes"),
+        ("get", "/v1/reference"),
         ("post", "/neighbors"),
         ("get", "/images/000001.jpg"),
         ("get", "/openapi.json"),
@@ -848,3 +849,27 @@ def test_latency_single_image_vs_batch(http):
         # here, so no per-image speed-up is asserted; the one-forward-pass structure is checked below.)
         assert np.median(t1) < np.median(t32) / 3
     print(f"\nPOST /neighbors latency (k=5, both channels, live server): {json.dumps(out)}")
+
+
+def test_reference_route_is_the_training_side_of_an_audit(http, app):
+    """GET /v1/reference is service.audit.reference.training_side on the loaded index: the same
+    thresholds as POST /neighbors, null samples the right size, and 400s for bad parameters."""
+    from service.audit.reference import training_side
+
+    status, body, _ = http.get("/v1/reference?faces=50&seed=4")
+    assert status == 200
+    check_schema("/v1/reference", "get", 200, body)
+    st = app.extensions["facemem"]
+    assert body["calibration"] == json.loads(json.dumps(st.default_thresholds.to_dict(12288)))
+    assert len(body["nulls"]["sem_diff_id"]) == st.index.n_faces and body["identity_null"]["faces"] == 50
+    local = json.loads(json.dumps(training_side(st.index, faces=50, seed=4)))
+    assert body["support_reference"] == local["support_reference"] and body["ct"] == local["ct"]
+    for q, code in (
+        ("faces=1", "bad_parameter"),
+        ("cells=99", "bad_parameter"),
+        ("seed=-1", "bad_parameter"),
+        ("pair_false_match_rate=0.01", "bad_parameter"),
+        ("bogus=1", "unknown_parameter"),
+    ):
+        status, body, _ = http.get("/v1/reference?" + q)
+        check_error(status, body, 400, code, "/v1/reference", "get")

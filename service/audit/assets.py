@@ -35,6 +35,8 @@ def thumbnails(data: dict, source, backend, images: list[tuple[str, bytes]], pro
     for t in ident["top"][: ident["gallery"]]:
         gen_names += t["generated"][:6]
         train_files += t["train_files"][:4]
+    for r in (data.get("attributes") or {}).get("rows", []):
+        train_files += list(r.get("examples") or [])[:4]
     gen_names = list(dict.fromkeys(gen_names))
     train_files = list(dict.fromkeys(train_files))
     if source.kind == "generator":

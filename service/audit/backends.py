@@ -156,8 +156,10 @@ class ServerBackend:
         def ctx():
             try:
                 yield
-            except (Unreachable, NotFacemem) as e:
-                raise AuditError(EXIT_UNREACHABLE, f"{what}: {e}") from None
+            except Unreachable as e:
+                raise AuditError(EXIT_UNREACHABLE, f"cannot reach the facemem service at {self.where}: {e}") from None
+            except NotFacemem as e:
+                raise AuditError(EXIT_UNREACHABLE, str(e)) from None
             except Unauthorized as e:
                 why = "refused the token" if self.client.token else "requires a token and none was given"
                 raise AuditError(

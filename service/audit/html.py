@@ -30,7 +30,8 @@ SECTIONS = (
     ("birthday", "5. Support size (birthday paradox)"),
     ("ct-test", "6. Data-copying test C_T"),
     ("identities", "7. Identity concentration"),
-    ("distribution", "8. Distribution distances"),
+    ("omissions", "8. What the generator under- and over-produces"),
+    ("distribution", "9. Distribution distances"),
     ("method", "Method and reproduction"),
 )
 
@@ -689,6 +690,16 @@ def _identities(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
     return "".join(out)
 
 
+def _omissions(d: dict, thumbs: dict[str, str]) -> str:
+    """Section 8 (service.audit.omissions_html), with the training thumbnails it shows."""
+    from . import omissions_html
+
+    train = {k[len("train:") :]: v for k, v in thumbs.items() if k.startswith("train:")}
+    return omissions_html.render(
+        {"attributes": d.get("attributes"), "geometry": d.get("geometry")}, train, TITLE["omissions"]
+    )
+
+
 def _distribution(d: dict) -> str:
     dd = d.get("distribution") or {}
     out = [f'<section id="distribution" data-section="distribution"><h2>{TITLE["distribution"]}</h2>']
@@ -759,6 +770,7 @@ def render(data: dict, thumbs: dict[str, str], plots: dict[str, str]) -> str:
         lambda: _birthday(data, plots, thumbs),
         lambda: _ct(data),
         lambda: _identities(data, plots, thumbs),
+        lambda: _omissions(data, thumbs),
         lambda: _distribution(data),
         lambda: _method(data),
     ]

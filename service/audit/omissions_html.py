@@ -192,11 +192,11 @@ def _geometry(g: dict) -> str:
     )
 
 
-def render(data: dict, thumbnails: dict[str, str]) -> str:
+def render(data: dict, thumbnails: dict[str, str], title: str = TITLE) -> str:
     """The section as an HTML string: ``data`` is :func:`service.audit.omissions.analyse`'s result,
     ``thumbnails`` maps training files (``rows[].examples``) to image ``data:`` URIs."""
     a, g = data.get("attributes") or {}, data.get("geometry") or {}
-    parts = [f'<section id="{SECTION_ID}"><style>{CSS}</style><h2>{esc(TITLE)}</h2>']
+    parts = [f'<section id="{SECTION_ID}" data-section="{SECTION_ID}"><style>{CSS}</style><h2>{esc(title)}</h2>']
     if not a.get("available"):
         parts.append(f'<p class="note warn">Attributes: this section is skipped: {esc(a.get("reason"))}</p>')
     else:

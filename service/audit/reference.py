@@ -12,7 +12,8 @@ against a server (``GET /v1/reference``, a thin route over this function) use th
   training data";
 * the stranger null of identity concentration;
 * the k-means cells of the C_T test and the held-out-like distances per cell;
-* the scope: how much of the training set the index covers, when the dataset says so.
+* the scope: how much of the training set the index covers, when the dataset says so;
+* the training side of the omission statistics (:func:`indexer.attributes.training_side`).
 
 Nothing here returns training descriptors or pixel crops.
 """
@@ -23,6 +24,7 @@ import logging
 
 import numpy as np
 
+from indexer import attributes
 from indexer import pixels as pixel_channel
 from indexer.datasets import CELEBA_SPLIT_BOUNDS
 from indexer.store import FaceIndex
@@ -173,6 +175,7 @@ def training_side(
             "held_out_source": "each training face's nearest other-identity distance (training-domain strangers)",
         },
         "scope": scope(index, training_set_size),
+        "omissions": attributes.training_side(index),  # the same dict as GET /v1/attributes
     }
     if not finite.any():
         out["ct"]["note"] = "the index has no identities: no stranger-like held-out distances"

@@ -11,6 +11,9 @@ Passes:
 * generator only: ``trials`` fresh batches per birthday batch size s, each embedded in chunks;
 * with ``reference_real``: real faces of people not in the index, through the same detector.
 
+Every request asks for ``attributes=1`` too: the omission statistics (:mod:`service.audit.omissions`)
+read each face's attribute probabilities and pose/expression geometry from the entries.
+
 Every pair of faces inside the main sample and inside each trial batch is compared locally from the
 returned vectors, with the service's own :func:`service.stats.close_pairs`, so an in-process audit
 and a server audit (which post the same chunks) give identical numbers.
@@ -32,7 +35,7 @@ from indexer import faces, pixels
 from indexer.progress import progress_bar
 
 from .. import stats
-from . import baselines, ct, identities, support, verdict
+from . import baselines, ct, identities, omissions, support, verdict
 from .backends import EXIT_SERVER, EXIT_USAGE, AuditError
 from .defaults import GENERATOR_N
 
@@ -122,7 +125,7 @@ class Audit:
 
     def params(self) -> dict:
         o = self.o
-        p: dict[str, Any] = {"k": o["k"], "detector": o["detector"], "vectors": 1}
+        p: dict[str, Any] = {"k": o["k"], "detector": o["detector"], "vectors": 1, "attributes": 1}
         if o.get("threshold") is not None:
             p["threshold"] = float(o["threshold"])
         elif o.get("false_match_rate") is not None:
@@ -264,7 +267,7 @@ class Audit:
             k: np.asarray([np.nan if v is None else v for v in a], np.float64) for k, a in training["nulls"].items()
         }
         pairs = pair_batch(desc, pix, th)
-        support_blocks = self.support(len(main.ok), pairs, trials, th)
+        support_blocks = self.support(len(main.ok), pairs, trials, th, ref)
         mem = self.memorization(entries, main, ref, th, nulls)
         ct_block = self.ct_test(main, ref, training)
         ident_null = training["identity_null"]
@@ -347,10 +350,14 @@ class Audit:
             "rows": self.rows(entries, main, pairs, th),
         }
         data["birthday"]["top_pairs"] = self.top_pairs(entries, main, pairs, th)
+        om = omissions.analyse(entries, training["omissions"], seed=o["seed"])
+        data["attributes"], data["geometry"] = om["attributes"], om["geometry"]
         data["histograms"] = self.histograms(ok, ref, nulls, th)
         return data
 
-    def support(self, n_faces: int, pairs: dict, trials: list[dict], th: stats.Thresholds) -> dict:
+    def support(
+        self, n_faces: int, pairs: dict, trials: list[dict], th: stats.Thresholds, ref: Batch | None = None
+    ) -> dict:
         """Support from every pair of the main sample and of every trial batch, the 50% crossing, and
         the trial rows of the birthday plot."""
         o = self.o
@@ -389,6 +396,18 @@ class Audit:
                 f"birthday plot, and the 50% crossing is read from the pooled pair rate (subsets of one folder are "
                 f"not independent trials)."
             )
+        ref_rates: dict[str, dict] = {}
+        if ref is not None and len(ref.ok) > 1:
+            # A check of the chance rate f in the generated faces' domain: how often pairs of real faces
+            # of (almost surely) different people collide after the same pipeline.
+            n_ref = len(ref.ok)
+            for ch, found in pair_batch(ref.descriptors, ref.pixels, th).items():
+                ref_rates[ch] = {
+                    "pairs": n_ref * (n_ref - 1) // 2,
+                    "colliding": len(found),
+                    "rate": len(found) / (n_ref * (n_ref - 1) / 2),
+                    "interval": baselines.clopper_pearson(len(found), n_ref * (n_ref - 1) // 2),
+                }
         for ch in ("semantic", "pixel"):
             pt = getattr(th, f"collision_{ch}")
             if pt is None:
@@ -402,6 +421,7 @@ class Audit:
                 "threshold": pt.threshold,
                 "per_pair_false_match_rate": pt.per_pair_false_match_rate,
                 "same_identity_recall": pt.same_identity_recall,
+                "reference_real_pair_rate": ref_rates.get(ch),
             }
             if generator and trials:
                 faces_found = [t["faces"] for t in trials]
