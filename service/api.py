@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from typing import Any
 
@@ -32,7 +32,8 @@ CHANNELS = ("semantic", "pixel")
 K_DEFAULT = 5
 K_MAX = 100
 DEFAULT_DETECTOR = "hog"
-PARAM_NAMES = ("k", "channels", "detector", "threshold", "false_match_rate")
+PARAM_NAMES = ("k", "channels", "detector", "threshold", "false_match_rate", "resolution_match")
+BOOLEANS = {"1": True, "true": True, "0": False, "false": False}  # the accepted spellings of a switch
 
 
 class ApiError(Exception):
@@ -55,11 +56,28 @@ class Params:
     detector: str = DEFAULT_DETECTOR
     threshold: float | None = None
     false_match_rate: float = stats.DEFAULT_FALSE_MATCH_RATE
+    resolution_match: bool | None = None  # None: on when the index records its faces' resolution
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
         return d
+
+    def for_index(self, index: FaceIndex) -> Params:
+        """These parameters with ``resolution_match`` decided for ``index``: the default is on when
+        the index records its faces' resolution (``FaceIndex.face_resolution``), off otherwise; asking
+        for it on an index without the record is a 400 (it cannot be done, and silence would mislead)."""
+        available = index.face_resolution is not None
+        if self.resolution_match is None:
+            return replace(self, resolution_match=available)
+        if self.resolution_match and not available:
+            raise ApiError(
+                400,
+                "bad_parameter",
+                "resolution_match=1: this index does not record its faces' resolution (built before the "
+                "option existed); rebuild it, or leave resolution_match out",
+            )
+        return self
 
 
 def _single(args: Mapping[str, Any], name: str) -> Any:
@@ -85,7 +103,7 @@ def _float(name: str, raw: Any) -> float:
 
 
 def parse_params(args: Mapping[str, Any]) -> Params:
-    """Validate ``k``, ``channels``, ``detector``, ``threshold``, ``false_match_rate``.
+    """Validate ``k``, ``channels``, ``detector``, ``threshold``, ``false_match_rate``, ``resolution_match``.
 
     Accepts a query-string MultiDict (values are strings) or a plain dict from Python callers
     (ints, floats, lists allowed). Unknown names, repeats and out-of-range values raise
@@ -140,6 +158,12 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         if not 0 < v < 1:
             raise ApiError(400, "bad_parameter", f"false_match_rate must be in (0, 1), got {v}")
         kw["false_match_rate"] = v
+    if "resolution_match" in args:
+        raw = _single(args, "resolution_match")
+        v = raw if isinstance(raw, bool) else BOOLEANS.get(raw) if isinstance(raw, str) else None
+        if v is None:
+            raise ApiError(400, "bad_parameter", f"resolution_match must be 0, 1, true or false, got {str(raw)[:40]!r}")
+        kw["resolution_match"] = v
     return Params(**kw)
 
 
@@ -276,6 +300,8 @@ def index_summary(index: FaceIndex) -> dict:
         "detector": pipe.get("detector"),
         "embedder": pipe.get("embedder"),
         "pixel_size": pipe.get("pixel", {}).get("size"),
+        "flip_average": index.flip_average,
+        "face_resolution_px": index.face_resolution,
         "written_at": m.get("written_at"),
     }
 
@@ -305,8 +331,12 @@ def neighbors_for_faces(
     call per channel, so a batch of 64 costs one forward pass, and a single image a batch of one.
     """
     t0 = time.perf_counter()
+    params = params.for_index(searcher.index)
     th = thresholds or stats.calibrate(searcher.index.calibration, params.false_match_rate, params.threshold)
-    queries = searcher.prepare(named_faces)
+    # The keyword only when it changes something: callers that wrap ``prepare(named_faces)`` (the
+    # audit's recording adapter) keep working with the default.
+    off = not params.resolution_match and searcher.index.face_resolution is not None
+    queries = searcher.prepare(named_faces, **({"resolution_match": False} if off else {}))
     t_embed = time.perf_counter() - t0
     entries = [_image_entry(q.name, q.face) for q in queries]
     pos = [i for i, q in enumerate(queries) if q.face.ok]
@@ -380,6 +410,7 @@ def neighbors(
     """
     if not isinstance(params, Params):
         params = parse_params(params or {})
+    params = params.for_index(searcher.index)  # a parameter the index cannot honour fails before any work
     t0 = time.perf_counter()
     datas = [d for _, d in images]
     found = (
