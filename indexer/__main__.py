@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         help="use this index's attribute probes instead of fitting them (for a dataset without attribute "
         "labels): the build scores its own faces with them, so the audit can compare attribute rates",
     )
+    b.add_argument(
+        "--no-flip-average",
+        action="store_true",
+        help="plain descriptors (default: the mean of each chip's and its mirror image's descriptor; "
+        "recorded in the manifest, and queries follow it)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="describe an index", description="Print an index's manifest summary.")
     i.add_argument("index", help="index directory")
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             pixel_calibration_sample=args.pixel_calibration_sample,
             progress=not args.no_progress,
             attribute_probes=args.attribute_probes,
+            flip_average=not args.no_flip_average,
         )
         try:
             build(cfg)
@@ -150,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         d, c = s["dataset"], s["counts"]
         print(f"index      {s['path']} (format {s['format_version']}, written {s['written_at']})")
         print(f"dataset    {d['kind']} {d['root']} split={d['split']} items={d['items']} identities={d['identities']}")
+        res = idx.face_resolution
         print(
             f"pipeline   detector={s['pipeline']['detector']} embedder={s['pipeline']['embedder']} "
-            f"device={s['pipeline']['device']}"
+            f"device={s['pipeline']['device']} flip_average={idx.flip_average} "
+            f"face_resolution={'unknown' if res is None else f'{res:g} px (median chip source width)'}"
         )
         print(f"rows       ok={c['ok']} no_face={c['no_face']} unreadable={c['unreadable']} faces={s['faces']}")
         print(f"build      {s['build']['seconds']} s, stages {s['build'].get('stage_seconds')}")

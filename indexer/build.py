@@ -79,6 +79,7 @@ class BuildConfig:
     embed_in: str = "auto"  # auto | main | workers: where descriptors are computed (see plan_embedding)
     preload_workers: bool = True  # CPU torch: fork pre-loaded workers (False: spawn them, as measured before)
     attribute_probes: str | None = None  # index whose attribute probes to use instead of fitting (see attributes.py)
+    flip_average: bool = True  # descriptor = mean of the chip's and its mirror's (faces.describe)
 
 
 def _chunk_params(cfg: BuildConfig) -> dict:
@@ -98,6 +99,7 @@ def _chunk_params(cfg: BuildConfig) -> dict:
         "refine_passes": faces.REFINE_PASSES,
         "aligned": [faces.ALIGNED_INIT_BOX, faces.ALIGNED_REFINE],
         "models": faces.model_hashes(),
+        "flip_average": cfg.flip_average,
     }
 
 
@@ -141,10 +143,10 @@ def _worker_ready(kind: str | None) -> int:
     return os.getpid()
 
 
-def _embed_chips(kind: str, chips: np.ndarray) -> dict:
+def _embed_chips(kind: str, chips: np.ndarray, flip_average: bool) -> dict:
     """Worker: descriptors for chips the main process cut (the tasks it ran while workers started)."""
     t0 = time.perf_counter()
-    desc = _get_worker_embedder(kind).embed(chips)
+    desc = faces.describe(_get_worker_embedder(kind), chips, flip_average)
     return {"descriptors": desc, "t_embed": time.perf_counter() - t0}
 
 
@@ -173,11 +175,15 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
+def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None, bool]) -> dict:
     """Worker (or the main process): one task's (path, file) items → row records, pixel vectors,
     and descriptors (embedder name given) or chips (None: someone else embeds them), plus the per-face
-    ``face_extras`` (68 landmarks, attribute crop) that attribute probes and geometry need."""
-    items, detector, embed_here = args
+    ``face_extras`` (68 landmarks, attribute crop) that attribute probes and geometry need.
+
+    ``args`` = (items, detector, embedder name or None, flip_average): everything per image happens
+    here or in :mod:`indexer.faces`, so every build engine that runs this function builds the same rows.
+    """
+    items, detector, embed_here, flip_average = args
     rows, chips, pix, lm68, crops = [], [], [], [], []
     t_decode = t_face = 0.0
     for path, _ in items:
@@ -203,6 +209,7 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
                 "faces_found": face.faces_found,
                 "box": list(face.box) if face.box else None,
                 "size": [face.width, face.height],
+                "source_px": None if face.source_px is None else round(face.source_px, 2),
             }
         )
         if face.ok:
@@ -220,7 +227,7 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None]) -> dict:
         "face_extras": attributes.stack_extras(lm68, crops),
     }
     if embed_here:
-        out.update(_embed_chips(embed_here, chip_arr))
+        out.update(_embed_chips(embed_here, chip_arr, flip_average))
     else:
         out["chips"] = chip_arr
     return out
@@ -389,9 +396,9 @@ def _run_tasks(
     embedder = faces.make_embedder(cfg.embedder, device) if embed_in == "main" else None
     worker_embeds = cfg.embedder if embed_in == "workers" else None
 
-    def args(task: tuple[int, int]) -> tuple[list[tuple[str, str]], str, str | None]:
+    def args(task: tuple[int, int], embed: str | None) -> tuple[list[tuple[str, str]], str, str | None, bool]:
         i, lo = task
-        return [(str(it.path), it.file) for it in chunks[i][lo : lo + TASK_SIZE]], cfg.detector, worker_embeds
+        return [(str(it.path), it.file) for it in chunks[i][lo : lo + TASK_SIZE]], cfg.detector, embed, cfg.flip_average
 
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(torch_threads, os.getpid()))
     queue = deque(tasks)
@@ -417,27 +424,27 @@ def _run_tasks(
             prepared = []
             while queue and not ready.is_set():
                 task = queue.popleft()
-                prepared.append((task, _process_chunk(args(task)[:2] + (None,))))
+                prepared.append((task, _process_chunk(args(task, None))))
             starter.join()
             if failed:
                 raise failed[0]
             log.debug("main process prepared %d task(s) while the workers started", len(prepared))
             for task, res in prepared:
-                pending[task] = (pool.submit(_embed_chips, cfg.embedder, res.pop("chips")), res)
+                pending[task] = (pool.submit(_embed_chips, cfg.embedder, res.pop("chips"), cfg.flip_average), res)
 
         window = 4 * workers  # tasks in flight: enough to keep every worker busy
         parts: dict[int, list[dict]] = {}
         while queue or pending:
             while queue and len(pending) < window:
                 task = queue.popleft()
-                pending[task] = (pool.submit(_process_chunk, args(task)), None)
+                pending[task] = (pool.submit(_process_chunk, args(task, worker_embeds)), None)
             task = min(pending)  # in order, so checkpoints fill from the front
             fut, res = pending.pop(task)
             out = fut.result()
             res = out if res is None else {**res, **out}
             if embedder is not None:
                 t0 = time.perf_counter()
-                res["descriptors"] = embedder.embed(res.pop("chips"))
+                res["descriptors"] = faces.describe(embedder, res.pop("chips"), cfg.flip_average)
                 res["t_embed"] = time.perf_counter() - t0
             i = task[0]
             parts.setdefault(i, []).append(res)
@@ -456,6 +463,17 @@ def _merge_parts(parts: list[dict]) -> dict:
         "face_extras": attributes.concat_extras([p["face_extras"] for p in parts]),
         **{k: sum(p[k] for p in parts) for k in ("t_decode", "t_face", "t_embed")},
     }
+
+
+def face_resolution(source_px: list[float | None]) -> dict | None:
+    """The manifest's record of how sharp the indexed faces are: quantiles of each chip's source
+    width in image pixels (``faces.Face.source_px``). Queries much sharper than the median are
+    degraded to it before embedding (``faces.match_resolution``); None when there is no face."""
+    px = np.array([v for v in source_px if v is not None], np.float64)
+    if not len(px):
+        return None
+    p10, p50, p90 = np.percentile(px, [10, 50, 90])
+    return {"median_px": round(float(p50), 2), "p10_px": round(float(p10), 2), "p90_px": round(float(p90), 2)}
 
 
 def build(cfg: BuildConfig) -> Path:
@@ -597,6 +615,8 @@ def build(cfg: BuildConfig) -> Path:
                 "refine_passes": faces.REFINE_PASSES,
                 "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
                 "aligned_refine": faces.ALIGNED_REFINE,
+                "flip_average": cfg.flip_average,
+                "face_resolution": face_resolution([r.get("source_px") for r in rows if r["status"] == "ok"]),
             },
             **extra_manifest,
             "counts": counts,

@@ -59,6 +59,9 @@ class Face:
     box: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) in image pixels
     landmarks: np.ndarray | None = None  # (5, 2) float32, dlib 5-point order
     chip: np.ndarray | None = field(default=None, repr=False)  # (150, 150, 3) uint8
+    # Width in image pixels of the region the chip was cut from: the chip holds min(source_px, 150)
+    # pixels of real detail across (see effective_resolution). None for faces without a chip.
+    source_px: float | None = None
     # With ``attributes=True`` (indexer.attributes.face_extras): 68 landmarks and the probes' context crop.
     landmarks68: np.ndarray | None = field(default=None, repr=False)  # (68, 2) float32
     attr_crop: np.ndarray | None = field(default=None, repr=False)  # (attributes.CROP_DIM,) uint8
@@ -344,16 +347,29 @@ def aligned_start_box(img: np.ndarray) -> tuple[float, float, float, float]:
     return (fl * w, ft * h, fr * w, fb * h)
 
 
-def chip_from_landmarks(
+def cut_chip(
     img: np.ndarray, pts: np.ndarray, size: int = CHIP_SIZE, padding: float = CHIP_PADDING
-) -> np.ndarray:
-    """dlib's aligned face chip (similarity transform from the 5 landmarks), as dlib computes it."""
+) -> tuple[np.ndarray, float]:
+    """dlib's aligned face chip (similarity transform from the 5 landmarks), as dlib computes it,
+    and the width in image pixels of the region it was cut from (the face's source resolution).
+
+    ``get_face_chip_details`` + ``extract_image_chip`` is what ``dlib.get_face_chip`` runs; calling
+    the two halves gives the same pixels (checked on celeba10k and wild photos) plus the rectangle.
+    """
     import dlib
 
     parts = [dlib.point(int(round(x)), int(round(y))) for x, y in pts]
     rect = dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
-    shape = dlib.full_object_detection(rect, parts)
-    return np.asarray(dlib.get_face_chip(img, shape, size=size, padding=padding), dtype=np.uint8)
+    details = dlib.get_face_chip_details(dlib.full_object_detection(rect, parts), size=size, padding=padding)
+    chip = np.asarray(dlib.extract_image_chip(img, details), dtype=np.uint8)
+    return chip, float(details.rect.width())
+
+
+def chip_from_landmarks(
+    img: np.ndarray, pts: np.ndarray, size: int = CHIP_SIZE, padding: float = CHIP_PADDING
+) -> np.ndarray:
+    """dlib's aligned face chip (similarity transform from the 5 landmarks), as dlib computes it."""
+    return cut_chip(img, pts, size, padding)[0]
 
 
 def find_face(img: np.ndarray, detector: str, attributes: bool = False) -> Face:
@@ -368,8 +384,8 @@ def find_face(img: np.ndarray, detector: str, attributes: bool = False) -> Face:
             return Face("no_face", "no face detected", w, h, 0)
         start, n = boxes[0], len(boxes)
     box, pts = refined_landmarks(img, start)
-    chip = chip_from_landmarks(img, pts)
-    face = Face("ok", "", w, h, n, tuple(int(v) for v in box), pts, chip)  # type: ignore[arg-type]
+    chip, source_px = cut_chip(img, pts)
+    face = Face("ok", "", w, h, n, tuple(int(v) for v in box), pts, chip, source_px)  # type: ignore[arg-type]
     if attributes:
         from .attributes import face_extras
 
@@ -394,6 +410,47 @@ def process_file(path: str | Path, detector: str, max_pixels: int = MAX_PIXELS, 
     return find_face(img, detector, attributes)
 
 
+# ----------------------------------------------------------------------------- resolution matching
+
+RESOLUTION_MATCH_RATIO = 1.5  # degrade a query whose chip holds more than this × the index's detail
+
+
+def effective_resolution(source_px: float) -> float:
+    """Pixels of real detail across a chip cut from a region ``source_px`` wide: the source width,
+    up to the chip's own 150 (dlib samples a larger face down through its pyramid)."""
+    return min(float(source_px), float(CHIP_SIZE))
+
+
+def degrade_chip(chip: np.ndarray, px: int) -> np.ndarray:
+    """``chip`` as if cut from a face ``px`` wide: resampled down to px × px (antialiased), then
+    back up to the chip size bilinearly, as dlib enlarges a small face into its chip."""
+    im = Image.fromarray(chip)
+    small = im.resize((px, px), Image.BILINEAR)
+    return np.asarray(small.resize((chip.shape[1], chip.shape[0]), Image.BILINEAR), dtype=np.uint8)
+
+
+def too_sharp(source_px: float | None, index_px: float | None, ratio: float = RESOLUTION_MATCH_RATIO) -> bool:
+    """Whether a query chip cut from a region ``source_px`` wide is degraded against an index whose
+    faces are ``index_px`` wide: its effective resolution exceeds ``ratio`` × ``index_px``."""
+    return source_px is not None and index_px is not None and effective_resolution(source_px) > ratio * index_px
+
+
+def match_resolution(
+    chip: np.ndarray, source_px: float | None, index_px: float | None, ratio: float = RESOLUTION_MATCH_RATIO
+) -> np.ndarray:
+    """The query chip to embed against an index whose faces are ``index_px`` wide (median source width).
+
+    Rule: a chip whose effective resolution exceeds ``ratio`` × ``index_px`` is degraded to
+    ``index_px`` (:func:`degrade_chip`); others, and every chip when either width is unknown, are
+    used as cut. Why: the descriptor of a sharp photo and of a blurry one of the same face differ
+    systematically, so a sharp query sits farther from its own person's low-resolution training
+    faces than those sit from each other. Measured: README, "Identification quality".
+    """
+    if not too_sharp(source_px, index_px, ratio):
+        return chip
+    return degrade_chip(chip, max(1, int(round(index_px))))
+
+
 # ----------------------------------------------------------------------------- embed
 
 
@@ -409,6 +466,25 @@ class DlibEmbedder:
         rec = _dlib_obj("rec")
         out = rec.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
         return np.asarray([np.asarray(v) for v in out], dtype=np.float32)
+
+
+def describe(embedder: Embedder, chips: np.ndarray, flip_average: bool) -> np.ndarray:
+    """The descriptors of ``chips`` as an index with this ``flip_average`` setting stores them.
+
+    Every place that turns chips into descriptors (build workers, the build's main process, the
+    service's queries) calls this, so index rows and queries are the same function of the chip.
+    ``flip_average``: the mean of the chip's descriptor and its mirror image's (one batched pass
+    over both). The network is not mirror-symmetric: a chip and its mirror image are a median 0.20
+    apart on celeba10k (the identity threshold is ~0.37), and their mean is a steadier estimate of
+    the identity: see README, "Identification quality". Indexes built before the option existed
+    hold plain descriptors (``flip_average`` False), and their queries stay plain.
+    """
+    chips = np.asarray(chips)
+    if not flip_average or len(chips) == 0:
+        return embedder.embed(chips)
+    both = embedder.embed(np.concatenate([chips, chips[:, :, ::-1]]))
+    n = len(chips)
+    return (both[:n] + both[n:]) / 2
 
 
 def make_embedder(kind: str = "torch", device: str = "auto") -> Embedder:

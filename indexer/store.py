@@ -5,7 +5,8 @@ Layout of an index directory::
     manifest.json     format version, model sha256s, dataset, pipeline parameters, counts,
                       build time, library versions, and size + sha256 of every other file
     rows.jsonl        one line per input file: file, identity, split, status, reason,
-                      faces_found, box, face (row in the face arrays, or null)
+                      faces_found, box, size, source_px (chip source width; absent in
+                      older indexes), face (row in the face arrays, or null)
     descriptors.npy   float32 (F, 128)   dlib ResNet descriptors of the F ``ok`` faces
     semantic.faiss    faiss.IndexFlatL2 over descriptors (exact)
     pixels.npy        uint8 (F, 64·64·3) pixel-channel crops (memory-mapped on load)
@@ -106,6 +107,20 @@ class FaceIndex:
 
     def face_file(self, face: int) -> str:
         return self.rows[int(self.face_rows[face])]["file"]
+
+    @property
+    def flip_average(self) -> bool:
+        """Whether the descriptors are flip-averaged (``faces.describe``); queries must match.
+        Indexes written before the option existed have no key: plain descriptors."""
+        return bool(self.manifest.get("pipeline", {}).get("flip_average", False))
+
+    @property
+    def face_resolution(self) -> float | None:
+        """Median source width of the indexed chips in image pixels (``faces.Face.source_px``), the
+        resolution queries are matched to; None for indexes written before it was recorded."""
+        res = self.manifest.get("pipeline", {}).get("face_resolution")
+        px = res.get("median_px") if isinstance(res, dict) else None
+        return float(px) if isinstance(px, (int, float)) and px > 0 else None
 
     def face_identity(self, face: int) -> str | None:
         return self.rows[int(self.face_rows[face])]["identity"]

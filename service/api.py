@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from typing import Any
 
@@ -42,7 +42,9 @@ PARAM_NAMES = (
     "pair_false_match_rate",
     "vectors",
     "attributes",
+    "resolution_match",
 )
+BOOLEANS = {"1": True, "true": True, "0": False, "false": False}  # the accepted spellings of a switch
 
 
 class ApiError(Exception):
@@ -68,11 +70,28 @@ class Params:
     pair_false_match_rate: float = stats.DEFAULT_PAIR_FALSE_MATCH_RATE
     vectors: bool = False  # return each face's descriptor and pixel crop (the audit computes pairs from them)
     attributes: bool = False  # per-image attribute probabilities and geometry (indexer.attributes)
+    resolution_match: bool | None = None  # None: on when the index records its faces' resolution
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
         return d
+
+    def for_index(self, index: FaceIndex) -> Params:
+        """These parameters with ``resolution_match`` decided for ``index``: the default is on when
+        the index records its faces' resolution (``FaceIndex.face_resolution``), off otherwise; asking
+        for it on an index without the record is a 400 (it cannot be done, and silence would mislead)."""
+        available = index.face_resolution is not None
+        if self.resolution_match is None:
+            return replace(self, resolution_match=available)
+        if self.resolution_match and not available:
+            raise ApiError(
+                400,
+                "bad_parameter",
+                "resolution_match=1: this index does not record its faces' resolution (built before the "
+                "option existed); rebuild it, or leave resolution_match out",
+            )
+        return self
 
 
 def _single(args: Mapping[str, Any], name: str) -> Any:
@@ -99,7 +118,7 @@ def _float(name: str, raw: Any) -> float:
 
 def parse_params(args: Mapping[str, Any]) -> Params:
     """Validate ``k``, ``channels``, ``detector``, ``threshold``, ``false_match_rate``,
-    ``pair_false_match_rate``, ``vectors`` and ``attributes``.
+    ``pair_false_match_rate``, ``vectors``, ``attributes`` and ``resolution_match``.
 
     Accepts a query-string MultiDict (values are strings) or a plain dict from Python callers
     (ints, floats, lists allowed). Unknown names, repeats and out-of-range values raise
@@ -161,14 +180,21 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         kw["pair_false_match_rate"] = v
     if "vectors" in args:
         raw = _single(args, "vectors")
-        if raw not in (True, False, 0, 1, "0", "1", "true", "false"):
+        v = raw if isinstance(raw, bool) else BOOLEANS.get(str(raw)) if isinstance(raw, (str, int)) else None
+        if v is None:
             raise ApiError(400, "bad_parameter", f"vectors must be 0, 1, true or false, got {str(raw)[:40]!r}")
-        kw["vectors"] = raw in (True, 1, "1", "true")
+        kw["vectors"] = v
     if "attributes" in args:
         raw = _single(args, "attributes")
         if raw not in (0, 1, "0", "1") or isinstance(raw, float):  # True/False are 1/0 for Python callers
             raise ApiError(400, "bad_parameter", f"attributes must be 0 or 1, got {str(raw)[:40]!r}")
         kw["attributes"] = raw in (1, "1")
+    if "resolution_match" in args:
+        raw = _single(args, "resolution_match")
+        v = raw if isinstance(raw, bool) else BOOLEANS.get(raw) if isinstance(raw, str) else None
+        if v is None:
+            raise ApiError(400, "bad_parameter", f"resolution_match must be 0, 1, true or false, got {str(raw)[:40]!r}")
+        kw["resolution_match"] = v
     return Params(**kw)
 
 
@@ -352,6 +378,8 @@ def index_summary(index: FaceIndex) -> dict:
         "detector": pipe.get("detector"),
         "embedder": pipe.get("embedder"),
         "pixel_size": pipe.get("pixel", {}).get("size"),
+        "flip_average": index.flip_average,
+        "face_resolution_px": index.face_resolution,
         "written_at": m.get("written_at"),
     }
 
@@ -394,12 +422,15 @@ def neighbors_for_faces(
     call per channel, so a batch of 64 costs one forward pass, and a single image a batch of one.
     """
     t0 = time.perf_counter()
+    params = params.for_index(searcher.index)
     cal = searcher.index.calibration
     th = thresholds or stats.calibrate(
         cal, params.false_match_rate, params.threshold, pair_false_match_rate=params.pair_false_match_rate
     )
     ctx = stats.DistanceContext.of(cal)
-    queries = searcher.prepare(named_faces)
+    # The keyword only when it changes something: callers that wrap ``prepare(named_faces)`` keep working.
+    off = not params.resolution_match and searcher.index.face_resolution is not None
+    queries = searcher.prepare(named_faces, **({"resolution_match": False} if off else {}))
     t_embed = time.perf_counter() - t0
     entries = [_image_entry(q.name, q.face) for q in queries]
     pos = [i for i, q in enumerate(queries) if q.face.ok]
@@ -483,6 +514,7 @@ def neighbors(
     """
     if not isinstance(params, Params):
         params = parse_params(params or {})
+    params = params.for_index(searcher.index)  # a parameter the index cannot honour fails before any work
     t0 = time.perf_counter()
     datas = [d for _, d in images]
     found = (

@@ -51,13 +51,23 @@ class Searcher:
         self.files = [index.face_file(i) for i in range(index.n_faces)]
         self.identities = [index.face_identity(i) for i in range(index.n_faces)]
         self.probes = attributes.probes_of(index)  # None: the index has no attribute probes
+        self.flip_average = index.flip_average  # queries are described as the index's rows are
+        self.face_resolution = index.face_resolution  # None: an index without the record
 
-    def prepare(self, faces_: list[tuple[str, faces.Face]]) -> list[Query]:
-        """Embed all ``ok`` faces in one batch (a batch of 64 pays one batched forward pass)."""
+    def prepare(self, faces_: list[tuple[str, faces.Face]], resolution_match: bool = True) -> list[Query]:
+        """Embed all ``ok`` faces in one batch (a batch of 64 pays one batched forward pass).
+
+        Descriptors follow the index: flip-averaged when it is, and, with ``resolution_match`` on an
+        index that records its faces' resolution, each chip much sharper than the indexed faces is
+        degraded to their resolution first (:func:`indexer.faces.match_resolution`). The pixel
+        vector always comes from the chip as cut.
+        """
         queries = [Query(name, f) for name, f in faces_]
         ok = [q for q in queries if q.face.ok]
         if ok:
-            desc = self.embedder.embed(np.stack([q.face.chip for q in ok]))
+            target = self.face_resolution if resolution_match else None
+            chips = np.stack([faces.match_resolution(q.face.chip, q.face.source_px, target) for q in ok])
+            desc = faces.describe(self.embedder, chips, self.flip_average)
             for q, d in zip(ok, desc):
                 q.descriptor = d
                 q.pixel = pixels.pixel_vector(q.face.chip)

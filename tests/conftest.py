@@ -42,6 +42,13 @@ def small_index_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_plain_index_dir(tmp_path_factory) -> Path:
+    """The same 300 images with plain descriptors (``--no-flip-average``): embedder parity of the
+    unaveraged descriptor, and the stand-in for an index written before flip averaging existed."""
+    return build_index(tmp_path_factory.mktemp("idx") / "small-plain", limit=300, flip_average=False)
+
+
+@pytest.fixture(scope="session")
 def small_index(small_index_dir):
     from indexer.store import load_index
 

@@ -5,6 +5,10 @@ celeba10k index built both ways (torch vs --embedder dlib)". Both builds go thro
 pipeline (PIL decode, aligned landmarks, dlib chip), so both embedders see the very same chip
 pixels; only the descriptor network differs. 300 images keep the dlib side (~85 ms/chip, one core
 per worker) to ~15 s.
+
+Parity is of the unaveraged descriptor (both built with ``flip_average=False``): that is where the
+two networks are compared. The default flip-averaged index is then checked to be exactly the mean
+of those descriptors and of the mirror images' (dlib's own average is in test_resnet_parity).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ TOP = 5
 
 
 @pytest.fixture(scope="module")
-def both(small_index_dir, tmp_path_factory):
+def both(small_plain_index_dir, tmp_path_factory):
     from indexer.store import load_index
 
-    dlib_dir = build_index(tmp_path_factory.mktemp("parity") / "dlib", limit=N_IMAGES, embedder="dlib")
-    return load_index(small_index_dir), load_index(dlib_dir)
+    dlib_dir = build_index(
+        tmp_path_factory.mktemp("parity") / "dlib", limit=N_IMAGES, embedder="dlib", flip_average=False
+    )
+    return load_index(small_plain_index_dir), load_index(dlib_dir)
 
 
 def _top(desc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +44,7 @@ def test_same_faces_and_pixels(both):
     torch_idx, dlib_idx = both
     assert torch_idx.manifest["pipeline"]["embedder"] == "torch"
     assert dlib_idx.manifest["pipeline"]["embedder"] == "dlib"
+    assert not torch_idx.flip_average and not dlib_idx.flip_average
     assert torch_idx.n_faces == dlib_idx.n_faces >= 0.95 * N_IMAGES
     assert [r["file"] for r in torch_idx.rows] == [r["file"] for r in dlib_idx.rows]
     np.testing.assert_array_equal(np.asarray(torch_idx.pixels), np.asarray(dlib_idx.pixels))
@@ -58,3 +65,24 @@ def test_semantic_top5_identical(both):
         f"torch {it[differ[0]]} {dt[differ[0]]} vs dlib {id_[differ[0]]} {dd[differ[0]]}"
     )
     np.testing.assert_allclose(dt, dd, atol=2e-3)
+
+
+def test_flip_averaged_index_is_the_mean_of_chip_and_mirror(both, small_index):
+    """The default index row = (plain descriptor + descriptor of the mirrored chip) / 2, per face."""
+    from indexer import faces
+    from indexer.resnet import TorchEmbedder
+
+    plain = both[0]
+    assert small_index.flip_average and [r["file"] for r in small_index.rows] == [r["file"] for r in plain.rows]
+    chips = np.stack(
+        [
+            faces.process_file(small_index.dataset_root / "img_align_celeba" / r["file"], "aligned").chip
+            for r in plain.rows
+        ]
+    )
+    mirror = TorchEmbedder("cpu").embed(np.ascontiguousarray(chips[:, :, ::-1]))
+    want = (plain.descriptors + mirror) / 2
+    assert np.abs(small_index.descriptors - want).max() <= 1e-5
+    # ...and averaging changes something: the mirror's descriptor is not the chip's own.
+    shift = np.linalg.norm(small_index.descriptors - plain.descriptors, axis=1)
+    assert np.median(shift) > 0.01, np.median(shift)

@@ -796,8 +796,10 @@ def test_wild_photos_at_the_calibrated_default(http):
 
 
 def test_each_request_is_one_embedding_batch_of_exactly_its_faces(app):
-    """Observe (not replace) the real embedder: 1 face -> one call of batch 1; 12 faces -> one call of 12."""
+    """Observe (not replace) the real embedder: 1 face -> one call of batch 1; 12 faces -> one call of 12
+    (of 2 and 24 on a flip-averaged index: each chip and its mirror image in the same pass)."""
     searcher = app.extensions["facemem"].searcher
+    per_face = 2 if searcher.flip_average else 1
     real = searcher.embedder.embed
     calls: list[int] = []
 
@@ -813,7 +815,7 @@ def test_each_request_is_one_embedding_batch_of_exactly_its_faces(app):
             imgs = [(f, celeba_bytes(f)) for f in [f"{i:06d}.jpg" for i in range(7, 10001, 800)][:n]]
             status, body = c.post(imgs + [("junk", b"junk")], {"detector": "aligned"})
             assert status == 200 and body["counts"]["ok"] == n
-            assert calls == [n]
+            assert calls == [per_face * n]
     finally:
         del searcher.embedder.embed  # back to the class method
 
