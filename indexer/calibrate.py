@@ -177,6 +177,9 @@ def _empty_pairs(ch: str) -> dict[str, np.ndarray]:
     return {
         f"pair_{ch}_diff_tail": np.zeros(0, np.float64),
         f"pair_{ch}_diff_pairs": np.array(0, np.int64),
+        f"pair_{ch}_diff_tail_row": np.zeros(0, np.int64),
+        f"pair_{ch}_rows_identity": np.zeros(0, np.int64),
+        f"pair_{ch}_rows_pairs": np.zeros(0, np.int64),
         f"pair_{ch}_same": np.zeros(0, np.float64),
     }
 
@@ -250,8 +253,19 @@ def pair_calibration(search, rows: np.ndarray, idents: np.ndarray, n: int, ch: s
         if k >= n - 1:
             break
         todo, k = todo[more], min(k * 4, n - 1)
-    allv = np.sort(np.concatenate(tails))
-    out = {f"pair_{ch}_diff_tail": allv[:keep], f"pair_{ch}_diff_pairs": np.array(total, np.int64)}
+    allv = np.concatenate(tails)
+    owner = np.repeat(np.arange(len(rows), dtype=np.int64), [len(t) for t in tails])
+    order = np.lexsort((owner, allv))[:keep]
+    allv = allv[order]
+    out = {
+        f"pair_{ch}_diff_tail": allv,
+        f"pair_{ch}_diff_pairs": np.array(total, np.int64),
+        # which sampled face each tail pair belongs to, and each sampled face's identity and pair count:
+        # what a bootstrap over identities needs to say how precisely a threshold is placed
+        f"pair_{ch}_diff_tail_row": owner[order],
+        f"pair_{ch}_rows_identity": idents[rows].astype(np.int64),
+        f"pair_{ch}_rows_pairs": others.astype(np.int64),
+    }
     # Same-identity pairs: all of them, or those of a seeded sample of identities beyond SAME_PAIRS_MAX.
     a_idx, b_idx = [], []
     if known.any():

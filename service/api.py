@@ -116,6 +116,16 @@ def _float(name: str, raw: Any) -> float:
     return v
 
 
+def _int(args: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
+    raw = _single(args, name)
+    if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit())):
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {lo} to {hi}, got {str(raw)[:40]!r}")
+    v = int(raw)
+    if not lo <= v <= hi:
+        raise ApiError(400, "bad_parameter", f"{name} must be from {lo} to {hi}, got {v}")
+    return v
+
+
 def parse_params(args: Mapping[str, Any]) -> Params:
     """Validate ``k``, ``channels``, ``detector``, ``threshold``, ``false_match_rate``,
     ``pair_false_match_rate``, ``vectors``, ``attributes`` and ``resolution_match``.
@@ -135,13 +145,7 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         )
     kw: dict[str, Any] = {}
     if "k" in args:
-        raw = _single(args, "k")
-        if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit())):
-            raise ApiError(400, "bad_parameter", f"k must be an integer from 1 to {K_MAX}, got {str(raw)[:40]!r}")
-        k = int(raw)
-        if not 1 <= k <= K_MAX:
-            raise ApiError(400, "bad_parameter", f"k must be from 1 to {K_MAX}, got {k}")
-        kw["k"] = k
+        kw["k"] = _int(args, "k", 1, K_MAX)
     if "channels" in args:
         raw = _single(args, "channels")
         parts = raw.split(",") if isinstance(raw, str) else list(raw)
@@ -208,16 +212,6 @@ REFERENCE_PARAMS = (
     "training_set_size",
 )
 REFERENCE_MAX_FACES = 1_000_000
-
-
-def _int(args: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
-    raw = _single(args, name)
-    if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit())):
-        raise ApiError(400, "bad_parameter", f"{name} must be an integer from {lo} to {hi}, got {str(raw)[:40]!r}")
-    v = int(raw)
-    if not lo <= v <= hi:
-        raise ApiError(400, "bad_parameter", f"{name} must be from {lo} to {hi}, got {v}")
-    return v
 
 
 def parse_reference_params(args: Mapping[str, Any]) -> dict:
@@ -381,6 +375,24 @@ def index_summary(index: FaceIndex) -> dict:
         "flip_average": index.flip_average,
         "face_resolution_px": index.face_resolution,
         "written_at": m.get("written_at"),
+    }
+
+
+def index_info(index: FaceIndex, thresholds: stats.Thresholds) -> dict:
+    """``GET /v1/index`` without the server's own part (limits, device): the manifest summary, no
+    server paths, and the default thresholds (the audit's in-process backend reports the same)."""
+    m = index.manifest
+    return {
+        "summary": index_summary(index),
+        "dataset": {k: v for k, v in m.get("dataset", {}).items() if k != "root"},  # no server paths
+        "counts": m.get("counts", {}),
+        "pipeline": m.get("pipeline", {}),
+        "build": m.get("build", {}),
+        "format_version": m.get("format_version"),
+        "written_at": m.get("written_at"),
+        "model_sha256": m.get("model_sha256", {}),
+        "libraries": m.get("libraries", {}),
+        "calibration": thresholds.to_dict(pixels.PIXEL_DIM),
     }
 
 

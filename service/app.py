@@ -350,20 +350,9 @@ def _register(app: Flask) -> None:
     def index_info() -> Response:
         _no_params()
         st = _state()
-        m = st.index.manifest
-        ds = {k: v for k, v in m.get("dataset", {}).items() if k != "root"}  # no server paths
         return jsonify(
             {
-                "summary": api.index_summary(st.index),
-                "dataset": ds,
-                "counts": m.get("counts", {}),
-                "pipeline": m.get("pipeline", {}),
-                "build": m.get("build", {}),
-                "format_version": m.get("format_version"),
-                "written_at": m.get("written_at"),
-                "model_sha256": m.get("model_sha256", {}),
-                "libraries": m.get("libraries", {}),
-                "calibration": st.default_thresholds.to_dict(st.searcher.index.pixels.shape[1]),
+                **api.index_info(st.index, st.default_thresholds),
                 "limits": {
                     "max_files": st.config["max_files"],
                     "max_request_mb": st.config["max_request_mb"],

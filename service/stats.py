@@ -46,8 +46,9 @@ class PairThreshold:
 
     ``threshold`` is the distance under which such a pair falls with probability
     ``per_pair_false_match_rate`` (measured: ``pairs_under`` of ``pairs_sampled``, for the target
-    ``target_rate``); ``interval`` is the distance range that the rank's 95% binomial interval spans
-    (how precisely the threshold is known). ``same_identity_recall`` is the share of pairs of two
+    ``target_rate``); ``interval`` is its 95% interval from a bootstrap over the sampled faces'
+    identities (how precisely the threshold is known; the rank's binomial interval for an index
+    built before the bootstrap's inputs were stored). ``same_identity_recall`` is the share of pairs of two
     photos of one training person under it. ``source``: ``identities``, or ``all_pairs`` when the
     index has no identities (the rate is then over all pairs, same-person pairs included).
     """
@@ -120,6 +121,39 @@ def _finite(a: np.ndarray | None) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
+PAIR_BOOTSTRAP = 200
+
+
+def _threshold_interval(
+    calibration: Mapping[str, np.ndarray], channel: str, tail: np.ndarray, rate: float
+) -> tuple[float, float] | None:
+    """95% interval of the rate-``rate`` threshold from a bootstrap over the sampled faces' identities.
+
+    Why not the rank's binomial interval: pairs are not independent draws. A face that resembles many
+    others owns many of the tail's pairs, and so do the other photos of its person; resampling whole
+    identities (with all their faces' pairs) shows how much the threshold moves from one training
+    sample to another (on celeba10k, ±0.01 between random 2,500-face subsets, where the binomial
+    interval of the rank says ±0.004)."""
+    owner = np.asarray(calibration.get(f"pair_{channel}_diff_tail_row", []), np.int64)
+    row_id = np.asarray(calibration.get(f"pair_{channel}_rows_identity", []), np.int64)
+    row_pairs = np.asarray(calibration.get(f"pair_{channel}_rows_pairs", []), np.float64)
+    if len(owner) != len(tail) or not len(row_id) or len(row_pairs) != len(row_id):
+        return None
+    # identity clusters of the sampled faces (unknown identities: each face its own cluster)
+    key = np.where(row_id >= 0, row_id, -1 - np.arange(len(row_id)))
+    _, cluster = np.unique(key, return_inverse=True)
+    rng = np.random.default_rng(0)
+    w = rng.poisson(1.0, size=(PAIR_BOOTSTRAP, cluster.max() + 1)).astype(np.float64)[:, cluster]  # (B, rows)
+    need = rate * (w @ row_pairs)  # weighted pairs under the threshold at the target rate, per draw
+    cum = np.cumsum(w[:, owner], axis=1)  # tail in distance order
+    pos = np.array([np.searchsorted(c, n) for c, n in zip(cum, need)])
+    ok = pos < len(tail)
+    if ok.sum() < PAIR_BOOTSTRAP // 2:
+        return None
+    lo, hi = np.quantile(tail[pos[ok]], [0.025, 0.975])
+    return float(lo), float(hi)
+
+
 def pair_threshold(
     calibration: Mapping[str, np.ndarray], channel: str, rate: float = DEFAULT_PAIR_FALSE_MATCH_RATE
 ) -> PairThreshold | None:
@@ -133,8 +167,11 @@ def pair_threshold(
         return None
     r = min(max(1, int(round(rate * total))), len(tail))
     thr = float((tail[r - 1] + tail[r]) / 2) if r < len(tail) else float(np.nextafter(tail[r - 1], np.inf))
-    half = 1.96 * math.sqrt(r)
-    lo_r, hi_r = max(1, int(math.floor(r - half))), min(len(tail), int(math.ceil(r + half)))
+    interval = _threshold_interval(calibration, channel, tail, rate)
+    if interval is None:  # an index without the tail's owners: the rank's binomial interval
+        half = 1.96 * math.sqrt(r)
+        lo_r, hi_r = max(1, int(math.floor(r - half))), min(len(tail), int(math.ceil(r + half)))
+        interval = (float(tail[lo_r - 1]), float(tail[hi_r - 1]))
     same = _finite(calibration.get(f"pair_{channel}_same"))
     known = bool(np.isfinite(np.asarray(calibration.get("sem_diff_id", [np.nan]), np.float64)).any())
     return PairThreshold(
@@ -144,7 +181,7 @@ def pair_threshold(
         per_pair_false_match_rate=r / total,
         pairs_under=r,
         pairs_sampled=total,
-        interval=(float(tail[lo_r - 1]), float(tail[hi_r - 1])),
+        interval=interval,
         same_identity_recall=float(np.mean(same < thr)) if len(same) else None,
         same_identity_pairs=int(len(same)),
         source="identities" if known else "all_pairs",

@@ -152,6 +152,21 @@ def strip_timing(resp: dict) -> dict:
     return {k: v for k, v in resp.items() if k != "timing"}
 
 
+def first_diff(a, b, path: str = "") -> str | None:
+    """Where two JSON values first differ (for assertion messages)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return first_diff(a.get(k), b.get(k), f"{path}/{k}")
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return first_diff(x, y, f"{path}[{i}]")
+        return None
+    return None if a == b else f"{path}: {str(a)[:200]} != {str(b)[:200]}"
+
+
 def jsonify(x):
     """What a value looks like after the report's JSON round trip."""
     return json.loads(json.dumps(x))
@@ -332,7 +347,7 @@ def test_pggan_report_equals_the_service_in_process(pggan_report, pggan_folder, 
     resp = jsonify(api.neighbors(searcher, images, {"k": 5, "detector": "aligned", "vectors": 1, "attributes": 1}))
     for e in resp["images"]:
         e.pop("descriptor", None), e.pop("pixels", None)
-    assert data["neighbors"]["images"] == resp["images"]
+    assert data["neighbors"]["images"] == resp["images"], first_diff(data["neighbors"]["images"], resp["images"])
     assert data["calibration"] == resp["calibration"]
     mem = {k: v for k, v in data["memorization"].items() if k not in ("null", "p_values")}
     mem["same_person"] = {k: v for k, v in mem["same_person"].items() if k != "reference_real"}
@@ -378,7 +393,7 @@ def test_server_mode_gives_the_same_numbers_as_in_process(audit_server, full_ind
     a, b = json.loads(srv.read_text()), json.loads(loc.read_text())
     same = set(a) - {"created_at", "command", "backend", "index", "timing", "distribution"}
     for key in sorted(same):
-        assert a[key] == b[key], key
+        assert a[key] == b[key], first_diff(a[key], b[key], key)
     assert "need an in-process audit" in a["distribution"]["error"] and "generated" in b["distribution"]
     # The training side is one function: GET /v1/reference answers what the in-process audit used.
     import requests
@@ -462,7 +477,9 @@ def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
     resp = jsonify(api.neighbors(searcher, imgs, {"k": 5, "detector": "aligned", "vectors": 1, "attributes": 1}))
     for e in resp["images"]:
         e.pop("descriptor", None), e.pop("pixels", None)
-    assert data["neighbors"]["images"][:16] == resp["images"]
+    assert data["neighbors"]["images"][:16] == resp["images"], first_diff(
+        data["neighbors"]["images"][:16], resp["images"]
+    )
     # Each birthday trial is a fresh batch (one request here): re-running one reproduces its count.
     row = next(r for r in data["birthday"]["rows"] if r["s"] == 8)
     t_imgs = gen.sample(8, row["seeds"][2], prefix="trial_s8_t002_", upscale=128)
@@ -479,29 +496,36 @@ def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
 
 
 def test_threshold_is_pair_calibrated_and_does_not_move_with_the_index_size(full_index):
-    """The calibration of an index of the first 2,500 celeba10k faces (the build's own functions on
-    those faces) against the 10,000-face index: the 1:N identity threshold drifts down with N, the
-    per-pair collision threshold stays within its own rank interval."""
+    """Indexes of 2,500 faces (four random subsets of celeba10k, calibrated by the build's own
+    functions) against the 10,000-face index: the 1:N identity threshold drifts with N; the per-pair
+    collision threshold does not — the subsets scatter around the full index's value, within the
+    bootstrap intervals the thresholds carry."""
     from indexer import calibrate
     from service import stats
 
     ids = full_index.identity_codes()
-    small = calibrate.semantic_calibration(full_index.descriptors[:2500], ids[:2500])
-    th_small, th_big = stats.calibrate(small), stats.calibrate(full_index.calibration)
-    a, b = th_small.collision_semantic, th_big.collision_semantic
+    big = stats.calibrate(full_index.calibration)
+    small = []
+    for seed in range(4):
+        rows = np.sort(np.random.default_rng(seed).choice(full_index.n_faces, 2500, replace=False))
+        small.append(stats.calibrate(calibrate.semantic_calibration(full_index.descriptors[rows], ids[rows])))
+    b = big.collision_semantic
+    pair_drift = np.mean([t.collision_semantic.threshold for t in small]) - b.threshold
+    id_drift = np.mean([t.identity for t in small]) - big.identity
     log.info(
-        "identity threshold 2.5k %.4f / 10k %.4f; collision threshold %.4f %s / %.4f %s",
-        th_small.identity,
-        th_big.identity,
-        a.threshold,
-        a.interval,
+        "2,500 vs 10,000 faces: identity threshold %+.4f, collision threshold %+.4f (10k: %.4f %s)",
+        id_drift,
+        pair_drift,
         b.threshold,
         b.interval,
     )
-    assert th_small.identity - th_big.identity > 0.02  # the 1:N quantile drifts (0.42 -> 0.38)
-    assert a.interval[0] <= b.threshold <= a.interval[1] and b.interval[0] <= a.threshold <= b.interval[1]
-    assert abs(a.threshold - b.threshold) < (th_small.identity - th_big.identity) / 2
-    assert a.per_pair_false_match_rate == pytest.approx(1e-5, rel=0.1) == b.per_pair_false_match_rate
+    assert id_drift > 0.015  # the 1:N quantile drifts (0.39 at 2,500 faces, 0.36 at 10,000)
+    assert abs(pair_drift) < id_drift / 3 and abs(pair_drift) < 0.01
+    for t in small:
+        a = t.collision_semantic
+        assert a.interval[0] <= b.interval[1] and b.interval[0] <= a.interval[1]  # the intervals overlap
+        assert a.interval[0] < a.threshold < a.interval[1]
+        assert a.per_pair_false_match_rate == pytest.approx(1e-5, rel=0.1)
 
 
 KNOWN_POOL = 150  # distinct faces the planted generator repeats, from outside part_index_dir

@@ -65,16 +65,20 @@ def test_pair_tail_is_exact_against_brute_force():
 
 
 def test_pair_threshold_does_not_drift_with_the_index_size(world):
-    """The same population, indexed at 1,000 and 4,000 faces: the 1:N identity threshold moves, the
-    per-pair collision threshold stays within its own precision."""
+    """The same population indexed at 1,000 faces (three disjoint subsets) and at 4,000: the 1:N
+    identity threshold drifts with N; the per-pair collision threshold drifts far less (what is left
+    is a small-sample bias of a low quantile of clustered pairs; celeba10k: tests/test_audit.py)."""
     w, _, th_big = world
-    cal_small = calibrate.semantic_calibration(w.train[:1000], w.train_ids[:1000])
-    from service import stats
-
-    th_small = stats.calibrate(cal_small)
-    big, small = th_big.collision_semantic, th_small.collision_semantic
-    assert small.interval[0] <= big.threshold <= small.interval[1]
-    assert abs(small.threshold - big.threshold) < abs(th_small.identity - th_big.identity) / 2
+    small = [
+        stats.calibrate(calibrate.semantic_calibration(w.train[o : o + 1000], w.train_ids[o : o + 1000]))
+        for o in (0, 1000, 2000)
+    ]
+    id_drift = np.mean([t.identity for t in small]) - th_big.identity
+    pair_drift = np.mean([t.collision_semantic.threshold for t in small]) - th_big.collision_semantic.threshold
+    assert id_drift > 0.01 and abs(pair_drift) < id_drift / 2
+    for t in small:
+        a = t.collision_semantic
+        assert a.interval[0] < a.threshold < a.interval[1] and a.pairs_under == 10  # f·P = 1e-5 × 999,000
 
 
 # ----------------------------------------------------------------------------- support

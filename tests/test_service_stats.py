@@ -85,7 +85,7 @@ def test_pair_threshold_reads_the_rank_of_the_per_pair_rate():
     pt = stats.pair_threshold(cal, "sem", 1e-5)  # rank 50 of 5 M pairs
     assert pt.pairs_under == 50 and pt.per_pair_false_match_rate == pytest.approx(1e-5)
     assert tail[49] < pt.threshold < tail[50] and np.sum(tail < pt.threshold) == 50
-    assert pt.interval[0] < pt.threshold < pt.interval[1]
+    assert pt.interval[0] < pt.threshold < pt.interval[1]  # the rank's binomial interval (no owners stored)
     assert pt.same_identity_recall == pytest.approx(np.mean(same < pt.threshold))
     assert pt.source == "identities"
     with pytest.raises(ValueError):

@@ -78,27 +78,10 @@ class LocalBackend:
 
     def info(self) -> dict:
         """The fields of the service's ``GET /v1/index``, plus the dataset root (a local path)."""
-        from indexer import pixels
-
         from .. import stats
 
-        m = self.index.manifest
-        return json_round_trip(
-            {
-                "summary": api.index_summary(self.index),
-                "dataset": {k: v for k, v in m.get("dataset", {}).items() if k != "root"},
-                "counts": m.get("counts", {}),
-                "pipeline": m.get("pipeline", {}),
-                "build": m.get("build", {}),
-                "format_version": m.get("format_version"),
-                "written_at": m.get("written_at"),
-                "model_sha256": m.get("model_sha256", {}),
-                "libraries": m.get("libraries", {}),
-                "calibration": stats.calibrate(self.index.calibration).to_dict(pixels.PIXEL_DIM),
-                "root": str(self.index.dataset_root),
-                "path": self.where,
-            }
-        )
+        out = api.index_info(self.index, stats.calibrate(self.index.calibration))
+        return json_round_trip({**out, "root": str(self.index.dataset_root), "path": self.where})
 
     def neighbors(self, images: list[tuple[str, bytes]], params: dict) -> dict:
         """:func:`service.api.neighbors` on one request's images, as the service would answer it."""

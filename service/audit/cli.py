@@ -85,6 +85,14 @@ def parser(prog: str = "python scripts/audit.py") -> argparse.ArgumentParser:
         default=o["pair_false_match_rate"].default,
         help=o["pair_false_match_rate"].help,
     )
+    p.add_argument(
+        "--no-resolution-match",
+        dest="resolution_match",
+        action="store_const",
+        const=False,
+        default=None,
+        help="turn resolution matching off (" + o["resolution_match"].help + ")",
+    )
     p.add_argument("--reference-real", metavar="DIR", default=None, help=o["reference_real"].help)
     p.add_argument(
         "--reference-detector", default=None, choices=list(faces.DETECTORS), help=o["reference_detector"].help

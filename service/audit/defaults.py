@@ -32,6 +32,11 @@ OPTIONS: dict[str, Option] = {
         stats.DEFAULT_PAIR_FALSE_MATCH_RATE,
         "per-pair false-match rate of the collision thresholds (birthday paradox)",
     ),
+    "resolution_match": Option(
+        None,
+        "degrade faces much sharper than the index's before embedding (service parameter; default: on when the "
+        "index records its faces' resolution)",
+    ),
     "chunk": Option(64, "images per request (the same chunk gives bit-identical numbers in both modes)"),
     "reference_real": Option(
         None,

@@ -130,6 +130,8 @@ class Audit:
             p["threshold"] = float(o["threshold"])
         elif o.get("false_match_rate") is not None:
             p["false_match_rate"] = float(o["false_match_rate"])
+        if o.get("resolution_match") is not None:
+            p["resolution_match"] = int(bool(o["resolution_match"]))
         if o.get("pair_false_match_rate") is not None:
             p["pair_false_match_rate"] = float(o["pair_false_match_rate"])
         return p
