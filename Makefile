@@ -47,10 +47,11 @@ demo: setup
 	  $(VPY) -m indexer build --dataset celeba --root $(DATA)/celeba10k --out $(INDEX) --overwrite
 	$(VPY) -m indexer info $(INDEX)
 	$(VPY) scripts/audit.py --generated $(DATA)/generated/pggan_celebahq --index $(INDEX) \
-	  --out build/report-pggan.html --detector hog
+	  --out build/report-pggan.html --json build/report-pggan.json --detector hog
 	$(VPY) scripts/audit.py --generator dcgan32:$(DATA)/generated/dcgan32_celeba/checkpoint_G.pth \
-	  --index $(INDEX) --out build/report-dcgan.html --n 256 --detector aligned
-	@echo "reports: build/report-pggan.html build/report-dcgan.html"
+	  --index $(INDEX) --out build/report-dcgan.html --json build/report-dcgan.json --n 500 --detector aligned \
+	  --batch-sizes 16,32,64 --trials 10
+	@echo "reports: build/report-pggan.html build/report-dcgan.html (numbers: build/report-*.json)"
 
 clean:
 	rm -rf build .pytest_cache
