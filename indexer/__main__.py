@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import faces, store
+from . import faces, ivf, store
 from .build import BuildConfig, build
 
 
@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, help="index directory to write (atomically)")
     b.add_argument("--split", default="all", choices=["train", "val", "test", "all"], help="CelebA split")
     b.add_argument("--limit", type=int, help="only the first N images (after the split filter)")
-    b.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes (default: all cores); --engine ray: actors (default: one per cluster CPU, or GPU)",
+    )
     b.add_argument(
         "--detector",
         default="aligned",
@@ -95,6 +100,35 @@ def main(argv: list[str] | None = None) -> int:
         default=5000,
         help="faces used for the pixel leave-one-out distribution (default 5000)",
     )
+    b.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local: worker processes on this machine; ray: Ray actors (this machine or a cluster, see --ray-address)",
+    )
+    b.add_argument(
+        "--ray-address",
+        default=None,
+        help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: start a local Ray instance)",
+    )
+    b.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="write a sharded index with this many images per shard (memory-mapped, for millions of faces)",
+    )
+    b.add_argument(
+        "--ivf",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="store an IVF index for approximate semantic search (auto: when faces >= --ivf-min-faces)",
+    )
+    b.add_argument("--ivf-min-faces", type=int, default=1_000_000, help="--ivf auto: smallest index that gets one")
+    b.add_argument(
+        "--ivf-spec",
+        default=ivf.DEFAULT_SPEC,
+        help="faiss.index_factory string; {nlist} is filled from the size (e.g. 'IVF{nlist},PQ32' for 32 B/face)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="describe an index", description="Print an index's manifest summary.")
     i.add_argument("index", help="index directory")
@@ -107,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "build":
         if args.dataset == "celeba" and args.identity_from_folders:
             ap.error("--identity-from-folders applies to --dataset folder")
+        if args.ray_address and args.engine != "ray":
+            ap.error("--ray-address applies to --engine ray")
+        if args.shard_size is not None and args.shard_size < 1:
+            ap.error("--shard-size must be >= 1")
         cfg = BuildConfig(
             dataset=args.dataset,
             root=args.root,
@@ -123,10 +161,16 @@ def main(argv: list[str] | None = None) -> int:
             identity_from_folders=args.identity_from_folders,
             pixel_calibration_sample=args.pixel_calibration_sample,
             progress=not args.no_progress,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            shard_size=args.shard_size,
+            ivf=args.ivf,
+            ivf_min_faces=args.ivf_min_faces,
+            ivf_spec=args.ivf_spec,
         )
         try:
             build(cfg)
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
+        except (FileNotFoundError, ValueError, RuntimeError, ConnectionError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0

@@ -79,6 +79,18 @@ def pixel_calibration(
     if n < 2:
         return {"pix_loo": np.zeros(0, np.float64), "pix_loo_rows": np.zeros(0, np.int64)}
     rows = np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    from .shards import ShardedArray
+
+    if isinstance(pixels, ShardedArray):  # one shard's bound tables in memory at a time
+        queries = pixels[rows]
+        best = np.full(len(rows), np.iinfo(np.int64).max, np.int64)
+        for start, block in zip(pixels.starts, pixels.blocks):
+            if len(block) == 0:
+                continue
+            local = np.where((rows >= start) & (rows < start + len(block)), rows - start, -1).astype(np.int64)
+            d, _ = L1Index(block, use_gpu=device == "cuda").search(queries, 1, exclude_self=local)
+            best = np.where(d[:, 0] >= 0, np.minimum(best, d[:, 0]), best)
+        return {"pix_loo": best.astype(np.float64), "pix_loo_rows": rows.astype(np.int64)}
     index = L1Index(pixels, use_gpu=device == "cuda")
     dist, _ = index.search(np.asarray(pixels[rows]), 1, exclude_self=rows.astype(np.int64))
     return {"pix_loo": dist[:, 0].astype(np.float64), "pix_loo_rows": rows.astype(np.int64)}

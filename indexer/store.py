@@ -10,6 +10,12 @@ Layout of an index directory::
     semantic.faiss    faiss.IndexFlatL2 over descriptors (exact)
     pixels.npy        uint8 (F, 64·64·3) pixel-channel crops (memory-mapped on load)
     calibration.npz   per-face nearest distances used by the service statistics
+    semantic_ivf.faiss  optional: an IVF index over the descriptors (indexer.ivf), for approximate
+                      search above a configurable size
+
+An index may instead be sharded (``"layout": "sharded"`` in the manifest): row ranges with their
+own rows, descriptors and pixels, memory-mapped, described in :mod:`indexer.shards`. Indexes
+without a ``layout`` key are monolithic, as every index written before shards existed.
 
 A build writes everything into ``.<out>.tmp-<pid>`` beside ``<out>`` and swaps it into place with
 one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames where the filesystem lacks it), so ``<out>``
@@ -32,6 +38,7 @@ import re
 import shutil
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +52,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FILES = ("rows.jsonl", "descriptors.npy", "semantic.faiss", "pixels.npy", "calibration.npz")
+IVF_FILE = "semantic_ivf.faiss"  # optional in either layout (indexer.ivf); absent = exact search only
+OPTIONAL_FILES = (IVF_FILE,)
 
 
 class IndexLoadError(Exception):
@@ -77,16 +86,22 @@ def library_versions() -> dict[str, str]:
 
 @dataclass
 class FaceIndex:
-    """A loaded, read-only index. Safe to share across threads (nothing here is mutated)."""
+    """A loaded, read-only index. Safe to share across threads (nothing here is mutated).
+
+    The same API for both layouts. A monolithic index holds ``rows`` as a list and
+    ``descriptors`` in memory; a sharded one (:mod:`indexer.shards`) holds rows parsed on access
+    and both arrays as :class:`~indexer.shards.ShardedArray` views over memory-mapped shards.
+    """
 
     root: Path
     manifest: dict
-    rows: list[dict]
+    rows: Sequence[dict]
     face_rows: np.ndarray  # (F,) row number of each face
-    descriptors: np.ndarray  # (F, 128) float32
-    pixels: np.ndarray  # (F, D) uint8, memory-mapped
-    semantic: object  # faiss index over descriptors
+    descriptors: np.ndarray  # (F, 128) float32 (ShardedArray for a sharded index)
+    pixels: np.ndarray  # (F, D) uint8, memory-mapped (ShardedArray for a sharded index)
+    semantic: object  # faiss IndexFlatL2 over descriptors; None for a sharded index
     calibration: dict[str, np.ndarray]
+    ivf_path: Path | None = None  # semantic_ivf.faiss when the index has one
 
     @property
     def n_faces(self) -> int:
@@ -95,6 +110,21 @@ class FaceIndex:
     @property
     def dataset_root(self) -> Path:
         return Path(self.manifest["dataset"]["root"])
+
+    @property
+    def sharded(self) -> bool:
+        return self.manifest.get("layout") == "sharded"
+
+    def descriptor_blocks(self) -> list[np.ndarray]:
+        """Descriptors as row blocks (one per shard; the whole array for a monolithic index)."""
+        from .shards import blocks_of
+
+        return blocks_of(self.descriptors)
+
+    def pixel_blocks(self) -> list[np.ndarray]:
+        from .shards import blocks_of
+
+        return blocks_of(self.pixels)
 
     def face_file(self, face: int) -> str:
         return self.rows[int(self.face_rows[face])]["file"]
@@ -111,6 +141,14 @@ class FaceIndex:
             if ident is not None:
                 out[i] = codes.setdefault(ident, len(codes))
         return out
+
+    def face_files(self):
+        """A set-like view of the faces' file names (``file in index.face_files()``)."""
+        if not self.sharded:
+            return {self.face_file(i): i for i in range(self.n_faces)}
+        from .shards import FileLookup
+
+        return FileLookup(self)
 
 
 def remove_debris(out: Path) -> list[Path]:
@@ -191,16 +229,10 @@ def _write_error(e: OSError, out: Path, tmp: Path) -> IndexWriteError:
     )
 
 
-def write_index(
-    out: Path,
-    rows: list[dict],
-    descriptors: np.ndarray,
-    pixels: np.ndarray,
-    calibration: dict[str, np.ndarray],
-    manifest: dict,
-    overwrite: bool = False,
-) -> Path:
-    """Write a complete index to ``out`` atomically (temp dir in the same parent, then an atomic swap).
+def atomic_write(out: Path, fill: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Create an index directory at ``out`` atomically: ``fill(tmp)`` writes every file (the
+    manifest last, with :func:`finish_index_dir`) into a locked temp dir in the same parent, which
+    then replaces ``out`` in one atomic swap.
 
     Any OS error (a full disk, above all) removes the temp dir and raises :class:`IndexWriteError`;
     the index that was at ``out`` before is untouched.
@@ -215,7 +247,7 @@ def write_index(
     try:
         tmp.mkdir()
         lock = watchdog.lock_dir(tmp)  # held until the swap: tells a later writer we are alive
-        _write_files(tmp, rows, descriptors, pixels, calibration, manifest)
+        fill(tmp)
         _replace_dir(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -225,11 +257,34 @@ def write_index(
         raise
     finally:
         watchdog.unlock_dir(lock)
-    log.info("wrote index %s (%d faces)", out, len(descriptors))
     return out
 
 
-def _save_npy(path: Path, arr: np.ndarray, block: int = 64 << 20) -> None:
+def write_index(
+    out: Path,
+    rows: list[dict],
+    descriptors: np.ndarray,
+    pixels: np.ndarray,
+    calibration: dict[str, np.ndarray],
+    manifest: dict,
+    overwrite: bool = False,
+    ivf: object | None = None,
+) -> Path:
+    """Write a complete monolithic index to ``out`` atomically (see :func:`atomic_write`).
+
+    ``ivf``: an optional FAISS index over the descriptors (:mod:`indexer.ivf`), stored as
+    ``semantic_ivf.faiss``.
+    """
+
+    def fill(tmp: Path) -> None:
+        _write_files(tmp, rows, descriptors, pixels, calibration, manifest, ivf)
+
+    atomic_write(Path(out), fill, overwrite)
+    log.info("wrote index %s (%d faces)", out, len(descriptors))
+    return Path(out)
+
+
+def save_npy(path: Path, arr: np.ndarray, block: int = 64 << 20) -> None:
     """``np.save`` through Python's file object: the same bytes, but a failed write raises an OSError
     that says why (numpy's own C writer reports only "N requested and M written")."""
     arr = np.ascontiguousarray(arr)
@@ -240,7 +295,7 @@ def _save_npy(path: Path, arr: np.ndarray, block: int = 64 << 20) -> None:
             f.write(flat[lo : lo + block])
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` with fixed zip timestamps, so equal arrays give a byte-identical file
     (a resumed build is then byte-for-byte equal to an uninterrupted one)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
@@ -250,6 +305,15 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.asanyarray(arrays[name]), allow_pickle=False)
 
 
+def save_faiss(path: Path, index: object) -> None:
+    """Serialised here and written by Python: faiss.write_index ignores errors at fclose, so a
+    full disk could leave a short file behind a manifest that vouches for it."""
+    import faiss
+
+    with open(path, "wb") as f:
+        f.write(memoryview(faiss.serialize_index(index)))
+
+
 def _write_files(
     tmp: Path,
     rows: list[dict],
@@ -257,6 +321,7 @@ def _write_files(
     pixels: np.ndarray,
     calibration: dict[str, np.ndarray],
     manifest: dict,
+    ivf: object | None = None,
 ) -> None:
     import faiss
 
@@ -264,18 +329,25 @@ def _write_files(
         for r in rows:
             f.write(json.dumps(r, separators=(",", ":")) + "\n")
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
-    _save_npy(tmp / "descriptors.npy", descriptors)
+    save_npy(tmp / "descriptors.npy", descriptors)
     index = faiss.IndexFlatL2(descriptors.shape[1] if descriptors.ndim == 2 else 128)
     if len(descriptors):
         index.add(descriptors)
-    # Serialised here and written by Python: faiss.write_index ignores errors at fclose, so a
-    # full disk could leave a short file behind a manifest that vouches for it.
-    with open(tmp / "semantic.faiss", "wb") as f:
-        f.write(memoryview(faiss.serialize_index(index)))
-    _save_npy(tmp / "pixels.npy", np.ascontiguousarray(pixels, dtype=np.uint8))
-    _save_npz(tmp / "calibration.npz", calibration)
+    save_faiss(tmp / "semantic.faiss", index)
+    save_npy(tmp / "pixels.npy", np.ascontiguousarray(pixels, dtype=np.uint8))
+    save_npz(tmp / "calibration.npz", calibration)
+    names = list(FILES)
+    if ivf is not None:
+        save_faiss(tmp / IVF_FILE, ivf)
+        names.append(IVF_FILE)
+    finish_index_dir(tmp, manifest, names)
+
+
+def finish_index_dir(tmp: Path, manifest: dict, names: list[str]) -> None:
+    """Hash the data files ``names``, write the manifest (last: a directory without it is never
+    taken for an index) and fsync everything before the swap makes it live."""
     files = {}
-    for name in FILES:
+    for name in names:
         p = tmp / name
         files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     manifest = dict(
@@ -287,14 +359,19 @@ def _write_files(
         libraries=library_versions(),
         written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    # The manifest goes last: a directory without it is never taken for an index.
     with open(tmp / (MANIFEST + ".part"), "w") as f:
         json.dump(manifest, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp / (MANIFEST + ".part"), tmp / MANIFEST)
-    for p in (*(tmp / n for n in FILES), tmp / MANIFEST):  # on disk before the swap makes them live
+    for p in (*(tmp / n for n in names), tmp / MANIFEST):  # on disk before the swap makes them live
         fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for d in {(tmp / n).parent for n in names} - {tmp}:  # the shard directories' entries too
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -330,16 +407,23 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
             f"{root}: index format version {version}, this facemem reads version {FORMAT_VERSION}; rebuild the index"
         )
     files = manifest.get("files")
+    if manifest.get("layout", "monolithic") == "sharded":
+        from .shards import expected_files
+
+        expected = expected_files(manifest)
+    else:
+        expected = set(FILES) if manifest.get("layout", "monolithic") == "monolithic" else None
     if (
-        not isinstance(files, dict)
-        or set(files) != set(FILES)
+        expected is None
+        or not isinstance(files, dict)
+        or set(files) - set(OPTIONAL_FILES) != expected
         or not all(
             isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
             for m in files.values()
         )
     ):
         raise IndexLoadError(
-            f"{root}: the manifest's file list is damaged (expected {list(FILES)} with size "
+            f"{root}: the manifest's file list is damaged (expected {_describe(expected)} with size "
             f"and sha256 each); rebuild the index"
         )
     for key in ("model_sha256", "pipeline_signature"):
@@ -367,15 +451,36 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
             raise IndexLoadError(f"{root}: {name} fails its sha256 check; rebuild the index")
 
 
+def _describe(expected: set[str] | None) -> str:
+    if expected is None:
+        return "a known layout and its shard list"
+    return str([n for n in FILES if n in expected]) if expected == set(FILES) else "every shard's files"
+
+
 def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
-    """Load and verify an index (sizes always; sha256 of every file with ``verify_hashes``)."""
+    """Load and verify an index (sizes always; sha256 of every file with ``verify_hashes``).
+
+    Either layout: monolithic (:data:`FILES`) or sharded (:mod:`indexer.shards`, memory-mapped).
+    """
     import faiss
 
     root = Path(root)
     manifest = read_manifest(root)
     check_manifest(root, manifest, verify_hashes)
-    name = "rows.jsonl"
+    ivf_path = root / IVF_FILE if IVF_FILE in manifest["files"] else None
+    name = "calibration.npz"
     try:  # sizes matched; a file can still be damaged inside (edited, or --verify skipped)
+        if manifest.get("layout") == "sharded":
+            from .shards import load_sharded
+
+            with np.load(root / name) as z:
+                calibration = {k: z[k] for k in z.files}
+            name = "a shard"
+            rows, face_rows, descriptors, pixels = load_sharded(root, manifest)
+            if not (len(face_rows) == len(descriptors) == len(pixels) == manifest.get("faces")):
+                raise ValueError(f"inconsistent face counts (manifest {manifest.get('faces')}, shards {len(pixels)})")
+            return FaceIndex(root, manifest, rows, face_rows, descriptors, pixels, None, calibration, ivf_path)
+        name = "rows.jsonl"
         with open(root / name) as f:
             rows = [json.loads(line) for line in f]
         face_rows = np.array([i for i, r in enumerate(rows) if r.get("face") is not None], dtype=np.int64)
@@ -423,4 +528,4 @@ def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
             f"{root}: inconsistent face counts (rows {len(face_rows)}, descriptors "
             f"{len(descriptors)}, pixels {len(pixels)}, faiss {semantic.ntotal})"
         )
-    return FaceIndex(root, manifest, rows, face_rows, descriptors, pixels, semantic, calibration)
+    return FaceIndex(root, manifest, rows, face_rows, descriptors, pixels, semantic, calibration, ivf_path)
