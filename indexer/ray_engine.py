@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 IN_FLIGHT_PER_ACTOR = 2  # tasks queued per actor: it never waits for the driver between tasks
 NODE_POLL_S = 1.0  # how often the driver checks for dead nodes
 STALL_S = 600.0  # no actor alive for this long: give up (the finished chunks stay for --resume)
+START_GRACE_S = 20.0  # work starts when every actor is ready, or this long after the first one is
 LOCAL_OBJECT_STORE = 512 << 20  # object store of a Ray instance the build starts itself
 
 
@@ -84,7 +85,13 @@ class RayEngine:
         if not ray.is_initialized():
             kw: dict = {"include_dashboard": False, "logging_level": logging.WARNING}
             if cfg.ray_address is None:  # a fresh local instance, never someone else's cluster
-                ray.init(address="local", num_cpus=cfg.workers or None, object_store_memory=LOCAL_OBJECT_STORE, **kw)
+                ray.init(
+                    address="local",
+                    num_cpus=cfg.workers or None,
+                    object_store_memory=LOCAL_OBJECT_STORE,
+                    _node_ip_address="127.0.0.1",  # a private instance: nothing listens beyond loopback
+                    **kw,
+                )
             else:
                 import indexer
 
@@ -157,9 +164,18 @@ class RayEngine:
         last_poll = 0.0
         last_alive = time.monotonic()
         parts: dict[int, int] = {}
+        first_ready: float | None = None
+        started = False
         while len(done) < len(tasks):
-            # Hand out work to ready, live actors.
-            for slot, actor in enumerate(self.actors):
+            # Hand out work to ready, live actors (once all have started, or the grace time is over,
+            # so that a fast actor does not take the whole job while the others load their models).
+            if first_ready is None and any(i is not None for i in self.info):
+                first_ready = time.monotonic()
+            started = started or (
+                first_ready is not None
+                and (all(i is not None for i in self.info) or time.monotonic() - first_ready > START_GRACE_S)
+            )
+            for slot, actor in enumerate(self.actors if started else ()):
                 while queue and self.info[slot] is not None and load[slot] < IN_FLIGHT_PER_ACTOR:
                     task = queue.popleft()
                     if task in done:
