@@ -112,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: start a local Ray instance)",
     )
     b.add_argument(
+        "--ray-embed-actors",
+        type=int,
+        default=None,
+        help="--engine ray: actors that only compute descriptors, fed chips by the others "
+        "(default: one per GPU on a GPU cluster, none on CPUs: every actor runs whole tasks)",
+    )
+    b.add_argument(
         "--shard-size",
         type=int,
         default=None,
@@ -141,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "build":
         if args.dataset == "celeba" and args.identity_from_folders:
             ap.error("--identity-from-folders applies to --dataset folder")
-        if args.ray_address and args.engine != "ray":
-            ap.error("--ray-address applies to --engine ray")
+        if (args.ray_address or args.ray_embed_actors is not None) and args.engine != "ray":
+            ap.error("--ray-address and --ray-embed-actors apply to --engine ray")
+        if args.ray_embed_actors is not None and args.ray_embed_actors < 0:
+            ap.error("--ray-embed-actors must be >= 0")
         if args.shard_size is not None and args.shard_size < 1:
             ap.error("--shard-size must be >= 1")
         cfg = BuildConfig(
@@ -163,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             engine=args.engine,
             ray_address=args.ray_address,
+            ray_embed_actors=args.ray_embed_actors,
             shard_size=args.shard_size,
             ivf=args.ivf,
             ivf_min_faces=args.ivf_min_faces,

@@ -81,6 +81,7 @@ class BuildConfig:
     preload_workers: bool = True  # CPU torch: fork pre-loaded workers (False: spawn them, as measured before)
     engine: str = "local"  # local (worker processes here) | ray (actors on a Ray cluster, indexer/ray_engine.py)
     ray_address: str | None = None  # engine ray: None starts a local Ray instance; "auto" or host:port joins one
+    ray_embed_actors: int | None = None  # engine ray: actors that only embed (None: one per GPU, none without)
     shard_size: int | None = None  # write a sharded index of this many rows (images) per shard (indexer/shards.py)
     ivf: str = "auto"  # auto (when faces >= ivf_min_faces) | on | off: store an IVF index (indexer/ivf.py)
     ivf_min_faces: int = 1_000_000

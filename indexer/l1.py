@@ -56,6 +56,29 @@ def _num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def release_pages(arr: np.ndarray, lo: int, hi: int) -> None:
+    """Drop bytes [lo, hi) of a read-only file memory map from this process's resident set.
+
+    Why: building the bounds reads every crop once; without this the whole pixel file (24.6 GB at
+    2M faces) would stay mapped and counted in the process's RSS, although only candidates are
+    read again. The kernel's page cache still keeps what it has room for.
+    """
+    import mmap
+
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or getattr(arr, "base", None) is None:
+        return
+    base = getattr(arr, "offset", 0) % mmap.ALLOCATIONGRANULARITY  # where the array starts in the mapping
+    page = mmap.PAGESIZE
+    a = -(-(base + lo) // page) * page
+    b = (base + hi) // page * page
+    if b > a:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+        except (OSError, ValueError):  # not worth failing a search index over
+            pass
+
+
 def _sort_topk(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of one query's (dist, id) pairs by (dist, id), padded with -1 to length k."""
     order = np.lexsort((ids, dist))[:k]
@@ -202,6 +225,7 @@ class L1Index:
             blk = np.asarray(self.vectors[start : start + _BUILD_CHUNK])
             f4 = _pool(blk, self.shape, b4, np.uint16 if 255 * b4 * b4 < 2**16 else np.int32)
             self._fill_levels(f4.astype(np.int32), slice(start, start + blk.shape[0]))
+            release_pages(self.vectors, start * self.d, (start + blk.shape[0]) * self.d)
 
         if n:
             with ThreadPoolExecutor(self.n_threads) as ex:

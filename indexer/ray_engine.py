@@ -3,10 +3,18 @@
 What runs where: the driver (``python -m indexer build``) lists the dataset, cuts the same chunks
 and tasks as the local engine (:func:`indexer.build.plan_tasks`), hands tasks to a pool of actors,
 checkpoints each finished chunk to ``<out>.partial/`` and assembles the index exactly as the local
-build does. Each actor runs the very function a local worker runs, :func:`indexer.build._process_chunk`
-(decode, detect/align, chip, descriptor, pixel vector), with its models loaded once in
-``__init__``: one torch thread per CPU actor, as a local worker; ``num_gpus=1`` actors embedding
-on their GPU when the cluster has GPUs (a capability check; untested here, no GPU).
+build does. The actors run the very functions a local worker runs, with their models loaded once
+in ``__init__`` (one torch thread per CPU actor, as a local worker):
+
+* without GPUs (the default on a CPU cluster), every actor runs a whole task,
+  :func:`indexer.build._process_chunk` (decode, detect/align, chip, descriptor, pixel vector);
+* with GPUs (a capability check on the cluster's resources; untested here, there is no GPU), the
+  work is split as the local CUDA build splits it: one ``num_gpus=1`` actor per GPU embeds chips
+  (:func:`indexer.build._embed_chips`, batched on its GPU), and an actor per remaining CPU runs
+  :func:`~indexer.build._process_chunk` without the descriptor. Each task's chips go from its
+  face actor to an embed actor through Ray's object store, never through the driver. Why: dlib's
+  face pipeline is CPU-bound and holds the GIL, so one CPU per GPU would leave the GPU idle.
+  ``--ray-embed-actors N`` forces the split (also on CPUs, which is how it is tested).
 
 Faults: actors are created with ``max_restarts=-1`` and ``max_task_retries=-1``: when an actor's
 process dies (OOM killer, kill -9) Ray starts it again and retries its tasks. When a whole node
@@ -32,29 +40,39 @@ from .datasets import Item
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT_PER_ACTOR = 2  # tasks queued per actor: it never waits for the driver between tasks
+IN_FLIGHT_PER_ACTOR = 2  # tasks queued per face actor: it never waits for the driver between tasks
 NODE_POLL_S = 1.0  # how often the driver checks for dead nodes
 STALL_S = 600.0  # no actor alive for this long: give up (the finished chunks stay for --resume)
 START_GRACE_S = 20.0  # work starts when every actor is ready, or this long after the first one is
 LOCAL_OBJECT_STORE = 512 << 20  # object store of a Ray instance the build starts itself
+ROLES = ("all", "faces", "embed")  # whole tasks | tasks without the descriptor | descriptors of chips
 
 
 class FaceWorker:
-    """A Ray actor: the local build's per-task function, with models loaded once."""
+    """A Ray actor: the local build's per-task functions, with models loaded once."""
 
-    def __init__(self, embedder: str, device: str):
+    def __init__(self, role: str, embedder: str, device: str):
         import ray
 
-        build_mod.init_task_worker(embedder, device, torch_threads=1)
+        build_mod.init_task_worker(None if role == "faces" else embedder, device, torch_threads=1)
+        self.role, self.embedder = role, embedder
         self.node = ray.get_runtime_context().get_node_id()
         self.pid = os.getpid()
 
     def ready(self) -> dict:
-        return {"node": self.node, "pid": self.pid}
+        return {"node": self.node, "pid": self.pid, "role": self.role}
 
-    def run(self, args: tuple) -> tuple[str, dict]:
-        """One task: exactly what a local worker process computes for it."""
-        return self.node, build_mod._process_chunk(args)
+    def run(self, args: tuple) -> tuple[list[str], dict]:
+        """One task: exactly what a local worker process computes for it (``args[2]`` None: chips
+        instead of descriptors, for an embed actor)."""
+        return [self.node], build_mod._process_chunk(args)
+
+    def embed(self, staged: tuple[list[str], dict]) -> tuple[list[str], dict]:
+        """The descriptors of a face actor's chips, as the local CUDA build's main process computes them."""
+        nodes, res = staged
+        res = dict(res)
+        res.update(build_mod._embed_chips(self.embedder, res.pop("chips")))
+        return [*nodes, self.node], res
 
 
 def _gpu_available(resources: dict, device: str) -> bool:
@@ -70,12 +88,15 @@ class RayEngine:
         self._started_ray = False
         self.started = False
         self.workers = 0
+        self.embed_workers = 0
         self.gpu = False
         self.device = "cpu"
         self.address = cfg.ray_address or "local"
         self.actors: list = []
+        self.roles: list[str] = []
         self.info: list[dict | None] = []
         self._ready: dict = {}  # ready() ref -> actor slot
+        self._cls: dict = {}
 
     def start(self) -> None:
         import ray
@@ -108,25 +129,37 @@ class RayEngine:
         if self.gpu and cfg.embedder != "torch":
             raise RuntimeError("GPU actors embed with torch; use --embedder torch or --device cpu")
         self.device = "cuda" if self.gpu else "cpu"
-        n = cfg.workers or int(res.get("GPU", 0) if self.gpu else res.get("CPU", 1))
-        self.workers = max(1, n)
-        opts = {"num_cpus": 1, "num_gpus": 1 if self.gpu else 0, "max_restarts": -1, "max_task_retries": -1}
-        self._actor_cls = ray.remote(**opts)(FaceWorker)
+        cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
+        n_embed = cfg.ray_embed_actors if cfg.ray_embed_actors is not None else (gpus if self.gpu else 0)
+        if n_embed and cfg.embedder != "torch":
+            raise RuntimeError("embed actors run the torch embedder; use --embedder torch")
+        self.embed_workers = max(0, n_embed)
+        self.workers = max(1, cfg.workers or cpus - self.embed_workers)
+        common = {"max_restarts": -1, "max_task_retries": -1}
+        self._cls = {
+            "all": ray.remote(num_cpus=1, **common)(FaceWorker),
+            "faces": ray.remote(num_cpus=1, **common)(FaceWorker),
+            "embed": ray.remote(num_cpus=1, num_gpus=1 if self.gpu else 0, **common)(FaceWorker),
+        }
         for _ in range(self.workers):
-            self._add_actor()
+            self._add_actor("faces" if self.embed_workers else "all")
+        for _ in range(self.embed_workers):
+            self._add_actor("embed")
         log.info(
-            "Ray %s: %d %s actors over %d node(s) (cluster: %s)",
+            "Ray %s: %d %s actors%s over %d node(s) (cluster: %s)",
             self.address,
             self.workers,
-            "GPU" if self.gpu else "CPU",
+            "face" if self.embed_workers else "CPU",
+            f" + {self.embed_workers} embed actors on the {self.device.upper()}" if self.embed_workers else "",
             len([x for x in ray.nodes() if x.get("Alive")]),
             {k: v for k, v in res.items() if k in ("CPU", "GPU")},
         )
 
-    def _add_actor(self, slot: int | None = None) -> None:
-        actor = self._actor_cls.remote(self.cfg.embedder, self.device)
+    def _add_actor(self, role: str, slot: int | None = None) -> None:
+        actor = self._cls[role].remote(role, self.cfg.embedder, self.device if role != "faces" else "cpu")
         if slot is None:
             self.actors.append(actor)
+            self.roles.append(role)
             self.info.append(None)
             slot = len(self.actors) - 1
         else:
@@ -134,7 +167,14 @@ class RayEngine:
         self._ready[actor.ready.remote()] = slot
 
     def manifest_info(self) -> dict:
-        return {"ray": {"address": self.address, "actors": self.workers, "gpu_actors": self.gpu}}
+        return {
+            "ray": {
+                "address": self.address,
+                "actors": self.workers,
+                "embed_actors": self.embed_workers,
+                "gpu_actors": self.gpu,
+            }
+        }
 
     def _alive_nodes(self) -> set[str]:
         import ray
@@ -151,15 +191,16 @@ class RayEngine:
         if not tasks:
             return
         n_parts = build_mod.parts_per_chunk(chunks, todo)
-        embed = self.cfg.embedder
+        split = self.embed_workers > 0
+        embed = None if split else self.cfg.embedder
 
         def args(task: tuple[int, int]) -> tuple:
             items = [(os.path.abspath(p), f) for p, f in build_mod.task_items(chunks, task)]
             return items, self.cfg.detector, embed
 
         queue = deque(tasks)
-        done: dict[tuple[int, int], tuple[str, dict]] = {}
-        inflight: dict = {}  # ref -> (task, slot)
+        done: dict[tuple[int, int], tuple[list[str], dict]] = {}
+        inflight: dict = {}  # final ref -> (task, slots that hold it)
         load = [0] * len(self.actors)
         last_poll = 0.0
         last_alive = time.monotonic()
@@ -175,13 +216,23 @@ class RayEngine:
                 first_ready is not None
                 and (all(i is not None for i in self.info) or time.monotonic() - first_ready > START_GRACE_S)
             )
+            ready_embed = [s for s, r in enumerate(self.roles) if r == "embed" and self.info[s] is not None]
             for slot, actor in enumerate(self.actors if started else ()):
+                if self.roles[slot] == "embed" or (split and not ready_embed):
+                    continue
                 while queue and self.info[slot] is not None and load[slot] < IN_FLIGHT_PER_ACTOR:
                     task = queue.popleft()
                     if task in done:
                         continue
-                    inflight[actor.run.remote(args(task))] = (task, slot)
-                    load[slot] += 1
+                    ref = actor.run.remote(args(task))
+                    slots = (slot,)
+                    if split:  # the chips go from this actor to the least busy embed actor
+                        e = min(ready_embed, key=lambda s: load[s])
+                        ref = self.actors[e].embed.remote(ref)
+                        slots = (slot, e)
+                    inflight[ref] = (task, slots)
+                    for s in slots:
+                        load[s] += 1
             waiting = list(inflight) + list(self._ready)
             if any(i is not None for i in self.info):
                 last_alive = time.monotonic()
@@ -199,30 +250,31 @@ class RayEngine:
                     except (RayActorError, RayTaskError) as e:
                         raise SystemExit(f"a Ray actor could not start: {e}") from None
                     inf = self.info[slot]
-                    log.info("Ray worker %d ready on node %s (pid %d)", slot, inf["node"], inf["pid"])
+                    log.info("Ray worker %d (%s) ready on node %s (pid %d)", slot, inf["role"], inf["node"], inf["pid"])
                     continue
-                task, slot = inflight.pop(ref)
-                load[slot] -= 1
+                task, slots = inflight.pop(ref)
+                for s in slots:
+                    load[s] -= 1
                 try:
-                    node, res = ray.get(ref, timeout=60)
-                except (RayActorError, GetTimeoutError) as e:  # the actor is gone for good: redo elsewhere
-                    log.warning("Ray actor %d failed on task %s (%s); resubmitting it", slot, task, type(e).__name__)
+                    nodes, res = ray.get(ref, timeout=60)
+                except (RayActorError, GetTimeoutError) as e:  # an actor is gone for good: redo elsewhere
+                    log.warning("Ray actor %s failed on task %s (%s); resubmitting it", slots, task, type(e).__name__)
                     queue.appendleft(task)
                     continue
                 except RayTaskError as e:  # the task itself raised (images never do: each gets a status)
                     raise SystemExit(f"a build task failed on Ray: {e}") from None
                 if task in done:
                     continue  # a resubmitted task whose first run finished after all
-                done[task] = (node, res)
+                done[task] = (nodes, res)
                 i = task[0]
                 parts[i] = parts.get(i, 0) + 1
                 if parts[i] == n_parts[i]:
                     los = range(0, len(chunks[i]), build_mod.TASK_SIZE)
                     got = [done[(i, lo)] for lo in los]
                     merged = build_mod._merge_parts([r for _, r in got])
-                    merged["nodes"] = sorted({nd for nd, _ in got})
+                    merged["nodes"] = sorted({nd for nds, _ in got for nd in nds})
                     save(i, merged)
-                    for lo in los:  # keep only the node id of saved tasks, not their arrays
+                    for lo in los:  # keep only the node ids of saved tasks, not their arrays
                         done[(i, lo)] = (done[(i, lo)][0], {})
             if time.monotonic() - last_poll >= NODE_POLL_S:
                 last_poll = time.monotonic()
@@ -237,19 +289,20 @@ class RayEngine:
         for slot, info in enumerate(self.info):
             if info is None or info["node"] in alive:
                 continue
-            lost = [(ref, t) for ref, (t, s) in inflight.items() if s == slot]
+            lost = [(ref, t, slots) for ref, (t, slots) in inflight.items() if slot in slots]
             log.warning(
                 "Ray node %s died: resubmitting the %d task(s) of its actor %d to the others",
                 info["node"],
                 len(lost),
                 slot,
             )
-            for ref, t in lost:
+            for ref, t, slots in lost:
                 del inflight[ref]
+                for s in slots:
+                    load[s] -= 1
                 queue.appendleft(t)
-            load[slot] = 0
             ray.kill(self.actors[slot], no_restart=True)
-            self._add_actor(slot)
+            self._add_actor(self.roles[slot], slot)
 
     def close(self) -> None:
         if not self.started:

@@ -249,35 +249,51 @@ class _FaceStream:
 
     def __init__(self, pieces: Iterable[tuple[np.ndarray, np.ndarray]]):
         self._it = iter(pieces)
-        self._desc: list[np.ndarray] = []
-        self._pix: list[np.ndarray] = []
-        self._have = 0
+        self._rest: tuple[np.ndarray, np.ndarray] | None = None
 
-    def take(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The next ``n`` faces (None for n = 0)."""
-        while self._have < n:
-            try:
-                d, p = next(self._it)
-            except StopIteration:
-                raise ValueError(f"the face stream ended {n - self._have} faces early") from None
-            self._desc.append(np.asarray(d, np.float32))
-            self._pix.append(np.asarray(p, np.uint8))
-            self._have += len(d)
-        if n == 0:
-            return None
-        d = self._desc[0] if len(self._desc) == 1 else np.concatenate(self._desc)
-        p = self._pix[0] if len(self._pix) == 1 else np.concatenate(self._pix)
-        self._desc, self._pix = [d[n:]], [p[n:]]
-        self._have -= n
-        return d[:n], p[:n]
+    def take(self, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The next ``n`` faces, in the pieces they came in (a piece is split where ``n`` ends)."""
+        while n > 0:
+            if self._rest is not None:
+                d, p = self._rest
+                self._rest = None
+            else:
+                try:
+                    d, p = next(self._it)
+                except StopIteration:
+                    raise ValueError(f"the face stream ended {n} faces early") from None
+            if len(d) > n:
+                self._rest = (d[n:], p[n:])
+                d, p = d[:n], p[:n]
+            n -= len(d)
+            if len(d):
+                yield np.asarray(d, np.float32), np.asarray(p, np.uint8)
 
     def exhausted(self) -> bool:
-        if self._have:
+        if self._rest is not None and len(self._rest[0]):
             return False
-        for d, _ in self._it:
-            if len(d):
-                return False
-        return True
+        return all(len(d) == 0 for d, _ in self._it)
+
+
+class _NpyWriter:
+    """Writes an ``.npy`` of a known shape piece by piece (the same bytes as ``np.save``)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype):
+        self.f = open(path, "wb")
+        self.left = shape[0]
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(self.f, header)
+        self.dtype = np.dtype(dtype)
+
+    def write(self, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, self.dtype)
+        self.left -= len(arr)
+        self.f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+
+    def close(self) -> None:
+        self.f.close()
+        if self.left != 0:
+            raise ValueError(f"{self.f.name}: {self.left} rows missing")
 
 
 def write_shards(
@@ -289,7 +305,8 @@ def write_shards(
 ) -> list[dict]:
     """Write the shard directories into ``tmp`` (an index directory being built) and return the
     manifest's shard list. ``rows`` in order with their global ``face`` numbers; ``pieces`` the
-    faces' descriptors and pixels in face order, in blocks of any size. Memory: one shard."""
+    faces' descriptors and pixels in face order, in blocks of any size. Memory: one shard's rows
+    and one piece."""
     from .store import save_npy
 
     if shard_size < 1:
@@ -298,32 +315,37 @@ def write_shards(
     shards: list[dict] = []
     row_it = iter(rows)
     r0 = f0 = 0
-    done = False
-    while not done:
+    while True:
         batch = []
         for r in row_it:
             batch.append(r)
             if len(batch) == shard_size:
                 break
-        done = len(batch) < shard_size
         if not batch and shards:
             break
         name = shard_name(len(shards))
         d = tmp / name
         d.mkdir()
         face_rows = np.array([r["row"] for r in batch if r.get("face") is not None], np.int64)
-        got = faces.take(len(face_rows))
-        desc, pix = got if got is not None else (np.zeros((0, 128), np.float32), np.zeros((0, pixel_dim), np.uint8))
         with open(d / "rows.jsonl", "w") as f:
             for r in batch:
                 f.write(json.dumps(r, separators=(",", ":")) + "\n")
-        save_npy(d / "descriptors.npy", np.ascontiguousarray(desc, np.float32))
-        save_npy(d / "pixels.npy", np.ascontiguousarray(pix, np.uint8))
         save_npy(d / "face_rows.npy", face_rows)
+        wd = _NpyWriter(d / "descriptors.npy", (len(face_rows), 128), np.float32)
+        wp = _NpyWriter(d / "pixels.npy", (len(face_rows), pixel_dim), np.uint8)
+        try:
+            for desc, pix in faces.take(len(face_rows)):
+                wd.write(desc)
+                wp.write(pix)
+        finally:
+            wd.close()
+            wp.close()
         shards.append({"name": name, "rows": [r0, r0 + len(batch)], "faces": [f0, f0 + len(face_rows)]})
         r0 += len(batch)
         f0 += len(face_rows)
-        log.debug("wrote %s: rows %d, faces %d", name, len(batch), len(face_rows))
+        log.info("wrote %s: rows %d-%d, %d faces", name, shards[-1]["rows"][0], r0 - 1, len(face_rows))
+        if len(batch) < shard_size:
+            break
     if not faces.exhausted():
         raise ValueError("more faces than ok rows")
     return shards

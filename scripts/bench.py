@@ -705,7 +705,7 @@ def bench_pixel(a: argparse.Namespace, work: Path, searchers: Searchers) -> dict
 class Server:
     """`python -m service` in a subprocess, on a free port; stopped with SIGTERM."""
 
-    def __init__(self, index: Path, work: Path, device: str, name: str):
+    def __init__(self, index: Path, work: Path, device: str, name: str, extra: list[str] | tuple[str, ...] = ()):
         self.log_path = work / f"server-{name}.log"
         self._log = open(self.log_path, "w")
         t0 = time.perf_counter()
@@ -722,6 +722,7 @@ class Server:
                 "WARNING",
                 "--device",
                 device,
+                *extra,
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,

@@ -110,7 +110,8 @@ def test_two_node_ray_build_equals_the_local_build(cluster, local_ref, tmp_path)
 
 def test_bad_input_gets_the_local_statuses_on_a_local_ray_instance(cluster, tmp_path):
     """Unreadable, truncated, empty and faceless files; --engine ray without an address starts its
-    own Ray instance (inside the namespace too, so it can only use loopback)."""
+    own Ray instance (inside the namespace too, so it can only use loopback). With one embed
+    actor: the split that GPU clusters get (face actors cut chips, the embed actor embeds them)."""
     ds = tmp_path / "ds"
     ds.mkdir()
     _write_bad_folder(ds)
@@ -119,15 +120,17 @@ def test_bad_input_gets_the_local_statuses_on_a_local_ray_instance(cluster, tmp_
     ref = store.load_index(
         build_index(tmp_path / "local", root=ds, dataset="folder", detector="hog", identity_from_folders=True)
     )
-    r = cluster.run(*BUILD, *args, "--out", str(tmp_path / "ray"))
+    out = tmp_path / "ray"
+    env = {"RAY_TMPDIR": str(cluster.temp_dir)}  # the instance's session files go with the cluster's
+    r = cluster.run(*BUILD, *args, "--ray-embed-actors", "1", "--out", str(out), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    idx = store.load_index(tmp_path / "ray")
+    idx = store.load_index(out)
     assert list(idx.rows) == list(ref.rows)
     assert idx.manifest["counts"] == ref.manifest["counts"]
     by_file = {r["file"]: r for r in idx.rows}
     assert {f for f, r in by_file.items() if r["status"] == "unreadable"} == {"zero.jpg", "truncated.jpg", "text.jpg"}
     assert by_file["grey.png"]["status"] == "no_face" and idx.manifest["counts"]["ok"] >= 1
-    assert idx.manifest["build"]["ray"]["address"] == "local"
+    assert idx.manifest["build"]["ray"] == {"address": "local", "actors": 1, "embed_actors": 1, "gpu_actors": False}
     np.testing.assert_allclose(np.asarray(idx.descriptors), ref.descriptors, atol=1e-5)
 
 
