@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         default=ivf.DEFAULT_SPEC,
         help="faiss.index_factory string; {nlist} is filled from the size (e.g. 'IVF{nlist},PQ32' for 32 B/face)",
     )
+    b.add_argument(
+        "--semantic-calibration-sample",
+        type=int,
+        default=250_000,
+        help="above this many faces, calibrate a seeded sample of them against every face (0: all faces; "
+        "the exact self-search costs N^2 distances)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="describe an index", description="Print an index's manifest summary.")
     i.add_argument("index", help="index directory")
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             identity_from_folders=args.identity_from_folders,
             pixel_calibration_sample=args.pixel_calibration_sample,
+            semantic_calibration_sample=args.semantic_calibration_sample,
             progress=not args.no_progress,
             engine=args.engine,
             ray_address=args.ray_address,

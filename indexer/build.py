@@ -76,6 +76,7 @@ class BuildConfig:
     overwrite: bool = False
     identity_from_folders: bool = False
     pixel_calibration_sample: int = 5000
+    semantic_calibration_sample: int = 250_000  # above it a seeded sample is calibrated (0: every face)
     progress: bool = True
     embed_in: str = "auto"  # auto | main | workers: where descriptors are computed (see plan_embedding)
     preload_workers: bool = True  # CPU torch: fork pre-loaded workers (False: spawn them, as measured before)
@@ -678,9 +679,13 @@ def _build(
         use_ivf = cfg.ivf == "on" or (cfg.ivf == "auto" and f >= cfg.ivf_min_faces)
 
         def calibration(desc, pix) -> dict[str, np.ndarray]:
-            calib = calibrate.semantic_calibration(np.asarray(desc), idents, device=device)
+            calib = calibrate.semantic_calibration(
+                np.asarray(desc), idents, device=device, sample=cfg.semantic_calibration_sample or None
+            )
             calib.update(calibrate.pixel_calibration(pix, cfg.pixel_calibration_sample, device=device))
             manifest["pixel_calibration_sample"] = int(len(calib["pix_loo"]))
+            if "sem_rows" in calib:  # absent (every face calibrated) in indexes of up to that many faces
+                manifest["semantic_calibration_sample"] = int(len(calib["sem_rows"]))
             return calib
 
         def finish_times() -> None:

@@ -19,53 +19,71 @@ log = logging.getLogger(__name__)
 
 
 def semantic_calibration(
-    desc: np.ndarray, idents: np.ndarray, k: int = 64, device: str = "cpu", batch: int = 8192
+    desc: np.ndarray,
+    idents: np.ndarray,
+    k: int = 64,
+    device: str = "cpu",
+    batch: int = 8192,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Per-face nearest Euclidean distances: ``sem_loo``, ``sem_diff_id``, ``sem_same_id`` (NaN when
-    undefined: unknown identity, or an identity with a single face)."""
+    undefined: unknown identity, or an identity with a single face).
+
+    ``sample``: above this many faces, only a seeded sample of faces is calibrated (each against
+    every face), and ``sem_rows`` says which. Why: the exact self-search costs N² distances
+    (2M faces: 4·10¹² of them), while the statistics read these arrays only as distributions,
+    whose quantiles a few hundred thousand draws pin down."""
     n = len(desc)
-    loo = np.full(n, np.nan, np.float32)
-    diff = np.full(n, np.nan, np.float32)
-    same = np.full(n, np.nan, np.float32)
+    rows = np.arange(n)
+    if sample and n > sample:
+        rows = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    m = len(rows)
+    loo = np.full(m, np.nan, np.float32)
+    diff = np.full(m, np.nan, np.float32)
+    same = np.full(m, np.nan, np.float32)
+    extra = {"sem_rows": rows.astype(np.int64)} if m < n else {}
     if n < 2:
-        return {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same}
+        return {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same, **extra}
     desc = np.ascontiguousarray(desc, dtype=np.float32)
     index = faiss_index(desc, "l2", device)
     kk = min(k, n)
     known = idents >= 0
-    for s in range(0, n, batch):
-        q = desc[s : s + batch]
+    for s in range(0, m, batch):
+        q = desc[rows[s : s + batch]]
         _, ids = index.search(q, kk)
         for j in range(len(q)):
-            i = s + j
+            i = int(rows[s + j])
             nb = ids[j][(ids[j] != i) & (ids[j] >= 0)]
             exact = np.linalg.norm(desc[nb] - desc[i], axis=1)  # exact, not faiss's expanded form
             order = np.argsort(exact, kind="stable")
             nb, exact = nb[order], exact[order]
-            loo[i] = exact[0]
+            loo[s + j] = exact[0]
             if known[i]:
                 other = idents[nb] != idents[i]
                 if other.any():
-                    diff[i] = exact[np.argmax(other)]
+                    diff[s + j] = exact[np.argmax(other)]
                 mine = idents[nb] == idents[i]
                 if mine.any():
-                    same[i] = exact[np.argmax(mine)]
+                    same[s + j] = exact[np.argmax(mine)]
     # Faces whose k nearest were all one kind: finish them exactly by brute force.
     same_count = np.bincount(idents[known], minlength=max(int(idents.max()), 0) + 1)
-    todo_diff = np.where(known & np.isnan(diff))[0]
-    todo_same = np.where(known & np.isnan(same) & (same_count[np.maximum(idents, 0)] > 1))[0]
-    for i in np.union1d(todo_diff, todo_same):
+    kr = known[rows]
+    todo_diff = np.where(kr & np.isnan(diff))[0]
+    todo_same = np.where(kr & np.isnan(same) & (same_count[np.maximum(idents[rows], 0)] > 1))[0]
+    for p in np.union1d(todo_diff, todo_same):
+        i = int(rows[p])
         d = np.linalg.norm(desc - desc[i], axis=1)
         d[i] = np.inf
         other = idents != idents[i]
-        if np.isnan(diff[i]) and other.any():
-            diff[i] = d[other].min()
+        if np.isnan(diff[p]) and other.any():
+            diff[p] = d[other].min()
         mine = idents == idents[i]
         mine[i] = False
-        if np.isnan(same[i]) and mine.any():
-            same[i] = d[mine].min()
-    log.info("semantic calibration: %d faces, %d finished by brute force", n, len(todo_diff) + len(todo_same))
-    return {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same}
+        if np.isnan(same[p]) and mine.any():
+            same[p] = d[mine].min()
+    log.info("semantic calibration: %d of %d faces, %d finished by brute force", m, n, len(todo_diff) + len(todo_same))
+    return {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same, **extra}
 
 
 def pixel_calibration(

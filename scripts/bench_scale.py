@@ -314,6 +314,9 @@ def bench_pixel(a: argparse.Namespace) -> dict:
         recall = float(np.mean([len(set(g) & set(w)) / k for g, w in zip(got, want)]))
         top1 = float(np.mean(got[:, 0] == want[:, 0]))
         out[name] = {"q_per_s": len(q) / dt, "recall_at_k": recall, "top1_agreement": top1}
+        if name == "neardup":  # is the top-1 a copy of the face the query was made from (row j, j mod m = source)?
+            out[name]["top1_is_source_copy"] = float(np.mean(got[:, 0] % m == pick))
+            out[name]["exact_top1_is_source_copy"] = float(np.mean(want[:, 0] % m == pick))
         log.info("pixel fallback %s: %.1f q/s, recall@%d %.3f, top-1 %.3f", name, len(q) / dt, k, recall, top1)
     return {
         "n": a.n,
@@ -421,8 +424,9 @@ def table(res: dict) -> str:
             f"| pixel | fallback: exact L1 over the {p['fallback_candidates']} semantic neighbours: held-out / "
             f"near-dup q/s; recall@{p['k']} vs exact {f['heldout']['recall_at_k']:.3f} / "
             f"{f['neardup']['recall_at_k']:.3f} (top-1 {f['heldout']['top1_agreement']:.3f} / "
-            f"{f['neardup']['top1_agreement']:.3f}) | {fmt_rate(f['heldout']['q_per_s'])} / "
-            f"{fmt_rate(f['neardup']['q_per_s'])} | | |"
+            f"{f['neardup']['top1_agreement']:.3f}); near-dup top-1 is a copy of its source face: "
+            f"{f['neardup']['top1_is_source_copy']:.3f} (exact: {f['neardup']['exact_top1_is_source_copy']:.3f}) | "
+            f"{fmt_rate(f['heldout']['q_per_s'])} / {fmt_rate(f['neardup']['q_per_s'])} | | |"
         )
     s = res.get("service")
     if s:

@@ -237,3 +237,17 @@ def test_local_build_writes_shards_and_an_ivf(tmp_path):
     assert s.search_info()["semantic"]["method"] == "ivf"
     d, i = s.semantic_search(np.asarray(mono.descriptors[:10]), 1)
     assert (i[:, 0] == np.arange(10)).all() and (d[:, 0] == 0).all()
+
+
+def test_sampled_semantic_calibration_equals_the_full_one_on_its_rows(small_index):
+    """Large builds calibrate a seeded sample of faces, each against every face: the values at
+    the sampled rows are exactly the full calibration's."""
+    from indexer.calibrate import semantic_calibration
+
+    desc, ids = small_index.descriptors, small_index.identity_codes()
+    full = semantic_calibration(desc, ids)
+    part = semantic_calibration(desc, ids, sample=120, seed=3)
+    rows = part["sem_rows"]
+    assert len(rows) == 120 == len(set(rows.tolist())) and "sem_rows" not in full
+    for key in ("sem_loo", "sem_diff_id", "sem_same_id"):
+        np.testing.assert_array_equal(part[key], full[key][rows])
