@@ -29,6 +29,9 @@ def _summary(idx: store.FaceIndex) -> dict:
         "pipeline": m["pipeline"],
         "counts": m["counts"],
         "faces": idx.n_faces,
+        "layout": m.get("layout", "monolithic"),
+        "shards": len(m.get("shards", [])) or 1,
+        "semantic_ivf": m.get("semantic_ivf") if idx.ivf_path is not None else None,
         "build": m["build"],
         "model_sha256": {k: v[:16] for k, v in m["model_sha256"].items()},
         "libraries": m["libraries"],
@@ -210,7 +213,13 @@ def main(argv: list[str] | None = None) -> int:
             f"device={s['pipeline']['device']}"
         )
         print(f"rows       ok={c['ok']} no_face={c['no_face']} unreadable={c['unreadable']} faces={s['faces']}")
-        print(f"build      {s['build']['seconds']} s, stages {s['build'].get('stage_seconds')}")
+        b = s["build"]
+        ivf_spec = s["semantic_ivf"]["spec"] if s["semantic_ivf"] else "none"
+        print(f"layout     {s['layout']}, {s['shards']} shard(s), IVF {ivf_spec}")
+        print(
+            f"build      {b['seconds']} s, engine {b.get('engine', 'local')}"
+            f"{', nodes ' + str(len(b['nodes'])) if b.get('nodes') else ''}, stages {b.get('stage_seconds')}"
+        )
         print(f"calibration {json.dumps(s['calibration'])}")
     return 0
 

@@ -128,6 +128,7 @@ class LocalBackend:
             "model_sha256": m.get("model_sha256", {}),
             "libraries": m.get("libraries", {}),
             "calibration": stats.calibrate(self.index.calibration).to_dict(pixels.PIXEL_DIM),
+            "search": self.searcher.search_info(),
             "root": str(self.index.dataset_root),
             "path": self.where,
         }

@@ -378,6 +378,7 @@ def _register(app: Flask) -> None:
                     "k_max": api.K_MAX,
                 },
                 "device": st.searcher.device,
+                "search": st.searcher.search_info(),
             }
         )
 

@@ -5,9 +5,9 @@ child processes with ``--node-ip-address=127.0.0.1`` and stopped by pid). Every 
 ``python -m indexer build`` inside the namespace. The reference is the local engine's build of the
 same images; the Ray index must equal it: the same rows, descriptors within 1e-5, identical pixel
 vectors, the same calibration and manifest (plus ``build.engine`` and ``build.nodes``), and the
-same answers from a sharded Ray index as from the monolithic local one. Faults are real: a
-``kill -9`` of the actor process on the worker node, and ``SIGKILL`` to the worker node's whole
-process group, mid-build.
+same answers from a sharded Ray index as from the monolithic local one. Faults are real, mid-build:
+``SIGKILL`` to the driver (then ``--resume``), ``kill -9`` of the actor process on the worker node,
+and ``SIGKILL`` to the worker node's whole process group.
 """
 
 from __future__ import annotations
@@ -83,15 +83,29 @@ def _kill_mid_build(cluster: LoopbackCluster, out: Path, kill) -> str:
 
 
 def test_two_node_ray_build_equals_the_local_build(cluster, local_ref, tmp_path):
-    """Sharded on the way (--shard-size): the same index and the same answers as the monolithic local one."""
+    """Killed (the driver, SIGKILL) after two checkpointed chunks, then --resume: the same index and,
+    sharded on the way (--shard-size), the same answers as the monolithic local build."""
     from service.search import Searcher
 
     out = tmp_path / "ray"
-    r = cluster.run(*BUILD, *CELEBA, "--ray-address", cluster.address, "--out", str(out), "--shard-size", "100")
+    args = [*BUILD, *CELEBA, "--ray-address", cluster.address, "--out", str(out), "--shard-size", "100"]
+    p = cluster.popen(*args, log=tmp_path / "first.log")
+    partial = tmp_path / "ray.partial"
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None and len(list(partial.glob("chunk-*.npz"))) < 2:
+        time.sleep(0.02)
+    assert p.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    kept = len(list(partial.glob("chunk-*.npz")))
+    assert 2 <= kept < -(-N_IMAGES // CHUNK) and not out.exists()
+    r = cluster.run(*args, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming: {kept} of {-(-N_IMAGES // CHUNK)} chunks already done" in r.stderr
     idx = store.load_index(out, verify_hashes=True)
     assert_same_index(idx, local_ref)
     build = idx.manifest["build"]
+    assert build["resumed"] is True
     assert len(cluster.nodes) == 2 and sorted(build["nodes"]) == sorted(cluster.nodes), build
     assert build["ray"]["actors"] == 2 and build["workers"] == 2
     assert [s["rows"] for s in idx.manifest["shards"]] == [[0, 100], [100, 200], [200, 240]]
@@ -99,11 +113,9 @@ def test_two_node_ray_build_equals_the_local_build(cluster, local_ref, tmp_path)
     a, b = Searcher(local_ref, device="cpu"), Searcher(idx, device="cpu")
     rng = np.random.default_rng(0)
     q = local_ref.descriptors[::7] + rng.normal(0, 0.02, local_ref.descriptors[::7].shape).astype(np.float32)
-    p = np.asarray(local_ref.pixels[3::9])
-    for x, y in (
-        *zip(a.semantic_search(q, 5), b.semantic_search(q, 5)),
-        *zip(a.pixel_search(p, 5), b.pixel_search(p, 5)),
-    ):
+    px = np.asarray(local_ref.pixels[3::9])
+    pairs = [*zip(a.semantic_search(q, 5), b.semantic_search(q, 5)), *zip(a.pixel_search(px, 5), b.pixel_search(px, 5))]
+    for x, y in pairs:
         np.testing.assert_array_equal(x, y)
     assert b.search_info()["semantic"] == {"method": "exact", "exact": True, "faces": 240, "shards": 3}
 
