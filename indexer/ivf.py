@@ -73,21 +73,41 @@ def build(blocks: Sequence[np.ndarray], spec: str = DEFAULT_SPEC, seed: int = 0,
     return index
 
 
-def load(path, mmap: bool = True):
-    """Read a stored IVF index (its inverted lists memory-mapped when ``mmap``)."""
+def load(path, mmap: bool = True, device: str = "cpu"):
+    """Read a stored IVF index (its inverted lists memory-mapped when ``mmap``), and move it to
+    GPU 0 when ``device`` is cuda and faiss has GPU support (capability-checked; untested here)."""
     import faiss
 
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
-        return faiss.read_index(str(path), flags)
+        index = faiss.read_index(str(path), flags)
     except RuntimeError:  # an index type without mmap support: read it whole
-        return faiss.read_index(str(path))
+        index = faiss.read_index(str(path))
+    return to_device(index, device)
+
+
+def to_device(index, device: str):
+    from .devices import faiss_gpus
+
+    if device != "cuda" or faiss_gpus() == 0:
+        return index
+    import faiss
+
+    from . import devices
+
+    if devices._gpu_res is None:
+        devices._gpu_res = faiss.StandardGpuResources()
+    log.info("faiss: moving the IVF index (%d vectors) to GPU 0", index.ntotal)
+    return faiss.index_cpu_to_gpu(devices._gpu_res, 0, index)
 
 
 def describe(index) -> dict:
     import faiss
 
-    ivf = faiss.extract_index_ivf(index)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # a GPU index: read its CPU twin's parameters
+        ivf = faiss.extract_index_ivf(faiss.index_gpu_to_cpu(index))
     return {"nlist": int(ivf.nlist), "nprobe": int(ivf.nprobe), "faces": int(index.ntotal)}
 
 
@@ -95,6 +115,13 @@ def candidates(index, queries: np.ndarray, k: int, nprobe: int = DEFAULT_NPROBE)
     """The approximate top-k ids (−1 padded) for exact re-ranking."""
     import faiss
 
-    params = faiss.SearchParametersIVF(nprobe=int(nprobe))
-    _, ids = index.search(np.ascontiguousarray(queries, np.float32), k, params=params)
+    q = np.ascontiguousarray(queries, np.float32)
+    if isinstance(index, faiss.IndexIVF):  # per-call parameters: safe with concurrent requests
+        _, ids = index.search(q, k, params=faiss.SearchParametersIVF(nprobe=int(nprobe)))
+    else:  # wrapped (e.g. "OPQ16,IVF...") or GPU (untested here): the index's own setting
+        try:
+            faiss.ParameterSpace().set_index_parameter(index, "nprobe", int(nprobe))
+        except RuntimeError:
+            index.nprobe = int(nprobe)
+        _, ids = index.search(q, k)
     return ids.astype(np.int64)

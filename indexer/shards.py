@@ -223,22 +223,21 @@ class ShardedL1:
         """Same contract as :meth:`L1Index.search`, over global row ids."""
         nq = len(queries)
         ex = np.full(nq, -1, np.int64) if exclude_self is None else np.asarray(exclude_self, np.int64)
-        ds, ids, stats = [], [], []
+        best_d = np.full((nq, k), -1, np.int64)
+        best_i = np.full((nq, k), -1, np.int64)
+        stats = []
         for s, shard in zip(self.starts, self.shards):
             if shard.ntotal == 0:
                 continue
             local_ex = np.where((ex >= s) & (ex < s + shard.ntotal), ex - s, -1)
-            d, i = shard.search(queries, k, exclude_self=local_ex)
-            ds.append(d)
-            ids.append(np.where(i >= 0, i + s, -1))
+            # the k-th distance found so far bounds this shard's search: it prunes far more
+            bound = np.where(best_i[:, -1] >= 0, best_d[:, -1], np.inf)
+            d, i = shard.search(queries, k, exclude_self=local_ex, bound=bound)
+            best_d, best_i = merge_topk([best_d, d], [best_i, np.where(i >= 0, i + s, -1)], k, pad=-1)
             stats.append(shard.last_stats)
-        if not ds:
-            return np.full((nq, k), -1, np.int64), np.full((nq, k), -1, np.int64)
         if stats and stats[0]:
             self.last_stats = {key: float(sum(st.get(key, 0.0) for st in stats)) for key in stats[0]}
-        if len(ds) == 1:
-            return ds[0], ids[0]
-        return merge_topk(ds, ids, k, pad=-1)
+        return best_d, best_i
 
 
 # ----------------------------------------------------------------------------- writing

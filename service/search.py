@@ -89,6 +89,7 @@ class Searcher:
         self.ivf_nprobe = int(ivf_nprobe)
         if semantic == "ivf" or (semantic == "auto" and n > exact_max_faces):
             self.ivf = self._load_ivf()
+        self.ivf_nlist = ivf.describe(self.ivf)["nlist"] if self.ivf is not None else None
         if n <= pixel_exact_max_faces:
             self.l1: ShardedL1 | None = ShardedL1(index.pixel_blocks(), use_gpu=self.device == "cuda")
         else:
@@ -106,13 +107,15 @@ class Searcher:
 
     def _load_ivf(self):
         if self.index.ivf_path is not None:
-            return ivf.load(self.index.ivf_path)
+            return ivf.load(self.index.ivf_path, device=self.device)
         log.warning(
             "the index has no IVF file (build with --ivf); training one in memory on a sample of "
             "%d faces, which takes a while for large indexes",
             self.index.n_faces,
         )
-        return ivf.build(self.index.descriptor_blocks()) if self.index.n_faces else None
+        if not self.index.n_faces:
+            return None
+        return ivf.to_device(ivf.build(self.index.descriptor_blocks()), self.device)
 
     def search_info(self, channels: Sequence[str] = ("semantic", "pixel")) -> dict:
         """How each channel searches: the ``search`` object of a response."""
@@ -123,7 +126,7 @@ class Searcher:
                 out["semantic"] = {
                     "method": "ivf",
                     "exact": False,
-                    "nlist": ivf.describe(self.ivf)["nlist"],
+                    "nlist": self.ivf_nlist,
                     "nprobe": self.ivf_nprobe,
                     "faces": self.index.n_faces,
                     "shards": shards,

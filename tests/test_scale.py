@@ -251,3 +251,18 @@ def test_sampled_semantic_calibration_equals_the_full_one_on_its_rows(small_inde
     assert len(rows) == 120 == len(set(rows.tolist())) and "sem_rows" not in full
     for key in ("sem_loo", "sem_diff_id", "sem_same_id"):
         np.testing.assert_array_equal(part[key], full[key][rows])
+
+
+def test_sharded_l1_with_ties_across_shards_equals_brute_force(small_index):
+    """The running k-th distance of earlier shards bounds later ones; exact ties across shards
+    must still come out ordered by (distance, global id)."""
+    pix = np.asarray(small_index.pixels).copy()
+    for dup in (40, 130, 250, 299):  # row 7's crop in four other shards
+        pix[dup] = pix[7]
+    pix[200] = pix[11]
+    q = np.concatenate([pix[[7, 11, 0, 150]], np.asarray(small_index.pixels[5::37])])
+    want = l1_brute_force(pix, q, 6)
+    got = shards.ShardedL1([pix[i : i + 60] for i in range(0, len(pix), 60)]).search(q, 6)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    assert list(got[1][0, :5]) == [7, 40, 130, 250, 299] and (got[0][0, :5] == 0).all()
