@@ -6,6 +6,11 @@ measurement to JSON (--json). A script, not a timed test.
 
 Rows (select with --only):
 
+  build    The same --build-images celeba10k images indexed by `python -m indexer build` with
+           --engine local and with --engine ray (a local Ray instance, one actor per core), in
+           fresh processes, alternating, --build-rounds rounds: img/s through the face pipeline
+           (manifest build.face_pipeline_seconds, actor start-up included) and the whole process.
+           On one machine this shows Ray's overhead, not a cluster's speed-up.
   flat     Exact semantic top-5, queries/s at batch 1, 16, 64, at each --flat-sizes N. facemem:
            indexer.flat.ExactL2 (the service's exact channel: matrix product with a proven float32
            error bound + float64 re-rank) over the index's memory-mapped shards. Baseline: bare FAISS
@@ -71,7 +76,7 @@ from scripts.bench_data import augment, default_data_root, iter_expanded_crops  
 
 log = logging.getLogger("bench_scale")
 
-ROWS = ("flat", "ivf", "pixel", "service")
+ROWS = ("build", "flat", "ivf", "pixel", "service")
 BATCHES = (1, 16, 64)
 
 
@@ -188,6 +193,49 @@ def rate(fn, q: np.ndarray, batch: int, min_s: float) -> float:
 # ----------------------------------------------------------------------------- rows
 
 
+def bench_build(a: argparse.Namespace) -> dict:
+    import subprocess
+
+    from indexer.store import read_manifest
+
+    out: dict[str, list[dict]] = {"local": [], "ray": []}
+    for _ in range(a.build_rounds):
+        for engine in ("local", "ray"):
+            dest = a.work / f"build-{engine}"
+            cmd = [
+                sys.executable,
+                "-m",
+                "indexer",
+                "build",
+                "--dataset",
+                "celeba",
+                "--root",
+                str(a.data / "celeba10k"),
+                "--limit",
+                str(a.build_images),
+                "--out",
+                str(dest),
+                "--overwrite",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--engine",
+                engine,
+            ]
+            la = loadavg()[0]
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if r.returncode != 0:
+                raise SystemExit(f"--engine {engine} build failed:\n{r.stderr[-3000:]}")
+            b = read_manifest(dest)["build"]
+            run = {"pipeline_img_per_s": a.build_images / b["face_pipeline_seconds"], "process_s": wall, "load1": la}
+            out[engine].append(run)
+            log.info("build --engine %s: %.1f img/s through the pipeline, %.1f s process", engine, *run.values())
+    med = {e: statistics.median(x["pipeline_img_per_s"] for x in v) for e, v in out.items()}
+    return {"images": a.build_images, "runs": out, "median_img_per_s": med, "ratio": med["ray"] / med["local"]}
+
+
 def bench_flat(a: argparse.Namespace) -> list[dict]:
     qd, _, _ = queries(a)
     return [_flat_at(a, n, qd) for n in a.flat_sizes]
@@ -240,22 +288,15 @@ def bench_ivf(a: argparse.Namespace) -> dict:
     exact_d, exact_i = s.flat.search(qd, k)
     la0 = loadavg()
     exact_rate = {b: rate(lambda q: s.flat.search(q, k), qd, b, a.min_s) for b in (1, 64)}
-    rows = []
-    for nprobe in a.nprobe:
-        s.ivf_nprobe = nprobe
-        _, got = s.semantic_search(qd, k)
-        recall = float(np.mean([len(set(g) & set(e)) / k for g, e in zip(got, exact_i)]))
-        r = {b: rate(lambda q: s.semantic_search(q, k), qd, b, a.min_s) for b in (1, 64)}
-        rows.append(
-            {
-                "nprobe": nprobe,
-                "recall_at_k": recall,
-                "q_per_s": r,
-                "speedup_vs_exact": {b: r[b] / exact_rate[b] for b in r},
-            }
-        )
-        log.info("ivf nprobe %d: recall@%d %.4f, %s q/s (exact %s)", nprobe, k, recall, r, exact_rate)
+    rows = _ivf_sweep(s, qd, exact_i, a.nprobe, k, a.min_s, exact_rate)
     info = ivf.describe(s.ivf)
+    extra = []
+    for spec in a.ivf_extra:  # other index_factory strings, trained in memory on the same shards
+        t0 = time.perf_counter()
+        s.ivf = ivf.build(idx.descriptor_blocks(), spec, seed=a.seed)
+        t_build = time.perf_counter() - t0
+        sweep = _ivf_sweep(s, qd, exact_i, a.nprobe, k, a.min_s, exact_rate)
+        extra.append({"spec": spec, "build_s": t_build, "nprobe": sweep})
     return {
         "n": a.n,
         "k": k,
@@ -266,9 +307,29 @@ def bench_ivf(a: argparse.Namespace) -> dict:
         "load_s": t_load,
         "exact_q_per_s": exact_rate,
         "nprobe": rows,
+        "extra_specs": extra,
         "load_before": la0,
         "load_after": loadavg(),
     }
+
+
+def _ivf_sweep(s, qd: np.ndarray, exact_i: np.ndarray, nprobes: list[int], k: int, min_s: float, exact_rate: dict):
+    rows = []
+    for nprobe in nprobes:
+        s.ivf_nprobe = nprobe
+        _, got = s.semantic_search(qd, k)
+        recall = float(np.mean([len(set(g) & set(e)) / k for g, e in zip(got, exact_i)]))
+        r = {b: rate(lambda q: s.semantic_search(q, k), qd, b, min_s) for b in (1, 64)}
+        rows.append(
+            {
+                "nprobe": nprobe,
+                "recall_at_k": recall,
+                "q_per_s": r,
+                "speedup_vs_exact": {b: r[b] / exact_rate[b] for b in r},
+            }
+        )
+        log.info("ivf nprobe %d: recall@%d %.4f, %s q/s (exact %s)", nprobe, k, recall, r, exact_rate)
+    return rows
 
 
 def bench_pixel(a: argparse.Namespace) -> dict:
@@ -394,6 +455,15 @@ def bench_service(a: argparse.Namespace) -> dict:
 
 def table(res: dict) -> str:
     lines = ["| row | benchmark | facemem | baseline | ratio |", "|---|---|---|---|---|"]
+    bd = res.get("build")
+    if bd:
+        proc = {e: statistics.median(x["process_s"] for x in v) for e, v in bd["runs"].items()}
+        lines.append(
+            f"| build | {bd['images']:,} celeba10k images, --engine ray (local Ray instance) vs --engine local: img/s "
+            f"through the face pipeline (median of {len(bd['runs']['ray'])}; whole process "
+            f"{proc['ray']:.1f} s vs {proc['local']:.1f} s) | {fmt_rate(bd['median_img_per_s']['ray'])} | "
+            f"{fmt_rate(bd['median_img_per_s']['local'])} (local) | {bd['ratio']:.2f}x |"
+        )
     for r in res.get("flat", []):
         for b in BATCHES:
             x = r[f"b{b}"]
@@ -404,13 +474,14 @@ def table(res: dict) -> str:
             )
     v = res.get("ivf")
     if v:
-        for r in v["nprobe"]:
-            lines.append(
-                f"| ivf | {v['spec']} N={v['n']:,}, nprobe {r['nprobe']}: recall@{v['k']} {r['recall_at_k']:.4f} "
-                f"(q/s at batch 64 / 1) | {fmt_rate(r['q_per_s'][64])} / {fmt_rate(r['q_per_s'][1])} | "
-                f"{fmt_rate(v['exact_q_per_s'][64])} / {fmt_rate(v['exact_q_per_s'][1])} (exact flat) | "
-                f"{r['speedup_vs_exact'][64]:.1f}x / {r['speedup_vs_exact'][1]:.1f}x |"
-            )
+        for spec, sweep in [(v["spec"], v["nprobe"]), *((e["spec"], e["nprobe"]) for e in v.get("extra_specs", []))]:
+            for r in sweep:
+                lines.append(
+                    f"| ivf | {spec} N={v['n']:,}, nprobe {r['nprobe']}: recall@{v['k']} {r['recall_at_k']:.4f} "
+                    f"(q/s at batch 64 / 1) | {fmt_rate(r['q_per_s'][64])} / {fmt_rate(r['q_per_s'][1])} | "
+                    f"{fmt_rate(v['exact_q_per_s'][64])} / {fmt_rate(v['exact_q_per_s'][1])} (exact flat) | "
+                    f"{r['speedup_vs_exact'][64]:.1f}x / {r['speedup_vs_exact'][1]:.1f}x |"
+                )
     p = res.get("pixel")
     if p:
         e, f = p["exact"], p["fallback"]
@@ -459,10 +530,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows of {','.join(ROWS)}")
     ap.add_argument("--n", type=int, default=2_000_000, help="faces in the synthetic index (ivf, pixel, service)")
+    ap.add_argument("--build-images", type=int, default=1000, help="build row: celeba10k images indexed")
+    ap.add_argument("--build-rounds", type=int, default=3, help="build row: rounds (local then ray)")
     ap.add_argument("--flat-sizes", default="202599,N", help="index sizes for the flat row (N = --n)")
     ap.add_argument("--shard-size", type=int, default=250_000, help="rows per shard of the synthetic index")
     ap.add_argument("--ivf-spec", default="IVF{nlist},Flat", help="faiss.index_factory string of the index's IVF")
-    ap.add_argument("--nprobe", default="8,16,32,64", help="ivf row: nprobe values")
+    ap.add_argument("--nprobe", default="16,32,64,128", help="ivf row: nprobe values")
+    ap.add_argument(
+        "--ivf-extra",
+        default="",
+        help="ivf row: more index_factory strings to train in memory on the same shards and sweep "
+        "(';'-separated, e.g. 'IVF8192,Flat;IVF4096,SQ8'), beside the index's own IVF",
+    )
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--pixel-queries", type=int, default=256, help="pixel row: queries (half held-out, half near-dup)")
     ap.add_argument("--pixel-candidates", type=int, default=1000, help="pixel row: the fallback's semantic neighbours")
@@ -484,6 +563,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown row(s) {sorted(bad)}; choose from {','.join(ROWS)}")
     a.flat_sizes = [a.n if x.strip() == "N" else int(x) for x in a.flat_sizes.split(",")]
     a.nprobe = [int(x) for x in a.nprobe.split(",")]
+    a.ivf_extra = [x.strip() for x in a.ivf_extra.split(";") if x.strip()]
     return a
 
 
@@ -510,10 +590,12 @@ def main(argv: list[str] | None = None) -> int:
             samples.append((round(time.perf_counter() - t0, 1), loadavg()[0]))
 
     threading.Thread(target=sample_load, daemon=True).start()
-    t_idx = time.perf_counter()
-    synthetic_sharded_index(a, a.n)
-    res["index_write_s"] = time.perf_counter() - t_idx
-    for row, fn in (("flat", bench_flat), ("ivf", bench_ivf), ("pixel", bench_pixel), ("service", bench_service)):
+    if set(a.only) - {"build"}:
+        t_idx = time.perf_counter()
+        synthetic_sharded_index(a, a.n)
+        res["index_write_s"] = time.perf_counter() - t_idx
+    rows = (("build", bench_build), ("flat", bench_flat), ("ivf", bench_ivf), ("pixel", bench_pixel))
+    for row, fn in (*rows, ("service", bench_service)):
         if row in a.only:
             res[row] = fn(a)
     stop.set()
