@@ -3,7 +3,8 @@
 Why: the service searches batches of 1-64 descriptors. FAISS's flat index runs batches below 20
 queries with one thread per query (so one core for a single query) and larger ones through BLAS
 plus its own selection; a plain matrix product ``‖b‖² − 2·q·bᵀ`` (torch, all cores) followed by
-``topk`` was 1.8-3x faster at batch 1-64 on 202,599 rows (BENCHMARKS.md, "Scale").
+``topk`` is 1.5-1.7x faster at batch 1 and 3.7-5.7x at batch 16-64, on 202,599 and 2M rows
+(BENCHMARKS.md, "Scale: millions of faces").
 
 Exactness is not left to a margin of extra candidates: float32 dot products of 128-d vectors
 carry a rounding error we can bound, |fl(s) − s| ≤ E with E = 2·(d+4)·u·(B² + 2‖q‖B) (u = 2⁻²⁴,
