@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import faces, store
+from . import faces, ivf, store
 from .build import BuildConfig, build
 
 
@@ -29,6 +29,9 @@ def _summary(idx: store.FaceIndex) -> dict:
         "pipeline": m["pipeline"],
         "counts": m["counts"],
         "faces": idx.n_faces,
+        "layout": m.get("layout", "monolithic"),
+        "shards": len(m.get("shards", [])) or 1,
+        "semantic_ivf": m.get("semantic_ivf") if idx.ivf_path is not None else None,
         "build": m["build"],
         "model_sha256": {k: v[:16] for k, v in m["model_sha256"].items()},
         "libraries": m["libraries"],
@@ -62,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, help="index directory to write (atomically)")
     b.add_argument("--split", default="all", choices=["train", "val", "test", "all"], help="CelebA split")
     b.add_argument("--limit", type=int, help="only the first N images (after the split filter)")
-    b.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes (default: all cores); --engine ray: actors (default: one per cluster CPU, or GPU)",
+    )
     b.add_argument(
         "--detector",
         default="aligned",
@@ -107,6 +115,49 @@ def main(argv: list[str] | None = None) -> int:
         help="plain descriptors (default: the mean of each chip's and its mirror image's descriptor; "
         "recorded in the manifest, and queries follow it)",
     )
+    b.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local: worker processes on this machine; ray: Ray actors (this machine or a cluster, see --ray-address)",
+    )
+    b.add_argument(
+        "--ray-address",
+        default=None,
+        help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: start a local Ray instance)",
+    )
+    b.add_argument(
+        "--ray-embed-actors",
+        type=int,
+        default=None,
+        help="--engine ray: actors that only compute descriptors, fed chips by the others "
+        "(default: one per GPU on a GPU cluster, none on CPUs: every actor runs whole tasks)",
+    )
+    b.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="write a sharded index with this many images per shard (memory-mapped, for millions of faces)",
+    )
+    b.add_argument(
+        "--ivf",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="store an IVF index for approximate semantic search (auto: when faces >= --ivf-min-faces)",
+    )
+    b.add_argument("--ivf-min-faces", type=int, default=1_000_000, help="--ivf auto: smallest index that gets one")
+    b.add_argument(
+        "--ivf-spec",
+        default=ivf.DEFAULT_SPEC,
+        help="faiss.index_factory string; {nlist} is filled from the size (e.g. 'IVF{nlist},PQ32' for 32 B/face)",
+    )
+    b.add_argument(
+        "--semantic-calibration-sample",
+        type=int,
+        default=250_000,
+        help="above this many faces, calibrate a seeded sample of them against every face (0: all faces; "
+        "the exact self-search costs N^2 distances)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="describe an index", description="Print an index's manifest summary.")
     i.add_argument("index", help="index directory")
@@ -119,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "build":
         if args.dataset == "celeba" and args.identity_from_folders:
             ap.error("--identity-from-folders applies to --dataset folder")
+        if (args.ray_address or args.ray_embed_actors is not None) and args.engine != "ray":
+            ap.error("--ray-address and --ray-embed-actors apply to --engine ray")
+        if args.ray_embed_actors is not None and args.ray_embed_actors < 0:
+            ap.error("--ray-embed-actors must be >= 0")
+        if args.shard_size is not None and args.shard_size < 1:
+            ap.error("--shard-size must be >= 1")
         cfg = BuildConfig(
             dataset=args.dataset,
             root=args.root,
@@ -134,13 +191,21 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             identity_from_folders=args.identity_from_folders,
             pixel_calibration_sample=args.pixel_calibration_sample,
+            semantic_calibration_sample=args.semantic_calibration_sample,
             progress=not args.no_progress,
             attribute_probes=args.attribute_probes,
             flip_average=not args.no_flip_average,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            ray_embed_actors=args.ray_embed_actors,
+            shard_size=args.shard_size,
+            ivf=args.ivf,
+            ivf_min_faces=args.ivf_min_faces,
+            ivf_spec=args.ivf_spec,
         )
         try:
             build(cfg)
-        except (FileNotFoundError, ValueError, RuntimeError, store.IndexLoadError) as e:
+        except (FileNotFoundError, ValueError, RuntimeError, ConnectionError, store.IndexLoadError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
@@ -164,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
             f"face_resolution={'unknown' if res is None else f'{res:g} px (median chip source width)'}"
         )
         print(f"rows       ok={c['ok']} no_face={c['no_face']} unreadable={c['unreadable']} faces={s['faces']}")
-        print(f"build      {s['build']['seconds']} s, stages {s['build'].get('stage_seconds')}")
+        b = s["build"]
+        ivf_spec = s["semantic_ivf"]["spec"] if s["semantic_ivf"] else "none"
+        print(f"layout     {s['layout']}, {s['shards']} shard(s), IVF {ivf_spec}")
+        print(
+            f"build      {b['seconds']} s, engine {b.get('engine', 'local')}"
+            f"{', nodes ' + str(len(b['nodes'])) if b.get('nodes') else ''}, stages {b.get('stage_seconds')}"
+        )
         print(f"calibration {json.dumps(s['calibration'])}")
     return 0
 

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from . import attributes, calibrate, faces, geometry, pixels, store, watchdog
+from . import ivf as ivf_mod
 from .datasets import Item, read_dataset
 from .devices import resolve_device
 
@@ -75,11 +76,19 @@ class BuildConfig:
     overwrite: bool = False
     identity_from_folders: bool = False
     pixel_calibration_sample: int = 5000
+    semantic_calibration_sample: int = 250_000  # above it a seeded sample is calibrated (0: every face)
     progress: bool = True
     embed_in: str = "auto"  # auto | main | workers: where descriptors are computed (see plan_embedding)
     preload_workers: bool = True  # CPU torch: fork pre-loaded workers (False: spawn them, as measured before)
     attribute_probes: str | None = None  # index whose attribute probes to use instead of fitting (see attributes.py)
     flip_average: bool = True  # descriptor = mean of the chip's and its mirror's (faces.describe)
+    engine: str = "local"  # local (worker processes here) | ray (actors on a Ray cluster, indexer/ray_engine.py)
+    ray_address: str | None = None  # engine ray: None starts a local Ray instance; "auto" or host:port joins one
+    ray_embed_actors: int | None = None  # engine ray: actors that only embed (None: one per GPU, none without)
+    shard_size: int | None = None  # write a sharded index of this many rows (images) per shard (indexer/shards.py)
+    ivf: str = "auto"  # auto (when faces >= ivf_min_faces) | on | off: store an IVF index (indexer/ivf.py)
+    ivf_min_faces: int = 1_000_000
+    ivf_spec: str = ivf_mod.DEFAULT_SPEC
 
 
 def _chunk_params(cfg: BuildConfig) -> dict:
@@ -104,6 +113,7 @@ def _chunk_params(cfg: BuildConfig) -> dict:
 
 
 _worker_embedder = None  # per worker process: built once, reused for every task
+_worker_device = "cpu"  # where a worker's torch embedder runs (a Ray GPU actor sets "cuda")
 
 
 def _init_worker(torch_threads: int, build_pid: int) -> None:
@@ -125,7 +135,9 @@ def _init_worker(torch_threads: int, build_pid: int) -> None:
 def _get_worker_embedder(kind: str) -> faces.Embedder:
     global _worker_embedder
     if _worker_embedder is None:
-        if kind == "torch":
+        if kind == "torch" and _worker_device != "cpu":
+            _worker_embedder = faces.make_embedder(kind, _worker_device)  # batched on the GPU
+        elif kind == "torch":
             from .resnet import TorchEmbedder
 
             _worker_embedder = TorchEmbedder(
@@ -134,6 +146,23 @@ def _get_worker_embedder(kind: str) -> faces.Embedder:
         else:
             _worker_embedder = faces.make_embedder(kind, "cpu")
     return _worker_embedder
+
+
+def init_task_worker(kind: str | None, device: str = "cpu", torch_threads: int = 1) -> None:
+    """Make this process a task worker for another engine (a Ray actor): the same embedder as a
+    local worker (``torch_threads`` threads on the CPU, or ``device``), loaded now, once."""
+    global _worker_device
+    _worker_device = device
+    _init_worker.torch_threads = torch_threads  # type: ignore[attr-defined]
+    if device == "cpu":
+        try:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        except ImportError:  # pragma: no cover - dlib-only install
+            pass
+    _worker_ready(kind)
+    faces._dlib_obj("sp5")
 
 
 def _worker_ready(kind: str | None) -> int:
@@ -231,6 +260,22 @@ def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None, bool]) ->
     else:
         out["chips"] = chip_arr
     return out
+
+
+def plan_tasks(chunks: list[list[Item]], todo: list[int]) -> list[tuple[int, int]]:
+    """(chunk, first item) of every task of the ``todo`` chunks: a fixed function of the chunk
+    layout, so every engine embeds the same batches (and a resumed build equals an uninterrupted one)."""
+    return [(i, lo) for i in todo for lo in range(0, len(chunks[i]), TASK_SIZE)]
+
+
+def task_items(chunks: list[list[Item]], task: tuple[int, int]) -> list[tuple[str, str]]:
+    """The (path, file) items of one task: the first argument of :func:`_process_chunk`."""
+    i, lo = task
+    return [(str(it.path), it.file) for it in chunks[i][lo : lo + TASK_SIZE]]
+
+
+def parts_per_chunk(chunks: list[list[Item]], todo: list[int]) -> dict[int, int]:
+    return {i: -(-len(chunks[i]) // TASK_SIZE) for i in todo}
 
 
 def _save_chunk(
@@ -389,16 +434,15 @@ def _run_tasks(
 ) -> None:
     """Run every task of the ``todo`` chunks in ``workers`` processes started by ``ctx`` (pre-loaded
     when ``warm``) and call ``save(chunk, result)`` for each finished chunk, in chunk order."""
-    tasks = [(i, lo) for i in todo for lo in range(0, len(chunks[i]), TASK_SIZE)]
+    tasks = plan_tasks(chunks, todo)
     if not tasks:
         return
-    n_parts = {i: -(-len(chunks[i]) // TASK_SIZE) for i in todo}
+    n_parts = parts_per_chunk(chunks, todo)
     embedder = faces.make_embedder(cfg.embedder, device) if embed_in == "main" else None
     worker_embeds = cfg.embedder if embed_in == "workers" else None
 
     def args(task: tuple[int, int], embed: str | None) -> tuple[list[tuple[str, str]], str, str | None, bool]:
-        i, lo = task
-        return [(str(it.path), it.file) for it in chunks[i][lo : lo + TASK_SIZE]], cfg.detector, embed, cfg.flip_average
+        return task_items(chunks, task), cfg.detector, embed, cfg.flip_average
 
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(torch_threads, os.getpid()))
     queue = deque(tasks)
@@ -482,15 +526,48 @@ def build(cfg: BuildConfig) -> Path:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise SystemExit(f"{out} exists; use --overwrite to replace it")
+    if cfg.engine not in ("local", "ray"):
+        raise ValueError(f"engine must be local or ray, got {cfg.engine!r}")
+    if cfg.shard_size is not None and cfg.shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {cfg.shard_size}")
+    if cfg.ivf not in ("auto", "on", "off"):
+        raise ValueError(f"ivf must be auto, on or off, got {cfg.ivf!r}")
     device = _resolve_build_device(cfg.device)
     if cfg.attribute_probes:
         attributes.borrowed_probes(cfg.attribute_probes)  # refuse unusable probes before any work
-    workers = cfg.workers or os.cpu_count() or 1
-    embed_in, torch_threads = plan_embedding(cfg.embedder, device, workers, cfg.embed_in)
-    # Start the (warming) forkserver first: it is the longest start-up step, and the rest of the
-    # preparation (dataset listing, model hashes) runs meanwhile.
     t_run = time.perf_counter()  # the face-pipeline clock starts with the workers' start-up
-    ctx, warm = _pool_context(embed_in, cfg.embedder, cfg.preload_workers)
+    if cfg.engine == "ray":
+        from . import ray_engine
+
+        engine = ray_engine.RayEngine(cfg)  # connected and started only when there is work
+        workers, embed_in, torch_threads, ctx, warm = 0, "workers", 1, None, False
+    else:
+        engine = None
+        workers = cfg.workers or os.cpu_count() or 1
+        embed_in, torch_threads = plan_embedding(cfg.embedder, device, workers, cfg.embed_in)
+        # Start the (warming) forkserver first: it is the longest start-up step, and the rest of the
+        # preparation (dataset listing, model hashes) runs meanwhile.
+        ctx, warm = _pool_context(embed_in, cfg.embedder, cfg.preload_workers)
+    try:
+        return _build(cfg, out, device, engine, workers, embed_in, torch_threads, ctx, warm, t_start, t_run)
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def _build(
+    cfg: BuildConfig,
+    out: Path,
+    device: str,
+    engine,
+    workers: int,
+    embed_in: str,
+    torch_threads: int,
+    ctx: multiprocessing.context.BaseContext | None,
+    warm: bool,
+    t_start: float,
+    t_run: float,
+) -> Path:
     items: list[Item] = read_dataset(cfg.dataset, Path(cfg.root), cfg.split, cfg.limit, cfg.identity_from_folders)
     if not items:
         raise SystemExit(f"no images found under {cfg.root} (dataset {cfg.dataset}, split {cfg.split})")
@@ -507,13 +584,14 @@ def build(cfg: BuildConfig) -> Path:
         done_images = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
         if cfg.resume and done_images:
             log.info("resuming: %d of %d chunks already done", len(chunks) - len(todo), len(chunks))
-        log.info(
-            "%d worker processes; descriptors (%s) in the %s%s",
-            workers,
-            cfg.embedder,
-            "main process" if embed_in == "main" else "workers",
-            f", {torch_threads} torch thread(s) each" if embed_in == "workers" and cfg.embedder == "torch" else "",
-        )
+        if engine is None:
+            log.info(
+                "%d worker processes; descriptors (%s) in the %s%s",
+                workers,
+                cfg.embedder,
+                "main process" if embed_in == "main" else "workers",
+                f", {torch_threads} torch thread(s) each" if embed_in == "workers" and cfg.embedder == "torch" else "",
+            )
         times = {"decode": 0.0, "detect_align": 0.0, "embed": 0.0}
 
         from .progress import progress_bar
@@ -522,6 +600,8 @@ def build(cfg: BuildConfig) -> Path:
 
         def save(i: int, res: dict) -> None:
             ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
+            if "nodes" in res:  # Ray: the nodes that did this chunk's work (kept across --resume)
+                ct["nodes"] = res["nodes"]
             try:
                 _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct, res["face_extras"])
             except OSError as e:  # a full disk or permissions: the finished chunks stay
@@ -532,7 +612,13 @@ def build(cfg: BuildConfig) -> Path:
             bar.update(len(chunks[i]))
 
         try:
-            _run_tasks(chunks, todo, cfg, device, workers, embed_in, torch_threads, ctx, warm, save)
+            if engine is not None:
+                if todo:
+                    engine.start()  # connect, start the actors (they load their models once)
+                engine.run(chunks, todo, save)
+                workers = engine.workers
+            else:
+                _run_tasks(chunks, todo, cfg, device, workers, embed_in, torch_threads, ctx, warm, save)
         except BrokenProcessPool as e:
             raise SystemExit(
                 f"a worker process died ({e}); finished chunks are kept in {partial}: rerun with --resume"
@@ -541,13 +627,18 @@ def build(cfg: BuildConfig) -> Path:
             bar.close()
         t_faces = time.perf_counter() - t_run
 
-        # Assemble the chunks in order.
-        rows, descs, pixs, extras = [], [], [], []
+        # Assemble the rows in order, and the per-face extras and descriptors that attribute probes
+        # need (the pixels, the bulk of a chunk, are read again below, chunk by chunk).
+        rows: list[dict] = []
+        nodes: set[str] = set()
+        descs, extras = [], []
         for i, chunk in enumerate(chunks):
-            crow, cdesc, cpix, ct = _load_chunk(paths[i])
+            crow, cdesc, _, ct = _load_chunk(paths[i])
+            descs.append(cdesc)
             extras.append(_load_chunk_extras(paths[i]))
             for k in times:
                 times[k] += ct[k]
+            nodes.update(ct.get("nodes", ()))
             for it, r in zip(chunk, crow):
                 rows.append(
                     {
@@ -560,16 +651,11 @@ def build(cfg: BuildConfig) -> Path:
                         **({"extra": it.extra} if it.extra else {}),
                     }
                 )
-            descs.append(cdesc)
-            pixs.append(cpix)
         f = 0
         for r in rows:
             if r["status"] == "ok":
                 r["face"] = f
                 f += 1
-        desc = np.concatenate(descs) if descs else np.zeros((0, 128), np.float32)
-        pix = np.concatenate(pixs) if pixs else np.zeros((0, pixels.PIXEL_DIM), np.uint8)
-        assert f == len(desc) == len(pix), (f, len(desc), len(pix))
 
         t0 = time.perf_counter()
         codes: dict[str, int] = {}
@@ -581,13 +667,13 @@ def build(cfg: BuildConfig) -> Path:
             ],
             dtype=np.int64,
         )
-        calib = calibrate.semantic_calibration(desc, idents, device=device)
-        calib.update(calibrate.pixel_calibration(pix, idents, cfg.pixel_calibration_sample, device=device))
         counts = {s: sum(r["status"] == s for r in rows) for s in faces.STATUSES}
         t1 = time.perf_counter()
+        desc_all = np.concatenate(descs) if descs else np.zeros((0, 128), np.float32)
         extra_files, extra_manifest = attributes.index_outputs(
-            [r for r in rows if r["status"] == "ok"], desc, attributes.concat_extras(extras), cfg, len(codes) > 0
+            [r for r in rows if r["status"] == "ok"], desc_all, attributes.concat_extras(extras), cfg, len(codes) > 0
         )
+        del descs, desc_all, extras
         times["attributes"] = time.perf_counter() - t1
         manifest = {
             "dataset": {
@@ -602,7 +688,7 @@ def build(cfg: BuildConfig) -> Path:
             "pipeline": {
                 "detector": cfg.detector,
                 "embedder": cfg.embedder,
-                "device": device,
+                "device": engine.device if engine is not None and engine.started else device,
                 "chip_size": faces.CHIP_SIZE,
                 "chip_padding": faces.CHIP_PADDING,
                 "landmarks": "dlib 5-point",
@@ -620,25 +706,53 @@ def build(cfg: BuildConfig) -> Path:
             },
             **extra_manifest,
             "counts": counts,
-            "faces": int(len(desc)),
+            "faces": f,
             "identities_known": bool((idents >= 0).any()),
-            "pixel_calibration_sample": int(len(calib["pix_loo"])),
+            "pixel_calibration_sample": None,
             "build": {
                 "seconds": None,
+                "engine": cfg.engine,
                 "workers": workers,
                 "chunk_size": cfg.chunk_size,
                 "embed_in": embed_in,
                 "preloaded_workers": warm,
                 "resumed": bool(cfg.resume and done_images),
                 "face_pipeline_seconds": round(t_faces, 3),
+                **({"nodes": sorted(nodes), **engine.manifest_info()} if engine is not None else {}),
             },
         }
-        times["index"] = time.perf_counter() - t0 - times["attributes"]
-        total = time.perf_counter() - t_start
-        manifest["build"]["seconds"] = round(total, 2)
-        manifest["build"]["stage_seconds"] = {k: round(v, 2) for k, v in times.items()}
+        use_ivf = cfg.ivf == "on" or (cfg.ivf == "auto" and f >= cfg.ivf_min_faces)
+
+        def calibration(desc, pix) -> dict[str, np.ndarray]:
+            calib = calibrate.semantic_calibration(
+                np.asarray(desc), idents, device=device, sample=cfg.semantic_calibration_sample or None
+            )
+            calib.update(calibrate.pixel_calibration(pix, idents, cfg.pixel_calibration_sample, device=device))
+            manifest["pixel_calibration_sample"] = int(len(calib["pix_loo"]))
+            if "sem_rows" in calib:  # absent (every face calibrated) in indexes of up to that many faces
+                manifest["semantic_calibration_sample"] = int(len(calib["sem_rows"]))
+            return calib
+
+        def finish_times() -> None:
+            times["index"] = time.perf_counter() - t0 - times["attributes"]
+            total = time.perf_counter() - t_start
+            manifest["build"]["seconds"] = round(total, 2)
+            manifest["build"]["stage_seconds"] = {k: round(v, 2) for k, v in times.items()}
+
         try:
-            store.write_index(out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite, extras=extra_files)
+            if cfg.shard_size:
+                _write_sharded(cfg, out, rows, paths, calibration, manifest, finish_times, use_ivf, extra_files)
+            else:
+                desc, pix = _concat_chunks(paths)
+                assert f == len(desc) == len(pix), (f, len(desc), len(pix))
+                calib = calibration(desc, pix)
+                ivf_index = ivf_mod.build([desc], cfg.ivf_spec) if use_ivf and len(desc) else None
+                if ivf_index is not None:
+                    manifest["semantic_ivf"] = {"spec": ivf_mod.spec_for(len(desc), cfg.ivf_spec)}
+                finish_times()
+                store.write_index(
+                    out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite, extras=extra_files, ivf=ivf_index
+                )
         except store.IndexWriteError as e:  # the chunks stay: a rerun with --resume only writes the index
             raise SystemExit(
                 f"error: {e}; all {len(chunks)} chunks are kept in {partial}: free space and rerun with --resume"
@@ -646,6 +760,7 @@ def build(cfg: BuildConfig) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         n_new = len(items) - done_images
         rate = n_new / t_faces if t_faces > 0 else float("nan")
+        total = manifest["build"]["seconds"]
         print(
             f"built {out}: {len(items)} images, {counts['ok']} ok, {counts['no_face']} no_face, "
             f"{counts['unreadable']} unreadable in {total:.1f} s ({rate:.1f} img/s through the face "
@@ -655,6 +770,58 @@ def build(cfg: BuildConfig) -> Path:
         return out
     finally:
         watchdog.unlock_dir(lock)
+
+
+def _concat_chunks(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    descs, pixs = [], []
+    for p in paths:
+        _, cdesc, cpix, _ = _load_chunk(p)
+        descs.append(cdesc)
+        pixs.append(cpix)
+    desc = np.concatenate(descs) if descs else np.zeros((0, 128), np.float32)
+    pix = np.concatenate(pixs) if pixs else np.zeros((0, pixels.PIXEL_DIM), np.uint8)
+    return desc, pix
+
+
+def _write_sharded(
+    cfg: BuildConfig,
+    out: Path,
+    rows: list[dict],
+    paths: list[Path],
+    calibration: Callable,
+    manifest: dict,
+    finish_times: Callable[[], None],
+    use_ivf: bool,
+    extras: dict,
+) -> None:
+    """Stream the checkpoints into shards (memory: one shard), calibrate on the written shards."""
+    from .shards import write_sharded_index
+
+    def pieces():
+        for p in paths:
+            _, cdesc, cpix, _ = _load_chunk(p)
+            yield cdesc, cpix
+
+    def calib(desc, pix):
+        c = calibration(desc, pix)
+        finish_times()
+        return c
+
+    def ivf_index(desc):
+        manifest["semantic_ivf"] = {"spec": ivf_mod.spec_for(len(desc), cfg.ivf_spec)}
+        return ivf_mod.build(desc.blocks, cfg.ivf_spec)
+
+    write_sharded_index(
+        out,
+        rows,
+        pieces(),
+        cfg.shard_size,
+        calib,
+        manifest,
+        overwrite=cfg.overwrite,
+        ivf=ivf_index if use_ivf else None,
+        extras=extras,
+    )
 
 
 if os.environ.pop(_WARM_ENV, None) == "1":  # imported by the forkserver that _pool_context started

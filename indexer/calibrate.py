@@ -31,64 +31,78 @@ def semantic_calibration(
     device: str = "cpu",
     batch: int = 8192,
     pair_sample: int = 5000,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Per-face nearest Euclidean distances: ``sem_loo``, ``sem_diff_id``, ``sem_same_id`` (NaN when
     undefined: unknown identity, or an identity with a single face), ``sem_diff_id_face`` (the row of
     that nearest other-identity face, −1 when undefined); and the semantic pair tails of
-    :func:`pair_calibration` over ``pair_sample`` seeded rows."""
+    :func:`pair_calibration` over ``pair_sample`` seeded rows.
+
+    ``sample``: above this many faces, only a seeded sample of faces is calibrated (each against
+    every face), and ``sem_rows`` says which (the per-face arrays then have one entry per sampled
+    face). Why: the exact self-search costs N² distances (2M faces: 4·10¹² of them), while the
+    statistics read these arrays only as distributions, whose quantiles a few hundred thousand
+    draws pin down."""
     n = len(desc)
     idents = np.asarray(idents, np.int64)
-    loo = np.full(n, np.nan, np.float32)
-    diff = np.full(n, np.nan, np.float32)
-    same = np.full(n, np.nan, np.float32)
-    diff_face = np.full(n, -1, np.int64)
+    rows = sample_rows(n, sample, seed) if sample else np.arange(n)
+    m = len(rows)
+    loo = np.full(m, np.nan, np.float32)
+    diff = np.full(m, np.nan, np.float32)
+    same = np.full(m, np.nan, np.float32)
+    diff_face = np.full(m, -1, np.int64)
+    extra = {"sem_rows": rows.astype(np.int64)} if m < n else {}
     if n < 2:
         return {
             "sem_loo": loo,
             "sem_diff_id": diff,
             "sem_same_id": same,
             "sem_diff_id_face": diff_face,
+            **extra,
             **_empty_pairs("sem"),
         }
     desc = np.ascontiguousarray(desc, dtype=np.float32)
     index = faiss_index(desc, "l2", device)
     kk = min(k, n)
     known = idents >= 0
-    for s in range(0, n, batch):
-        q = desc[s : s + batch]
+    for s in range(0, m, batch):
+        q = desc[rows[s : s + batch]]
         _, ids = index.search(q, kk)
         for j in range(len(q)):
-            i = s + j
+            p, i = s + j, int(rows[s + j])
             nb = ids[j][(ids[j] != i) & (ids[j] >= 0)]
             exact = np.linalg.norm(desc[nb] - desc[i], axis=1)  # exact, not faiss's expanded form
             order = np.argsort(exact, kind="stable")
             nb, exact = nb[order], exact[order]
-            loo[i] = exact[0]
+            loo[p] = exact[0]
             if known[i]:
                 other = idents[nb] != idents[i]
                 if other.any():
-                    diff[i] = exact[np.argmax(other)]
-                    diff_face[i] = nb[np.argmax(other)]
+                    diff[p] = exact[np.argmax(other)]
+                    diff_face[p] = nb[np.argmax(other)]
                 mine = idents[nb] == idents[i]
                 if mine.any():
-                    same[i] = exact[np.argmax(mine)]
+                    same[p] = exact[np.argmax(mine)]
     # Faces whose k nearest were all one kind: finish them exactly by brute force.
     same_count = np.bincount(idents[known], minlength=max(int(idents.max()), 0) + 1)
-    todo_diff = np.where(known & np.isnan(diff))[0]
-    todo_same = np.where(known & np.isnan(same) & (same_count[np.maximum(idents, 0)] > 1))[0]
-    for i in np.union1d(todo_diff, todo_same):
+    kr = known[rows]
+    todo_diff = np.where(kr & np.isnan(diff))[0]
+    todo_same = np.where(kr & np.isnan(same) & (same_count[np.maximum(idents[rows], 0)] > 1))[0]
+    for p in np.union1d(todo_diff, todo_same):
+        i = int(rows[p])
         d = np.linalg.norm(desc - desc[i], axis=1)
         d[i] = np.inf
         other = idents != idents[i]
-        if np.isnan(diff[i]) and other.any():
+        if np.isnan(diff[p]) and other.any():
             j = int(np.flatnonzero(other)[np.argmin(d[other])])
-            diff[i], diff_face[i] = d[j], j
+            diff[p], diff_face[p] = d[j], j
         mine = idents == idents[i]
         mine[i] = False
-        if np.isnan(same[i]) and mine.any():
-            same[i] = d[mine].min()
-    log.info("semantic calibration: %d faces, %d finished by brute force", n, len(todo_diff) + len(todo_same))
-    out = {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same, "sem_diff_id_face": diff_face}
+        if np.isnan(same[p]) and mine.any():
+            same[p] = d[mine].min()
+    log.info("semantic calibration: %d of %d faces, %d finished by brute force", m, n, len(todo_diff) + len(todo_same))
+    out = {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same, "sem_diff_id_face": diff_face, **extra}
 
     def search(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k other faces of ``rows`` (FAISS candidates, float64 distances)."""
@@ -132,11 +146,33 @@ def pixel_calibration(
             **_empty_pairs("pix"),
         }
     rows = sample_rows(n, sample, seed)
-    index = L1Index(pixels, use_gpu=device == "cuda")
+    from .shards import ShardedArray
+
+    if isinstance(pixels, ShardedArray):  # one shard's bound tables in memory at a time
+        shards = [(start, block) for start, block in zip(pixels.starts, pixels.blocks) if len(block)]
+    else:
+        shards = [(0, pixels)]
+    one = L1Index(pixels, use_gpu=device == "cuda") if len(shards) == 1 and shards[0][0] == 0 else None
 
     def l1_search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        d, i = index.search(np.asarray(pixels[q]), min(k, n - 1), exclude_self=q.astype(np.int64))
-        return d.astype(np.float64), i
+        """Exact top-k other faces of rows ``q``: per shard, then merged (ties broken by row)."""
+        k = min(k, n - 1)
+        queries = np.asarray(pixels[q])
+        if one is not None:
+            d, i = one.search(queries, k, exclude_self=q.astype(np.int64))
+            return d.astype(np.float64), i
+        dd, ii = [], []
+        for start, block in shards:
+            local = np.where((q >= start) & (q < start + len(block)), q - start, -1).astype(np.int64)
+            d, i = L1Index(block, use_gpu=device == "cuda").search(queries, min(k, len(block)), exclude_self=local)
+            d = d.astype(np.float64)
+            d[i < 0] = np.inf
+            dd.append(d)
+            ii.append(np.where(i >= 0, i + start, -1))
+        d, i = np.concatenate(dd, axis=1), np.concatenate(ii, axis=1)
+        o = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=1)[:, :k]
+        d, i = np.take_along_axis(d, o, 1), np.take_along_axis(i, o, 1)
+        return d, i
 
     search = _Prefetched(l1_search, rows, FIRST_K)  # one top-16 pass serves all three statistics
     dist, _ = search(rows, 1)
@@ -313,7 +349,8 @@ def complete(calibration: dict, desc: np.ndarray, pix: np.ndarray, idents: np.nd
     log.warning("the index predates %s: computing them now (rebuild the index to store them)", ", ".join(missing))
     out = dict(calibration)
     if any(k.startswith(("sem_", "pair_sem")) for k in missing):
-        sem = semantic_calibration(desc, idents, device=device)
+        rows = calibration.get("sem_rows")  # a sampled calibration is completed on the same sample
+        sem = semantic_calibration(desc, idents, device=device, sample=len(rows) if rows is not None else None)
         out.update({k: v for k, v in sem.items() if k not in calibration})
     if any(k.startswith(("pix_", "pair_pix")) for k in missing):
         rows = calibration.get("pix_loo_rows")

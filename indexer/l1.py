@@ -56,6 +56,29 @@ def _num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def release_pages(arr: np.ndarray, lo: int, hi: int) -> None:
+    """Drop bytes [lo, hi) of a read-only file memory map from this process's resident set.
+
+    Why: building the bounds reads every crop once; without this the whole pixel file (24.6 GB at
+    2M faces) would stay mapped and counted in the process's RSS, although only candidates are
+    read again. The kernel's page cache still keeps what it has room for.
+    """
+    import mmap
+
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or getattr(arr, "base", None) is None:
+        return
+    base = getattr(arr, "offset", 0) % mmap.ALLOCATIONGRANULARITY  # where the array starts in the mapping
+    page = mmap.PAGESIZE
+    a = -(-(base + lo) // page) * page
+    b = (base + hi) // page * page
+    if b > a:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+        except (OSError, ValueError):  # not worth failing a search index over
+            pass
+
+
 def _sort_topk(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of one query's (dist, id) pairs by (dist, id), padded with -1 to length k."""
     order = np.lexsort((ids, dist))[:k]
@@ -202,6 +225,7 @@ class L1Index:
             blk = np.asarray(self.vectors[start : start + _BUILD_CHUNK])
             f4 = _pool(blk, self.shape, b4, np.uint16 if 255 * b4 * b4 < 2**16 else np.int32)
             self._fill_levels(f4.astype(np.int32), slice(start, start + blk.shape[0]))
+            release_pages(self.vectors, start * self.d, (start + blk.shape[0]) * self.d)
 
         if n:
             with ThreadPoolExecutor(self.n_threads) as ex:
@@ -303,7 +327,7 @@ class L1Index:
         return faiss.pairwise_distances(qf, rows, faiss.METRIC_L1)[0]
 
     def _search_one(
-        self, q: np.ndarray, q4: np.ndarray, q8: np.ndarray, q16: np.ndarray, k: int, excl: int
+        self, q: np.ndarray, q4: np.ndarray, q8: np.ndarray, q16: np.ndarray, k: int, excl: int, bound: float = np.inf
     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
         n = self.ntotal
         qsum = int(q16.sum(dtype=np.int64))
@@ -333,6 +357,7 @@ class L1Index:
         all_i = [seeds]
         all_d = [self._exact(q, qsum, seeds)]
         tau = np.partition(all_d[0], k - 1)[k - 1] if all_d[0].size >= k else np.inf
+        tau = min(tau, bound)  # a caller's known k-th distance (other shards): nothing farther can enter
         thr = np.float64(tau) + slack  # float64: exact vs the float32 bounds, never rounds tau down
 
         # 2) Successive elimination: keep only candidates whose bound can still reach tau.
@@ -368,15 +393,18 @@ class L1Index:
             cur_d = np.concatenate((cur_d, d))
             if cur_d.size >= k:
                 cur_d = np.partition(cur_d, k - 1)[:k]  # the k smallest so far suffice for tau
-                tau = cur_d.max()
+                tau = min(cur_d.max(), bound)
                 thr = np.float64(tau) + slack
         ids = np.concatenate(all_i)
         dist = np.concatenate(all_d)
         od, oi = _sort_topk(dist, ids, k)
         return od, oi, {"n16": n16, "n8": n8, "n4": n4, "exact": n_exact}
 
-    def _search_cpu(self, queries: np.ndarray, k: int, ex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _search_cpu(
+        self, queries: np.ndarray, k: int, ex: np.ndarray, bound: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         nq = queries.shape[0]
+        bound = np.full(nq, np.inf) if bound is None else bound
         out_d = np.full((nq, k), -1, dtype=np.int64)
         out_i = np.full((nq, k), -1, dtype=np.int64)
         h, w, c = self.shape
@@ -388,7 +416,9 @@ class L1Index:
         stats = np.zeros((nq, 4), dtype=np.int64)
 
         def one(j: int) -> None:
-            od, oi, st = self._search_one(queries[j], f4[j : j + 1], f8[j : j + 1], f16[j : j + 1], k, int(ex[j]))
+            od, oi, st = self._search_one(
+                queries[j], f4[j : j + 1], f8[j : j + 1], f16[j : j + 1], k, int(ex[j]), float(bound[j])
+            )
             out_d[j], out_i[j] = od, oi
             stats[j] = (st["n16"], st["n8"], st["n4"], st["exact"])
 
@@ -403,11 +433,13 @@ class L1Index:
         return out_d, out_i
 
     def search(
-        self, queries: np.ndarray, k: int, exclude_self: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, exclude_self: np.ndarray | None = None, bound: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries uint8 (Q, D) -> (distances int64 (Q, k), ids int64 (Q, k)), sorted by (distance, id);
         -1 padding where fewer than k rows are available. exclude_self: int64 (Q,) row id to leave out
-        per query (-1 = none)."""
+        per query (-1 = none). bound: per query, a distance the k-th neighbour is known not to exceed
+        (e.g. from other shards): rows farther than it are pruned, and those the result may still
+        list are correct but incomplete beyond it (CPU path; the GPU path ignores it)."""
         queries = np.asarray(queries)
         if queries.dtype != np.uint8 or queries.ndim != 2 or queries.shape[1] != self.d:
             raise ValueError(f"queries must be uint8 (Q, {self.d}), got {queries.dtype} {queries.shape}")
@@ -419,11 +451,15 @@ class L1Index:
         out_i = np.full((nq, k), -1, dtype=np.int64)
         if nq == 0 or self.ntotal == 0:
             return out_d, out_i
-        run = self._search_gpu if self._gpu_index is not None else self._search_cpu
+        bd = np.full(nq, np.inf) if bound is None else np.asarray(bound, np.float64).reshape(nq)
         stats = []
         for s in range(0, nq, _QUERY_CHUNK):  # bounds the per-call temporaries for large Q
             q = np.ascontiguousarray(queries[s : s + _QUERY_CHUNK])
-            out_d[s : s + q.shape[0]], out_i[s : s + q.shape[0]] = run(q, k, ex[s : s + q.shape[0]])
+            e = ex[s : s + q.shape[0]]
+            if self._gpu_index is not None:
+                out_d[s : s + q.shape[0]], out_i[s : s + q.shape[0]] = self._search_gpu(q, k, e)
+            else:
+                out_d[s : s + q.shape[0]], out_i[s : s + q.shape[0]] = self._search_cpu(q, k, e, bd[s : s + q.shape[0]])
             if self.last_stats:
                 stats.append((q.shape[0], self.last_stats))
         if stats:

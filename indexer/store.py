@@ -14,8 +14,15 @@ Layout of an index directory::
     geometry.npy      optional: float32 (F, 7) pose/expression/framing of each face (indexer.geometry)
     attributes.npz    optional: attribute probes, their held-out measurements, per-face probabilities
                       and labels (indexer.attributes)
+    semantic_ivf.faiss  optional: an IVF index over the descriptors (indexer.ivf), for approximate
+                      search above a configurable size
 
-The optional files are absent in indexes written before they existed; such an index loads as before.
+An index may instead be sharded (``"layout": "sharded"`` in the manifest): row ranges with their
+own rows, descriptors and pixels, memory-mapped, described in :mod:`indexer.shards`. Indexes
+without a ``layout`` key are monolithic, as every index written before shards existed.
+
+The optional files (in either layout) are absent in indexes written before they existed; such an
+index loads as before.
 
 A build writes everything into ``.<out>.tmp-<pid>`` beside ``<out>`` and swaps it into place with
 one atomic ``renameat2(RENAME_EXCHANGE)`` (two renames where the filesystem lacks it), so ``<out>``
@@ -38,6 +45,7 @@ import re
 import shutil
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +59,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FILES = ("rows.jsonl", "descriptors.npy", "semantic.faiss", "pixels.npy", "calibration.npz")
-OPTIONAL_FILES = ("geometry.npy", "attributes.npz")  # absent = the behaviour before they existed
+IVF_FILE = "semantic_ivf.faiss"  # optional in either layout (indexer.ivf); absent = exact search only
+OPTIONAL_FILES = ("geometry.npy", "attributes.npz", IVF_FILE)  # absent = the behaviour before they existed
+EXTRA_FILES = ("geometry.npy", "attributes.npz")  # per-face optional files written by write_extras
 
 
 class IndexLoadError(Exception):
@@ -84,18 +94,24 @@ def library_versions() -> dict[str, str]:
 
 @dataclass
 class FaceIndex:
-    """A loaded, read-only index. Safe to share across threads (nothing here is mutated)."""
+    """A loaded, read-only index. Safe to share across threads (nothing here is mutated).
+
+    The same API for both layouts. A monolithic index holds ``rows`` as a list and
+    ``descriptors`` in memory; a sharded one (:mod:`indexer.shards`) holds rows parsed on access
+    and both arrays as :class:`~indexer.shards.ShardedArray` views over memory-mapped shards.
+    """
 
     root: Path
     manifest: dict
-    rows: list[dict]
+    rows: Sequence[dict]
     face_rows: np.ndarray  # (F,) row number of each face
-    descriptors: np.ndarray  # (F, 128) float32
-    pixels: np.ndarray  # (F, D) uint8, memory-mapped
-    semantic: object  # faiss index over descriptors
+    descriptors: np.ndarray  # (F, 128) float32 (ShardedArray for a sharded index)
+    pixels: np.ndarray  # (F, D) uint8, memory-mapped (ShardedArray for a sharded index)
+    semantic: object  # faiss IndexFlatL2 over descriptors; None for a sharded index
     calibration: dict[str, np.ndarray]
     geometry: np.ndarray | None = None  # (F, G) float32, or None (optional file absent)
     attributes: dict[str, np.ndarray] | None = None  # attributes.npz arrays, or None
+    ivf_path: Path | None = None  # semantic_ivf.faiss when the index has one
 
     @property
     def n_faces(self) -> int:
@@ -104,6 +120,21 @@ class FaceIndex:
     @property
     def dataset_root(self) -> Path:
         return Path(self.manifest["dataset"]["root"])
+
+    @property
+    def sharded(self) -> bool:
+        return self.manifest.get("layout") == "sharded"
+
+    def descriptor_blocks(self) -> list[np.ndarray]:
+        """Descriptors as row blocks (one per shard; the whole array for a monolithic index)."""
+        from .shards import blocks_of
+
+        return blocks_of(self.descriptors)
+
+    def pixel_blocks(self) -> list[np.ndarray]:
+        from .shards import blocks_of
+
+        return blocks_of(self.pixels)
 
     def face_file(self, face: int) -> str:
         return self.rows[int(self.face_rows[face])]["file"]
@@ -134,6 +165,14 @@ class FaceIndex:
             if ident is not None:
                 out[i] = codes.setdefault(ident, len(codes))
         return out
+
+    def face_files(self):
+        """A set-like view of the faces' file names (``file in index.face_files()``)."""
+        if not self.sharded:
+            return {self.face_file(i): i for i in range(self.n_faces)}
+        from .shards import FileLookup
+
+        return FileLookup(self)
 
 
 def remove_debris(out: Path) -> list[Path]:
@@ -214,20 +253,10 @@ def _write_error(e: OSError, out: Path, tmp: Path) -> IndexWriteError:
     )
 
 
-def write_index(
-    out: Path,
-    rows: list[dict],
-    descriptors: np.ndarray,
-    pixels: np.ndarray,
-    calibration: dict[str, np.ndarray],
-    manifest: dict,
-    overwrite: bool = False,
-    extras: dict | None = None,
-) -> Path:
-    """Write a complete index to ``out`` atomically (temp dir in the same parent, then an atomic swap).
-
-    ``extras`` maps optional file names (:data:`OPTIONAL_FILES`) to an array (``.npy``) or a dict of
-    arrays (``.npz``).
+def atomic_write(out: Path, fill: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Create an index directory at ``out`` atomically: ``fill(tmp)`` writes every file (the
+    manifest last, with :func:`finish_index_dir`) into a locked temp dir in the same parent, which
+    then replaces ``out`` in one atomic swap.
 
     Any OS error (a full disk, above all) removes the temp dir and raises :class:`IndexWriteError`;
     the index that was at ``out`` before is untouched.
@@ -242,7 +271,7 @@ def write_index(
     try:
         tmp.mkdir()
         lock = watchdog.lock_dir(tmp)  # held until the swap: tells a later writer we are alive
-        _write_files(tmp, rows, descriptors, pixels, calibration, manifest, extras or {})
+        fill(tmp)
         _replace_dir(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -252,8 +281,32 @@ def write_index(
         raise
     finally:
         watchdog.unlock_dir(lock)
-    log.info("wrote index %s (%d faces)", out, len(descriptors))
     return out
+
+
+def write_index(
+    out: Path,
+    rows: list[dict],
+    descriptors: np.ndarray,
+    pixels: np.ndarray,
+    calibration: dict[str, np.ndarray],
+    manifest: dict,
+    overwrite: bool = False,
+    extras: dict | None = None,
+    ivf: object | None = None,
+) -> Path:
+    """Write a complete monolithic index to ``out`` atomically (see :func:`atomic_write`).
+
+    ``extras``: the optional per-face files (:func:`write_extras`). ``ivf``: an optional FAISS
+    index over the descriptors (:mod:`indexer.ivf`), stored as ``semantic_ivf.faiss``.
+    """
+
+    def fill(tmp: Path) -> None:
+        _write_files(tmp, rows, descriptors, pixels, calibration, manifest, extras or {}, ivf)
+
+    atomic_write(Path(out), fill, overwrite)
+    log.info("wrote index %s (%d faces)", out, len(descriptors))
+    return Path(out)
 
 
 def _save_npy(path: Path, arr: np.ndarray, block: int = 64 << 20) -> None:
@@ -277,6 +330,25 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.asanyarray(arrays[name]), allow_pickle=False)
 
 
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    """Public name of :func:`_save_npy` (for :mod:`indexer.shards`); looked up at call time, so a
+    test that replaces ``_save_npy`` sees every write."""
+    _save_npy(path, arr)
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    _save_npz(path, arrays)
+
+
+def save_faiss(path: Path, index: object) -> None:
+    """Serialised here and written by Python: faiss.write_index ignores errors at fclose, so a
+    full disk could leave a short file behind a manifest that vouches for it."""
+    import faiss
+
+    with open(path, "wb") as f:
+        f.write(memoryview(faiss.serialize_index(index)))
+
+
 def _write_files(
     tmp: Path,
     rows: list[dict],
@@ -285,6 +357,7 @@ def _write_files(
     calibration: dict[str, np.ndarray],
     manifest: dict,
     extras: dict,
+    ivf: object | None = None,
 ) -> None:
     import faiss
 
@@ -296,13 +369,21 @@ def _write_files(
     index = faiss.IndexFlatL2(descriptors.shape[1] if descriptors.ndim == 2 else 128)
     if len(descriptors):
         index.add(descriptors)
-    # Serialised here and written by Python: faiss.write_index ignores errors at fclose, so a
-    # full disk could leave a short file behind a manifest that vouches for it.
-    with open(tmp / "semantic.faiss", "wb") as f:
-        f.write(memoryview(faiss.serialize_index(index)))
+    save_faiss(tmp / "semantic.faiss", index)
     _save_npy(tmp / "pixels.npy", np.ascontiguousarray(pixels, dtype=np.uint8))
     _save_npz(tmp / "calibration.npz", calibration)
-    unknown = set(extras) - set(OPTIONAL_FILES)
+    write_extras(tmp, extras)
+    names = [*FILES, *(n for n in EXTRA_FILES if n in extras)]
+    if ivf is not None:
+        save_faiss(tmp / IVF_FILE, ivf)
+        names.append(IVF_FILE)
+    finish_index_dir(tmp, manifest, names)
+
+
+def write_extras(tmp: Path, extras: dict) -> None:
+    """The optional per-face files: names of :data:`EXTRA_FILES` → an array (``.npy``) or a dict of
+    arrays (``.npz``)."""
+    unknown = set(extras) - set(EXTRA_FILES)
     if unknown:
         raise ValueError(f"unknown optional index files {sorted(unknown)}")
     for name, value in extras.items():
@@ -310,7 +391,11 @@ def _write_files(
             _save_npz(tmp / name, value)
         else:
             _save_npy(tmp / name, value)
-    names = (*FILES, *(n for n in OPTIONAL_FILES if n in extras))
+
+
+def finish_index_dir(tmp: Path, manifest: dict, names: list[str]) -> None:
+    """Hash the data files ``names``, write the manifest (last: a directory without it is never
+    taken for an index) and fsync everything before the swap makes it live."""
     files = {}
     for name in names:
         p = tmp / name
@@ -324,7 +409,6 @@ def _write_files(
         libraries=library_versions(),
         written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    # The manifest goes last: a directory without it is never taken for an index.
     with open(tmp / (MANIFEST + ".part"), "w") as f:
         json.dump(manifest, f, indent=2)
         f.flush()
@@ -332,6 +416,12 @@ def _write_files(
     os.replace(tmp / (MANIFEST + ".part"), tmp / MANIFEST)
     for p in (*(tmp / n for n in names), tmp / MANIFEST):  # on disk before the swap makes them live
         fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for d in {(tmp / n).parent for n in names} - {tmp}:  # the shard directories' entries too
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -367,17 +457,24 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
             f"{root}: index format version {version}, this facemem reads version {FORMAT_VERSION}; rebuild the index"
         )
     files = manifest.get("files")
+    if manifest.get("layout", "monolithic") == "sharded":
+        from .shards import expected_files
+
+        expected = expected_files(manifest)
+    else:
+        expected = set(FILES) if manifest.get("layout", "monolithic") == "monolithic" else None
     if (
-        not isinstance(files, dict)
-        or not set(FILES) <= set(files) <= set(FILES) | set(OPTIONAL_FILES)
+        expected is None
+        or not isinstance(files, dict)
+        or set(files) - set(OPTIONAL_FILES) != expected
         or not all(
             isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
             for m in files.values()
         )
     ):
         raise IndexLoadError(
-            f"{root}: the manifest's file list is damaged (expected {list(FILES)}, optionally "
-            f"{list(OPTIONAL_FILES)}, with size and sha256 each); rebuild the index"
+            f"{root}: the manifest's file list is damaged (expected {_describe(expected)} with size "
+            f"and sha256 each); rebuild the index"
         )
     for key in ("model_sha256", "pipeline_signature"):
         if not isinstance(manifest.get(key), dict):
@@ -404,15 +501,39 @@ def check_manifest(root: Path, manifest: dict, verify_hashes: bool = False) -> N
             raise IndexLoadError(f"{root}: {name} fails its sha256 check; rebuild the index")
 
 
+def _describe(expected: set[str] | None) -> str:
+    if expected is None:
+        return "a known layout and its shard list"
+    return str([n for n in FILES if n in expected]) if expected == set(FILES) else "every shard's files"
+
+
 def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
-    """Load and verify an index (sizes always; sha256 of every file with ``verify_hashes``)."""
+    """Load and verify an index (sizes always; sha256 of every file with ``verify_hashes``).
+
+    Either layout: monolithic (:data:`FILES`) or sharded (:mod:`indexer.shards`, memory-mapped).
+    """
     import faiss
 
     root = Path(root)
     manifest = read_manifest(root)
     check_manifest(root, manifest, verify_hashes)
-    name = "rows.jsonl"
+    ivf_path = root / IVF_FILE if IVF_FILE in manifest["files"] else None
+    name = "calibration.npz"
     try:  # sizes matched; a file can still be damaged inside (edited, or --verify skipped)
+        if manifest.get("layout") == "sharded":
+            from .shards import load_sharded
+
+            with np.load(root / name) as z:
+                calibration = {k: z[k] for k in z.files}
+            name = "a shard"
+            rows, face_rows, descriptors, pixels = load_sharded(root, manifest)
+            if not (len(face_rows) == len(descriptors) == len(pixels) == manifest.get("faces")):
+                raise ValueError(f"inconsistent face counts (manifest {manifest.get('faces')}, shards {len(pixels)})")
+            geometry, attributes = _load_extras(root, manifest, len(face_rows))
+            return FaceIndex(
+                root, manifest, rows, face_rows, descriptors, pixels, None, calibration, geometry, attributes, ivf_path
+            )
+        name = "rows.jsonl"
         with open(root / name) as f:
             rows = [json.loads(line) for line in f]
         face_rows = np.array([i for i, r in enumerate(rows) if r.get("face") is not None], dtype=np.int64)
@@ -425,14 +546,6 @@ def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
         name = "calibration.npz"
         with np.load(root / name) as z:
             calibration = {k: z[k] for k in z.files}
-        geometry = attributes = None
-        if "geometry.npy" in manifest["files"]:
-            name = "geometry.npy"
-            geometry = np.load(root / name)
-        if "attributes.npz" in manifest["files"]:
-            name = "attributes.npz"
-            with np.load(root / name) as z:
-                attributes = {k: z[k] for k in z.files}
     except (
         ValueError,
         TypeError,
@@ -468,14 +581,35 @@ def load_index(root: Path, verify_hashes: bool = False) -> FaceIndex:
             f"{root}: inconsistent face counts (rows {len(face_rows)}, descriptors "
             f"{len(descriptors)}, pixels {len(pixels)}, faiss {semantic.ntotal})"
         )
-    if geometry is not None and (geometry.dtype != np.float32 or geometry.ndim != 2 or len(geometry) != len(face_rows)):
+    geometry, attributes = _load_extras(root, manifest, len(face_rows))
+    return FaceIndex(
+        root, manifest, rows, face_rows, descriptors, pixels, semantic, calibration, geometry, attributes, ivf_path
+    )
+
+
+def _load_extras(root: Path, manifest: dict, n_faces: int) -> tuple[np.ndarray | None, dict | None]:
+    """geometry.npy and attributes.npz, checked (None where the index has no such file)."""
+    geometry = attributes = None
+    name = "geometry.npy"
+    try:
+        if name in manifest["files"]:
+            geometry = np.load(root / name)
+        name = "attributes.npz"
+        if name in manifest["files"]:
+            with np.load(root / name) as z:
+                attributes = {k: z[k] for k in z.files}
+    except (ValueError, TypeError, KeyError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as e:
+        raise IndexLoadError(
+            f"{root}: {name} is damaged ({type(e).__name__}: {str(e)[:200]}); rebuild the index"
+        ) from None
+    if geometry is not None and (geometry.dtype != np.float32 or geometry.ndim != 2 or len(geometry) != n_faces):
         raise IndexLoadError(
             f"{root}: geometry.npy holds {geometry.dtype} {geometry.shape}, expected float32 "
-            f"({len(face_rows)}, G); rebuild the index"
+            f"({n_faces}, G); rebuild the index"
         )
     if attributes is not None:
-        _check_attributes(root, attributes, len(face_rows))
-    return FaceIndex(root, manifest, rows, face_rows, descriptors, pixels, semantic, calibration, geometry, attributes)
+        _check_attributes(root, attributes, n_faces)
+    return geometry, attributes
 
 
 def _check_attributes(root: Path, z: dict[str, np.ndarray], n_faces: int) -> None:

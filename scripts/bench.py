@@ -142,6 +142,39 @@ def busy_processes(limit: int = 6) -> list[str]:
         return []
 
 
+def start_run(**extra: Any) -> tuple[dict[str, Any], Callable[[], None]]:
+    """The record every benchmark's JSON starts with (command, machine, load, busy processes), and
+    the function that closes it: the 1-min load average sampled every 15 s while the run lasts, the
+    load and busy processes at the end, and the run's seconds. Why: a figure from a shared machine
+    means little without the load it was measured under."""
+    res: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_info(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_start": loadavg(),
+        **extra,
+        "busy_at_start": busy_processes(),
+    }
+    samples: list[tuple[float, float]] = []  # (seconds since start, 1-min load average)
+    stop = threading.Event()
+    t0 = time.perf_counter()
+
+    def sample_load() -> None:
+        while not stop.wait(15.0):
+            samples.append((round(time.perf_counter() - t0, 1), loadavg()[0]))
+
+    threading.Thread(target=sample_load, name="load-sampler", daemon=True).start()
+
+    def finish() -> None:
+        stop.set()
+        res["load_samples"] = samples
+        res["load_end"] = loadavg()
+        res["busy_at_end"] = busy_processes()
+        res["seconds"] = time.perf_counter() - t0
+
+    return res, finish
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
@@ -705,7 +738,7 @@ def bench_pixel(a: argparse.Namespace, work: Path, searchers: Searchers) -> dict
 class Server:
     """`python -m service` in a subprocess, on a free port; stopped with SIGTERM."""
 
-    def __init__(self, index: Path, work: Path, device: str, name: str):
+    def __init__(self, index: Path, work: Path, device: str, name: str, extra: list[str] | tuple[str, ...] = ()):
         self.log_path = work / f"server-{name}.log"
         self._log = open(self.log_path, "w")
         t0 = time.perf_counter()
@@ -722,6 +755,7 @@ class Server:
                 "WARNING",
                 "--device",
                 device,
+                *extra,
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -1092,24 +1126,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("faiss.loader", "indexer.l1", "indexer.store", "indexer.calibrate", "indexer.resnet"):
         logging.getLogger(name).setLevel(logging.WARNING)
     a.work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_start": loadavg(),
-        "busy_at_start": busy_processes(),
-    }
+    results, finish = start_run()
     log.info("machine %s; load %s", results["machine"], results["load_start"])
     searchers = Searchers(a.device)
-    samples: list[tuple[float, float]] = []  # (seconds since start, 1-min load average), every 15 s
-    stop = threading.Event()
-
-    def sample_load() -> None:
-        while not stop.wait(15.0):
-            samples.append((round(time.perf_counter() - t0, 1), loadavg()[0]))
-
-    threading.Thread(target=sample_load, name="load-sampler", daemon=True).start()
-    t0 = time.perf_counter()
     if "build-modes" in a.only:
         results["build_modes"] = bench_build_modes(a, a.work)
     if "indexing" in a.only:
@@ -1123,11 +1142,8 @@ def main(argv: list[str] | None = None) -> int:
         results["service"] = bench_service(a, a.work)
     if "rss" in a.only:
         results["rss"] = bench_rss(a, a.work)
-    stop.set()
-    results["load_samples"] = samples
-    results["load_end"] = loadavg()
-    results["busy_at_end"] = busy_processes()
-    results["seconds"] = time.perf_counter() - t0
+    finish()
+    samples = results["load_samples"]
     tab = table(results)
     results["table"] = tab
     print()

@@ -90,14 +90,24 @@ def augment(crops: np.ndarray, rng: np.random.Generator, shape: tuple[int, int, 
 def expand_real_crops(crops: np.ndarray, n: int, seed: int = 0, chunk: int = 8192) -> np.ndarray:
     """Expand real crops (m, D) to n rows: the first min(m, n) rows are the crops unchanged, row j >= m is an
     augmented copy (see `augment`) of crop j % m. Deterministic for a given seed."""
-    m = crops.shape[0]
     out = np.empty((n, crops.shape[1]), dtype=np.uint8)
-    out[: min(m, n)] = crops[: min(m, n)]
+    start = 0
+    for piece in iter_expanded_crops(crops, n, seed, chunk):
+        out[start : start + len(piece)] = piece
+        start += len(piece)
+    return out
+
+
+def iter_expanded_crops(crops: np.ndarray, n: int, seed: int = 0, chunk: int = 8192):
+    """`expand_real_crops` in consecutive pieces of at most `chunk` rows (the same rows), so an index
+    larger than memory (2M crops are 24.6 GB) can be written as it is generated."""
+    m = crops.shape[0]
+    for start in range(0, min(m, n), chunk):
+        yield crops[start : min(m, n, start + chunk)]
     rng = np.random.default_rng(seed)
     for start in range(m, n, chunk):
         stop = min(n, start + chunk)
-        out[start:stop] = augment(crops[np.arange(start, stop) % m], rng)
-    return out
+        yield augment(crops[np.arange(start, stop) % m], rng)
 
 
 def celeba_size_benchmark_set(

@@ -115,6 +115,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="face-detection worker processes (default: one per core; 0: in the request thread)",
     )
+    p.add_argument(
+        "--semantic-search",
+        choices=("auto", "exact", "ivf"),
+        default=DEFAULTS["semantic_search"],
+        help="semantic channel: exact (float64-re-ranked flat search), ivf (the index's IVF, approximate; "
+        "trained in memory if the index has none), auto (exact up to --exact-max-faces, ivf above)",
+    )
+    p.add_argument(
+        "--exact-max-faces",
+        type=int,
+        default=DEFAULTS["exact_max_faces"],
+        help="--semantic-search auto: largest index searched exactly",
+    )
+    p.add_argument("--ivf-nprobe", type=int, default=DEFAULTS["ivf_nprobe"], help="IVF clusters scanned per query")
+    p.add_argument(
+        "--pixel-exact-max-faces",
+        type=int,
+        default=DEFAULTS["pixel_exact_max_faces"],
+        help="largest index whose pixel channel is exact L1 over every face (its bound tables take "
+        "2,120 bytes per face in RAM); above it, exact L1 over --pixel-candidates semantic neighbours",
+    )
+    p.add_argument(
+        "--pixel-candidates",
+        type=int,
+        default=DEFAULTS["pixel_candidates"],
+        help="semantic neighbours whose crops the pixel channel compares above --pixel-exact-max-faces",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     a = p.parse_args(argv)
     if (
@@ -126,10 +153,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         or a.queue_wait_s <= 0
         or a.connection_limit < 1
         or a.min_read_kib_s <= 0
+        or a.exact_max_faces < 0
+        or a.ivf_nprobe < 1
+        or a.pixel_exact_max_faces < 0
+        or a.pixel_candidates < 1
     ):
         p.error(
             "--workers, --max-inflight, --max-files, --max-request-mb, --max-pixels, --queue-wait-s, "
-            "--connection-limit and --min-read-kib-s must be positive"
+            "--connection-limit, --min-read-kib-s, --ivf-nprobe and --pixel-candidates must be positive "
+            "(--exact-max-faces and --pixel-exact-max-faces >= 0)"
         )
     if a.token and a.token_file:
         p.error("give --token or --token-file, not both")
@@ -203,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
                 "max_queue": a.max_queue,
                 "queue_wait_s": a.queue_wait_s,
                 "verify": not a.no_verify,
+                "semantic_search": a.semantic_search,
+                "exact_max_faces": a.exact_max_faces,
+                "ivf_nprobe": a.ivf_nprobe,
+                "pixel_exact_max_faces": a.pixel_exact_max_faces,
+                "pixel_candidates": a.pixel_candidates,
             },
         )
     except (IndexLoadError, OSError, ValueError, RuntimeError) as e:
@@ -277,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         f"facemem serving {state.index.n_faces} faces from {a.index} on {urls} "
         f"({threads} threads, {adm.inflight} searching at once, queue {adm.queue}, "
         f"{state.pool.processes} detection processes, device {state.searcher.device}, "
+        f"search {', '.join(c + ' ' + v['method'] for c, v in state.searcher.search_info().items())}, "
         f"auth {'on' if token else 'off'})",
         flush=True,
     )

@@ -470,7 +470,7 @@ def neighbors_for_faces(
         sem_top1 = sd[:, 0] if pos else np.zeros(0)
         sem_train = [{"file": files[j], "identity": idents[j]} for j in si[:, 0]] if pos else []
     if "pixel" in params.channels:
-        pd, pi = searcher.pixel_search(pix, params.k)
+        pd, pi = searcher.pixel_search(pix, params.k, desc=desc)
         for row, i in enumerate(pos):
             entries[i]["pixel"] = [
                 {
@@ -506,6 +506,7 @@ def neighbors_for_faces(
         "memorization": mem,
         "calibration": th.to_dict(pixels.PIXEL_DIM),
         "index": index_summary(searcher.index),
+        "search": searcher.search_info(params.channels),
         "params": params.to_dict(),
         "timing": {"embed_s": t_embed, "search_s": t_search, "stats_s": time.perf_counter() - t2},
     }

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,12 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import ClosingIterator
 
-from indexer import attributes, faces
+from indexer import attributes, faces, ivf
 from indexer.store import FaceIndex, load_index
 
 from . import api, metrics, page, stats
 from .admission import Admission, Overloaded
-from .search import Searcher
+from .search import EXACT_MAX_FACES, PIXEL_CANDIDATES, PIXEL_EXACT_MAX_FACES, Searcher
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ DEFAULTS: dict[str, Any] = {
     "max_queue": 16,  # POST /neighbors waiting for a slot before 503; None = unbounded (naive baseline)
     "queue_wait_s": 30.0,  # longest wait for a slot before 503
     "verify": True,  # check every index file's sha256 at start-up (bit rot, edits), not just sizes
+    "semantic_search": "auto",  # auto (exact up to exact_max_faces, IVF above) | exact | ivf
+    "exact_max_faces": EXACT_MAX_FACES,
+    "ivf_nprobe": ivf.DEFAULT_NPROBE,  # IVF clusters scanned per query
+    "pixel_exact_max_faces": PIXEL_EXACT_MAX_FACES,  # above: exact L1 over the semantic candidates only
+    "pixel_candidates": PIXEL_CANDIDATES,
 }
 THUMB_DEFAULT = 256
 # Routes that need no token: liveness, and the browser page that asks for the token (it holds no data).
@@ -68,7 +74,7 @@ class ServiceState:
     pool: api.DetectPool
     admission: Admission
     default_thresholds: stats.Thresholds
-    face_files: dict[str, int]
+    face_files: Container[str]  # file names of the index's faces (set-like; hashed for large indexes)
     openapi: dict
     training_side: dict  # GET /v1/attributes: what the omission statistics need (indexer.attributes)
     started: float = field(default_factory=time.time)
@@ -225,7 +231,16 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
         raise ValueError("max_files must be >= 1 and max_request_mb > 0")
     t0 = time.perf_counter()
     index = load_index(Path(index_dir), verify_hashes=bool(cfg["verify"]))
-    searcher = Searcher(index, device=cfg["device"], embedder=cfg["embedder"])
+    searcher = Searcher(
+        index,
+        device=cfg["device"],
+        embedder=cfg["embedder"],
+        semantic=cfg["semantic_search"],
+        exact_max_faces=int(cfg["exact_max_faces"]),
+        ivf_nprobe=int(cfg["ivf_nprobe"]),
+        pixel_exact_max_faces=int(cfg["pixel_exact_max_faces"]),
+        pixel_candidates=int(cfg["pixel_candidates"]),
+    )
     pool = api.DetectPool(cfg["detect_processes"])
     inflight = int(cfg["max_inflight"] or os.cpu_count() or 1)
     queue = None if cfg["max_queue"] is None else int(cfg["max_queue"])
@@ -236,7 +251,7 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
         pool=pool,
         admission=Admission(inflight, queue, float(cfg["queue_wait_s"])),
         default_thresholds=stats.calibrate(index.calibration),
-        face_files={f: i for i, f in enumerate(searcher.files)},
+        face_files=index.face_files(),
         openapi=json.loads(OPENAPI_PATH.read_text()),
         training_side=attributes.training_side(index),
     )
@@ -360,6 +375,7 @@ def _register(app: Flask) -> None:
                     "k_max": api.K_MAX,
                 },
                 "device": st.searcher.device,
+                "search": st.searcher.search_info(),
             }
         )
 

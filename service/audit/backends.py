@@ -81,7 +81,9 @@ class LocalBackend:
         from .. import stats
 
         out = api.index_info(self.index, stats.calibrate(self.index.calibration))
-        return json_round_trip({**out, "root": str(self.index.dataset_root), "path": self.where})
+        return json_round_trip(
+            {**out, "search": self.searcher.search_info(), "root": str(self.index.dataset_root), "path": self.where}
+        )
 
     def neighbors(self, images: list[tuple[str, bytes]], params: dict) -> dict:
         """:func:`service.api.neighbors` on one request's images, as the service would answer it."""

@@ -21,20 +21,27 @@ NULL_DRAWS = 200
 
 
 def null_from_training(
-    diff_face: np.ndarray, face_identity: np.ndarray, n: int, draws: int = NULL_DRAWS, seed: int = 0
+    diff_face: np.ndarray,
+    face_identity: np.ndarray,
+    n: int,
+    draws: int = NULL_DRAWS,
+    seed: int = 0,
+    rows: np.ndarray | None = None,
 ) -> dict | None:
     """Null distribution of (largest count, distinct identities) for n strangers, from the training
-    side: ``diff_face[i]`` is face i's nearest other-identity face, ``face_identity`` the identity code
-    of every face (−1 unknown). Faces are drawn one per identity, like independent strangers."""
+    side: ``diff_face[i]`` is face ``rows[i]``'s nearest other-identity face (``rows``: every face when
+    None; a sampled calibration's ``sem_rows`` otherwise), ``face_identity`` the identity code of every
+    face (−1 unknown). Faces are drawn one per identity, like independent strangers."""
     diff_face = np.asarray(diff_face, np.int64)
     ids = np.asarray(face_identity, np.int64)
-    ok = np.flatnonzero((ids >= 0) & (diff_face >= 0))
+    own = ids if rows is None else ids[np.asarray(rows, np.int64)]
+    ok = np.flatnonzero((own >= 0) & (diff_face >= 0))
     if n < 1 or not len(ok):
         return None
     # one face per identity (a seeded pick), so two photos of one person do not count as two strangers
     rng = np.random.default_rng(seed)
     perm = rng.permutation(ok)
-    _, first = np.unique(ids[perm], return_index=True)
+    _, first = np.unique(own[perm], return_index=True)
     pool = perm[first]
     if len(pool) < n:
         return None

@@ -142,8 +142,12 @@ def training_side(
     cal = index.calibration
     th = stats.calibrate(cal, false_match_rate, threshold, pair_false_match_rate=pair_false_match_rate)
     n_all = index.n_faces
+    # The per-face semantic arrays cover every face, or (indexes above the build's
+    # --semantic-calibration-sample) the faces ``sem_rows``: positions below index those arrays.
+    m = len(cal["sem_diff_id"])
+    sem_face = np.asarray(cal["sem_rows"], np.int64) if "sem_rows" in cal else np.arange(m, dtype=np.int64)
     rng = np.random.default_rng([seed, 11])
-    rows = None if n_all <= NULL_CAP else np.sort(rng.choice(n_all, NULL_CAP, replace=False))
+    rows = None if m <= NULL_CAP else np.sort(rng.choice(m, NULL_CAP, replace=False))
     pix_rows = np.asarray(cal.get("pix_loo_rows", np.zeros(0, np.int64)))
     pix_sub = None if len(pix_rows) <= NULL_CAP else np.sort(rng.choice(len(pix_rows), NULL_CAP, replace=False))
     nulls = {
@@ -155,7 +159,7 @@ def training_side(
     ids = index.identity_codes()
     k = cells or ct.cell_count(faces)
     centroids = ct.kmeans_cells(index.descriptors, k, seed)
-    held_rows = np.arange(n_all) if rows is None else rows
+    held_rows = np.arange(m) if rows is None else rows
     held = np.asarray(cal["sem_diff_id"], np.float64)[held_rows]
     finite = np.isfinite(held)
     out = {
@@ -166,12 +170,14 @@ def training_side(
         "calibration": th.to_dict(pixel_channel.PIXEL_DIM),
         "nulls": nulls,
         "support_reference": _reference_support(index, th, max(int(faces), 2), seed),
-        "identity_null": identities.null_from_training(cal["sem_diff_id_face"], ids, int(faces), seed=seed),
+        "identity_null": identities.null_from_training(
+            cal["sem_diff_id_face"], ids, int(faces), seed=seed, rows=sem_face
+        ),
         "ct": {
             "cells": int(k),
             "centroids": centroids.tolist(),
             "held_out_distance": held[finite].tolist(),
-            "held_out_cells": ct.assign(index.descriptors[held_rows][finite], centroids).tolist(),
+            "held_out_cells": ct.assign(index.descriptors[sem_face[held_rows][finite]], centroids).tolist(),
             "held_out_source": "each training face's nearest other-identity distance (training-domain strangers)",
         },
         "scope": scope(index, training_set_size),
