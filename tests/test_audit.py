@@ -200,6 +200,11 @@ def pggan_folder(tmp_path_factory) -> Path:
     return d
 
 
+def rr_pairs(data: dict) -> int:
+    n = data["summary"]["reference_real"]["faces"]
+    return n * (n - 1) // 2
+
+
 def planted_pair(folder: Path) -> set[str]:
     dup = next(folder.glob("dup_of_*"))
     return {dup.name, dup.name[len("dup_of_") :]}
@@ -310,6 +315,11 @@ def test_pggan_report_renders_and_flags_the_planted_copies(pggan_report, pggan_f
     assert {"statistic", "p_value_copying", "per_cell"} <= set(data["ct_test"])
     assert set(data["memorization"]["p_values"]) == {"same_person", "copies_semantic", "copies_pixel"}
     assert data["memorization"]["null"] == "reference_real"
+    for ch in ("semantic", "pixel"):  # the reference's own pair rate checks f in the generated domain
+        rr, chk = data["support"][ch]["reference_real_pair_rate"], data["support"][ch]["chance_rate_check"]
+        f = data["support"][ch]["per_pair_false_match_rate"]
+        assert rr["pairs"] == rr_pairs(data) and chk["consistent"] == (rr["interval"][0] <= f <= rr["interval"][1])
+    assert 'data-chance-check="semantic"' in out.read_text()
     ref = data["memorization"]["same_person"]["reference_real"]
     assert ref["null_samples"] == data["summary"]["reference_real"]["faces"] > REFERENCE_N // 2
     # One planted copy among ~22 faces: significant against the index's 10,000 strangers (0.06% of

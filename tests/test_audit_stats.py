@@ -216,3 +216,75 @@ def test_identity_concentration_against_its_stranger_null(world):
     few = np.repeat(w.strangers(20, rng), 15, axis=0) + rng.normal(scale=0.002, size=(300, 128))
     bad = identities.concentration(entries(few.astype(np.float32)), null)
     assert bad["p_value_max"] < 0.01 and bad["p_value_distinct"] < 0.01
+
+
+def test_chance_rate_check_flags_a_domain_where_strangers_collide_more_often():
+    """Planted: 200 faces with 40 colliding pairs among 19,900 (q ≈ 2.0e-3). At the calibrated
+    f = 1e-5 the support is (1 − f)/(q − f); real reference faces that collide at 1e-3 (100x f) make
+    the check say the support is biased low and give the support at that chance rate, (1 − f')/(q − f')."""
+    from service.audit.run import Audit
+
+    pairs = tuple((2 * i, 2 * i + 1) for i in range(40))
+    batches = [support.Batch(200, pairs)]
+    n_pairs = 200 * 199 // 2
+    q, f = 40 / n_pairs, 1e-5
+    shifted = {
+        "pairs": 100_000,
+        "colliding": 100,
+        "rate": 1e-3,
+        "interval": list(baselines.clopper_pearson(100, 100_000)),
+    }
+    chk = Audit._chance_rate_check(batches, f, shifted, seed=0)
+    assert chk["consistent"] is False and "biased low" in chk["note"] and chk["ratio"] == pytest.approx(100)
+    assert chk["support_at_reference_rate"]["estimate"] == pytest.approx((1 - 1e-3) / (q - 1e-3))
+    assert support.estimate(batches, f)["estimate"] == pytest.approx((1 - f) / (q - f))
+    # a reference that agrees with f: consistent, no note
+    same = {
+        "pairs": 2_000_000,
+        "colliding": 20,
+        "rate": 1e-5,
+        "interval": list(baselines.clopper_pearson(20, 2_000_000)),
+    }
+    ok = Audit._chance_rate_check(batches, f, same, seed=0)
+    assert ok["consistent"] is True and "note" not in ok
+    assert Audit._chance_rate_check(batches, f, None, seed=0) is None
+
+
+def test_a_finding_against_the_training_null_carries_the_domain_caveat():
+    """A rejection against training-domain strangers says that another domain can cause it (the
+    32 px DCGAN's C_T does, and not against degraded real strangers); against a reference it does not."""
+    from service.audit import verdict
+
+    mem = {"p_values": {"same_person": 0.9, "copies_semantic": 1.0, "copies_pixel": 1.0}}
+    ct_block, idents = {"p_value_copying": 1e-10}, {"p_value_max": 0.5}
+    trained = verdict.decide(mem, ct_block, idents, 0.05, "training")
+    assert "ct_copying" in trained["verdict"] and "--reference-real" in trained["caveat"]
+    referenced = verdict.decide(mem, ct_block, idents, 0.05, "reference_real")
+    assert "caveat" not in referenced and "see the caveat" not in referenced["verdict"]
+    clean = verdict.decide(mem, {"p_value_copying": 0.5}, idents, 0.05, "training")
+    assert "caveat" not in clean and clean["verdict"] == "no evidence of memorization at the indexed faces"
+
+
+def test_reference_faces_are_rendered_at_the_generators_resolution(tmp_path):
+    """--reference-downscale 32: the centre square at 32×32, enlarged to --upscale like a generator
+    sample, so it holds exactly a 32 px image's detail; undecodable bytes pass through unchanged."""
+    import io
+
+    from PIL import Image
+
+    from service.audit import audit
+    from service.audit.backends import AuditError
+    from service.audit.sources import render_at
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    out = np.asarray(Image.open(io.BytesIO(render_at(buf.getvalue(), 32, 128))))
+    small = Image.fromarray(img[:, 10:70]).resize((32, 32), Image.BILINEAR)
+    want = np.asarray(small.resize((128, 128), Image.BICUBIC))
+    assert out.shape == (128, 128, 3) and np.array_equal(out, want)
+    assert np.asarray(Image.open(io.BytesIO(render_at(buf.getvalue(), 32, 0)))).shape == (32, 32, 3)
+    assert render_at(b"not an image", 32, 128) == b"not an image"
+    with pytest.raises(AuditError, match="reference_downscale needs reference_real"):
+        audit(images=[img], index=tmp_path, reference_downscale=32)

@@ -130,6 +130,9 @@ def audit(
         raise AuditError(EXIT_USAGE, "give exactly one of generated=, generator= and images=")
     if (index is None) == (server is None):
         raise AuditError(EXIT_USAGE, "give exactly one of index= and server=")
+    rd = opts["reference_downscale"]
+    if rd is not None and (not opts["reference_real"] or int(rd) < 8):
+        raise AuditError(EXIT_USAGE, "reference_downscale needs reference_real and a size of at least 8 px")
     if opts["threshold"] is not None and options.get("false_match_rate") is not None:
         opts["false_match_rate"] = None  # threshold wins, as in the service
     if generated is not None:

@@ -97,6 +97,7 @@ def parser(prog: str = "python scripts/audit.py") -> argparse.ArgumentParser:
     p.add_argument(
         "--reference-detector", default=None, choices=list(faces.DETECTORS), help=o["reference_detector"].help
     )
+    p.add_argument("--reference-downscale", type=int, metavar="PX", default=None, help=o["reference_downscale"].help)
     p.add_argument("--training-set-size", type=int, default=None, help=o["training_set_size"].help)
     p.add_argument("--ct-cells", type=int, default=None, help=o["ct_cells"].help)
     p.add_argument("--alpha", type=float, default=o["alpha"].default, help=o["alpha"].help)

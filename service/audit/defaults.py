@@ -47,6 +47,11 @@ OPTIONS: dict[str, Option] = {
         "detector for the reference faces (default: --detector); e.g. hog for unaligned real photos when the "
         "generator's faces are aligned crops",
     ),
+    "reference_downscale": Option(
+        None,
+        "render each reference face at this size first (centre square, downscaled, then enlarged like generator "
+        "samples, --upscale): a null in a low-resolution generator's domain, e.g. 32 for a 32 px generator",
+    ),
     "training_set_size": Option(None, "images in the full training set, when the dataset does not say (coverage)"),
     "ct_cells": Option(None, "k-means cells of the C_T test (default: one per 50 generated faces, 2 to 20)"),
     "grid_expanded": Option(24, "grid rows shown before the collapsed rest"),

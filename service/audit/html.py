@@ -283,6 +283,8 @@ def _summary(d: dict) -> str:
     dec = s["decisions"]
     out = [f'<section id="summary" data-section="summary"><h2>{TITLE["summary"]}</h2>']
     out.append(f'<p class="big" data-verdict>{esc(s["verdict"])}</p>')
+    if s.get("caveat"):
+        out.append(f'<p class="note" data-caveat>{esc(s["caveat"])}</p>')
     out.append(
         _kv(
             [
@@ -593,6 +595,18 @@ def _birthday(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
         g = sup.get(ch) or {}
         if g.get("method"):
             out.append(f'<p class="note">{esc(ch)}: {esc(g["method"])}. {esc(g.get("note") or "")}</p>')
+        rr, chk = g.get("reference_real_pair_rate"), g.get("chance_rate_check")
+        if rr and chk:
+            alt = chk.get("support_at_reference_rate")
+            out.append(
+                f'<p class="note" data-chance-check="{esc(ch)}">{esc(ch)}, check of f in the generated domain: '
+                f"pairs of the real reference faces collide at {rr['rate']:.3g} "
+                f"[{rr['interval'][0]:.3g} – {rr['interval'][1]:.3g}], "
+                f"{fmt(chk.get('ratio'))}× the calibrated f. "
+                + (esc(chk["note"]) + ". " if chk.get("note") else "Consistent with f. ")
+                + (f"With the reference's rate as the chance rate the support is {support_text(alt)}." if alt else "")
+                + "</p>"
+            )
         c = cross.get(ch) or {}
         if c.get("method"):
             out.append(f'<p class="note">{esc(ch)} crossing: {esc(c["method"])}. {esc(c.get("note") or "")}</p>')

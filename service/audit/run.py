@@ -213,7 +213,12 @@ class Audit:
             if ref_source is not None:
                 t0 = time.perf_counter()
                 ref = Batch()
-                self.post(ref_source.read(list(range(len(ref_source.files)))), ref, first, o.get("reference_detector"))
+                ref_imgs = ref_source.read(list(range(len(ref_source.files))))
+                if o.get("reference_downscale"):
+                    from .sources import render_at
+
+                    ref_imgs = [(n, render_at(b, o["reference_downscale"], o["upscale"])) for n, b in ref_imgs]
+                self.post(ref_imgs, ref, first, o.get("reference_detector"))
                 self.timing["reference_real_s"] = time.perf_counter() - t0
         finally:
             self.bar.close()
@@ -333,6 +338,7 @@ class Audit:
                 else {
                     "folder": str(o["reference_real"]),
                     "detector": o.get("reference_detector") or o["detector"],
+                    "downscale": o.get("reference_downscale"),
                     "images": len(ref.entries),
                     "faces": len(ref.ok),
                 },
@@ -417,13 +423,15 @@ class Audit:
                 continue
             batches = [support.Batch(n_faces, tuple((i, j) for i, j, _ in pairs[ch]))]
             batches += [support.Batch(t["faces"], tuple((i, j) for i, j, _ in t["pairs"][ch])) for t in trials]
-            est = support.estimate(batches, pt.per_pair_false_match_rate, seed=o["seed"])
+            f = pt.per_pair_false_match_rate
+            est = support.estimate(batches, f, seed=o["seed"])
             out["support"][ch] = {
                 **est,
                 "threshold": pt.threshold,
-                "per_pair_false_match_rate": pt.per_pair_false_match_rate,
+                "per_pair_false_match_rate": f,
                 "same_identity_recall": pt.same_identity_recall,
                 "reference_real_pair_rate": ref_rates.get(ch),
+                "chance_rate_check": self._chance_rate_check(batches, f, ref_rates.get(ch), o["seed"]),
             }
             if generator and trials:
                 faces_found = [t["faces"] for t in trials]
@@ -438,6 +446,34 @@ class Audit:
             "batch_sizes": list(o["batch_sizes"]),
             "rows": rows,
         }
+        return out
+
+    @staticmethod
+    def _chance_rate_check(batches: list, f: float, ref_rate: dict | None, seed: int) -> dict | None:
+        """Whether the calibrated chance rate f holds in the generated faces' domain, from the real
+        reference faces' own pair collisions; and the support with the reference's rate as the chance
+        rate. Why: f is measured on training-domain pairs; where real strangers collide more often after
+        the same pipeline (sharper or wilder photos, another detector), f·C(s,2) undercounts the chance
+        pairs and the support estimate is biased low."""
+        if ref_rate is None:
+            return None
+        lo, hi = ref_rate["interval"]
+        out = {
+            "ratio": ref_rate["rate"] / f if f > 0 else None,
+            "consistent": bool(lo <= f <= hi),
+            "support_at_reference_rate": None,
+        }
+        if ref_rate["colliding"] > 0:
+            alt = support.estimate(batches, ref_rate["rate"], seed=seed)
+            out["support_at_reference_rate"] = {
+                k: alt[k] for k in ("estimate", "interval", "lower_bound", "note") if k in alt
+            }
+        if not out["consistent"]:
+            out["note"] = (
+                f"real faces of different people collide {ref_rate['rate'] / f:.3g}x as often as the calibrated "
+                f"f in this domain: the chance pairs are {'under' if ref_rate['rate'] > f else 'over'}counted, and "
+                f"the support estimate is biased {'low' if ref_rate['rate'] > f else 'high'}"
+            )
         return out
 
     @staticmethod

@@ -77,6 +77,26 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def render_at(data: bytes, size: int, upscale: int = 0) -> bytes:
+    """``data`` as a ``size``×``size`` image would look after a generator's pipeline: the centre
+    square, downscaled (antialiased bilinear), then enlarged to ``upscale`` px (bicubic) as samples
+    are (:meth:`GeneratorSource.sample`). Bytes that do not decode are returned unchanged, so the
+    service gives them their usual per-image status. Why: a real-face null for a low-resolution
+    generator must have lost the same detail (at 32 px the descriptor barely separates people)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = min(w, h)
+            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            im = im.resize((size, size), Image.BILINEAR)
+            if upscale and size < upscale:
+                im = im.resize((upscale, upscale), Image.BICUBIC)
+            return png_bytes(np.asarray(im))
+    except Exception:  # noqa: BLE001 - whatever a hostile file raises, the service reports it
+        return data
+
+
 # ----------------------------------------------------------------------------- sources
 
 

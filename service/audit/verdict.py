@@ -55,4 +55,14 @@ def decide(mem: dict, ct_block: dict, idents: dict, alpha: float, null: str) -> 
         head = "no decision: the index has no identities for a stranger baseline"
     else:
         head = "no evidence of memorization at the indexed faces"
-    return {"decisions": decisions, "verdict": head}
+    out = {"decisions": decisions, "verdict": head}
+    if null == "training" and (decisions["primary"]["reject"] or flagged):
+        # Measured: the 32 px DCGAN's C_T and identity concentration reject against training strangers
+        # and not against real strangers degraded to 32 px (README, "Measured here").
+        out["caveat"] = (
+            "decided against training-domain strangers: faces from another domain (lower resolution, blur, "
+            "another detector or crop) can give these findings without copying; rerun with --reference-real "
+            "holding real faces of people not in the index, in the generator's domain"
+        )
+        out["verdict"] = head + " (against training-domain strangers: see the caveat)"
+    return out
