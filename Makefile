@@ -41,16 +41,19 @@ lint: setup
 	$(VPY) -m ruff format --check .
 
 # The main job on the bundled sample data: index celeba10k (skipped when a valid index is there),
-# then audit a real PGGAN sample folder and a real DCGAN generator against it.
+# then audit a real PGGAN sample folder and a real DCGAN generator against it, each against real
+# strangers (celeba_test) in its own domain: wild photos for the PGGAN, the same faces at 32 px for the DCGAN.
 demo: setup
 	$(VPY) -m indexer info $(INDEX) >/dev/null 2>&1 || \
 	  $(VPY) -m indexer build --dataset celeba --root $(DATA)/celeba10k --out $(INDEX) --overwrite
 	$(VPY) -m indexer info $(INDEX)
 	$(VPY) scripts/audit.py --generated $(DATA)/generated/pggan_celebahq --index $(INDEX) \
-	  --out build/report-pggan.html --json build/report-pggan.json --detector hog
+	  --out build/report-pggan.html --json build/report-pggan.json --detector hog \
+	  --reference-real $(DATA)/celeba_test --reference-detector hog
 	$(VPY) scripts/audit.py --generator dcgan32:$(DATA)/generated/dcgan32_celeba/checkpoint_G.pth \
 	  --index $(INDEX) --out build/report-dcgan.html --json build/report-dcgan.json --n 500 --detector aligned \
-	  --batch-sizes 16,32,64 --trials 10
+	  --batch-sizes 16,32,64 --trials 10 \
+	  --reference-real $(DATA)/celeba_test --reference-downscale 32 --reference-detector aligned
 	@echo "reports: build/report-pggan.html build/report-dcgan.html (numbers: build/report-*.json)"
 
 clean:

@@ -77,11 +77,12 @@ def test_calibration_arrays(small_index):
 
 
 def test_celeba_wild_indexed_people_found(full_index, wild_labels):
-    """In-the-wild photos (HOG) of people in celeba10k against the aligned celeba10k index."""
+    """In-the-wild photos (HOG) of people in celeba10k against the aligned celeba10k index (every
+    other one of the 300: the full set's figures come from scripts/eval_identification.py)."""
     from service.search import Searcher
 
     s = Searcher(full_index, device="cpu")
-    wanted = [(f, ident) for f, ident, rel in wild_labels if rel == "indexed_person"]
+    wanted = [(f, ident) for f, ident, rel in wild_labels if rel == "indexed_person"][::2]
     qs = _query_files(s, [WILD / f for f, _ in wanted], "hog")
     found = [(q, ident) for q, (_, ident) in zip(qs, wanted) if q.face.ok]
     assert len(found) >= 0.8 * len(wanted)
@@ -202,7 +203,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
         "--root",
         str(CELEBA10K),
         "--limit",
-        "400",
+        "200",
         "--chunk-size",
         "8",
         "--workers",
