@@ -146,7 +146,7 @@ def pixel_calibration(
             **_empty_pairs("pix"),
         }
     rows = sample_rows(n, sample, seed)
-    from .shards import ShardedArray
+    from .shards import ShardedArray, merge_topk
 
     if isinstance(pixels, ShardedArray):  # one shard's bound tables in memory at a time
         shards = [(start, block) for start, block in zip(pixels.starts, pixels.blocks) if len(block)]
@@ -161,18 +161,15 @@ def pixel_calibration(
         if one is not None:
             d, i = one.search(queries, k, exclude_self=q.astype(np.int64))
             return d.astype(np.float64), i
-        dd, ii = [], []
-        for start, block in shards:
+        best_d = np.full((len(q), k), -1, np.int64)
+        best_i = np.full((len(q), k), -1, np.int64)
+        for start, block in shards:  # as ShardedL1.search, but one shard's L1Index at a time
             local = np.where((q >= start) & (q < start + len(block)), q - start, -1).astype(np.int64)
             d, i = L1Index(block, use_gpu=device == "cuda").search(queries, min(k, len(block)), exclude_self=local)
-            d = d.astype(np.float64)
-            d[i < 0] = np.inf
-            dd.append(d)
-            ii.append(np.where(i >= 0, i + start, -1))
-        d, i = np.concatenate(dd, axis=1), np.concatenate(ii, axis=1)
-        o = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=1)[:, :k]
-        d, i = np.take_along_axis(d, o, 1), np.take_along_axis(i, o, 1)
-        return d, i
+            best_d, best_i = merge_topk([best_d, d], [best_i, np.where(i >= 0, i + start, -1)], k, pad=-1)
+        d = best_d.astype(np.float64)
+        d[best_i < 0] = np.inf
+        return d, best_i
 
     search = _Prefetched(l1_search, rows, FIRST_K)  # one top-16 pass serves all three statistics
     dist, _ = search(rows, 1)
