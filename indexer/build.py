@@ -293,9 +293,12 @@ def _save_chunk(
         raise
 
 
-def _load_chunk(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray, dict]:
+def _load_chunk(path: Path, pixels: bool = True) -> tuple[list[dict], np.ndarray, np.ndarray | None, dict]:
+    """A checkpoint's rows, descriptors, pixel vectors (None unless ``pixels``: they are the bulk of
+    it, ~12 KB a face) and stage times."""
     with np.load(path) as z:
-        return json.loads(str(z["rows"])), z["descriptors"], z["pixels"], json.loads(str(z["times"]))
+        pix = z["pixels"] if pixels else None
+        return json.loads(str(z["rows"])), z["descriptors"], pix, json.loads(str(z["times"]))
 
 
 def _load_chunk_extras(path: Path) -> dict[str, np.ndarray]:
@@ -633,7 +636,7 @@ def _build(
         nodes: set[str] = set()
         descs, extras = [], []
         for i, chunk in enumerate(chunks):
-            crow, cdesc, _, ct = _load_chunk(paths[i])
+            crow, cdesc, _, ct = _load_chunk(paths[i], pixels=False)
             descs.append(cdesc)
             extras.append(_load_chunk_extras(paths[i]))
             for k in times:
