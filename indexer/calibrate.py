@@ -3,7 +3,7 @@
 For every indexed face we store its nearest distance to any other face (leave-one-out), to a face
 of a different identity (the null distribution: a stranger's nearest neighbour) and which face that
 is, and to another photo of the same identity. The service turns these into thresholds (see
-``service/stats.py``). The semantic self-search is one batched exact FAISS search; the pixel
+``service/stats/thresholds.py``). The semantic self-search is one batched exact FAISS search; the pixel
 leave-one-out uses the exact L1 search on a seeded sample of faces (a percentile needs thousands of
 draws, not all 200k).
 

@@ -1,7 +1,7 @@
 """facemem's HTTP service: ``POST /neighbors`` and friends (see README, "Service").
 
 ``create_app`` is imported lazily so that face-detection worker processes, which import
-``service.api``, do not pay for Flask, torch or FAISS.
+``service.detect``, do not pay for Flask, torch or FAISS.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __version__ = "0.1.0"  # the facemem project version (pyproject.toml reads it); 
 
 
 def create_app(index_dir: Any, config: dict | None = None) -> Flask:
-    """The app factory: loads the index once, read-only; ``config`` keys are in ``service.app.DEFAULTS``."""
-    from .app import create_app as _create_app
+    """The app factory: loads the index once, read-only; ``config`` keys are in ``service.http.app.DEFAULTS``."""
+    from .http.app import create_app as _create_app
 
     return _create_app(index_dir, config)

@@ -17,7 +17,7 @@ FLUSH_S = 5.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from .app import DEFAULTS
+    from .http.app import DEFAULTS
 
     p = argparse.ArgumentParser(
         prog="python -m service",
@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from indexer.store import IndexLoadError
 
-    from . import slow_clients
-    from .app import create_app
+    from .http import slow_clients
+    from .http.app import create_app
 
     try:
         token = _read_token(a)

@@ -248,7 +248,7 @@ class Client:
 
     def reference(self, **params: Any) -> dict:
         """``GET /v1/reference``: the training side of an audit (thresholds, null samples, the
-        training reference of the support estimate, the C_T cells); see :mod:`service.audit.reference`."""
+        training reference of the support estimate, the C_T cells); see :mod:`service.stats.training_side`."""
         q = {k: query_value(v) for k, v in params.items() if v is not None}
         return self._json("GET", "/v1/reference", params=q)
 

@@ -4,8 +4,8 @@ how often a stranger is called someone, with each descriptor lever on and off.
 Why a module: every downstream number (same-person rate, collisions, identity concentration) rests
 on the semantic channel, so the levers that change it (flip-averaged descriptors, resolution-matched
 queries) are judged on labelled photos, through the service's own code: faces from
-:func:`service.api.detect_one` (in a :class:`service.api.DetectPool`), descriptors from
-:meth:`service.search.Searcher.prepare`, the threshold from :func:`service.stats.calibrate`.
+:func:`service.detect.detect_one` (in a :class:`service.detect.DetectPool`), descriptors from
+:meth:`service.search.Searcher.prepare`, the threshold from :func:`service.stats.thresholds.calibrate`.
 ``scripts/eval_identification.py`` is the CLI.
 
 Query sets (all paths overridable):
@@ -34,7 +34,8 @@ import numpy as np
 
 from indexer import faces
 
-from . import api, stats
+from .detect import DetectPool
+from .stats import thresholds
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def detect_all(
         + [(n, d, "stranger", None, None) for n, d in strangers]
         + [(n, d, "same_photo", None, f) for n, d, f in same]
     )
-    pool = api.DetectPool(processes)
+    pool = DetectPool(processes)
     try:
         found = pool.run([d for _, d, *_ in items], detector, faces.MAX_PIXELS)
     finally:
@@ -126,7 +127,7 @@ def measure(searcher, queries: list[LabelledFace], resolution_match: bool, k: in
     ``same_person`` at the calibrated default (the 1% quantile of the index's nearest
     other-identity distances), i.e. top-1 distance < threshold.
     """
-    th = stats.calibrate(searcher.index.calibration)
+    th = thresholds.calibrate(searcher.index.calibration)
     ok = [q for q in queries if q.face.ok]
     prepared = searcher.prepare([(q.name, q.face) for q in ok], resolution_match=resolution_match)
     desc = np.stack([p.descriptor for p in prepared]) if prepared else np.zeros((0, 128), np.float32)
@@ -213,7 +214,7 @@ def tradeoff(searcher, queries: list[LabelledFace], rates: list[float], resoluti
     known = np.array([q.group == "indexed_person" for q in wild], dtype=bool)
     out = []
     for rate in rates:
-        t = stats.calibrate(searcher.index.calibration, rate).identity
+        t = thresholds.calibrate(searcher.index.calibration, rate).identity
         out.append(
             {
                 "false_match_rate": rate,

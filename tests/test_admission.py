@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from service.admission import SHUTDOWN_RETRY_AFTER_S, Admission, Overloaded
+from service.http.admission import SHUTDOWN_RETRY_AFTER_S, Admission, Overloaded
 
 
 def _wait_for(cond, timeout: float = 10.0) -> None:

@@ -1,6 +1,6 @@
 """The batch audit: real PGGAN faces and the real DCGAN against the real celeba10k index, rendered in
 headless Chromium. Nothing is mocked; expected values come from the service itself
-(``service.api.neighbors`` in-process and a live server), never from constants."""
+(``service.query.neighbors`` in-process and a live server), never from constants."""
 
 from __future__ import annotations
 
@@ -346,15 +346,15 @@ def test_pggan_report_renders_and_flags_the_planted_copies(pggan_report, pggan_f
 
 
 def test_pggan_report_equals_the_service_in_process(pggan_report, pggan_folder, searcher):
-    """Same images through service.api.neighbors in one call (the audit's one request): identical
+    """Same images through service.query.neighbors in one call (the audit's one request): identical
     per-image entries, calibration, memorization rates and collision pairs."""
-    from service import api
+    from service import query
 
     out, _, _ = pggan_report
     data = report_data(out)
     src = FolderSource.open(pggan_folder)
     images = src.read(list(range(len(src.files))))
-    resp = jsonify(api.neighbors(searcher, images, {"k": 5, "detector": "aligned", "vectors": 1, "attributes": 1}))
+    resp = jsonify(query.neighbors(searcher, images, {"k": 5, "detector": "aligned", "vectors": 1, "attributes": 1}))
     for e in resp["images"]:
         e.pop("descriptor", None), e.pop("pixels", None)
     assert data["neighbors"]["images"] == resp["images"], first_diff(data["neighbors"]["images"], resp["images"])
@@ -448,7 +448,7 @@ def test_errors_have_clear_messages_and_exit_codes(audit_server, full_index_dir,
 
 
 def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
-    from service import api
+    from service import query
     from service.audit.run import sub_seed
     from service.audit.sources import load_generator
 
@@ -484,7 +484,7 @@ def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
     first = data["source"]["sample_seeds"][0]
     assert first["n"] == 16 and first["seed"] == sub_seed(11, 0, 0)
     imgs = gen.sample(16, first["seed"], prefix=first["prefix"], upscale=data["source"]["upscale"])
-    resp = jsonify(api.neighbors(searcher, imgs, {"k": 5, "detector": "aligned", "vectors": 1, "attributes": 1}))
+    resp = jsonify(query.neighbors(searcher, imgs, {"k": 5, "detector": "aligned", "vectors": 1, "attributes": 1}))
     for e in resp["images"]:
         e.pop("descriptor", None), e.pop("pixels", None)
     assert data["neighbors"]["images"][:16] == resp["images"], first_diff(
@@ -493,7 +493,7 @@ def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
     # Each birthday trial is a fresh batch (one request here): re-running one reproduces its count.
     row = next(r for r in data["birthday"]["rows"] if r["s"] == 8)
     t_imgs = gen.sample(8, row["seeds"][2], prefix="trial_s8_t002_", upscale=128)
-    c = api.neighbors(searcher, t_imgs, {"k": 5, "detector": "aligned"})["collisions"]
+    c = query.neighbors(searcher, t_imgs, {"k": 5, "detector": "aligned"})["collisions"]
     assert row["semantic"]["pairs"][2] == c["semantic"]["colliding_pairs"]
     assert row["pixel"]["pairs"][2] == c["pixel"]["colliding_pairs"]
     # Distribution distances exist and come with their baseline and the not-FID warning.
@@ -511,14 +511,14 @@ def test_threshold_is_pair_calibrated_and_does_not_move_with_the_index_size(full
     collision threshold does not — the subsets scatter around the full index's value, within the
     bootstrap intervals the thresholds carry."""
     from indexer import calibrate
-    from service import stats
+    from service.stats import thresholds
 
     ids = full_index.identity_codes()
-    big = stats.calibrate(full_index.calibration)
+    big = thresholds.calibrate(full_index.calibration)
     small = []
     for seed in range(4):
         rows = np.sort(np.random.default_rng(seed).choice(full_index.n_faces, 2500, replace=False))
-        small.append(stats.calibrate(calibrate.semantic_calibration(full_index.descriptors[rows], ids[rows])))
+        small.append(thresholds.calibrate(calibrate.semantic_calibration(full_index.descriptors[rows], ids[rows])))
     b = big.collision_semantic
     pair_drift = np.mean([t.collision_semantic.threshold for t in small]) - b.threshold
     id_drift = np.mean([t.identity for t in small]) - big.identity
@@ -635,7 +635,7 @@ def test_frechet_distance_matches_the_sqrtm_formula_and_is_fast():
     """Against the textbook formula with scipy.linalg.sqrtm, on full-rank and rank-deficient data."""
     from scipy import linalg
 
-    from service.audit.distribution import frechet_distance
+    from service.stats.distribution import frechet_distance
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 128))
@@ -660,7 +660,7 @@ def test_frechet_distance_matches_the_sqrtm_formula_and_is_fast():
 
 
 def test_knn_precision_recall_on_cases_with_known_answers():
-    from service.audit.distribution import distribution_distances, knn_precision_recall
+    from service.stats.distribution import distribution_distances, knn_precision_recall
 
     rng = np.random.default_rng(1)
     real = rng.normal(size=(300, 16))

@@ -13,8 +13,8 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from indexer import calibrate
-from service import stats
-from service.audit import baselines, ct, identities, simulate, support
+from service.audit import simulate
+from service.stats import baselines, collisions, ct, identities, support, thresholds
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_pair_threshold_does_not_drift_with_the_index_size(world):
     is a small-sample bias of a low quantile of clustered pairs; celeba10k: tests/test_audit.py)."""
     w, _, th_big = world
     small = [
-        stats.calibrate(calibrate.semantic_calibration(w.train[o : o + 1000], w.train_ids[o : o + 1000]))
+        thresholds.calibrate(calibrate.semantic_calibration(w.train[o : o + 1000], w.train_ids[o : o + 1000]))
         for o in (0, 1000, 2000)
     ]
     id_drift = np.mean([t.identity for t in small]) - th_big.identity
@@ -104,7 +104,7 @@ def test_chance_pairs_are_removed(world):
     w, _, th = world
     pt = th.collision_semantic
     x = w.strangers(3000, np.random.default_rng(4))
-    pairs = [(i, j) for i, j, _ in stats.close_pairs(x, pt.threshold, "euclidean")]
+    pairs = [(i, j) for i, j, _ in collisions.close_pairs(x, pt.threshold, "euclidean")]
     est = support.estimate([support.Batch(3000, tuple(pairs))], pt.per_pair_false_match_rate)
     assert est["expected_chance_pairs"] == pytest.approx(pt.per_pair_false_match_rate * 3000 * 2999 / 2)
     uncorrected = 3000 * 2999 / 2 / max(len(pairs), 1)
@@ -253,7 +253,7 @@ def test_chance_rate_check_flags_a_domain_where_strangers_collide_more_often():
 def test_a_finding_against_the_training_null_carries_the_domain_caveat():
     """A rejection against training-domain strangers says that another domain can cause it (the
     32 px DCGAN's C_T does, and not against degraded real strangers); against a reference it does not."""
-    from service.audit import verdict
+    from service.stats import verdict
 
     mem = {"p_values": {"same_person": 0.9, "copies_semantic": 1.0, "copies_pixel": 1.0}}
     ct_block, idents = {"p_value_copying": 1e-10}, {"p_value_max": 0.5}

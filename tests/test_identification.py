@@ -18,7 +18,8 @@ from conftest import CELEBA10K, DATA, REPO, read_wild_labels
 from PIL import Image
 
 from indexer import faces, pixels, store
-from service import api, identification
+from service import identification, query
+from service.params import ApiError, parse_params
 from service.search import Searcher
 
 OPENAPI = json.loads((REPO / "service" / "openapi.json").read_text())
@@ -148,15 +149,15 @@ def test_degraded_query_is_closer_to_a_low_resolution_copy_of_the_same_photo():
 def test_parse_resolution_match():
     from werkzeug.datastructures import MultiDict
 
-    assert api.parse_params({}).resolution_match is None
+    assert parse_params({}).resolution_match is None
     for raw, want in (("1", True), ("true", True), ("0", False), ("false", False), (True, True), (False, False)):
-        assert api.parse_params({"resolution_match": raw}).resolution_match is want
+        assert parse_params({"resolution_match": raw}).resolution_match is want
     for bad in ("yes", "", "2", "TRUE ", 1):
-        with pytest.raises(api.ApiError) as e:
-            api.parse_params({"resolution_match": bad})
+        with pytest.raises(ApiError) as e:
+            parse_params({"resolution_match": bad})
         assert e.value.status == 400 and "resolution_match" in e.value.message
-    with pytest.raises(api.ApiError, match="2 times"):
-        api.parse_params(MultiDict([("resolution_match", "1"), ("resolution_match", "0")]))
+    with pytest.raises(ApiError, match="2 times"):
+        parse_params(MultiDict([("resolution_match", "1"), ("resolution_match", "0")]))
 
 
 def test_queries_follow_the_index(small_index, wild_sharp):
@@ -165,11 +166,11 @@ def test_queries_follow_the_index(small_index, wild_sharp):
     out = {}
     for images, det in ((aligned, "aligned"), (wild_sharp, "hog")):
         for rm in ("1", "0"):
-            body = api.neighbors(s, images, {"k": 1, "detector": det, "resolution_match": rm})
+            body = query.neighbors(s, images, {"k": 1, "detector": det, "resolution_match": rm})
             _validate(body)
             assert body["params"]["resolution_match"] is (rm == "1")
             out[det, rm] = [e["semantic"][0] for e in body["images"]]
-    default = api.neighbors(s, aligned[:1], {"detector": "aligned"})
+    default = query.neighbors(s, aligned[:1], {"detector": "aligned"})
     assert default["params"]["resolution_match"] is True  # on by default: the index records a resolution
     assert default["index"]["flip_average"] is True
     assert default["index"]["face_resolution_px"] == small_index.face_resolution
@@ -194,7 +195,7 @@ def test_index_from_before_the_change_keeps_working_unaveraged(old_index_dir, wi
     assert idx.flip_average is False and idx.face_resolution is None
     s = Searcher(idx, device="cpu")
     files = ["000001.jpg", "000150.jpg", "000299.jpg"]
-    body = api.neighbors(s, [(f, _crop(f)) for f in files], {"k": 1, "detector": "aligned"})
+    body = query.neighbors(s, [(f, _crop(f)) for f in files], {"k": 1, "detector": "aligned"})
     _validate(body)
     assert body["params"]["resolution_match"] is False
     assert body["index"]["flip_average"] is False and body["index"]["face_resolution_px"] is None
@@ -204,9 +205,11 @@ def test_index_from_before_the_change_keeps_working_unaveraged(old_index_dir, wi
         assert e["semantic"][0]["file"] == f and e["semantic"][0]["distance"] < 1e-5
     face = faces.process_bytes(wild_sharp[0][1], "hog")
     np.testing.assert_allclose(s.prepare([("q", face)])[0].descriptor, s.embedder.embed(face.chip[None])[0], atol=1e-6)
-    assert api.neighbors(s, [("a", _crop(files[0]))], {"resolution_match": "0"})["params"]["resolution_match"] is False
-    with pytest.raises(api.ApiError) as e:
-        api.neighbors(s, [("a", _crop(files[0]))], {"resolution_match": "1"})
+    assert (
+        query.neighbors(s, [("a", _crop(files[0]))], {"resolution_match": "0"})["params"]["resolution_match"] is False
+    )
+    with pytest.raises(ApiError) as e:
+        query.neighbors(s, [("a", _crop(files[0]))], {"resolution_match": "1"})
     assert e.value.status == 400 and "does not record" in e.value.message
 
 

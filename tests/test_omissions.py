@@ -1,7 +1,7 @@
 """Attribute, pose and expression omissions (issue 13), with known truth.
 
 End to end on real images through the real pipeline: an index of the first 3,000 celeba10k images (its
-probes fitted at build time), and held-back faces 5,001–6,000 sent through ``service.api.neighbors`` with
+probes fitted at build time), and held-back faces 5,001–6,000 sent through ``service.query.neighbors`` with
 ``attributes=1`` in-process. The planted omission removes every held-back face with Eyeglasses or
 Bangs (labels from list_attr_celeba.txt); the random control is a random sample of the same faces.
 The estimators are tested by simulation with known rates.
@@ -20,9 +20,10 @@ from conftest import CELEBA10K, PART_INDEX, REPO, build_index
 
 from indexer import attributes, geometry
 from indexer.store import load_index
-from service import api, create_app
-from service.audit import omissions, omissions_html
+from service import create_app, query
+from service.audit.report import omissions as omissions_section
 from service.search import Searcher
+from service.stats import omissions
 
 IMG = CELEBA10K / "img_align_celeba"
 N_INDEX = PART_INDEX
@@ -63,7 +64,7 @@ def pool_entries(searcher) -> dict[str, dict]:
     out = {}
     for lo in range(0, len(POOL), 64):
         names = POOL[lo : lo + 64]
-        body = api.neighbors(
+        body = query.neighbors(
             searcher,
             [(n, (IMG / n).read_bytes()) for n in names],
             {"attributes": 1, "detector": "aligned", "k": 1, "channels": "semantic"},
@@ -115,11 +116,11 @@ def test_index_without_optional_files_loads_and_the_section_says_why(attr_index_
     assert idx.geometry is None and idx.attributes is None
     side = attributes.training_side(idx)
     assert not side["attributes"]["available"] and "before attribute probes" in side["attributes"]["reason"]
-    body = api.neighbors(Searcher(idx, device="cpu"), [("a", (IMG / POOL[0]).read_bytes())], {"attributes": 1})
+    body = query.neighbors(Searcher(idx, device="cpu"), [("a", (IMG / POOL[0]).read_bytes())], {"attributes": 1})
     assert body["images"][0]["attributes"] is None and body["images"][0]["geometry"] is not None
     res = omissions.analyse(body["images"], side)
     assert not res["attributes"]["available"] and not res["geometry"]["available"]
-    html = omissions_html.render(res, {})
+    html = omissions_section.render(res, {})
     assert "before attribute probes" in html and "before geometry" in html
     # A damaged optional file is refused like any other.
     (old / "extra.npy").write_bytes(b"")
@@ -180,7 +181,7 @@ def test_server_mode_gives_identical_numbers(attr_index_dir, attr_index, searche
     names = POOL[:24]
     images = [(n, (IMG / n).read_bytes()) for n in names]
     params = {"attributes": 1, "detector": "aligned", "k": 1, "channels": "semantic"}
-    local = api.neighbors(searcher, images, params)
+    local = query.neighbors(searcher, images, params)
     c = create_app(attr_index_dir, {"detect_processes": 0, "device": "cpu"}).test_client()
     r = c.get("/v1/attributes")
     assert r.status_code == 200
@@ -210,7 +211,7 @@ def test_report_section_renders_escaped(attr_index, pool_entries):
     res = omissions.analyse(kept, attributes.training_side(attr_index))
     res["attributes"]["rows"][0]["name"] = "<script>alert(1)</script>"
     thumbs = {f: "data:image/jpeg;base64,AAAA" for r in res["attributes"]["rows"] for f in r["examples"]}
-    html = omissions_html.render(res, thumbs)
+    html = omissions_section.render(res, thumbs)
     assert "<script>alert" not in html and "&lt;script&gt;" in html
     assert html.count("data:image/png;base64,") >= len(geometry.NAMES)  # the histograms
     assert "data:image/jpeg;base64,AAAA" in html  # example training faces of the omitted attributes

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.audit import omissions
+from service.stats import omissions
 
 
 def simulate_probe(rng, true_tpr, true_fpr, n_pos, n_neg):

@@ -60,10 +60,10 @@ def test_the_distribution_holds_both_packages_and_the_page_and_schema_files(inst
         "service/cli.py",
         "service/client.py",
         "service/audit/__init__.py",
-        "service/openapi.json",
-        "service/static/index.html",
-        "service/static/app.js",
-        "service/static/app.css",
+        "service/http/openapi.json",
+        "service/http/static/index.html",
+        "service/http/static/app.js",
+        "service/http/static/app.css",
     ):
         assert (site / rel).is_file(), rel
     assert not (site / "tests").exists() and not (site / "scripts").exists()
@@ -133,7 +133,7 @@ def test_facemem_index_build_info_and_serve_from_the_installed_copy(installed):
             url = m.group(1) if m else None
             time.sleep(0.2)
         page = requests.get(url + "/", timeout=30)
-        assert page.status_code == 200 and (installed["site"] / "service/static/index.html").read_text() == page.text
+        assert page.status_code == 200 and (installed["site"] / "service/http/static/index.html").read_text() == page.text
         assert requests.get(url + "/static/app.js", timeout=30).status_code == 200
         assert requests.get(url + "/static/secret.txt", timeout=30).status_code == 404
         assert requests.get(url + "/healthz", timeout=30).json()["faces"] == 4

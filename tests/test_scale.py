@@ -264,17 +264,17 @@ def test_audit_reference_reads_a_sampled_calibration(small_index):
     import dataclasses
 
     from indexer.calibrate import semantic_calibration
-    from service.audit import identities, reference
+    from service.stats import identities, training_side
 
     ids = small_index.identity_codes()
     part = semantic_calibration(small_index.descriptors, ids, sample=150, seed=5)
     idx = dataclasses.replace(small_index, calibration={**small_index.calibration, **part})
-    ref = reference.training_side(idx, faces=20, cells=4)
+    ref = training_side.training_side(idx, faces=20, cells=4)
     finite = np.isfinite(part["sem_diff_id"])
     assert len(ref["ct"]["held_out_distance"]) == len(ref["ct"]["held_out_cells"]) == int(finite.sum())
     np.testing.assert_allclose(ref["ct"]["held_out_distance"], part["sem_diff_id"][finite], rtol=1e-6)
     cents = np.asarray(ref["ct"]["centroids"], np.float32)
-    from service.audit import ct
+    from service.stats import ct
 
     want = ct.assign(np.asarray(small_index.descriptors)[part["sem_rows"][finite]], cents)
     assert ref["ct"]["held_out_cells"] == want.tolist()

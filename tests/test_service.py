@@ -34,7 +34,8 @@ from conftest import CELEBA10K, REPO, WILD, build_index, live_server, read_wild_
 from PIL import Image
 
 from indexer import faces
-from service import api, create_app
+from service import create_app, query
+from service.detect import DetectPool
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ def test_in_process_api_gives_the_same_numbers_as_http(http, app):
     params = {"detector": "aligned", "k": 4, "false_match_rate": "0.05"}
     status, body = http.post(images, params)
     assert status == 200
-    local = api.neighbors(app.extensions["facemem"].searcher, images, params)
+    local = query.neighbors(app.extensions["facemem"].searcher, images, params)
     local = json.loads(json.dumps(local))
     for b in (body, local):
         b.pop("timing")
@@ -592,7 +593,7 @@ def test_after_all_bad_input_the_live_server_is_healthy(http, server, app):
 
 
 def test_detect_pool_survives_a_killed_worker():
-    pool = api.DetectPool(1)
+    pool = DetectPool(1)
     try:
         pool.start()
         pid = next(iter(pool._pool._processes))  # the real worker process
@@ -854,9 +855,9 @@ def test_latency_single_image_vs_batch(http):
 
 
 def test_reference_route_is_the_training_side_of_an_audit(http, app):
-    """GET /v1/reference is service.audit.reference.training_side on the loaded index: the same
+    """GET /v1/reference is service.stats.training_side.training_side on the loaded index: the same
     thresholds as POST /neighbors, null samples the right size, and 400s for bad parameters."""
-    from service.audit.reference import training_side
+    from service.stats.training_side import training_side
 
     status, body, _ = http.get("/v1/reference?faces=50&seed=4")
     assert status == 200

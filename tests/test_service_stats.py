@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from service import stats
-from service.audit import support
+from service.stats import collisions, memorization, support, thresholds
 
 
 def _calib(rng, n=2000, with_ids=True):
@@ -31,7 +30,7 @@ def _calib(rng, n=2000, with_ids=True):
 
 def test_calibrate_with_identities_uses_null_quantile_and_reports_recall():
     c = _calib(np.random.default_rng(0))
-    th = stats.calibrate(c, false_match_rate=0.02)
+    th = thresholds.calibrate(c, false_match_rate=0.02)
     null = c["sem_diff_id"].astype(np.float64)
     same = c["sem_same_id"][np.isfinite(c["sem_same_id"])].astype(np.float64)
     assert th.source == "identities" and th.false_match_rate == 0.02
@@ -45,7 +44,7 @@ def test_calibrate_with_identities_uses_null_quantile_and_reports_recall():
 
 def test_calibrate_without_identities_falls_back_to_leave_one_out_and_says_so():
     c = _calib(np.random.default_rng(1), with_ids=False)
-    th = stats.calibrate(c)
+    th = thresholds.calibrate(c)
     assert th.source == "leave_one_out"
     assert th.identity == pytest.approx(np.quantile(c["sem_loo"].astype(np.float64), 0.01))
     assert th.expected_false_match_rate is None and th.expected_recall is None
@@ -54,13 +53,13 @@ def test_calibrate_without_identities_falls_back_to_leave_one_out_and_says_so():
 
 def test_calibrate_user_threshold_still_reports_rates_at_it():
     c = _calib(np.random.default_rng(2))
-    th = stats.calibrate(c, threshold=0.5)
+    th = thresholds.calibrate(c, threshold=0.5)
     assert th.source == "user" and th.identity == 0.5 and th.false_match_rate is None
     assert th.expected_false_match_rate == pytest.approx(np.mean(c["sem_diff_id"] < 0.5))
     with pytest.raises(ValueError):
-        stats.calibrate(c, threshold=-1)
+        thresholds.calibrate(c, threshold=-1)
     with pytest.raises(ValueError):
-        stats.calibrate(c, false_match_rate=1.5)
+        thresholds.calibrate(c, false_match_rate=1.5)
 
 
 def test_garwood_interval_matches_the_published_table():
@@ -82,15 +81,15 @@ def test_pair_threshold_reads_the_rank_of_the_per_pair_rate():
         "pair_sem_same": same,
         "sem_diff_id": np.array([0.5, 0.6]),
     }
-    pt = stats.pair_threshold(cal, "sem", 1e-5)  # rank 50 of 5 M pairs
+    pt = thresholds.pair_threshold(cal, "sem", 1e-5)  # rank 50 of 5 M pairs
     assert pt.pairs_under == 50 and pt.per_pair_false_match_rate == pytest.approx(1e-5)
     assert tail[49] < pt.threshold < tail[50] and np.sum(tail < pt.threshold) == 50
     assert pt.interval[0] < pt.threshold < pt.interval[1]  # the rank's binomial interval (no owners stored)
     assert pt.same_identity_recall == pytest.approx(np.mean(same < pt.threshold))
     assert pt.source == "identities"
     with pytest.raises(ValueError):
-        stats.pair_threshold(cal, "sem", 1e-3)  # beyond the stored tail
-    assert stats.pair_threshold({}, "pix") is None
+        thresholds.pair_threshold(cal, "sem", 1e-3)  # beyond the stored tail
+    assert thresholds.pair_threshold({}, "pix") is None
 
 
 def test_support_estimate_formulas():
@@ -130,13 +129,13 @@ def test_close_pairs_is_exact_in_both_metrics():
     d1 = np.abs(x[:, None, :].astype(int) - x[None, :, :]).sum(-1)
     thr = 60
     want = sorted((i, j) for i, j in zip(*np.nonzero(d1 < thr)) if i < j)
-    got = stats.close_pairs(x, thr, "cityblock")
+    got = collisions.close_pairs(x, thr, "cityblock")
     assert [(i, j) for i, j, _ in got] == want and (10, 400) in want
     assert all(d == d1[i, j] for i, j, d in got)
     y = rng.normal(size=(300, 8))
     d2 = np.linalg.norm(y[:, None] - y[None], axis=-1)
     want2 = sorted((i, j) for i, j in zip(*np.nonzero(d2 < 1.0)) if i < j)
-    assert [(i, j) for i, j, _ in stats.close_pairs(y, 1.0, "euclidean")] == want2
+    assert [(i, j) for i, j, _ in collisions.close_pairs(y, 1.0, "euclidean")] == want2
 
 
 def test_close_pairs_of_many_pixel_crops_uses_the_exact_l1_search():
@@ -148,17 +147,17 @@ def test_close_pairs_of_many_pixel_crops_uses_the_exact_l1_search():
     d = np.stack([np.abs(xi - row).sum(1, dtype=np.int64) for row in xi])  # brute force, a row at a time
     thr = 30_000
     want = sorted((i, j, float(d[i, j])) for i, j in zip(*np.nonzero(d < thr)) if i < j)
-    got = stats.close_pairs(x, thr, "cityblock")
+    got = collisions.close_pairs(x, thr, "cityblock")
     assert got == want and len(want) >= 4
 
 
 def test_memorization_shares_and_p_values():
     cal = _calib(np.random.default_rng(5))
     cal["pix_diff_id"] = cal["pix_loo"] * 1.05
-    th = stats.calibrate(cal)
+    th = thresholds.calibrate(cal)
     top1 = np.array([th.identity / 2, th.identity * 2, th.identity * 0.99, 5.0])
     train = [{"file": f"f{i}.jpg", "identity": str(i)} for i in range(4)]
-    m = stats.memorization(
+    m = memorization.memorization(
         [f"q{i}" for i in range(4)], top1, train, None, None, th, 12288, positions=[0, 2, 3, 5], calibration=cal
     )
     assert m["same_person"]["count"] == 2 and m["same_person"]["share"] == 0.5
@@ -184,13 +183,13 @@ def test_memorization_shares_and_p_values():
 
 def test_share_below_on_planted_values_is_exact_and_strict():
     a = np.sort(np.array([0.1, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]))
-    assert stats.share_below(a, 0.1) == 0.0  # strict: a value equal to the distance is not below it
-    assert stats.share_below(a, 0.2) == 0.1
-    assert stats.share_below(a, 0.25) == 0.3
-    assert stats.share_below(a, 0.95) == 1.0
-    assert stats.share_below(a, -1.0) == 0.0
-    assert stats.share_below(np.zeros(0), 0.5) is None
-    assert stats.share_below(a, float("nan")) is None
+    assert thresholds.share_below(a, 0.1) == 0.0  # strict: a value equal to the distance is not below it
+    assert thresholds.share_below(a, 0.2) == 0.1
+    assert thresholds.share_below(a, 0.25) == 0.3
+    assert thresholds.share_below(a, 0.95) == 1.0
+    assert thresholds.share_below(a, -1.0) == 0.0
+    assert thresholds.share_below(np.zeros(0), 0.5) is None
+    assert thresholds.share_below(a, float("nan")) is None
 
 
 def test_distance_context_matches_the_true_null_cdf_within_the_dkw_bound():
@@ -202,7 +201,7 @@ def test_distance_context_matches_the_true_null_cdf_within_the_dkw_bound():
     null[::50] = np.nan  # undefined entries (faces without another identity) are left out
     loo = rng.normal(0.45, 0.08, n).astype(np.float32)
     pix = rng.uniform(1e5, 9e5, 5000)
-    ctx = stats.DistanceContext.of({"sem_diff_id": null, "sem_loo": loo, "pix_loo": pix})
+    ctx = thresholds.DistanceContext.of({"sem_diff_id": null, "sem_loo": loo, "pix_loo": pix})
     n_null = int(np.isfinite(null).sum())
     eps = math.sqrt(math.log(2 / 1e-6) / (2 * n_null))
     ds = np.linspace(0.4, 0.8, 81)
@@ -223,20 +222,20 @@ def test_distance_context_agrees_with_the_thresholds_it_explains():
     """At the identity threshold the stranger quantile is the expected false-match rate (same
     strict comparison), and at the copy thresholds the leave-one-out quantile is about 1%."""
     c = _calib(np.random.default_rng(3), n=5000)
-    ctx = stats.DistanceContext.of(c)
+    ctx = thresholds.DistanceContext.of(c)
     for fmr in (0.01, 0.05, 0.2):
-        th = stats.calibrate(c, false_match_rate=fmr)
+        th = thresholds.calibrate(c, false_match_rate=fmr)
         assert ctx.semantic(th.identity)["stranger_quantile"] == th.expected_false_match_rate
         assert abs(ctx.semantic(th.semantic_copy)["loo_quantile"] - th.copy_percentile / 100) <= 1 / 5000 + 1e-12
         assert abs(ctx.pixel(th.pixel_copy)["loo_quantile"] - th.copy_percentile / 100) <= 1 / 500 + 1e-12
-    no_ids = stats.DistanceContext.of(_calib(np.random.default_rng(4), with_ids=False))
+    no_ids = thresholds.DistanceContext.of(_calib(np.random.default_rng(4), with_ids=False))
     assert no_ids.semantic(0.5)["stranger_quantile"] is None and no_ids.semantic(0.5)["loo_quantile"] is not None
 
 
 def test_distance_context_sorts_each_calibration_array_once():
     c = _calib(np.random.default_rng(5))
-    a, b = stats.DistanceContext.of(c), stats.DistanceContext.of(c)
+    a, b = thresholds.DistanceContext.of(c), thresholds.DistanceContext.of(c)
     assert a.sem_diff_id is b.sem_diff_id  # cached per array object
     c2 = {k: v.copy() for k, v in c.items()}
     c2["sem_diff_id"][:] = 0.1
-    assert stats.DistanceContext.of(c2).semantic(0.2)["stranger_quantile"] == 1.0  # a new array is not confused
+    assert thresholds.DistanceContext.of(c2).semantic(0.2)["stranger_quantile"] == 1.0  # a new array is not confused

@@ -183,7 +183,7 @@ def test_deadlines_cover_every_listening_socket():
     return a multi-socket server; each of its sockets gets the deadlines."""
     from waitress import create_server
 
-    from service import slow_clients
+    from service.http import slow_clients
 
     def app(environ, start_response):  # the hook is waitress's, not the app's
         start_response("200 OK", [("Content-Type", "text/plain")])

@@ -64,13 +64,13 @@ class AuditResult:
 
     def to_html(self, path: str | Path) -> Path:
         """The self-contained HTML report (opens offline; the JSON block at its end holds ``data``)."""
-        from .html import render
+        from .report.html import render
 
         return _write_atomic(path, render(self.data, self.thumbs, self.plots))
 
     def to_json(self, path: str | Path) -> Path:
         """``data`` as strict JSON (NaN → null): the same dict as the report's embedded block."""
-        from .html import json_safe
+        from .formats import json_safe
 
         return _write_atomic(path, json.dumps(json_safe(self.data), allow_nan=False, indent=1) + "\n")
 
@@ -87,7 +87,7 @@ class AuditResult:
 
     def summary_line(self) -> str:
         """One line for a terminal."""
-        from .html import fmt, pct
+        from .formats import fmt, pct
 
         d = self.data
         s, sup = d["summary"], (d["support"] or {}).get("semantic") or {}

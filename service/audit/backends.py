@@ -1,8 +1,8 @@
 """Where an audit's per-image answers come from: an index loaded in this process, or a running service.
 
 Both backends answer the same three questions with the same functions, so an audit gives the same
-numbers either way: ``neighbors`` (the body of ``POST /neighbors``, :func:`service.api.neighbors`),
-``reference`` (the training side, :func:`service.audit.reference.training_side`, which the service
+numbers either way: ``neighbors`` (the body of ``POST /neighbors``, :func:`service.query.neighbors`),
+``reference`` (the training side, :func:`service.stats.training_side.training_side`, which the service
 serves at ``GET /v1/reference``) and ``thumbnail`` (``GET /images/<file>``). The in-process answers
 go through a JSON round trip, so that both modes hand the statistics identical Python values.
 """
@@ -18,7 +18,9 @@ import numpy as np
 
 from indexer import faces
 
-from .. import api
+from .. import query
+from ..detect import DetectPool
+from ..params import ApiError, parse_params
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_SERVER = 2, 3, 4, 5
 
 def json_round_trip(x):
     """What a client would get from the service's JSON for ``x`` (NaN → None, arrays → lists)."""
-    from .html import json_safe
+    from .formats import json_safe
 
     return json.loads(json.dumps(json_safe(x)))
 
@@ -56,7 +58,7 @@ def thumb_jpeg(arr: np.ndarray, size: int) -> bytes:
 
 
 class LocalBackend:
-    """An index loaded in this process; :func:`service.api.neighbors` called directly."""
+    """An index loaded in this process; :func:`service.query.neighbors` called directly."""
 
     mode = "index"
 
@@ -73,28 +75,28 @@ class LocalBackend:
             raise AuditError(EXIT_USAGE, f"index {index_dir}: {e}") from None
         self.where = str(Path(index_dir).resolve())
         self.searcher = Searcher(self.index, device=device)
-        self.pool = api.DetectPool(detect_processes)
+        self.pool = DetectPool(detect_processes)
         self.max_files: int | None = None
 
     def info(self) -> dict:
         """The fields of the service's ``GET /v1/index``, plus the dataset root (a local path)."""
-        from .. import stats
+        from ..stats import thresholds
 
-        out = api.index_info(self.index, stats.calibrate(self.index.calibration))
+        out = query.index_info(self.index, thresholds.calibrate(self.index.calibration))
         return json_round_trip(
             {**out, "search": self.searcher.search_info(), "root": str(self.index.dataset_root), "path": self.where}
         )
 
     def neighbors(self, images: list[tuple[str, bytes]], params: dict) -> dict:
-        """:func:`service.api.neighbors` on one request's images, as the service would answer it."""
+        """:func:`service.query.neighbors` on one request's images, as the service would answer it."""
         try:
-            p = api.parse_params(params)
-        except api.ApiError as e:
+            p = parse_params(params)
+        except ApiError as e:
             raise AuditError(EXIT_USAGE, e.message) from None
-        return json_round_trip(api.neighbors(self.searcher, images, p, pool=self.pool))
+        return json_round_trip(query.neighbors(self.searcher, images, p, pool=self.pool))
 
     def reference(self, **params) -> dict:
-        from .reference import training_side
+        from ..stats.training_side import training_side
 
         return json_round_trip(training_side(self.index, **params))
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import api, stats
+from ..params import DEFAULT_DETECTOR
+from ..stats import thresholds
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,13 @@ OPTIONS: dict[str, Option] = {
     "trials": Option(20, "birthday-paradox trials per batch size"),
     "seed": Option(0, "seed for subsets, generator samples, bootstraps and nulls"),
     "k": Option(5, "neighbours per image and channel (service parameter k)"),
-    "detector": Option(api.DEFAULT_DETECTOR, "face detector (service parameter): hog, cnn, or aligned (no detection)"),
-    "false_match_rate": Option(stats.DEFAULT_FALSE_MATCH_RATE, "target false-match rate of the identity threshold"),
+    "detector": Option(DEFAULT_DETECTOR, "face detector (service parameter): hog, cnn, or aligned (no detection)"),
+    "false_match_rate": Option(
+        thresholds.DEFAULT_FALSE_MATCH_RATE, "target false-match rate of the identity threshold"
+    ),
     "threshold": Option(None, "identity threshold override (a descriptor distance)"),
     "pair_false_match_rate": Option(
-        stats.DEFAULT_PAIR_FALSE_MATCH_RATE,
+        thresholds.DEFAULT_PAIR_FALSE_MATCH_RATE,
         "per-pair false-match rate of the collision thresholds (birthday paradox)",
     ),
     "resolution_match": Option(

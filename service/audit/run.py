@@ -11,11 +11,11 @@ Passes:
 * generator only: ``trials`` fresh batches per birthday batch size s, each embedded in chunks;
 * with ``reference_real``: real faces of people not in the index, through the same detector.
 
-Every request asks for ``attributes=1`` too: the omission statistics (:mod:`service.audit.omissions`)
+Every request asks for ``attributes=1`` too: the omission statistics (:mod:`service.stats.omissions`)
 read each face's attribute probabilities and pose/expression geometry from the entries.
 
 Every pair of faces inside the main sample and inside each trial batch is compared locally from the
-returned vectors, with the service's own :func:`service.stats.close_pairs`, so an in-process audit
+returned vectors, with the service's own :func:`service.stats.collisions.close_pairs`, so an in-process audit
 and a server audit (which post the same chunks) give identical numbers.
 """
 
@@ -34,8 +34,7 @@ import numpy as np
 from indexer import faces, pixels
 from indexer.progress import progress_bar
 
-from .. import stats
-from . import baselines, ct, identities, omissions, support, verdict
+from ..stats import baselines, collisions, ct, identities, memorization, omissions, support, thresholds, verdict
 from .backends import EXIT_SERVER, EXIT_USAGE, AuditError
 from .defaults import GENERATOR_N
 
@@ -80,14 +79,14 @@ class Batch:
         return np.stack(self.pix) if self.pix else np.zeros((0, pixels.PIXEL_DIM), np.uint8)
 
 
-def pair_batch(desc: np.ndarray, pix: np.ndarray, th: stats.Thresholds) -> dict[str, list[tuple[int, int, float]]]:
+def pair_batch(desc: np.ndarray, pix: np.ndarray, th: thresholds.Thresholds) -> dict[str, list[tuple[int, int, float]]]:
     """Colliding pairs of one batch in each channel (positions among its ok faces)."""
     out = {}
     for ch, x, pt, metric in (
         ("semantic", desc, th.collision_semantic, "euclidean"),
         ("pixel", pix, th.collision_pixel, "cityblock"),
     ):
-        out[ch] = stats.close_pairs(x, pt.threshold, metric) if pt is not None else []
+        out[ch] = collisions.close_pairs(x, pt.threshold, metric) if pt is not None else []
     return out
 
 
@@ -205,7 +204,7 @@ class Audit:
             if len({e["image"] for e in main.entries}) != len(main.entries):
                 raise AuditError(EXIT_USAGE, "image names in the sample are not unique")
             self.timing["main_pass_s"] = time.perf_counter() - t0
-            th = stats.Thresholds.from_dict(first[0]["calibration"])
+            th = thresholds.Thresholds.from_dict(first[0]["calibration"])
             t0 = time.perf_counter()
             trials = self.trials(th, first) if self.source.kind == "generator" else []
             self.timing["trials_s"] = time.perf_counter() - t0
@@ -240,16 +239,16 @@ class Audit:
         data = self.statistics(main, trials, ref, th, training, first[0])
         self.timing["statistics_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        from .assets import plots, thumbnails
+        from .report.assets import figures, thumbnails
 
         thumbs = thumbnails(data, self.source, self.backend, self.images, o["progress"])
-        figs = plots(data, training)
+        figs = figures(data, training)
         self.timing["thumbnails_plots_s"] = time.perf_counter() - t0
         self.timing["total_s"] = time.perf_counter() - t_all
         data["timing"] = self.timing
         return data, thumbs, figs
 
-    def trials(self, th: stats.Thresholds, first: list[dict]) -> list[dict]:
+    def trials(self, th: thresholds.Thresholds, first: list[dict]) -> list[dict]:
         """Generator: fresh batches of each size; their pairs, compared locally."""
         out = []
         for s in self.o["batch_sizes"]:
@@ -264,7 +263,7 @@ class Audit:
     # -- statistics -----------------------------------------------------------------------------
 
     def statistics(
-        self, main: Batch, trials: list[dict], ref: Batch | None, th: stats.Thresholds, training: dict, first: dict
+        self, main: Batch, trials: list[dict], ref: Batch | None, th: thresholds.Thresholds, training: dict, first: dict
     ) -> dict:
         o = self.o
         entries = main.entries
@@ -364,7 +363,7 @@ class Audit:
         return data
 
     def support(
-        self, n_faces: int, pairs: dict, trials: list[dict], th: stats.Thresholds, ref: Batch | None = None
+        self, n_faces: int, pairs: dict, trials: list[dict], th: thresholds.Thresholds, ref: Batch | None = None
     ) -> dict:
         """Support from every pair of the main sample and of every trial batch, the 50% crossing, and
         the trial rows of the birthday plot."""
@@ -524,9 +523,14 @@ class Audit:
         return out
 
     def memorization(
-        self, entries: list[dict], main: Batch, ref: Batch | None, th: stats.Thresholds, nulls: dict[str, np.ndarray]
+        self,
+        entries: list[dict],
+        main: Batch,
+        ref: Batch | None,
+        th: thresholds.Thresholds,
+        nulls: dict[str, np.ndarray],
     ) -> dict:
-        """:func:`service.stats.memorization` over the whole sample, against the training side's
+        """:func:`service.stats.memorization.memorization` over the whole sample, against the training side's
         strangers; with a reference sample, also two-sample tests against it (then the p-values
         that decide)."""
         pos = main.ok
@@ -535,7 +539,7 @@ class Audit:
         pix = [entries[i]["pixel"][0] for i in pos]
         sem_d = np.array([s["distance"] for s in sem], np.float64)
         pix_d = np.array([p["distance"] for p in pix], np.float64)
-        mem = stats.memorization(
+        mem = memorization.memorization(
             names,
             sem_d,
             [{"file": s["file"], "identity": s["identity"]} for s in sem],
@@ -588,7 +592,7 @@ class Audit:
         return out
 
     def distribution(self, desc: np.ndarray) -> dict:
-        from .distribution import NOT_COMPARABLE, distribution_distances
+        from ..stats.distribution import NOT_COMPARABLE, distribution_distances
 
         train = self.backend.train_descriptors()
         if train is None:
@@ -603,7 +607,7 @@ class Audit:
 
     # -- per-image views ------------------------------------------------------------------------
 
-    def grid(self, entries: list[dict], th: stats.Thresholds) -> dict:
+    def grid(self, entries: list[dict], th: thresholds.Thresholds) -> dict:
         """Rows of the nearest-neighbour figure, most suspicious first."""
         rows = []
         for i, e in enumerate(entries):
@@ -644,7 +648,7 @@ class Audit:
         }
 
     @staticmethod
-    def rows(entries: list[dict], main: Batch, pairs: dict, th: stats.Thresholds) -> list[dict]:
+    def rows(entries: list[dict], main: Batch, pairs: dict, th: thresholds.Thresholds) -> list[dict]:
         """One row per audited image (the CSV): status, top-1 in each channel, the flags."""
         partners = {ch: Counter() for ch in pairs}
         for ch, ps in pairs.items():
@@ -678,7 +682,7 @@ class Audit:
         return out
 
     @staticmethod
-    def top_pairs(entries: list[dict], main: Batch, pairs: dict, th: stats.Thresholds) -> list[dict]:
+    def top_pairs(entries: list[dict], main: Batch, pairs: dict, th: thresholds.Thresholds) -> list[dict]:
         pix = {(i, j): d for i, j, d in pairs["pixel"]}
         sem_thr = th.collision_semantic.threshold if th.collision_semantic else None
         out = []
@@ -699,7 +703,7 @@ class Audit:
         return out
 
     @staticmethod
-    def histograms(ok: list[dict], ref: Batch | None, nulls: dict[str, np.ndarray], th: stats.Thresholds) -> dict:
+    def histograms(ok: list[dict], ref: Batch | None, nulls: dict[str, np.ndarray], th: thresholds.Thresholds) -> dict:
         g_sem = [e["semantic"][0]["distance"] for e in ok]
         g_pix = [e["pixel"][0]["distance"] for e in ok]
         out: dict = {"generated_semantic": g_sem, "generated_pixel": g_pix, "stats": {}}

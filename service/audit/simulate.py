@@ -137,20 +137,19 @@ SCENARIOS = (
 
 def world_thresholds(world: World, pair_false_match_rate: float | None = None, pair_sample: int = 5000):
     """The audit's thresholds for a world, from the index calibration functions themselves; returns
-    (calibration arrays, :class:`service.stats.Thresholds`)."""
+    (calibration arrays, :class:`service.stats.thresholds.Thresholds`)."""
     from indexer.calibrate import semantic_calibration
 
-    from .. import stats
+    from ..stats import thresholds
 
     cal = semantic_calibration(world.train, world.train_ids, pair_sample=pair_sample)
-    rate = stats.DEFAULT_PAIR_FALSE_MATCH_RATE if pair_false_match_rate is None else pair_false_match_rate
-    return cal, stats.calibrate(cal, pair_false_match_rate=rate)
+    rate = thresholds.DEFAULT_PAIR_FALSE_MATCH_RATE if pair_false_match_rate is None else pair_false_match_rate
+    return cal, thresholds.calibrate(cal, pair_false_match_rate=rate)
 
 
 def support_run(world: World, th, sc: Scenario, seed: int, n_boot: int = 1000) -> dict:
     """One simulated audit of ``sc``: the estimate, its interval, and whether it covers 1/Σp²."""
-    from .. import stats
-    from . import support
+    from ..stats import collisions, support
 
     p = mode_probabilities(sc.kind, sc.k, sc.zipf_a, sc.mode_mass)
     truth = effective_support(p)
@@ -159,7 +158,7 @@ def support_run(world: World, th, sc: Scenario, seed: int, n_boot: int = 1000) -
     pt = th.collision_semantic
     batches = []
     for n in sc.batches:
-        pairs = stats.close_pairs(sample(n, rng), pt.threshold, "euclidean")
+        pairs = collisions.close_pairs(sample(n, rng), pt.threshold, "euclidean")
         batches.append(support.Batch(n, tuple((i, j) for i, j, _ in pairs)))
     est = support.estimate(batches, pt.per_pair_false_match_rate, n_boot=n_boot, seed=seed)
     if est["interval"] is not None:
@@ -197,8 +196,7 @@ def copy_run(rate: float, n: int, seed: int, spread: float = 0.0, identities: in
     Why a fresh training set each time: the null (training faces' nearest other-identity distances)
     is measured on one training set, and the tests' p-values account for that measurement; their
     error rates hold over training sets and generated samples both, not for one fixed training set."""
-    from .. import stats
-    from . import ct
+    from ..stats import ct, memorization
 
     world = make_world(identities, 2, seed=1000 + seed)
     cal, th = world_thresholds(world, pair_sample=200)  # the copy tests need no collision threshold
@@ -210,7 +208,7 @@ def copy_run(rate: float, n: int, seed: int, spread: float = 0.0, identities: in
         x, _ = copying_sampler(world, rate)(n, rng)
     top1 = nearest_training(world, x)
     names = [f"g{i}" for i in range(n)]
-    mem = stats.memorization(names, top1, None, None, None, th, 1, calibration=cal)
+    mem = memorization.memorization(names, top1, None, None, None, th, 1, calibration=cal)
     out = {
         "p_copies": mem["likely_copies"]["semantic"]["baseline"]["p_value"],
         "p_same_person": mem["same_person"]["baseline"]["p_value"],

@@ -9,16 +9,11 @@ no ``src``/``href`` points outside the file.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
-import math
 from collections.abc import Callable
-from typing import Any
 
-import numpy as np
+from ..formats import ci, esc, fmt, json_safe, pct, pval
 
 log = logging.getLogger(__name__)
 
@@ -70,41 +65,6 @@ pre{background:#f2f5f8;padding:8px;overflow-x:auto;white-space:pre-wrap}
 # ----------------------------------------------------------------------------- small helpers
 
 
-def esc(x: Any) -> str:
-    return html.escape("" if x is None else str(x), quote=True)
-
-
-def fmt(x: Any, digits: int = 4) -> str:
-    """Numbers for people: None/NaN → '—', ints as ints, floats to ``digits`` significant places."""
-    if x is None:
-        return "—"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return "—"
-        if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
-            return f"{x:.{digits - 1}e}"
-        return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}".rstrip("0").rstrip(".") or "0"
-    return esc(x)
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.{digits}f}%"
-
-
-def ci(iv: list[float] | None, as_pct: bool = True) -> str:
-    if not iv:
-        return ""
-    return f"[{pct(iv[0])} – {pct(iv[1])}]" if as_pct else f"[{fmt(iv[0])} – {fmt(iv[1])}]"
-
-
-def data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
 def img_tag(uri: str | None, alt: str, size: int | None = None, cls: str = "thumb") -> str:
     if not uri:
         return f'<div class="badge b-grey">{esc(alt)}: no image</div>'
@@ -112,155 +72,11 @@ def img_tag(uri: str | None, alt: str, size: int | None = None, cls: str = "thum
     return f'<img class="{cls}" src="{uri}" alt="{esc(alt)}"{wh}>'
 
 
-def json_safe(x: Any) -> Any:
-    """NaN/inf → None and NumPy scalars → Python, so the embedded block is strict JSON."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, np.ndarray):
-        return json_safe(x.tolist())
-    return x
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return data_uri(buf.getvalue(), "image/png")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _finite(a: Any) -> np.ndarray:
-    a = np.asarray([np.nan if v is None else v for v in a] if isinstance(a, list) else a, dtype=np.float64)
-    return a[np.isfinite(a)]
-
-
-def plot_histogram(
-    title: str, xlabel: str, generated: list[float], reference: dict[str, Any], thresholds: dict[str, float | None]
-) -> str:
-    """Density histograms of the generated→train NN distances against train→train distributions."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.2, 3.6))
-    gen = _finite(generated)
-    refs = {k: _finite(v) for k, v in reference.items() if v is not None and len(_finite(v))}
-    allv = np.concatenate([gen, *refs.values()]) if (len(gen) or refs) else np.zeros(1)
-    lo, hi = float(np.percentile(allv, 0.1)), float(np.percentile(allv, 99.9))
-    thr_vals = [t for t in thresholds.values() if t is not None]
-    lo, hi = min([lo, *thr_vals]), max([hi, *thr_vals])
-    bins = np.linspace(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo), 60)
-    colors = ["#7f8c99", "#b8c4d0", "#c9a227"]
-    for (name, v), c in zip(refs.items(), colors):
-        ax.hist(v, bins=bins, density=True, alpha=0.55, color=c, label=f"{name} (n={len(v):,})")
-    if len(gen):
-        ax.hist(
-            gen,
-            bins=bins,
-            density=True,
-            histtype="step",
-            lw=2.2,
-            color="#c0392b",
-            label=f"generated → training NN (n={len(gen):,})",
-        )
-    styles = ["--", ":", "-."]
-    for (name, t), ls in zip(thresholds.items(), styles):
-        if t is not None:
-            ax.axvline(t, color="#1f3b57", ls=ls, lw=1.6, label=f"{name} = {t:.4g}")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    return _png(fig)
-
-
-def plot_birthday(rows: list[dict], crossing: dict) -> str:
-    """Share of trials with ≥1 colliding pair against the batch size s, with the fitted curve."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.2, 3.6))
-    s = [r["s"] for r in rows]
-    grid = np.geomspace(max(2, min(s) / 2), max(s) * 2, 200)
-    for ch, color, label in (("semantic", "#c0392b", "semantic collision"), ("pixel", "#2e86c1", "pixel collision")):
-        y = [r[ch]["share"] if r.get(ch) else np.nan for r in rows]
-        ax.plot(s, y, "o", color=color, label=f"{label}: share of trials")
-        q = ((crossing or {}).get(ch) or {}).get("rate")
-        if q:
-            ax.plot(
-                grid,
-                -np.expm1(-grid * (grid - 1) / 2 * q),
-                "-",
-                color=color,
-                lw=1.2,
-                alpha=0.8,
-                label=f"{label}: fit 1 − exp(−C(s,2)·q)",
-            )
-    ax.axhline(0.5, color="#6b7885", ls="--", lw=1)
-    s50 = ((crossing or {}).get("semantic") or {}).get("s50")
-    if s50 and math.isfinite(s50):
-        ax.axvline(s50, color="#c0392b", ls=":", lw=1.4, label=f"semantic 50% crossing s ≈ {s50:.3g}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(s)
-    ax.set_xticklabels([str(v) for v in s])
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("batch size s")
-    ax.set_ylabel("share of trials with ≥ 1 pair")
-    ax.set_title("Birthday-paradox test (Arora & Zhang)", fontsize=11)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    return _png(fig)
-
-
-def plot_identities(top: list[dict], null: dict | None = None) -> str:
-    plt = _plt()
-    top = top[:20]
-    fig, ax = plt.subplots(figsize=(7.2, max(2.0, 0.28 * len(top) + 0.8)))
-    labels = [str(t["identity"]) for t in top][::-1]
-    ax.barh(labels, [t["top1"] for t in top][::-1], color="#b8c4d0", label="top-1 semantic match")
-    ax.barh(labels, [t["same_person"] for t in top][::-1], color="#c0392b", label="… under the identity threshold")
-    if null:
-        ax.axvline(
-            null["max_count_p95"],
-            color="#1f3b57",
-            ls="--",
-            lw=1.4,
-            label=f"strangers: 95th percentile of the largest count ({null['max_count_p95']:.0f})",
-        )
-    ax.set_xlabel("generated faces")
-    ax.set_title("Most-matched training identities", fontsize=11)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return _png(fig)
-
-
 # ----------------------------------------------------------------------------- sections
 
 
 def _kv(rows: list[tuple[str, str]]) -> str:
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
-
-
-def pval(p: float | None) -> str:
-    if p is None:
-        return "—"
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
 def support_text(b: dict | None) -> str:
@@ -705,11 +521,11 @@ def _identities(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
 
 
 def _omissions(d: dict, thumbs: dict[str, str]) -> str:
-    """Section 8 (service.audit.omissions_html), with the training thumbnails it shows."""
-    from . import omissions_html
+    """Section 8 (service.audit.report.omissions), with the training thumbnails it shows."""
+    from . import omissions as omissions_section
 
     train = {k[len("train:") :]: v for k, v in thumbs.items() if k.startswith("train:")}
-    return omissions_html.render(
+    return omissions_section.render(
         {"attributes": d.get("attributes"), "geometry": d.get("geometry")}, train, TITLE["omissions"]
     )
 

@@ -1,8 +1,8 @@
-"""Request statistics: calibrated thresholds, in-batch collisions (birthday paradox), memorization.
+"""Calibrated thresholds: the identity, copy and pair (collision) thresholds of an index, read from
+its stored null samples, and where one distance falls among them.
 
-Pure numpy/scipy on purpose: the HTTP service and the in-process batch audit both call these
-functions on the same arrays, so both report the same numbers. Formulas are documented in
-the README ("Statistics").
+Pure numpy on purpose: the HTTP service and the in-process audit both call these functions on the
+same arrays, so both report the same numbers. Formulas are documented in the README ("Statistics").
 
 Conventions used everywhere:
 
@@ -20,12 +20,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from scipy import stats as sps
-from scipy.spatial.distance import cdist
-
-from indexer import pixels
-
-from .audit import baselines, support
 
 DEFAULT_FALSE_MATCH_RATE = 0.01
 # Collisions (birthday paradox): per-pair false-match rate of the collision threshold; see README
@@ -34,7 +28,6 @@ DEFAULT_PAIR_FALSE_MATCH_RATE = 1e-5
 MAX_PAIR_FALSE_MATCH_RATE = 1e-4
 COPY_PERCENTILE = 1.0  # a "likely copy" is closer than 1% of train-to-train nearest distances
 CONFIDENCE = 0.95
-_BLOCK = 256  # rows per block in the pairwise searches (bounded memory for large audits)
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -114,7 +107,7 @@ class Thresholds:
         return cls(**kw)
 
 
-def _finite(a: np.ndarray | None) -> np.ndarray:
+def finite(a: np.ndarray | None) -> np.ndarray:
     if a is None:
         return np.zeros(0, np.float64)
     a = np.asarray(a, dtype=np.float64).ravel()
@@ -161,7 +154,7 @@ def pair_threshold(
     from the index's stored pair tail (None when the index has too few pairs)."""
     if not 0.0 < rate <= MAX_PAIR_FALSE_MATCH_RATE:
         raise ValueError(f"pair_false_match_rate must be in (0, {MAX_PAIR_FALSE_MATCH_RATE:g}], got {rate}")
-    tail = _finite(calibration.get(f"pair_{channel}_diff_tail"))
+    tail = finite(calibration.get(f"pair_{channel}_diff_tail"))
     total = int(np.asarray(calibration.get(f"pair_{channel}_diff_pairs", 0)))
     if not len(tail) or total <= 0:
         return None
@@ -172,7 +165,7 @@ def pair_threshold(
         half = 1.96 * math.sqrt(r)
         lo_r, hi_r = max(1, int(math.floor(r - half))), min(len(tail), int(math.ceil(r + half)))
         interval = (float(tail[lo_r - 1]), float(tail[hi_r - 1]))
-    same = _finite(calibration.get(f"pair_{channel}_same"))
+    same = finite(calibration.get(f"pair_{channel}_same"))
     known = bool(np.isfinite(np.asarray(calibration.get("sem_diff_id", [np.nan]), np.float64)).any())
     return PairThreshold(
         channel="semantic" if channel == "sem" else "pixel",
@@ -212,10 +205,10 @@ def calibrate(
     """
     if not 0.0 < false_match_rate < 1.0:
         raise ValueError(f"false_match_rate must be in (0, 1), got {false_match_rate}")
-    null = _finite(calibration.get("sem_diff_id"))
-    same = _finite(calibration.get("sem_same_id"))
-    loo = _finite(calibration.get("sem_loo"))
-    pix = _finite(calibration.get("pix_loo"))
+    null = finite(calibration.get("sem_diff_id"))
+    same = finite(calibration.get("sem_same_id"))
+    loo = finite(calibration.get("sem_loo"))
+    pix = finite(calibration.get("pix_loo"))
     notes = []
     if threshold is not None:
         if not (math.isfinite(threshold) and threshold > 0):
@@ -290,7 +283,7 @@ _SORTED: dict[int, tuple[weakref.ref, np.ndarray]] = {}
 _SORTED_LOCK = threading.Lock()
 
 
-def _sorted_finite(a: np.ndarray | None) -> np.ndarray:
+def _sortedfinite(a: np.ndarray | None) -> np.ndarray:
     """``a``'s finite values, sorted, cached per array object (the index's calibration arrays are
     loaded once and shared by every request; sorting 200k values per request would cost ~10 ms)."""
     if a is None:
@@ -299,7 +292,7 @@ def _sorted_finite(a: np.ndarray | None) -> np.ndarray:
         hit = _SORTED.get(id(a))
         if hit is not None and hit[0]() is a:
             return hit[1]
-    out = np.sort(_finite(a))
+    out = np.sort(finite(a))
     try:
         ref = weakref.ref(a)
     except TypeError:  # not weak-referenceable (a plain list): no caching
@@ -329,7 +322,7 @@ class DistanceContext:
 
     @classmethod
     def of(cls, calibration: Mapping[str, np.ndarray]) -> DistanceContext:
-        return cls(*(_sorted_finite(calibration.get(k)) for k in ("sem_diff_id", "sem_loo", "pix_loo")))
+        return cls(*(_sortedfinite(calibration.get(k)) for k in ("sem_diff_id", "sem_loo", "pix_loo")))
 
     def semantic(self, distance: float) -> dict:
         d = float(distance)
@@ -337,199 +330,3 @@ class DistanceContext:
 
     def pixel(self, distance: float) -> dict:
         return {"loo_quantile": share_below(self.pix_loo, float(distance))}
-
-
-# ----------------------------------------------------------------------------- pairs inside a batch
-
-
-def close_pairs(x: np.ndarray, threshold: float | None, metric: str) -> list[tuple[int, int, float]]:
-    """All pairs i < j with distance(x[i], x[j]) < threshold, sorted by (i, j).
-
-    ``metric`` is ``euclidean`` (descriptors) or ``cityblock`` (pixel crops, L1 sum). Exact, in
-    float64 (uint8 L1 sums are exact integers in float64), computed in blocks so memory stays
-    bounded for large audits. Many pixel crops (uint8, the index's crop size) go through the exact
-    L1 search of :mod:`indexer.l1` instead of a dense pass: every pair of 1,000 crops densely is
-    1.2·10¹⁰ operations, while near-duplicates are rare.
-    """
-    n = len(x)
-    if threshold is None or n < 2:
-        return []
-    x = np.asarray(x).reshape(n, -1)
-    if metric == "cityblock" and n > _BLOCK and x.dtype == np.uint8 and x.shape[1] == pixels.PIXEL_DIM:
-        return _close_pairs_l1(x, threshold)
-    x = x.astype(np.float64)
-    out: list[tuple[int, int, float]] = []
-    for s in range(0, n, _BLOCK):
-        a = x[s : s + _BLOCK]
-        for t in range(s, n, _BLOCK):
-            d = cdist(a, x[t : t + _BLOCK], metric=metric)
-            ii, jj = np.nonzero(d < threshold)
-            for i, j in zip(ii, jj):
-                gi, gj = s + int(i), t + int(j)
-                if gi < gj:
-                    out.append((gi, gj, float(d[i, j])))
-    out.sort()
-    return out
-
-
-def _close_pairs_l1(x: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """:func:`close_pairs` for uint8 crops with the exact L1 search: each crop's top-k others, k
-    growing for the crops whose k-th neighbour is still under the threshold."""
-    from indexer.l1 import L1Index
-
-    n = len(x)
-    index = L1Index(np.ascontiguousarray(x))
-    found: dict[tuple[int, int], float] = {}
-    rows, k = np.arange(n, dtype=np.int64), 8
-    while len(rows):
-        k = min(k, n - 1)
-        d, ids = index.search(x[rows], k, exclude_self=rows)
-        for r, dr, ir in zip(rows, d, ids):
-            for dist, j in zip(dr, ir):
-                if j >= 0 and dist < threshold:
-                    found[(min(int(r), int(j)), max(int(r), int(j)))] = float(dist)
-        if k >= n - 1:
-            break
-        rows, k = rows[(d[:, -1] >= 0) & (d[:, -1] < threshold)], k * 4
-    return sorted((i, j, dist) for (i, j), dist in found.items())
-
-
-# ----------------------------------------------------------------------------- birthday paradox
-
-
-def collisions(
-    names: list[str],
-    descriptors: np.ndarray | None,
-    pix: np.ndarray | None,
-    th: Thresholds,
-    batch_size: int,
-    positions: list[int] | None = None,
-    confidence: float = CONFIDENCE,
-) -> dict:
-    """Near-duplicate pairs inside the batch and the support estimate of this one batch, per channel.
-
-    ``names`` / ``descriptors`` / ``pix`` cover the batch's ok faces only (same order); a channel
-    given as None is reported as not computed. Pairs collide under the channel's pair-calibrated
-    collision threshold; the support estimate (:func:`service.audit.support.estimate`) removes the
-    chance pairs that threshold lets through. ``positions`` are the faces' places in the upload
-    (default 0..s−1); pairs report them as ``a_index`` / ``b_index``.
-    """
-    s = len(names)
-    pos = list(range(s)) if positions is None else list(positions)
-    out: dict = {"batch_size": int(batch_size), "faces": int(s), "reference": support.REFERENCE}
-    for channel, x, pt, metric in (
-        ("semantic", descriptors, th.collision_semantic, "euclidean"),
-        ("pixel", pix, th.collision_pixel, "cityblock"),
-    ):
-        if x is None:
-            out[channel] = None
-            continue
-        if pt is None:
-            out[channel] = {"threshold": None, "pairs": [], "note": "the index is too small for a collision threshold"}
-            continue
-        pairs = close_pairs(x, pt.threshold, metric)
-        est = support.estimate(
-            [support.Batch(s, tuple((i, j) for i, j, _ in pairs))], pt.per_pair_false_match_rate, confidence
-        )
-        cast = float if channel == "semantic" else (lambda v: int(round(v)))  # L1 sums are integers
-        out[channel] = {
-            "threshold": pt.threshold,
-            "per_pair_false_match_rate": pt.per_pair_false_match_rate,
-            "same_identity_recall": pt.same_identity_recall,
-            "pairs": [
-                {"a": names[i], "b": names[j], "a_index": pos[i], "b_index": pos[j], "distance": cast(d)}
-                for i, j, d in pairs
-            ],
-            **est,
-        }
-    return out
-
-
-# ----------------------------------------------------------------------------- memorization
-
-
-def share_with_interval(k: int, n: int, confidence: float = CONFIDENCE) -> dict:
-    """k of n, the share, and its exact (Clopper–Pearson) interval."""
-    if n == 0:
-        return {"count": 0, "faces": 0, "share": None, "interval": None}
-    ci = sps.binomtest(k, n).proportion_ci(confidence, method="exact")
-    return {"count": int(k), "faces": int(n), "share": k / n, "interval": [float(ci.low), float(ci.high)]}
-
-
-def memorization(
-    names: list[str],
-    sem_top1: np.ndarray | None,
-    sem_train: list[dict] | None,
-    pix_top1: np.ndarray | None,
-    pix_train: list[dict] | None,
-    th: Thresholds,
-    pixel_dim: int,
-    positions: list[int] | None = None,
-    confidence: float = CONFIDENCE,
-    calibration: Mapping[str, np.ndarray] | None = None,
-) -> dict:
-    """How much of the batch sits on the training set, from each face's top-1 neighbours.
-
-    * ``same_person``: share with a top-1 semantic distance under the identity threshold, beside the
-      share of the index's strangers (each training face's nearest other-identity face) under it,
-      with the exact one-sided p-value of "more than strangers" (:mod:`service.audit.baselines`).
-    * ``likely_copies``: share closer than the copy thresholds (semantic and pixel separately),
-      beside the share of strangers that close, with the same kind of p-value.
-    * ``suspected_copies``: each such face with its training file.
-
-    ``calibration`` holds the index's null samples (without it, no p-values). ``sem_train`` /
-    ``pix_train`` give each face's top-1 training face as ``{"file", "identity"}``; ``positions``
-    are the faces' places in the upload (reported as ``index``).
-    """
-    cal = calibration or {}
-    n = len(names)
-    pos = list(range(n)) if positions is None else list(positions)
-    out: dict = {
-        "faces": int(n),
-        "identity_threshold": th.identity,
-        "expected_false_match_rate": th.expected_false_match_rate,
-    }
-    null_sem = _finite(cal.get("sem_diff_id"))
-    if sem_top1 is not None:
-        sem_top1 = np.asarray(sem_top1, dtype=np.float64)
-        k = int(np.sum(sem_top1 < th.identity))
-        out["same_person"] = share_with_interval(k, n, confidence)
-        if len(null_sem):
-            out["same_person"]["baseline"] = baselines.rate_test(
-                k, n, null_sem, th.identity, order_statistic=th.source == "identities"
-            )
-    else:
-        out["same_person"] = None
-    copies: list[dict] = []
-    likely: dict = {}
-    for channel, top1, train, thr, null in (
-        ("semantic", sem_top1, sem_train, th.semantic_copy, null_sem),
-        ("pixel", pix_top1, pix_train, th.pixel_copy, _finite(cal.get("pix_diff_id"))),
-    ):
-        if top1 is None or thr is None:
-            likely[channel] = None
-            continue
-        top1 = np.asarray(top1, dtype=np.float64)
-        hit = np.nonzero(top1 < thr)[0]
-        likely[channel] = {"threshold": thr, **share_with_interval(len(hit), n, confidence)}
-        if channel == "pixel":
-            likely[channel]["threshold_per_value"] = thr / (pixel_dim * 255.0)
-        if len(null):
-            likely[channel]["baseline"] = baselines.rate_test(len(hit), n, null, thr, order_statistic=False)
-        for i in hit:
-            t = train[i] if train else {}
-            copies.append(
-                {
-                    "image": names[i],
-                    "index": pos[i],
-                    "channel": channel,
-                    "file": t.get("file"),
-                    "identity": t.get("identity"),
-                    "distance": float(top1[i]),
-                    "threshold": thr,
-                }
-            )
-    copies.sort(key=lambda c: (c["index"], c["channel"] != "semantic"))
-    out["likely_copies"] = likely
-    out["suspected_copies"] = copies
-    return out

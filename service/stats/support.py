@@ -22,7 +22,7 @@ variance (each face's collision degree); and, for the upper end, a BCa bootstrap
 (stratified by batch), which follows modes that a small sample shows only a few members of.
 Coverage is validated by simulation with known truth (``scripts/sim_support.py``, BENCHMARKS.md).
 
-All functions are pure: they take collision pair lists (from :func:`service.stats.close_pairs`) and
+All functions are pure: they take collision pair lists (from :func:`service.stats.collisions.close_pairs`) and
 batch sizes, and return plain dicts.
 """
 

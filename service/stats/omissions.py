@@ -4,7 +4,7 @@ for faces). Pure functions over the service's per-image entries and the index's 
 
 Inputs, the same in both audit modes:
 
-* ``entries``: the per-image entries of ``POST /neighbors?attributes=1`` (``service.api.neighbors`` called
+* ``entries``: the per-image entries of ``POST /neighbors?attributes=1`` (``service.query.neighbors`` called
   in-process, or the JSON of a running service): ``status``, ``attributes`` ({name: probability}) and
   ``geometry`` ({name: value}).
 * ``training``: :func:`indexer.attributes.training_side` of the index (in-process), or the body of

@@ -1,6 +1,6 @@
 """The browser page at ``GET /`` and its static files, with the security headers every response gets.
 
-The page is plain HTML + one JavaScript file + one stylesheet from ``service/static/`` (package data),
+The page is plain HTML + one JavaScript file + one stylesheet from ``service/http/static/`` (package data),
 so it works offline. It holds no data: everything it shows comes from the JSON API with the user's
 bearer token, which is why ``/`` and ``/static/*`` are the only routes besides ``/healthz`` that need
 no token (a browser cannot send one before the page that asks for it has loaded).
@@ -59,7 +59,7 @@ def install(app: Flask, no_params) -> None:
 
     ``no_params`` is the app's check that a route got no query parameters (400 otherwise).
     """
-    from .api import ApiError
+    from ..api import ApiError
 
     files = {name: _read(name) for name in (PAGE_FILE, *STATIC_FILES)}
 

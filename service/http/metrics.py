@@ -13,7 +13,7 @@ What is exported (README, "Metrics", has the scrape config):
 * ``facemem_images_processed_total{status}`` (ok / no_face / unreadable) and
   ``facemem_neighbors_stage_seconds{stage}`` (detect, embed, search, stats) of ``POST /neighbors``.
 * ``facemem_admission_*``: searches in flight, waiting, their limits, admitted and refused
-  (:mod:`service.admission`), read at scrape time.
+  (:mod:`service.http.admission`), read at scrape time.
 * ``facemem_index_rows{status}``, ``facemem_index_faces``, ``facemem_internal_errors_total``,
   ``facemem_info{version}`` and the standard ``process_*`` metrics.
 
@@ -133,7 +133,7 @@ def install(app: Flask, state: Any, no_params) -> Metrics:
     Call before the other ``before_request`` hooks are registered: one that answers early (401)
     skips the hooks after it, and this one must have started the clock.
     """
-    from . import __version__
+    from .. import __version__
 
     m = Metrics(state, __version__)
 

@@ -8,11 +8,10 @@ escaped. Class names follow the audit report's stylesheet (``.note``, ``.badge b
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from typing import Any
+
+from ..formats import decimal, esc
 
 SECTION_ID = "omissions"
 DIFFERS = '<span class="badge b-red">differs</span>'
@@ -27,21 +26,10 @@ CSS = (
 )
 
 
-def esc(x: Any) -> str:
-    return html.escape("" if x is None else str(x), quote=True)
-
-
 def _pct(x: Any, digits: int = 1) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     return f"{100 * float(x):.{digits}f}%"
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    x = float(x)
-    return f"{x:.{digits - 1}e}" if x != 0 and abs(x) < 10**-(digits) else f"{x:.{digits}f}"
 
 
 def _bar(training: Any, generated: Any, interval: list | None) -> str:
@@ -75,38 +63,6 @@ def _badge(row: dict) -> str:
     return f'<span class="badge {cls}">{esc(row.get("direction"))}-produced</span>{doubt}'
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def plot_geometry(stat: dict) -> str | None:
-    """Density histograms of one geometry statistic, training (grey) against generated (red)."""
-    h = stat.get("histogram")
-    if not h:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    edges = h["edges"]
-    fig, ax = plt.subplots(figsize=(4.6, 2.6))
-    ax.stairs(h["training"], edges, fill=True, color="#b8c4d0", label=f"training (n={stat['training']['n']:,})")
-    ax.stairs(h["generated"], edges, color="#c0392b", lw=2, label=f"generated (n={stat['generated']['n']:,})")
-    ax.set_xlabel(stat.get("label") or stat["name"], fontsize=9)
-    ax.set_ylabel("density", fontsize=9)
-    ax.tick_params(labelsize=8)
-    ax.set_title(f"{stat['name']}: KS {stat.get('ks', float('nan')):.3f}, q = {_num(stat.get('q_value'))}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
-
-
 def _attribute_table(a: dict) -> str:
     head = (
         "<tr><th>attribute</th><th>training</th><th>generated (95% CI)</th><th>rates</th>"
@@ -132,10 +88,10 @@ def _attribute_table(a: dict) -> str:
             "<tr>"
             f'<td>{esc(r["name"])}</td><td class="num">{esc(_pct(r.get("training_rate")))}</td>'
             f'<td class="num">{gen}</td><td>{_bar(r.get("training_rate"), r.get("generated_rate"), iv)}</td>'
-            f'<td class="num">{esc(_num(r.get("q_value")))}</td><td>{_badge(r)}</td>'
-            f'<td class="num">{esc(_num(r.get("probe_auc")))}</td>'
+            f'<td class="num">{esc(decimal(r.get("q_value")))}</td><td>{_badge(r)}</td>'
+            f'<td class="num">{esc(decimal(r.get("probe_auc")))}</td>'
             f'<td class="num">{esc(_pct(r.get("probe_tpr")))} / {esc(_pct(r.get("probe_fpr")))}</td>'
-            f"<td{warn}>{esc(_num(ls.get('p_value')))}</td>"
+            f"<td{warn}>{esc(decimal(ls.get('p_value')))}</td>"
             "</tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
@@ -170,14 +126,14 @@ def _geometry(g: dict) -> str:
     for s in g["stats"]:
         t, gen = s["training"], s["generated"]
         rows.append(
-            f'<tr><td>{esc(s.get("label") or s["name"])}</td><td class="num">{esc(_num(t.get("median")))}</td>'
-            f'<td class="num">{esc(_num(gen.get("median")))}</td>'
-            f'<td class="num">{esc(_num(s.get("spread_ratio")))}</td>'
-            f'<td class="num">{esc(_num(s.get("ks")))}</td><td class="num">{esc(_num(s.get("wasserstein")))}</td>'
-            f'<td class="num">{esc(_num(s.get("q_value")))}</td>'
+            f'<tr><td>{esc(s.get("label") or s["name"])}</td><td class="num">{esc(decimal(t.get("median")))}</td>'
+            f'<td class="num">{esc(decimal(gen.get("median")))}</td>'
+            f'<td class="num">{esc(decimal(s.get("spread_ratio")))}</td>'
+            f'<td class="num">{esc(decimal(s.get("ks")))}</td><td class="num">{esc(decimal(s.get("wasserstein")))}</td>'
+            f'<td class="num">{esc(decimal(s.get("q_value")))}</td>'
             f"<td>{DIFFERS if s.get('flagged') else ''}</td></tr>"
         )
-        uri = plot_geometry(s)
+        uri = plots.plot_geometry(s)
         if uri:
             plots.append(f'<img class="plot" src="{uri}" alt="{esc(s["name"])} histogram">')
     head = (
@@ -193,7 +149,7 @@ def _geometry(g: dict) -> str:
 
 
 def render(data: dict, thumbnails: dict[str, str], title: str = TITLE) -> str:
-    """The section as an HTML string: ``data`` is :func:`service.audit.omissions.analyse`'s result,
+    """The section as an HTML string: ``data`` is :func:`service.stats.omissions.analyse`'s result,
     ``thumbnails`` maps training files (``rows[].examples``) to image ``data:`` URIs."""
     a, g = data.get("attributes") or {}, data.get("geometry") or {}
     parts = [f'<section id="{SECTION_ID}" data-section="{SECTION_ID}"><style>{CSS}</style><h2>{esc(title)}</h2>']

@@ -3,7 +3,7 @@
 One pure function of the index, :func:`training_side`, so that an audit run in-process and one run
 against a server (``GET /v1/reference``, a thin route over this function) use the very same numbers:
 
-* the thresholds (:func:`service.stats.calibrate`);
+* the thresholds (:func:`service.stats.thresholds.calibrate`);
 * the null samples the memorization tests and histograms need: each training face's nearest
   other-identity distance (a stranger's nearest training face), its nearest other face, and the
   pixel equivalents (seeded subsamples beyond ``NULL_CAP`` faces);
@@ -29,8 +29,7 @@ from indexer import pixels as pixel_channel
 from indexer.datasets import CELEBA_SPLIT_BOUNDS
 from indexer.store import FaceIndex
 
-from .. import stats
-from . import ct, identities, support
+from . import collisions, ct, identities, support, thresholds
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def _sub(a: np.ndarray, rows: np.ndarray | None) -> list:
     return (a if rows is None else a[rows]).tolist()
 
 
-def _reference_support(index: FaceIndex, th: stats.Thresholds, faces: int, seed: int) -> dict:
+def _reference_support(index: FaceIndex, th: thresholds.Thresholds, faces: int, seed: int) -> dict:
     """The support estimator on ``REFERENCE_DRAWS`` random samples of ``faces`` training faces."""
     n_all = index.n_faces
     size = min(faces, n_all)
@@ -65,7 +64,7 @@ def _reference_support(index: FaceIndex, th: stats.Thresholds, faces: int, seed:
         ):
             if pt is None:
                 continue
-            pairs = stats.close_pairs(np.asarray(x[rows]), pt.threshold, metric)
+            pairs = collisions.close_pairs(np.asarray(x[rows]), pt.threshold, metric)
             batches[ch].append(support.Batch(size, tuple((i, j) for i, j, _ in pairs)))
     out = {}
     for ch, pt in (("semantic", th.collision_semantic), ("pixel", th.collision_pixel)):
@@ -132,15 +131,15 @@ def training_side(
     index: FaceIndex,
     faces: int,
     seed: int = 0,
-    false_match_rate: float = stats.DEFAULT_FALSE_MATCH_RATE,
+    false_match_rate: float = thresholds.DEFAULT_FALSE_MATCH_RATE,
     threshold: float | None = None,
-    pair_false_match_rate: float = stats.DEFAULT_PAIR_FALSE_MATCH_RATE,
+    pair_false_match_rate: float = thresholds.DEFAULT_PAIR_FALSE_MATCH_RATE,
     cells: int | None = None,
     training_set_size: int | None = None,
 ) -> dict:
     """The training side for an audit of ``faces`` generated faces (see the module docstring)."""
     cal = index.calibration
-    th = stats.calibrate(cal, false_match_rate, threshold, pair_false_match_rate=pair_false_match_rate)
+    th = thresholds.calibrate(cal, false_match_rate, threshold, pair_false_match_rate=pair_false_match_rate)
     n_all = index.n_faces
     # The per-face semantic arrays cover every face, or (indexes above the build's
     # --semantic-calibration-sample) the faces ``sem_rows``: positions below index those arrays.

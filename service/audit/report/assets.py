@@ -11,13 +11,13 @@ import numpy as np
 from indexer import faces, pixels
 from indexer.progress import progress_bar
 
-from . import html
-from .backends import THUMB, thumb_jpeg
+from ..backends import THUMB, thumb_jpeg
+from . import plots
 
 
 def image_thumb(data: bytes, size: int = THUMB) -> str | None:
     try:
-        return html.data_uri(thumb_jpeg(faces.decode(data), size), "image/jpeg")
+        return plots.data_uri(thumb_jpeg(faces.decode(data), size), "image/jpeg")
     except faces.Unreadable:
         return None
 
@@ -55,13 +55,13 @@ def thumbnails(data: dict, source, backend, images: list[tuple[str, bytes]], pro
     for f in train_files:
         jpg = backend.thumbnail(f)
         if jpg:
-            out["train:" + f] = html.data_uri(jpg, "image/jpeg")
+            out["train:" + f] = plots.data_uri(jpg, "image/jpeg")
         bar.update()
     bar.close()
     return out
 
 
-def plots(data: dict, training: dict) -> dict[str, str]:
+def figures(data: dict, training: dict) -> dict[str, str]:
     h, cal = data["histograms"], data["calibration"]
     nulls = training["nulls"]
     out = {}
@@ -72,7 +72,7 @@ def plots(data: dict, training: dict) -> dict[str, str]:
     if h.get("reference_semantic"):
         ref_sem["reference real faces → training"] = h["reference_semantic"]
     coll = cal.get("collision_semantic") or {}
-    out["hist_semantic"] = html.plot_histogram(
+    out["hist_semantic"] = plots.plot_histogram(
         "Semantic channel: nearest-neighbour descriptor distance",
         "Euclidean distance between dlib descriptors",
         h["generated_semantic"],
@@ -94,7 +94,7 @@ def plots(data: dict, training: dict) -> dict[str, str]:
         ref_pix["training → nearest other identity"] = per_value(nulls["pix_diff_id"])
     if h.get("reference_pixel"):
         ref_pix["reference real faces → training"] = per_value(h["reference_pixel"])
-    out["hist_pixel"] = html.plot_histogram(
+    out["hist_pixel"] = plots.plot_histogram(
         "Pixel channel: nearest-neighbour L1 distance (64×64 face crop)",
         "mean |Δ| per value (0–1)",
         list(per_value(h["generated_pixel"])),
@@ -102,7 +102,7 @@ def plots(data: dict, training: dict) -> dict[str, str]:
         {"pixel copy threshold": None if cal["pixel_copy"] is None else cal["pixel_copy"] / norm},
     )
     if data["birthday"]["rows"]:
-        out["birthday"] = html.plot_birthday(data["birthday"]["rows"], data["crossing"])
+        out["birthday"] = plots.plot_birthday(data["birthday"]["rows"], data["crossing"])
     if data["identities"]["top"]:
-        out["identities"] = html.plot_identities(data["identities"]["top"], data["identities"].get("null"))
+        out["identities"] = plots.plot_identities(data["identities"]["top"], data["identities"].get("null"))
     return out

@@ -2,7 +2,7 @@
 
 The index is loaded once, read-only, into a :class:`~service.search.Searcher` that all request
 threads share. Every error leaves as JSON ``{"error": code, "message": text}``: bad input is a 4xx
-or a per-image status, never a 500. The route bodies are thin; the work is in :mod:`service.api`.
+or a per-image status, never a 500. The route bodies are thin; the work is in :mod:`service.query`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ from werkzeug.wsgi import ClosingIterator
 from indexer import attributes, faces, ivf
 from indexer.store import FaceIndex, load_index
 
-from . import api, metrics, page, stats
+from .. import query
+from ..detect import DetectPool
+from ..params import K_MAX, ApiError, parse_params, parse_reference_params
+from ..search import EXACT_MAX_FACES, PIXEL_CANDIDATES, PIXEL_EXACT_MAX_FACES, Searcher
+from ..stats.thresholds import DEFAULT_FALSE_MATCH_RATE, DEFAULT_PAIR_FALSE_MATCH_RATE, Thresholds, calibrate
+from . import metrics, page
 from .admission import Admission, Overloaded
-from .search import EXACT_MAX_FACES, PIXEL_CANDIDATES, PIXEL_EXACT_MAX_FACES, Searcher
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +75,9 @@ class ServiceState:
     index: FaceIndex
     searcher: Searcher
     config: dict
-    pool: api.DetectPool
+    pool: DetectPool
     admission: Admission
-    default_thresholds: stats.Thresholds
+    default_thresholds: Thresholds
     face_files: Container[str]  # file names of the index's faces (set-like; hashed for large indexes)
     openapi: dict
     training_side: dict  # GET /v1/attributes: what the omission statistics need (indexer.attributes)
@@ -107,9 +111,7 @@ def _no_params(allowed: tuple[str, ...] = ()) -> None:
     unknown = sorted(set(request.args) - set(allowed))
     if unknown:
         allowed_txt = f"allowed: {', '.join(allowed)}" if allowed else "this route takes no parameters"
-        raise api.ApiError(
-            400, "unknown_parameter", f"unknown parameter(s) {', '.join(map(repr, unknown))}; {allowed_txt}"
-        )
+        raise ApiError(400, "unknown_parameter", f"unknown parameter(s) {', '.join(map(repr, unknown))}; {allowed_txt}")
 
 
 def image_path(index: FaceIndex, file: str) -> Path:
@@ -143,7 +145,7 @@ def read_images(max_files: int) -> list[tuple[str, bytes]]:
     """The uploaded images, in upload order: multipart ``images`` files, or JSON with base64."""
     mt = request.mimetype
     if not mt and not request.content_length:
-        raise api.ApiError(
+        raise ApiError(
             400, "missing_images", "no images: send multipart/form-data with one or more files under the field 'images'"
         )
     if mt == "multipart/form-data":
@@ -152,10 +154,10 @@ def read_images(max_files: int) -> list[tuple[str, bytes]]:
         fields = sorted(set(files) | set(request.form))
         if not ups:
             got = f" (got field(s) {', '.join(map(repr, fields))})" if fields else ""
-            raise api.ApiError(400, "missing_images", f"no files under the multipart field 'images'{got}")
+            raise ApiError(400, "missing_images", f"no files under the multipart field 'images'{got}")
         other = sorted(set(files) - {"images"})
         if other:
-            raise api.ApiError(
+            raise ApiError(
                 400,
                 "unexpected_field",
                 f"files must be sent under the field 'images', got field(s) {', '.join(map(repr, other))}",
@@ -163,20 +165,18 @@ def read_images(max_files: int) -> list[tuple[str, bytes]]:
         if request.form:
             names = sorted(request.form)
             hint = "send images as file parts" if "images" in names else "parameters go in the query string"
-            raise api.ApiError(
-                400, "unexpected_field", f"unexpected form field(s) {', '.join(map(repr, names))}; {hint}"
-            )
+            raise ApiError(400, "unexpected_field", f"unexpected form field(s) {', '.join(map(repr, names))}; {hint}")
         if len(ups) > max_files:
-            raise api.ApiError(
+            raise ApiError(
                 413, "too_many_files", f"{len(ups)} files; at most {max_files} per request (server option --max-files)"
             )
         return [(u.filename or f"image-{i + 1}", u.read()) for i, u in enumerate(ups)]
     if mt == "application/json":
         body = request.get_json(silent=True)  # size limited by MAX_CONTENT_LENGTH
         if not isinstance(body, dict):
-            raise api.ApiError(400, "bad_json", "the body is not a JSON object")
+            raise ApiError(400, "bad_json", "the body is not a JSON object")
         if set(body) - {"images"}:
-            raise api.ApiError(
+            raise ApiError(
                 400,
                 "unexpected_field",
                 f"unexpected key(s) {sorted(set(body) - {'images'})}; "
@@ -184,11 +184,11 @@ def read_images(max_files: int) -> list[tuple[str, bytes]]:
             )
         items = body.get("images")
         if not isinstance(items, list) or not items:
-            raise api.ApiError(
+            raise ApiError(
                 400, "missing_images", '\'images\' must be a non-empty list of {"name": str, "data": base64 str}'
             )
         if len(items) > max_files:
-            raise api.ApiError(
+            raise ApiError(
                 413,
                 "too_many_files",
                 f"{len(items)} images; at most {max_files} per request (server option --max-files)",
@@ -201,14 +201,14 @@ def read_images(max_files: int) -> list[tuple[str, bytes]]:
                 or set(it) - {"name", "data"}
                 or not isinstance(it.get("name", ""), str)
             ):
-                raise api.ApiError(400, "bad_json", f'images[{i}] must be {{"name": str, "data": base64 str}}')
+                raise ApiError(400, "bad_json", f'images[{i}] must be {{"name": str, "data": base64 str}}')
             try:
                 data = base64.b64decode(it["data"], validate=True)
             except (binascii.Error, ValueError):
-                raise api.ApiError(400, "bad_base64", f"images[{i}].data is not valid base64") from None
+                raise ApiError(400, "bad_base64", f"images[{i}].data is not valid base64") from None
             out.append((it.get("name") or f"image-{i + 1}", data))
         return out
-    raise api.ApiError(
+    raise ApiError(
         415,
         "unsupported_media_type",
         f"send multipart/form-data with files under 'images' "
@@ -241,7 +241,7 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
         pixel_exact_max_faces=int(cfg["pixel_exact_max_faces"]),
         pixel_candidates=int(cfg["pixel_candidates"]),
     )
-    pool = api.DetectPool(cfg["detect_processes"])
+    pool = DetectPool(cfg["detect_processes"])
     inflight = int(cfg["max_inflight"] or os.cpu_count() or 1)
     queue = None if cfg["max_queue"] is None else int(cfg["max_queue"])
     state = ServiceState(
@@ -250,7 +250,7 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
         config=cfg,
         pool=pool,
         admission=Admission(inflight, queue, float(cfg["queue_wait_s"])),
-        default_thresholds=stats.calibrate(index.calibration),
+        default_thresholds=calibrate(index.calibration),
         face_files=index.face_files(),
         openapi=json.loads(OPENAPI_PATH.read_text()),
         training_side=attributes.training_side(index),
@@ -315,8 +315,8 @@ def _register(app: Flask) -> None:
         log.info("%s %s -> %d (%.0f ms)", request.method, request.path, resp.status_code, dt * 1000)
         return resp
 
-    @app.errorhandler(api.ApiError)
-    def _api_error(e: api.ApiError) -> Response:
+    @app.errorhandler(ApiError)
+    def _api_error(e: ApiError) -> Response:
         return error(e.status, e.code, e.message)
 
     @app.errorhandler(Overloaded)
@@ -367,12 +367,12 @@ def _register(app: Flask) -> None:
         st = _state()
         return jsonify(
             {
-                **api.index_info(st.index, st.default_thresholds),
+                **query.index_info(st.index, st.default_thresholds),
                 "limits": {
                     "max_files": st.config["max_files"],
                     "max_request_mb": st.config["max_request_mb"],
                     "max_pixels": st.config["max_pixels"],
-                    "k_max": api.K_MAX,
+                    "k_max": K_MAX,
                 },
                 "device": st.searcher.device,
                 "search": st.searcher.search_info(),
@@ -388,18 +388,18 @@ def _register(app: Flask) -> None:
     @app.post("/neighbors")
     def neighbors() -> Response:
         st = _state()
-        params = api.parse_params(request.args)
+        params = parse_params(request.args)
         default = (
             params.threshold is None
-            and params.false_match_rate == stats.DEFAULT_FALSE_MATCH_RATE
-            and params.pair_false_match_rate == stats.DEFAULT_PAIR_FALSE_MATCH_RATE
+            and params.false_match_rate == DEFAULT_FALSE_MATCH_RATE
+            and params.pair_false_match_rate == DEFAULT_PAIR_FALSE_MATCH_RATE
         )
         thresholds = st.default_thresholds if default else None  # else calibrated per request (< 1 ms)
         if (request.content_length or 0) > current_app.config["MAX_CONTENT_LENGTH"]:
             raise RequestEntityTooLarge()  # refused from the header, without waiting for a slot
         with st.admission.slot():  # waits (bounded) before the body is parsed; 503 when full
             images = read_images(int(st.config["max_files"]))
-            body = api.neighbors(
+            body = query.neighbors(
                 st.searcher,
                 images,
                 params,
@@ -412,14 +412,14 @@ def _register(app: Flask) -> None:
 
     @app.get("/v1/reference")
     def reference() -> Response:
-        """The training side of a batch audit (service.audit.reference.training_side), cached per query."""
+        """The training side of a batch audit (service.stats.training_side.training_side), cached per query."""
         st = _state()
-        kw = api.parse_reference_params(request.args)
+        kw = parse_reference_params(request.args)
         key = tuple(sorted(kw.items()))
         with st.lock:
             body = st.reference_cache.get(key)
         if body is None:
-            from .audit.reference import training_side
+            from ..stats.training_side import training_side
 
             with st.admission.slot():  # seconds of CPU: queued like a search
                 body = training_side(st.index, **kw)
@@ -437,26 +437,26 @@ def _register(app: Flask) -> None:
         if "size" in request.args:
             raw = request.args["size"]
             if not raw.isdigit() or not 16 <= int(raw) <= st.config["thumbnail_max"]:
-                raise api.ApiError(
+                raise ApiError(
                     400,
                     "bad_parameter",
                     f"size must be an integer from 16 to {st.config['thumbnail_max']}, got {raw[:40]!r}",
                 )
             size = int(raw)
         if file not in st.face_files:  # only indexed faces; anything else never touches the disk
-            raise api.ApiError(404, "not_found", f"{file!r} is not a face in this index")
+            raise ApiError(404, "not_found", f"{file!r} is not a face in this index")
         root = st.index.dataset_root.resolve()
         try:
             path = image_path(st.index, file).resolve(strict=True)
         except (OSError, RuntimeError):
-            raise api.ApiError(404, "not_found", f"{file!r} is in the index but not on disk") from None
+            raise ApiError(404, "not_found", f"{file!r} is in the index but not on disk") from None
         if not path.is_relative_to(root) or not path.is_file():
             log.warning("refusing %s: resolves outside the dataset root", file)
-            raise api.ApiError(404, "not_found", f"{file!r} is not available")
+            raise ApiError(404, "not_found", f"{file!r} is not available")
         try:
             arr = faces.read_file(path, int(st.config["max_pixels"]))
         except faces.Unreadable as e:
-            raise api.ApiError(404, "not_found", f"{file!r} cannot be read: {e}") from None
+            raise ApiError(404, "not_found", f"{file!r} cannot be read: {e}") from None
         from PIL import Image
 
         im = Image.fromarray(arr)

@@ -1,0 +1,206 @@
+"""The body of ``POST /neighbors``, as plain functions: the HTTP route and the in-process audit both
+call :func:`neighbors` (or :func:`neighbors_for_faces`), so both report identical numbers.
+
+Nothing here knows about Flask: the parameters arrive validated (:mod:`service.params`), faces
+come from the detection pool (:mod:`service.detect`), and the answer is a JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from indexer import attributes, faces, pixels
+from indexer.store import FaceIndex
+
+from .detect import DetectPool, detect_one
+from .params import Params, parse_params
+from .stats import collisions, memorization
+from .stats.thresholds import DistanceContext, Thresholds, calibrate
+
+
+def index_summary(index: FaceIndex) -> dict:
+    """What a response says about the index it searched (no server paths)."""
+    m = index.manifest
+    ds, pipe = m.get("dataset", {}), m.get("pipeline", {})
+    return {
+        "faces": index.n_faces,
+        "images": len(index.rows),
+        "dataset": ds.get("kind"),
+        "split": ds.get("split"),
+        "identities": ds.get("identities"),
+        "identities_known": bool(m.get("identities_known")),
+        "detector": pipe.get("detector"),
+        "embedder": pipe.get("embedder"),
+        "pixel_size": pipe.get("pixel", {}).get("size"),
+        "flip_average": index.flip_average,
+        "face_resolution_px": index.face_resolution,
+        "written_at": m.get("written_at"),
+    }
+
+
+def index_info(index: FaceIndex, thresholds: Thresholds) -> dict:
+    """``GET /v1/index`` without the server's own part (limits, device): the manifest summary, no
+    server paths, and the default thresholds (the audit's in-process backend reports the same)."""
+    m = index.manifest
+    return {
+        "summary": index_summary(index),
+        "dataset": {k: v for k, v in m.get("dataset", {}).items() if k != "root"},  # no server paths
+        "counts": m.get("counts", {}),
+        "pipeline": m.get("pipeline", {}),
+        "build": m.get("build", {}),
+        "format_version": m.get("format_version"),
+        "written_at": m.get("written_at"),
+        "model_sha256": m.get("model_sha256", {}),
+        "libraries": m.get("libraries", {}),
+        "calibration": thresholds.to_dict(pixels.PIXEL_DIM),
+    }
+
+
+def _image_entry(name: str, face: faces.Face) -> dict:
+    reason = face.reason
+    if face.ok and face.faces_found > 1:
+        reason = f"{face.faces_found} faces found; the largest is used"
+    return {
+        "image": name,
+        "status": face.status,
+        "reason": reason,
+        "faces_found": int(face.faces_found),
+        "box": list(face.box) if face.box is not None else None,
+        "image_size": [face.width, face.height] if face.width else None,
+        "semantic": [],
+        "pixel": [],
+    }
+
+
+def _add_attributes(searcher, entries: list[dict], found: list[faces.Face], desc: np.ndarray, pos: list[int]) -> None:
+    """``attributes=1``: each entry gets ``attributes`` ({name: probability}, null without probes or face)
+    and ``geometry`` ({name: value}, null without a face)."""
+    for e in entries:
+        e["attributes"], e["geometry"] = None, None
+    with_extras = [j for j, f in enumerate(found) if f.landmarks68 is not None and f.attr_crop is not None]
+    described = attributes.describe_faces(
+        getattr(searcher, "probes", None), [found[j] for j in with_extras], desc[with_extras]
+    )
+    for j, (a, g) in zip(with_extras, described):
+        entries[pos[j]]["attributes"], entries[pos[j]]["geometry"] = a, g
+
+
+def neighbors_for_faces(
+    searcher, named_faces: list[tuple[str, faces.Face]], params: Params, thresholds: Thresholds | None = None
+) -> dict:
+    """Embed, search and summarise faces that went through the face pipeline already.
+
+    Every ok face is embedded in one batch (:meth:`Searcher.prepare`) and searched in one batched
+    call per channel, so a batch of 64 costs one forward pass, and a single image a batch of one.
+    """
+    t0 = time.perf_counter()
+    params = params.for_index(searcher.index)
+    cal = searcher.index.calibration
+    th = thresholds or calibrate(
+        cal, params.false_match_rate, params.threshold, pair_false_match_rate=params.pair_false_match_rate
+    )
+    ctx = DistanceContext.of(cal)
+    # The keyword only when it changes something: callers that wrap ``prepare(named_faces)`` keep working.
+    off = not params.resolution_match and searcher.index.face_resolution is not None
+    queries = searcher.prepare(named_faces, **({"resolution_match": False} if off else {}))
+    t_embed = time.perf_counter() - t0
+    entries = [_image_entry(q.name, q.face) for q in queries]
+    pos = [i for i, q in enumerate(queries) if q.face.ok]
+    names = [queries[i].name for i in pos]
+    desc = np.stack([queries[i].descriptor for i in pos]) if pos else np.zeros((0, 128), np.float32)
+    pix = np.stack([queries[i].pixel for i in pos]) if pos else np.zeros((0, pixels.PIXEL_DIM), np.uint8)
+    files, idents = searcher.files, searcher.identities
+    sem_top1 = pix_top1 = sem_train = pix_train = None
+    t1 = time.perf_counter()
+    if "semantic" in params.channels:
+        sd, si = searcher.semantic_search(desc, params.k)
+        for row, i in enumerate(pos):
+            entries[i]["semantic"] = [
+                {
+                    "rank": r + 1,
+                    "file": files[j],
+                    "identity": idents[j],
+                    "distance": float(sd[row, r]),
+                    "same_person": bool(sd[row, r] < th.identity),
+                    **ctx.semantic(sd[row, r]),
+                }
+                for r, j in enumerate(si[row])
+                if j >= 0
+            ]
+        sem_top1 = sd[:, 0] if pos else np.zeros(0)
+        sem_train = [{"file": files[j], "identity": idents[j]} for j in si[:, 0]] if pos else []
+    if "pixel" in params.channels:
+        pd, pi = searcher.pixel_search(pix, params.k, desc=desc)
+        for row, i in enumerate(pos):
+            entries[i]["pixel"] = [
+                {
+                    "rank": r + 1,
+                    "file": files[j],
+                    "identity": idents[j],
+                    "distance": int(pd[row, r]),
+                    "distance_per_value": float(pixels.normalised_l1(pd[row, r])),
+                    **ctx.pixel(pd[row, r]),
+                }
+                for r, j in enumerate(pi[row])
+                if j >= 0
+            ]
+        pix_top1 = pd[:, 0].astype(np.float64) if pos else np.zeros(0)
+        pix_train = [{"file": files[j], "identity": idents[j]} for j in pi[:, 0]] if pos else []
+    t_search = time.perf_counter() - t1
+    if params.attributes:
+        _add_attributes(searcher, entries, [queries[i].face for i in pos], desc, pos)
+    t2 = time.perf_counter()
+    coll = collisions.collisions(names, desc, pix, th, batch_size=len(queries), positions=pos)
+    mem = memorization.memorization(
+        names, sem_top1, sem_train, pix_top1, pix_train, th, pixels.PIXEL_DIM, positions=pos, calibration=cal
+    )
+    if params.vectors:
+        for row, i in enumerate(pos):
+            entries[i]["descriptor"] = [float(v) for v in desc[row]]
+            entries[i]["pixels"] = base64.b64encode(np.ascontiguousarray(pix[row]).tobytes()).decode("ascii")
+    counts = {s: sum(q.face.status == s for q in queries) for s in faces.STATUSES}
+    return {
+        "images": entries,
+        "counts": counts,
+        "collisions": coll,
+        "memorization": mem,
+        "calibration": th.to_dict(pixels.PIXEL_DIM),
+        "index": index_summary(searcher.index),
+        "search": searcher.search_info(params.channels),
+        "params": params.to_dict(),
+        "timing": {"embed_s": t_embed, "search_s": t_search, "stats_s": time.perf_counter() - t2},
+    }
+
+
+def neighbors(
+    searcher,
+    images: list[tuple[str, bytes]],
+    params: Params | Mapping[str, Any] | None = None,
+    pool: DetectPool | None = None,
+    max_pixels: int = faces.MAX_PIXELS,
+    thresholds: Thresholds | None = None,
+) -> dict:
+    """The exact JSON body of ``POST /neighbors`` for ``images`` = [(name, bytes)] in upload order.
+
+    ``params`` may be a :class:`Params` or a raw mapping (validated here). Face detection runs in
+    ``pool`` when given (parallel worker processes), else in this thread.
+    """
+    if not isinstance(params, Params):
+        params = parse_params(params or {})
+    params = params.for_index(searcher.index)  # a parameter the index cannot honour fails before any work
+    t0 = time.perf_counter()
+    datas = [d for _, d in images]
+    found = (
+        pool.run(datas, params.detector, max_pixels, params.attributes)
+        if pool
+        else [detect_one(d, params.detector, max_pixels, params.attributes) for d in datas]
+    )
+    t_detect = time.perf_counter() - t0
+    body = neighbors_for_faces(searcher, [(n, f) for (n, _), f in zip(images, found)], params, thresholds)
+    body["timing"] = {"detect_s": t_detect, **body["timing"], "total_s": time.perf_counter() - t0}
+    return body
