@@ -9,7 +9,6 @@ go through a JSON round trip, so that both modes hand the statistics identical P
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from indexer import faces
 
-from .. import query
+from .. import query, thumbnails
 from ..detect import DetectPool
 from ..params import ApiError, parse_params
 
@@ -44,17 +43,6 @@ def json_round_trip(x):
     from .formats import json_safe
 
     return json.loads(json.dumps(json_safe(x)))
-
-
-def thumb_jpeg(arr: np.ndarray, size: int) -> bytes:
-    """The service's /images thumbnail recipe (LANCZOS into size×size, JPEG q90)."""
-    from PIL import Image
-
-    im = Image.fromarray(arr)
-    im.thumbnail((size, size), Image.LANCZOS)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 class LocalBackend:
@@ -101,10 +89,8 @@ class LocalBackend:
         return json_round_trip(training_side(self.index, **params))
 
     def thumbnail(self, file: str, size: int = THUMB) -> bytes | None:
-        from ..app import image_path
-
         try:
-            return thumb_jpeg(faces.read_file(image_path(self.index, file)), size)
+            return thumbnails.jpeg(faces.read_file(thumbnails.image_path(self.index, file)), size)
         except faces.Unreadable as e:
             log.warning("training thumbnail %s: %s", file, e)
             return None

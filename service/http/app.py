@@ -13,7 +13,6 @@ import binascii
 import functools
 import hashlib
 import hmac
-import io
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from werkzeug.wsgi import ClosingIterator
 from indexer import attributes, faces, ivf
 from indexer.store import FaceIndex, load_index
 
-from .. import query
+from .. import query, thumbnails
 from ..detect import DetectPool
 from ..params import K_MAX, ApiError, parse_params, parse_reference_params
 from ..search import EXACT_MAX_FACES, PIXEL_CANDIDATES, PIXEL_EXACT_MAX_FACES, Searcher
@@ -112,14 +111,6 @@ def _no_params(allowed: tuple[str, ...] = ()) -> None:
     if unknown:
         allowed_txt = f"allowed: {', '.join(allowed)}" if allowed else "this route takes no parameters"
         raise ApiError(400, "unknown_parameter", f"unknown parameter(s) {', '.join(map(repr, unknown))}; {allowed_txt}")
-
-
-def image_path(index: FaceIndex, file: str) -> Path:
-    """Where a row's file lives: ``<root>/img_align_celeba/<file>`` for CelebA, ``<root>/<file>`` for a folder."""
-    root = index.dataset_root
-    if index.manifest.get("dataset", {}).get("kind") == "celeba":
-        return root / "img_align_celeba" / file
-    return root / file
 
 
 def token_matches(header: str, token: str) -> bool:
@@ -447,7 +438,7 @@ def _register(app: Flask) -> None:
             raise ApiError(404, "not_found", f"{file!r} is not a face in this index")
         root = st.index.dataset_root.resolve()
         try:
-            path = image_path(st.index, file).resolve(strict=True)
+            path = thumbnails.image_path(st.index, file).resolve(strict=True)
         except (OSError, RuntimeError):
             raise ApiError(404, "not_found", f"{file!r} is in the index but not on disk") from None
         if not path.is_relative_to(root) or not path.is_file():
@@ -457,13 +448,7 @@ def _register(app: Flask) -> None:
             arr = faces.read_file(path, int(st.config["max_pixels"]))
         except faces.Unreadable as e:
             raise ApiError(404, "not_found", f"{file!r} cannot be read: {e}") from None
-        from PIL import Image
-
-        im = Image.fromarray(arr)
-        im.thumbnail((size, size), Image.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=90)
-        resp = Response(buf.getvalue(), mimetype="image/jpeg")
+        resp = Response(thumbnails.jpeg(arr, size), mimetype="image/jpeg")
         resp.headers["Cache-Control"] = "public, max-age=86400"
         return resp
 

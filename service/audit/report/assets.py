@@ -11,13 +11,14 @@ import numpy as np
 from indexer import faces, pixels
 from indexer.progress import progress_bar
 
-from ..backends import THUMB, thumb_jpeg
+from ...thumbnails import jpeg
+from ..backends import THUMB
 from . import plots
 
 
 def image_thumb(data: bytes, size: int = THUMB) -> str | None:
     try:
-        return plots.data_uri(thumb_jpeg(faces.decode(data), size), "image/jpeg")
+        return plots.data_uri(jpeg(faces.decode(data), size), "image/jpeg")
     except faces.Unreadable:
         return None
 
