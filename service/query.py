@@ -1,5 +1,5 @@
 """The body of ``POST /neighbors``, as plain functions: the HTTP route and the in-process audit both
-call :func:`neighbors` (or :func:`neighbors_for_faces`), so both report identical numbers.
+call :func:`neighbors`, so both report identical numbers.
 
 Nothing here knows about Flask: the parameters arrive validated (:mod:`service.params`), faces
 come from the detection pool (:mod:`service.detect`), and the answer is a JSON-ready dict.
@@ -90,16 +90,64 @@ def _add_attributes(searcher, entries: list[dict], found: list[faces.Face], desc
         entries[pos[j]]["attributes"], entries[pos[j]]["geometry"] = a, g
 
 
-def neighbors_for_faces(
-    searcher, named_faces: list[tuple[str, faces.Face]], params: Params, thresholds: Thresholds | None = None
-) -> dict:
-    """Embed, search and summarise faces that went through the face pipeline already.
+def _semantic(
+    searcher, desc: np.ndarray, k: int, th: Thresholds, ctx: DistanceContext
+) -> tuple[list[list[dict]], np.ndarray]:
+    """Each face's k semantic neighbours as response entries, and the top-1 distances."""
+    files, idents = searcher.files, searcher.identities
+    sd, si = searcher.semantic_search(desc, k)
+    rows = [
+        [
+            {
+                "rank": r + 1,
+                "file": files[j],
+                "identity": idents[j],
+                "distance": float(sd[row, r]),
+                "same_person": bool(sd[row, r] < th.identity),
+                **ctx.semantic(sd[row, r]),
+            }
+            for r, j in enumerate(si[row])
+            if j >= 0
+        ]
+        for row in range(len(desc))
+    ]
+    return rows, (sd[:, 0] if len(desc) else np.zeros(0)), (si[:, 0] if len(desc) else np.zeros(0, np.int64))
+
+
+def _pixel(searcher, pix: np.ndarray, desc: np.ndarray, k: int, ctx: DistanceContext):
+    """Each face's k pixel (L1) neighbours as response entries, and the top-1 distances."""
+    files, idents = searcher.files, searcher.identities
+    pd, pi = searcher.pixel_search(pix, k, desc=desc)
+    rows = [
+        [
+            {
+                "rank": r + 1,
+                "file": files[j],
+                "identity": idents[j],
+                "distance": int(pd[row, r]),
+                "distance_per_value": float(pixels.normalised_l1(pd[row, r])),
+                **ctx.pixel(pd[row, r]),
+            }
+            for r, j in enumerate(pi[row])
+            if j >= 0
+        ]
+        for row in range(len(pix))
+    ]
+    return (
+        rows,
+        (pd[:, 0].astype(np.float64) if len(pix) else np.zeros(0)),
+        (pi[:, 0] if len(pix) else np.zeros(0, np.int64)),
+    )
+
+
+def _answer(searcher, named_faces: list[tuple[str, faces.Face]], params: Params, thresholds: Thresholds | None) -> dict:
+    """Embed, search and summarise faces that went through the face pipeline already; ``params``
+    are resolved for this index (:meth:`Params.for_index`).
 
     Every ok face is embedded in one batch (:meth:`Searcher.prepare`) and searched in one batched
     call per channel, so a batch of 64 costs one forward pass, and a single image a batch of one.
     """
     t0 = time.perf_counter()
-    params = params.for_index(searcher.index)
     cal = searcher.index.calibration
     th = thresholds or calibrate(
         cal, params.false_match_rate, params.threshold, pair_false_match_rate=params.pair_false_match_rate
@@ -114,59 +162,40 @@ def neighbors_for_faces(
     names = [queries[i].name for i in pos]
     desc = np.stack([queries[i].descriptor for i in pos]) if pos else np.zeros((0, 128), np.float32)
     pix = np.stack([queries[i].pixel for i in pos]) if pos else np.zeros((0, pixels.PIXEL_DIM), np.uint8)
-    files, idents = searcher.files, searcher.identities
-    sem_top1 = pix_top1 = sem_train = pix_train = None
+    top1: dict[str, np.ndarray | None] = {"semantic": None, "pixel": None}
+    train: dict[str, list[dict] | None] = {"semantic": None, "pixel": None}
     t1 = time.perf_counter()
-    if "semantic" in params.channels:
-        sd, si = searcher.semantic_search(desc, params.k)
-        for row, i in enumerate(pos):
-            entries[i]["semantic"] = [
-                {
-                    "rank": r + 1,
-                    "file": files[j],
-                    "identity": idents[j],
-                    "distance": float(sd[row, r]),
-                    "same_person": bool(sd[row, r] < th.identity),
-                    **ctx.semantic(sd[row, r]),
-                }
-                for r, j in enumerate(si[row])
-                if j >= 0
-            ]
-        sem_top1 = sd[:, 0] if pos else np.zeros(0)
-        sem_train = [{"file": files[j], "identity": idents[j]} for j in si[:, 0]] if pos else []
-    if "pixel" in params.channels:
-        pd, pi = searcher.pixel_search(pix, params.k, desc=desc)
-        for row, i in enumerate(pos):
-            entries[i]["pixel"] = [
-                {
-                    "rank": r + 1,
-                    "file": files[j],
-                    "identity": idents[j],
-                    "distance": int(pd[row, r]),
-                    "distance_per_value": float(pixels.normalised_l1(pd[row, r])),
-                    **ctx.pixel(pd[row, r]),
-                }
-                for r, j in enumerate(pi[row])
-                if j >= 0
-            ]
-        pix_top1 = pd[:, 0].astype(np.float64) if pos else np.zeros(0)
-        pix_train = [{"file": files[j], "identity": idents[j]} for j in pi[:, 0]] if pos else []
+    for channel in params.channels:
+        if channel == "semantic":
+            rows, top1[channel], nearest = _semantic(searcher, desc, params.k, th, ctx)
+        else:
+            rows, top1[channel], nearest = _pixel(searcher, pix, desc, params.k, ctx)
+        for i, row in zip(pos, rows):
+            entries[i][channel] = row
+        train[channel] = [{"file": searcher.files[j], "identity": searcher.identities[j]} for j in nearest]
     t_search = time.perf_counter() - t1
     if params.attributes:
         _add_attributes(searcher, entries, [queries[i].face for i in pos], desc, pos)
     t2 = time.perf_counter()
     coll = collisions.collisions(names, desc, pix, th, batch_size=len(queries), positions=pos)
     mem = memorization.memorization(
-        names, sem_top1, sem_train, pix_top1, pix_train, th, pixels.PIXEL_DIM, positions=pos, calibration=cal
+        names,
+        top1["semantic"],
+        train["semantic"],
+        top1["pixel"],
+        train["pixel"],
+        th,
+        pixels.PIXEL_DIM,
+        positions=pos,
+        calibration=cal,
     )
     if params.vectors:
         for row, i in enumerate(pos):
             entries[i]["descriptor"] = [float(v) for v in desc[row]]
             entries[i]["pixels"] = base64.b64encode(np.ascontiguousarray(pix[row]).tobytes()).decode("ascii")
-    counts = {s: sum(q.face.status == s for q in queries) for s in faces.STATUSES}
     return {
         "images": entries,
-        "counts": counts,
+        "counts": {s: sum(q.face.status == s for q in queries) for s in faces.STATUSES},
         "collisions": coll,
         "memorization": mem,
         "calibration": th.to_dict(pixels.PIXEL_DIM),
@@ -201,6 +230,6 @@ def neighbors(
         else [detect_one(d, params.detector, max_pixels, params.attributes) for d in datas]
     )
     t_detect = time.perf_counter() - t0
-    body = neighbors_for_faces(searcher, [(n, f) for (n, _), f in zip(images, found)], params, thresholds)
+    body = _answer(searcher, [(n, f) for (n, _), f in zip(images, found)], params, thresholds)
     body["timing"] = {"detect_s": t_detect, **body["timing"], "total_s": time.perf_counter() - t0}
     return body

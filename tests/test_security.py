@@ -25,7 +25,7 @@ import requests
 from conftest import CELEBA10K, REPO, build_index, live_server
 
 from service import create_app
-from service.http.app import token_matches
+from service.http.auth import token_matches
 
 IMG_DIR = CELEBA10K / "img_align_celeba"
 TOKEN = "tok-\u00e9-0123456789abcdef"  # non-ASCII on purpose

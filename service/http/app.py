@@ -8,11 +8,7 @@ or a per-image status, never a 500. The route bodies are thin; the work is in :m
 from __future__ import annotations
 
 import atexit
-import base64
-import binascii
 import functools
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -37,6 +33,8 @@ from ..search import EXACT_MAX_FACES, PIXEL_CANDIDATES, PIXEL_EXACT_MAX_FACES, S
 from ..stats.thresholds import DEFAULT_FALSE_MATCH_RATE, DEFAULT_PAIR_FALSE_MATCH_RATE, Thresholds, calibrate
 from . import metrics, page
 from .admission import Admission, Overloaded
+from .auth import token_matches
+from .uploads import read_images
 
 log = logging.getLogger(__name__)
 
@@ -111,100 +109,6 @@ def _no_params(allowed: tuple[str, ...] = ()) -> None:
     if unknown:
         allowed_txt = f"allowed: {', '.join(allowed)}" if allowed else "this route takes no parameters"
         raise ApiError(400, "unknown_parameter", f"unknown parameter(s) {', '.join(map(repr, unknown))}; {allowed_txt}")
-
-
-def token_matches(header: str, token: str) -> bool:
-    """``Authorization: Bearer <token>`` check in constant time.
-
-    Both sides are hashed first, so the comparison also takes the same time whatever the length
-    of the guess (``hmac.compare_digest`` alone returns early on a length mismatch).
-    """
-    got = header[7:].strip() if header.startswith("Bearer ") else ""
-    try:  # a WSGI header is the raw bytes decoded as latin-1; the token is compared as UTF-8 bytes
-        raw = got.encode("latin-1")
-    except UnicodeEncodeError:
-        raw = got.encode("utf-8", "surrogateescape")
-    a = hashlib.sha256(raw).digest()
-    b = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-    return hmac.compare_digest(a, b) and bool(got) and bool(token)
-
-
-# ----------------------------------------------------------------------------- request reading
-
-
-def read_images(max_files: int) -> list[tuple[str, bytes]]:
-    """The uploaded images, in upload order: multipart ``images`` files, or JSON with base64."""
-    mt = request.mimetype
-    if not mt and not request.content_length:
-        raise ApiError(
-            400, "missing_images", "no images: send multipart/form-data with one or more files under the field 'images'"
-        )
-    if mt == "multipart/form-data":
-        files = request.files  # parsing here may raise 413 (MAX_CONTENT_LENGTH / MAX_FORM_PARTS)
-        ups = files.getlist("images")
-        fields = sorted(set(files) | set(request.form))
-        if not ups:
-            got = f" (got field(s) {', '.join(map(repr, fields))})" if fields else ""
-            raise ApiError(400, "missing_images", f"no files under the multipart field 'images'{got}")
-        other = sorted(set(files) - {"images"})
-        if other:
-            raise ApiError(
-                400,
-                "unexpected_field",
-                f"files must be sent under the field 'images', got field(s) {', '.join(map(repr, other))}",
-            )
-        if request.form:
-            names = sorted(request.form)
-            hint = "send images as file parts" if "images" in names else "parameters go in the query string"
-            raise ApiError(400, "unexpected_field", f"unexpected form field(s) {', '.join(map(repr, names))}; {hint}")
-        if len(ups) > max_files:
-            raise ApiError(
-                413, "too_many_files", f"{len(ups)} files; at most {max_files} per request (server option --max-files)"
-            )
-        return [(u.filename or f"image-{i + 1}", u.read()) for i, u in enumerate(ups)]
-    if mt == "application/json":
-        body = request.get_json(silent=True)  # size limited by MAX_CONTENT_LENGTH
-        if not isinstance(body, dict):
-            raise ApiError(400, "bad_json", "the body is not a JSON object")
-        if set(body) - {"images"}:
-            raise ApiError(
-                400,
-                "unexpected_field",
-                f"unexpected key(s) {sorted(set(body) - {'images'})}; "
-                f"expected only 'images'; parameters go in the query string",
-            )
-        items = body.get("images")
-        if not isinstance(items, list) or not items:
-            raise ApiError(
-                400, "missing_images", '\'images\' must be a non-empty list of {"name": str, "data": base64 str}'
-            )
-        if len(items) > max_files:
-            raise ApiError(
-                413,
-                "too_many_files",
-                f"{len(items)} images; at most {max_files} per request (server option --max-files)",
-            )
-        out = []
-        for i, it in enumerate(items):
-            if (
-                not isinstance(it, dict)
-                or not isinstance(it.get("data"), str)
-                or set(it) - {"name", "data"}
-                or not isinstance(it.get("name", ""), str)
-            ):
-                raise ApiError(400, "bad_json", f'images[{i}] must be {{"name": str, "data": base64 str}}')
-            try:
-                data = base64.b64decode(it["data"], validate=True)
-            except (binascii.Error, ValueError):
-                raise ApiError(400, "bad_base64", f"images[{i}].data is not valid base64") from None
-            out.append((it.get("name") or f"image-{i + 1}", data))
-        return out
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        f"send multipart/form-data with files under 'images' "
-        f"(or application/json with base64 images), not {mt or 'no content type'!r}",
-    )
 
 
 # ----------------------------------------------------------------------------- the app
@@ -282,6 +186,15 @@ def create_app(index_dir: str | os.PathLike, config: dict | None = None) -> Flas
 
 
 def _register(app: Flask) -> None:
+    _register_hooks(app)
+    _register_info(app)
+    _register_search(app)
+    _register_images(app)
+
+
+def _register_hooks(app: Flask) -> None:
+    """Authentication, request logging and the JSON error handlers: every error leaves as JSON."""
+
     @app.before_request
     def _auth() -> Response | None:
         st = _state()
@@ -337,6 +250,10 @@ def _register(app: Flask) -> None:
         log.exception("internal error on %s %s", request.method, request.path)
         return error(500, "internal_error", f"internal error ({type(e).__name__}); see the server log")
 
+
+def _register_info(app: Flask) -> None:
+    """What the service says about itself: liveness, the index, the attribute training side, the API."""
+
     @app.get("/healthz")
     def healthz() -> Response:
         _no_params()
@@ -375,6 +292,15 @@ def _register(app: Flask) -> None:
         """The training side of the omission statistics: the same dict the in-process audit reads."""
         _no_params()
         return jsonify(_state().training_side)
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        _no_params()
+        return jsonify(_state().openapi)
+
+
+def _register_search(app: Flask) -> None:
+    """The work routes: ``POST /neighbors`` and the audit's training side ``GET /v1/reference``."""
 
     @app.post("/neighbors")
     def neighbors() -> Response:
@@ -420,6 +346,10 @@ def _register(app: Flask) -> None:
                     st.reference_cache.pop(next(iter(st.reference_cache)))
         return jsonify(body)
 
+
+def _register_images(app: Flask) -> None:
+    """``GET /images/<file>``: a thumbnail of an indexed training face, and nothing else from the disk."""
+
     @app.get("/images/<path:file>")
     def image(file: str) -> Response:
         _no_params(("size",))
@@ -451,8 +381,3 @@ def _register(app: Flask) -> None:
         resp = Response(thumbnails.jpeg(arr, size), mimetype="image/jpeg")
         resp.headers["Cache-Control"] = "public, max-age=86400"
         return resp
-
-    @app.get("/openapi.json")
-    def openapi() -> Response:
-        _no_params()
-        return jsonify(_state().openapi)
