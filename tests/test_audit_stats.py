@@ -195,8 +195,9 @@ def test_identity_concentration_against_its_stranger_null(world):
     """Strangers' top-1 identities match the training-side null; a generator stuck on a few people
     does not."""
     w, cal, _ = world
-    null = identities.null_from_training(cal["sem_diff_id_face"], w.train_ids, 300, draws=200, seed=0)
-    assert null is not None and null["faces"] == 300
+    names = [str(c) for c in range(int(w.train_ids.max()) + 1)]
+    null = identities.pool_from_training(cal["sem_diff_id_face"], w.train_ids, names, 300, seed=0)
+    assert null is not None and null["faces"] == 300 and null["pool_size"] == len(set(w.train_ids.tolist()))
 
     def entries(x: np.ndarray) -> list[dict]:
         d = cdist(x.astype(np.float64), w.train.astype(np.float64))

@@ -133,7 +133,8 @@ def test_facemem_index_build_info_and_serve_from_the_installed_copy(installed):
             url = m.group(1) if m else None
             time.sleep(0.2)
         page = requests.get(url + "/", timeout=30)
-        assert page.status_code == 200 and (installed["site"] / "service/http/static/index.html").read_text() == page.text
+        page_file = installed["site"] / "service/http/static/index.html"
+        assert page.status_code == 200 and page_file.read_text() == page.text
         assert requests.get(url + "/static/app.js", timeout=30).status_code == 200
         assert requests.get(url + "/static/secret.txt", timeout=30).status_code == 404
         assert requests.get(url + "/healthz", timeout=30).json()["faces"] == 4

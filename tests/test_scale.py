@@ -283,8 +283,8 @@ def test_audit_reference_reads_a_sampled_calibration(small_index):
     # identities 0, 0, 1 and leave two strangers): three strangers, three distinct nearest identities.
     face_ids = np.array([0, 0, 1, 1, 2, 2])
     sampled, diff_face = np.array([1, 3, 5]), np.array([2, 4, 0])
-    null = identities.null_from_training(diff_face, face_ids, 3, draws=20, rows=sampled)
-    assert null is not None and null["distinct"] == [3] * 20 and null["max_count"] == [1] * 20
+    pool = identities.pool_from_training(diff_face, face_ids, ["a", "b", "c"], 3, rows=sampled)
+    assert pool is not None and sorted(pool["pool"]) == ["a", "b", "c"]
 
 
 def test_sharded_l1_with_ties_across_shards_equals_brute_force(small_index):

@@ -279,14 +279,13 @@ class Audit:
         ident_null = training["identity_null"]
         ident_source = "training"
         if ref is not None:
-            rn = identities.null_from_reference(
+            rn = identities.pool_from_reference(
                 [e["semantic"][0]["identity"] for e in (ref.entries[i] for i in ref.ok) if e["semantic"]],
                 len(ok),
-                seed=o["seed"],
             )
             if rn is not None:
                 ident_null, ident_source = rn, "reference_real"
-        idents = identities.concentration(entries, ident_null)
+        idents = identities.concentration(entries, ident_null, seed=o["seed"])
         idents["null_source"] = ident_source if idents["null"] else None
         dist = self.distribution(desc)
         decisions = verdict.decide(

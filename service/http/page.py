@@ -59,7 +59,7 @@ def install(app: Flask, no_params) -> None:
 
     ``no_params`` is the app's check that a route got no query parameters (400 otherwise).
     """
-    from ..api import ApiError
+    from ..params import ApiError
 
     files = {name: _read(name) for name in (PAGE_FILE, *STATIC_FILES)}
 

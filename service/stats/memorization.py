@@ -42,7 +42,9 @@ def memorization(
       beside the share of strangers that close, with the same kind of p-value.
     * ``suspected_copies``: each such face with its training file.
 
-    ``calibration`` holds the index's null samples (without it, no p-values). ``sem_train`` /
+    ``calibration`` holds the index's null samples (without it, no p-values), and optionally each null
+    value's cluster (``sem_diff_id_identity``, ``pix_diff_id_identity``: the null face's identity), which
+    makes the tests count dependent null values at their effective size. ``sem_train`` /
     ``pix_train`` give each face's top-1 training face as ``{"file", "identity"}``; ``positions``
     are the faces' places in the upload (reported as ``index``).
     """
@@ -55,13 +57,18 @@ def memorization(
         "expected_false_match_rate": th.expected_false_match_rate,
     }
     null_sem = finite(cal.get("sem_diff_id"))
+    nulls = {  # raw (aligned with their clusters: the null face's training identity, when known)
+        "semantic": (_raw(cal.get("sem_diff_id")), cal.get("sem_diff_id_identity")),
+        "pixel": (_raw(cal.get("pix_diff_id")), cal.get("pix_diff_id_identity")),
+    }
     if sem_top1 is not None:
         sem_top1 = np.asarray(sem_top1, dtype=np.float64)
         k = int(np.sum(sem_top1 < th.identity))
         out["same_person"] = share_with_interval(k, n, confidence)
         if len(null_sem):
+            values, clusters = nulls["semantic"]
             out["same_person"]["baseline"] = baselines.rate_test(
-                k, n, null_sem, th.identity, order_statistic=th.source == "identities"
+                k, n, values, th.identity, th.source == "identities", clusters
             )
     else:
         out["same_person"] = None
@@ -80,7 +87,8 @@ def memorization(
         if channel == "pixel":
             likely[channel]["threshold_per_value"] = thr / (pixel_dim * 255.0)
         if len(null):
-            likely[channel]["baseline"] = baselines.rate_test(len(hit), n, null, thr, order_statistic=False)
+            values, clusters = nulls[channel]
+            likely[channel]["baseline"] = baselines.rate_test(len(hit), n, values, thr, False, clusters)
         for i in hit:
             t = train[i] if train else {}
             copies.append(
@@ -98,3 +106,7 @@ def memorization(
     out["likely_copies"] = likely
     out["suspected_copies"] = copies
     return out
+
+
+def _raw(a) -> np.ndarray:
+    return np.zeros(0) if a is None else np.asarray([np.nan if v is None else v for v in a], np.float64)

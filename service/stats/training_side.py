@@ -149,13 +149,15 @@ def training_side(
     rows = None if m <= NULL_CAP else np.sort(rng.choice(m, NULL_CAP, replace=False))
     pix_rows = np.asarray(cal.get("pix_loo_rows", np.zeros(0, np.int64)))
     pix_sub = None if len(pix_rows) <= NULL_CAP else np.sort(rng.choice(len(pix_rows), NULL_CAP, replace=False))
+    ids, names = _identity_codes_and_names(index)
     nulls = {
         "sem_diff_id": _sub(cal["sem_diff_id"], rows),
+        "sem_diff_id_identity": _sub(ids[sem_face], rows),
+        "pix_diff_id_identity": _sub(ids[pix_rows] if len(pix_rows) else np.zeros(0, np.int64), pix_sub),
         "sem_loo": _sub(cal["sem_loo"], rows),
         "pix_loo": _sub(cal.get("pix_loo", np.zeros(0)), pix_sub),
         "pix_diff_id": _sub(cal.get("pix_diff_id", np.zeros(0)), pix_sub),
     }
-    ids = index.identity_codes()
     k = cells or ct.cell_count(faces)
     centroids = ct.kmeans_cells(index.descriptors, k, seed)
     held_rows = np.arange(m) if rows is None else rows
@@ -169,8 +171,8 @@ def training_side(
         "calibration": th.to_dict(pixel_channel.PIXEL_DIM),
         "nulls": nulls,
         "support_reference": _reference_support(index, th, max(int(faces), 2), seed),
-        "identity_null": identities.null_from_training(
-            cal["sem_diff_id_face"], ids, int(faces), seed=seed, rows=sem_face
+        "identity_null": identities.pool_from_training(
+            cal["sem_diff_id_face"], ids, names, int(faces), seed=seed, rows=sem_face
         ),
         "ct": {
             "cells": int(k),
@@ -185,3 +187,14 @@ def training_side(
     if not finite.any():
         out["ct"]["note"] = "the index has no identities: no stranger-like held-out distances"
     return out
+
+
+def _identity_codes_and_names(index: FaceIndex) -> tuple[np.ndarray, list[str]]:
+    """(F,) identity code per face (−1 unknown; :meth:`FaceIndex.identity_codes`) and each code's label."""
+    codes = index.identity_codes()
+    names: list[str | None] = [None] * (int(codes.max()) + 1 if len(codes) else 0)
+    known = np.flatnonzero(codes >= 0)
+    _, first = np.unique(codes[known], return_index=True)
+    for face in known[first]:
+        names[codes[face]] = index.face_identity(int(face))
+    return codes, [str(n) for n in names]
