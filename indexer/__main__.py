@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -46,7 +47,146 @@ def _summary(idx: store.FaceIndex) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+# The options of ``build``, in the order ``--help`` lists them: (flags, argparse keywords).
+BUILD_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (
+        ("--dataset",),
+        dict(
+            choices=["celeba", "folder"],
+            required=True,
+            help="celeba: img_align_celeba/ + identity/partition lists; folder: any image tree",
+        ),
+    ),
+    (("--root",), dict(required=True, help="dataset root directory")),
+    (("--out",), dict(required=True, help="index directory to write (atomically)")),
+    (("--split",), dict(default="all", choices=["train", "val", "test", "all"], help="CelebA split")),
+    (("--limit",), dict(type=int, help="only the first N images (after the split filter)")),
+    (
+        ("--workers",),
+        dict(
+            type=int,
+            default=0,
+            help="worker processes (default: all cores); --engine ray: actors (default: one per cluster CPU, or GPU)",
+        ),
+    ),
+    (
+        ("--detector",),
+        dict(
+            default="aligned",
+            choices=list(faces.DETECTORS),
+            help="aligned (pre-aligned crops, no detection; default), hog or cnn",
+        ),
+    ),
+    (
+        ("--device",),
+        dict(
+            default="auto",
+            choices=["auto", "cpu", "cuda"],
+            help="where descriptors and FAISS run (auto: GPU when present)",
+        ),
+    ),
+    (
+        ("--embedder",),
+        dict(
+            default="torch",
+            choices=["torch", "dlib"],
+            help="torch: batched port of dlib's ResNet (same numbers); dlib: the reference",
+        ),
+    ),
+    (("--chunk-size",), dict(type=int, default=256, help="images per checkpointed chunk")),
+    (("--resume",), dict(action="store_true", help="continue an interrupted build")),
+    (("--overwrite",), dict(action="store_true", help="replace an existing index at --out")),
+    (
+        ("--identity-from-folders",),
+        dict(action="store_true", help="folder datasets: identity = parent folder name (LFW layout)"),
+    ),
+    (
+        ("--pixel-calibration-sample",),
+        dict(type=int, default=5000, help="faces used for the pixel leave-one-out distribution (default 5000)"),
+    ),
+    (
+        ("--attribute-probes",),
+        dict(
+            metavar="INDEX",
+            help="use this index's attribute probes instead of fitting them (for a dataset without attribute "
+            "labels): the build scores its own faces with them, so the audit can compare attribute rates",
+        ),
+    ),
+    (
+        ("--no-flip-average",),
+        dict(
+            action="store_true",
+            help="plain descriptors (default: the mean of each chip's and its mirror image's descriptor; "
+            "recorded in the manifest, and queries follow it)",
+        ),
+    ),
+    (
+        ("--engine",),
+        dict(
+            default="local",
+            choices=["local", "ray"],
+            help="local: worker processes on this machine; ray: Ray actors (this machine or a cluster, see "
+            "--ray-address)",
+        ),
+    ),
+    (
+        ("--ray-address",),
+        dict(
+            default=None,
+            help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: start a local Ray instance)",
+        ),
+    ),
+    (
+        ("--ray-embed-actors",),
+        dict(
+            type=int,
+            default=None,
+            help="--engine ray: actors that only compute descriptors, fed chips by the others "
+            "(default: one per GPU on a GPU cluster, none on CPUs: every actor runs whole tasks)",
+        ),
+    ),
+    (
+        ("--shard-size",),
+        dict(
+            type=int,
+            default=None,
+            help="write a sharded index with this many images per shard (memory-mapped, for millions of faces)",
+        ),
+    ),
+    (
+        ("--ivf",),
+        dict(
+            default="auto",
+            choices=["auto", "on", "off"],
+            help="store an IVF index for approximate semantic search (auto: when faces >= --ivf-min-faces)",
+        ),
+    ),
+    (
+        ("--ivf-min-faces",),
+        dict(type=int, default=1_000_000, help="--ivf auto: smallest index that gets one"),
+    ),
+    (
+        ("--ivf-spec",),
+        dict(
+            default=ivf.DEFAULT_SPEC,
+            help="faiss.index_factory string; {nlist} is filled from the size (e.g. 'IVF{nlist},PQ32' for 32 B/face)",
+        ),
+    ),
+    (
+        ("--semantic-calibration-sample",),
+        dict(
+            type=int,
+            default=250_000,
+            help="above this many faces, calibrate a seeded sample of them against every face (0: all faces; "
+            "the exact self-search costs N^2 distances)",
+        ),
+    ),
+    (("--no-progress",), dict(action="store_true", help="no progress bar")),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line: ``build`` (options in :data:`BUILD_OPTIONS`) and ``info``."""
     ap = argparse.ArgumentParser(prog="python -m indexer", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser(
@@ -55,161 +195,40 @@ def main(argv: list[str] | None = None) -> int:
         description="Detect/align, embed and index every image of a dataset. Bad files "
         "become rows with a status; the build never stops on them.",
     )
-    b.add_argument(
-        "--dataset",
-        choices=["celeba", "folder"],
-        required=True,
-        help="celeba: img_align_celeba/ + identity/partition lists; folder: any image tree",
-    )
-    b.add_argument("--root", required=True, help="dataset root directory")
-    b.add_argument("--out", required=True, help="index directory to write (atomically)")
-    b.add_argument("--split", default="all", choices=["train", "val", "test", "all"], help="CelebA split")
-    b.add_argument("--limit", type=int, help="only the first N images (after the split filter)")
-    b.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="worker processes (default: all cores); --engine ray: actors (default: one per cluster CPU, or GPU)",
-    )
-    b.add_argument(
-        "--detector",
-        default="aligned",
-        choices=list(faces.DETECTORS),
-        help="aligned (pre-aligned crops, no detection; default), hog or cnn",
-    )
-    b.add_argument(
-        "--device",
-        default="auto",
-        choices=["auto", "cpu", "cuda"],
-        help="where descriptors and FAISS run (auto: GPU when present)",
-    )
-    b.add_argument(
-        "--embedder",
-        default="torch",
-        choices=["torch", "dlib"],
-        help="torch: batched port of dlib's ResNet (same numbers); dlib: the reference",
-    )
-    b.add_argument("--chunk-size", type=int, default=256, help="images per checkpointed chunk")
-    b.add_argument("--resume", action="store_true", help="continue an interrupted build")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
-    b.add_argument(
-        "--identity-from-folders",
-        action="store_true",
-        help="folder datasets: identity = parent folder name (LFW layout)",
-    )
-    b.add_argument(
-        "--pixel-calibration-sample",
-        type=int,
-        default=5000,
-        help="faces used for the pixel leave-one-out distribution (default 5000)",
-    )
-    b.add_argument(
-        "--attribute-probes",
-        metavar="INDEX",
-        help="use this index's attribute probes instead of fitting them (for a dataset without attribute "
-        "labels): the build scores its own faces with them, so the audit can compare attribute rates",
-    )
-    b.add_argument(
-        "--no-flip-average",
-        action="store_true",
-        help="plain descriptors (default: the mean of each chip's and its mirror image's descriptor; "
-        "recorded in the manifest, and queries follow it)",
-    )
-    b.add_argument(
-        "--engine",
-        default="local",
-        choices=["local", "ray"],
-        help="local: worker processes on this machine; ray: Ray actors (this machine or a cluster, see --ray-address)",
-    )
-    b.add_argument(
-        "--ray-address",
-        default=None,
-        help="--engine ray: 'auto' or HOST:PORT of a running cluster (default: start a local Ray instance)",
-    )
-    b.add_argument(
-        "--ray-embed-actors",
-        type=int,
-        default=None,
-        help="--engine ray: actors that only compute descriptors, fed chips by the others "
-        "(default: one per GPU on a GPU cluster, none on CPUs: every actor runs whole tasks)",
-    )
-    b.add_argument(
-        "--shard-size",
-        type=int,
-        default=None,
-        help="write a sharded index with this many images per shard (memory-mapped, for millions of faces)",
-    )
-    b.add_argument(
-        "--ivf",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="store an IVF index for approximate semantic search (auto: when faces >= --ivf-min-faces)",
-    )
-    b.add_argument("--ivf-min-faces", type=int, default=1_000_000, help="--ivf auto: smallest index that gets one")
-    b.add_argument(
-        "--ivf-spec",
-        default=ivf.DEFAULT_SPEC,
-        help="faiss.index_factory string; {nlist} is filled from the size (e.g. 'IVF{nlist},PQ32' for 32 B/face)",
-    )
-    b.add_argument(
-        "--semantic-calibration-sample",
-        type=int,
-        default=250_000,
-        help="above this many faces, calibrate a seeded sample of them against every face (0: all faces; "
-        "the exact self-search costs N^2 distances)",
-    )
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for flags, kw in BUILD_OPTIONS:
+        b.add_argument(*flags, **kw)
     i = sub.add_parser("info", help="describe an index", description="Print an index's manifest summary.")
     i.add_argument("index", help="index directory")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--verify", action="store_true", help="also check every file's sha256")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    return ap
 
-    if args.cmd == "build":
-        if args.dataset == "celeba" and args.identity_from_folders:
-            ap.error("--identity-from-folders applies to --dataset folder")
-        if (args.ray_address or args.ray_embed_actors is not None) and args.engine != "ray":
-            ap.error("--ray-address and --ray-embed-actors apply to --engine ray")
-        if args.ray_embed_actors is not None and args.ray_embed_actors < 0:
-            ap.error("--ray-embed-actors must be >= 0")
-        if args.shard_size is not None and args.shard_size < 1:
-            ap.error("--shard-size must be >= 1")
-        cfg = BuildConfig(
-            dataset=args.dataset,
-            root=args.root,
-            out=args.out,
-            split=args.split,
-            limit=args.limit,
-            workers=args.workers,
-            detector=args.detector,
-            device=args.device,
-            embedder=args.embedder,
-            chunk_size=args.chunk_size,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            identity_from_folders=args.identity_from_folders,
-            pixel_calibration_sample=args.pixel_calibration_sample,
-            semantic_calibration_sample=args.semantic_calibration_sample,
-            progress=not args.no_progress,
-            attribute_probes=args.attribute_probes,
-            flip_average=not args.no_flip_average,
-            engine=args.engine,
-            ray_address=args.ray_address,
-            ray_embed_actors=args.ray_embed_actors,
-            shard_size=args.shard_size,
-            ivf=args.ivf,
-            ivf_min_faces=args.ivf_min_faces,
-            ivf_spec=args.ivf_spec,
-        )
-        try:
-            build(cfg)
-        except (FileNotFoundError, ValueError, RuntimeError, ConnectionError, store.IndexLoadError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
 
+def _build_config(ap: argparse.ArgumentParser, args: argparse.Namespace) -> BuildConfig:
+    """The BuildConfig of ``build``'s options (every option is the field of the same name, except the
+    two ``--no-*`` switches); options that contradict each other end the program (exit code 2)."""
+    if args.dataset == "celeba" and args.identity_from_folders:
+        ap.error("--identity-from-folders applies to --dataset folder")
+    if (args.ray_address or args.ray_embed_actors is not None) and args.engine != "ray":
+        ap.error("--ray-address and --ray-embed-actors apply to --engine ray")
+    if args.ray_embed_actors is not None and args.ray_embed_actors < 0:
+        ap.error("--ray-embed-actors must be >= 0")
+    if args.shard_size is not None and args.shard_size < 1:
+        ap.error("--shard-size must be >= 1")
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(BuildConfig) if hasattr(args, f.name)}
+    return BuildConfig(**given, progress=not args.no_progress, flip_average=not args.no_flip_average)
+
+
+def _run_build(cfg: BuildConfig) -> int:
+    try:
+        build(cfg)
+    except (FileNotFoundError, ValueError, RuntimeError, ConnectionError, store.IndexLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_info(args: argparse.Namespace) -> int:
     try:
         idx = store.load_index(Path(args.index), verify_hashes=args.verify)
     except store.IndexLoadError as e:
@@ -219,25 +238,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(s, indent=2))
     else:
-        d, c = s["dataset"], s["counts"]
-        print(f"index      {s['path']} (format {s['format_version']}, written {s['written_at']})")
-        print(f"dataset    {d['kind']} {d['root']} split={d['split']} items={d['items']} identities={d['identities']}")
-        res = idx.face_resolution
-        print(
-            f"pipeline   detector={s['pipeline']['detector']} embedder={s['pipeline']['embedder']} "
-            f"device={s['pipeline']['device']} flip_average={idx.flip_average} "
-            f"face_resolution={'unknown' if res is None else f'{res:g} px (median chip source width)'}"
-        )
-        print(f"rows       ok={c['ok']} no_face={c['no_face']} unreadable={c['unreadable']} faces={s['faces']}")
-        b = s["build"]
-        ivf_spec = s["semantic_ivf"]["spec"] if s["semantic_ivf"] else "none"
-        print(f"layout     {s['layout']}, {s['shards']} shard(s), IVF {ivf_spec}")
-        print(
-            f"build      {b['seconds']} s, engine {b.get('engine', 'local')}"
-            f"{', nodes ' + str(len(b['nodes'])) if b.get('nodes') else ''}, stages {b.get('stage_seconds')}"
-        )
-        print(f"calibration {json.dumps(s['calibration'])}")
+        _print_summary(idx, s)
     return 0
+
+
+def _print_summary(idx: store.FaceIndex, s: dict) -> None:
+    """``info`` without ``--json``: the summary, one topic a line."""
+    d, c = s["dataset"], s["counts"]
+    print(f"index      {s['path']} (format {s['format_version']}, written {s['written_at']})")
+    print(f"dataset    {d['kind']} {d['root']} split={d['split']} items={d['items']} identities={d['identities']}")
+    res = idx.face_resolution
+    print(
+        f"pipeline   detector={s['pipeline']['detector']} embedder={s['pipeline']['embedder']} "
+        f"device={s['pipeline']['device']} flip_average={idx.flip_average} "
+        f"face_resolution={'unknown' if res is None else f'{res:g} px (median chip source width)'}"
+    )
+    print(f"rows       ok={c['ok']} no_face={c['no_face']} unreadable={c['unreadable']} faces={s['faces']}")
+    b = s["build"]
+    ivf_spec = s["semantic_ivf"]["spec"] if s["semantic_ivf"] else "none"
+    print(f"layout     {s['layout']}, {s['shards']} shard(s), IVF {ivf_spec}")
+    print(
+        f"build      {b['seconds']} s, engine {b.get('engine', 'local')}"
+        f"{', nodes ' + str(len(b['nodes'])) if b.get('nodes') else ''}, stages {b.get('stage_seconds')}"
+    )
+    print(f"calibration {json.dumps(s['calibration'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if args.cmd == "build":
+        return _run_build(_build_config(ap, args))
+    return _run_info(args)
 
 
 if __name__ == "__main__":

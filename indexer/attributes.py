@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from . import geometry
+from .faces import CROP_PADDING, CROP_SIZE
 
 log = logging.getLogger(__name__)
 
 FEATURE_VERSION = 1
-CROP_SIZE = 16
-CROP_PADDING = 0.5  # 0.8 left 21% of a celeba10k crop black (outside the 89×109 image); 0.5: 1.3%
 CROP_DIM = CROP_SIZE * CROP_SIZE * 3
 LANDMARK_DIM = 2 * geometry.N_POINTS
 DESCRIPTOR_DIM = 128
@@ -63,15 +62,6 @@ def feature_signature() -> dict:
         "landmarks": "dlib 68-point, eye frame",
         "descriptor": "dlib_face_recognition_resnet_model_v1 (128-d)",
     }
-
-
-def face_extras(img: np.ndarray, box, pts5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image work for probes and geometry: (68 landmarks (68, 2) float32, context crop (CROP_DIM,) uint8)."""
-    from .faces import chip_from_landmarks
-
-    lm = geometry.landmarks68(img, box)
-    crop = chip_from_landmarks(img, pts5, CROP_SIZE, CROP_PADDING).reshape(-1)
-    return lm, crop
 
 
 def feature_matrix(descriptors: np.ndarray, crops: np.ndarray, lm68: np.ndarray) -> np.ndarray:

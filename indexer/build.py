@@ -47,48 +47,45 @@ from pathlib import Path
 
 import numpy as np
 
-from . import attributes, calibrate, faces, geometry, pixels, store, watchdog
+from . import attributes, calibrate, faces, pixels, store, watchdog
 from . import ivf as ivf_mod
+from .chunks import (
+    chunk_ok,
+    embed_chips,
+    init_worker,
+    load_chunk,
+    load_chunk_extras,
+    merge_parts,
+    parts_per_chunk,
+    plan_tasks,
+    process_task,
+    save_chunk,
+    task_items,
+    worker_ready,
+)
+from .config import BuildConfig
 from .datasets import Item, read_dataset
 from .devices import resolve_device
 
 log = logging.getLogger(__name__)
 
 PARTIAL_VERSION = 2  # 2: chunks carry the per-face attribute/geometry extras
-TASK_SIZE = 64  # images per worker task (chunks are cut into tasks of this size, from the chunk start)
-WORKER_BATCH = 32  # torch batch inside a worker: single-threaded, 32 beats 64 by ~5% (cache)
 _WARM_ENV = "_FACEMEM_WARM_FORKSERVER"  # set only while the build starts its forkserver
 
 
 @dataclass
-class BuildConfig:
-    dataset: str
-    root: str
-    out: str
-    split: str = "all"
-    limit: int | None = None
-    workers: int = 0  # 0 = all cores
-    detector: str = "aligned"
-    device: str = "auto"
-    embedder: str = "torch"
-    chunk_size: int = 256
-    resume: bool = False
-    overwrite: bool = False
-    identity_from_folders: bool = False
-    pixel_calibration_sample: int = 5000
-    semantic_calibration_sample: int = 250_000  # above it a seeded sample is calibrated (0: every face)
-    progress: bool = True
-    embed_in: str = "auto"  # auto | main | workers: where descriptors are computed (see plan_embedding)
-    preload_workers: bool = True  # CPU torch: fork pre-loaded workers (False: spawn them, as measured before)
-    attribute_probes: str | None = None  # index whose attribute probes to use instead of fitting (see attributes.py)
-    flip_average: bool = True  # descriptor = mean of the chip's and its mirror's (faces.describe)
-    engine: str = "local"  # local (worker processes here) | ray (actors on a Ray cluster, indexer/ray_engine.py)
-    ray_address: str | None = None  # engine ray: None starts a local Ray instance; "auto" or host:port joins one
-    ray_embed_actors: int | None = None  # engine ray: actors that only embed (None: one per GPU, none without)
-    shard_size: int | None = None  # write a sharded index of this many rows (images) per shard (indexer/shards.py)
-    ivf: str = "auto"  # auto (when faces >= ivf_min_faces) | on | off: store an IVF index (indexer/ivf.py)
-    ivf_min_faces: int = 1_000_000
-    ivf_spec: str = ivf_mod.DEFAULT_SPEC
+class _Plan:
+    """Where a build's tasks run, decided before any work (and recorded in the manifest)."""
+
+    device: str
+    engine: object | None  # a RayEngine, or None for local worker processes
+    workers: int
+    embed_in: str
+    torch_threads: int
+    ctx: multiprocessing.context.BaseContext | None
+    warm: bool
+    t_start: float  # the build's clock
+    t_run: float  # the face pipeline's clock: it starts with the workers' start-up
 
 
 def _chunk_params(cfg: BuildConfig) -> dict:
@@ -112,73 +109,6 @@ def _chunk_params(cfg: BuildConfig) -> dict:
     }
 
 
-_worker_embedder = None  # per worker process: built once, reused for every task
-_worker_device = "cpu"  # where a worker's torch embedder runs (a Ray GPU actor sets "cuda")
-
-
-def _init_worker(torch_threads: int, build_pid: int) -> None:
-    """Worker start-up: cap the library thread pools at this worker's share of the cores, and exit
-    if the build process dies.
-
-    Why: a worker is one of ``workers`` processes sharing the cores; thread pools sized to the
-    whole machine would oversubscribe it (OpenMP threads spin and stall at barriers). The env vars
-    cover spawned workers (read when the libraries load); forked ones get ``torch.set_num_threads``.
-    A build killed without cleanup (SIGTERM, OOM killer) leaves its workers blocked on a result pipe
-    nobody reads, holding memory (and the forkserver) forever; the watchdog ends them.
-    """
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(torch_threads)
-    _init_worker.torch_threads = torch_threads  # type: ignore[attr-defined]
-    watchdog.start(build_pid)
-
-
-def _get_worker_embedder(kind: str) -> faces.Embedder:
-    global _worker_embedder
-    if _worker_embedder is None:
-        if kind == "torch" and _worker_device != "cpu":
-            _worker_embedder = faces.make_embedder(kind, _worker_device)  # batched on the GPU
-        elif kind == "torch":
-            from .resnet import TorchEmbedder
-
-            _worker_embedder = TorchEmbedder(
-                "cpu", batch_size=WORKER_BATCH, threads=getattr(_init_worker, "torch_threads", 1)
-            )
-        else:
-            _worker_embedder = faces.make_embedder(kind, "cpu")
-    return _worker_embedder
-
-
-def init_task_worker(kind: str | None, device: str = "cpu", torch_threads: int = 1) -> None:
-    """Make this process a task worker for another engine (a Ray actor): the same embedder as a
-    local worker (``torch_threads`` threads on the CPU, or ``device``), loaded now, once."""
-    global _worker_device
-    _worker_device = device
-    _init_worker.torch_threads = torch_threads  # type: ignore[attr-defined]
-    if device == "cpu":
-        try:
-            import torch
-
-            torch.set_num_threads(torch_threads)
-        except ImportError:  # pragma: no cover - dlib-only install
-            pass
-    _worker_ready(kind)
-    faces._dlib_obj("sp5")
-
-
-def _worker_ready(kind: str | None) -> int:
-    """First call in each worker: build the embedder now, so the first task does not wait for it."""
-    if kind is not None:
-        _get_worker_embedder(kind)
-    return os.getpid()
-
-
-def _embed_chips(kind: str, chips: np.ndarray, flip_average: bool) -> dict:
-    """Worker: descriptors for chips the main process cut (the tasks it ran while workers started)."""
-    t0 = time.perf_counter()
-    desc = faces.describe(_get_worker_embedder(kind), chips, flip_average)
-    return {"descriptors": desc, "t_embed": time.perf_counter() - t0}
-
-
 def _warm_forkserver() -> None:
     """Runs in the build's forkserver only: load, once, what every forked worker needs.
 
@@ -191,8 +121,7 @@ def _warm_forkserver() -> None:
     from . import resnet
 
     resnet.parse_dlib_resnet()
-    faces._dlib_obj("sp5")
-    geometry._predictor()  # the 68-point model (~100 MB): loaded once, shared by the forked workers
+    faces.preload(landmarks68=True)  # the 68-point model (~100 MB): loaded once, shared by the forked workers
     # The forkserver exits when its parent does; tearing down torch's modules would keep it (and
     # the stdout it inherited, which callers may be reading to EOF) alive ~0.4 s longer.
     atexit.register(_exit_now)
@@ -202,120 +131,6 @@ def _exit_now() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _process_chunk(args: tuple[list[tuple[str, str]], str, str | None, bool]) -> dict:
-    """Worker (or the main process): one task's (path, file) items → row records, pixel vectors,
-    and descriptors (embedder name given) or chips (None: someone else embeds them), plus the per-face
-    ``face_extras`` (68 landmarks, attribute crop) that attribute probes and geometry need.
-
-    ``args`` = (items, detector, embedder name or None, flip_average): everything per image happens
-    here or in :mod:`indexer.faces`, so every build engine that runs this function builds the same rows.
-    """
-    items, detector, embed_here, flip_average = args
-    rows, chips, pix, lm68, crops = [], [], [], [], []
-    t_decode = t_face = 0.0
-    for path, _ in items:
-        t0 = time.perf_counter()
-        try:
-            img = faces.read_file(path)
-            t1 = time.perf_counter()
-            face = faces.find_face(img, detector, attributes=True)
-        except faces.Unreadable as e:
-            t1 = time.perf_counter()
-            face = faces.Face("unreadable", str(e))
-        except Exception as e:  # never let one image take the build down
-            t1 = time.perf_counter()
-            log.exception("unexpected error on %s", path)
-            face = faces.Face("unreadable", f"internal error: {type(e).__name__}: {e}")
-        t2 = time.perf_counter()
-        t_decode += t1 - t0
-        t_face += t2 - t1
-        rows.append(
-            {
-                "status": face.status,
-                "reason": face.reason,
-                "faces_found": face.faces_found,
-                "box": list(face.box) if face.box else None,
-                "size": [face.width, face.height],
-                "source_px": None if face.source_px is None else round(face.source_px, 2),
-            }
-        )
-        if face.ok:
-            chips.append(face.chip)
-            pix.append(pixels.pixel_vector(face.chip))
-            lm68.append(face.landmarks68)
-            crops.append(face.attr_crop)
-    chip_arr = np.stack(chips) if chips else np.zeros((0, faces.CHIP_SIZE, faces.CHIP_SIZE, 3), np.uint8)
-    out = {
-        "rows": rows,
-        "pixels": np.stack(pix) if pix else np.zeros((0, pixels.PIXEL_DIM), np.uint8),
-        "t_decode": t_decode,
-        "t_face": t_face,
-        "t_embed": 0.0,
-        "face_extras": attributes.stack_extras(lm68, crops),
-    }
-    if embed_here:
-        out.update(_embed_chips(embed_here, chip_arr, flip_average))
-    else:
-        out["chips"] = chip_arr
-    return out
-
-
-def plan_tasks(chunks: list[list[Item]], todo: list[int]) -> list[tuple[int, int]]:
-    """(chunk, first item) of every task of the ``todo`` chunks: a fixed function of the chunk
-    layout, so every engine embeds the same batches (and a resumed build equals an uninterrupted one)."""
-    return [(i, lo) for i in todo for lo in range(0, len(chunks[i]), TASK_SIZE)]
-
-
-def task_items(chunks: list[list[Item]], task: tuple[int, int]) -> list[tuple[str, str]]:
-    """The (path, file) items of one task: the first argument of :func:`_process_chunk`."""
-    i, lo = task
-    return [(str(it.path), it.file) for it in chunks[i][lo : lo + TASK_SIZE]]
-
-
-def parts_per_chunk(chunks: list[list[Item]], todo: list[int]) -> dict[int, int]:
-    return {i: -(-len(chunks[i]) // TASK_SIZE) for i in todo}
-
-
-def _save_chunk(
-    path: Path, rows: list[dict], desc: np.ndarray, pix: np.ndarray, times: dict, extras: dict | None = None
-) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    ex = {f"extra/{k}": v for k, v in (extras or {}).items()}
-    try:
-        np.savez(
-            tmp, rows=np.array(json.dumps(rows)), descriptors=desc, pixels=pix, times=np.array(json.dumps(times)), **ex
-        )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk: leave no half-written chunk behind
-        raise
-
-
-def _load_chunk(path: Path, pixels: bool = True) -> tuple[list[dict], np.ndarray, np.ndarray | None, dict]:
-    """A checkpoint's rows, descriptors, pixel vectors (None unless ``pixels``: they are the bulk of
-    it, ~12 KB a face) and stage times."""
-    with np.load(path) as z:
-        pix = z["pixels"] if pixels else None
-        return json.loads(str(z["rows"])), z["descriptors"], pix, json.loads(str(z["times"]))
-
-
-def _load_chunk_extras(path: Path) -> dict[str, np.ndarray]:
-    """The per-face extras of a checkpoint (``face_extras`` of :func:`_process_chunk`)."""
-    with np.load(path) as z:
-        return {k[len("extra/") :]: z[k] for k in z.files if k.startswith("extra/")}
-
-
-def _chunk_ok(path: Path, n_items: int) -> bool:
-    """Whether a finished checkpoint reads back whole (a power cut can leave one short or empty)."""
-    try:
-        rows, desc, pix, _ = _load_chunk(path)
-        extras = _load_chunk_extras(path)
-    except Exception:  # noqa: BLE001 - whatever a damaged zip or npy raises, the chunk is redone
-        return False
-    n_faces = sum(r.get("status") == "ok" for r in rows)
-    return len(rows) == n_items and len(desc) == len(pix) == n_faces and attributes.extras_ok(extras, n_faces)
 
 
 def _prepare_partial(partial: Path, params: dict, resume: bool) -> int | None:
@@ -424,22 +239,21 @@ def _pool_context(
 
 
 def _run_tasks(
-    chunks: list[list[Item]],
-    todo: list[int],
-    cfg: BuildConfig,
-    device: str,
-    workers: int,
-    embed_in: str,
-    torch_threads: int,
-    ctx: multiprocessing.context.BaseContext,
-    warm: bool,
-    save: Callable[[int, dict], None],
+    chunks: list[list[Item]], todo: list[int], cfg: BuildConfig, plan: _Plan, save: Callable[[int, dict], None]
 ) -> None:
-    """Run every task of the ``todo`` chunks in ``workers`` processes started by ``ctx`` (pre-loaded
-    when ``warm``) and call ``save(chunk, result)`` for each finished chunk, in chunk order."""
+    """Run every task of the ``todo`` chunks in ``plan.workers`` processes started by ``plan.ctx``
+    (pre-loaded when ``plan.warm``) and call ``save(chunk, result)`` for each finished chunk, in chunk order."""
     tasks = plan_tasks(chunks, todo)
     if not tasks:
         return
+    device, workers, embed_in, torch_threads, ctx, warm = (
+        plan.device,
+        plan.workers,
+        plan.embed_in,
+        plan.torch_threads,
+        plan.ctx,
+        plan.warm,
+    )
     n_parts = parts_per_chunk(chunks, todo)
     embedder = faces.make_embedder(cfg.embedder, device) if embed_in == "main" else None
     worker_embeds = cfg.embedder if embed_in == "workers" else None
@@ -447,7 +261,7 @@ def _run_tasks(
     def args(task: tuple[int, int], embed: str | None) -> tuple[list[tuple[str, str]], str, str | None, bool]:
         return task_items(chunks, task), cfg.detector, embed, cfg.flip_average
 
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(torch_threads, os.getpid()))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(torch_threads, os.getpid()))
     queue = deque(tasks)
     pending: dict[tuple[int, int], tuple[Future, dict | None]] = {}
     try:
@@ -459,7 +273,7 @@ def _run_tasks(
 
             def start_workers() -> None:
                 try:
-                    for f in [pool.submit(_worker_ready, worker_embeds) for _ in range(workers)]:
+                    for f in [pool.submit(worker_ready, worker_embeds) for _ in range(workers)]:
                         f.result()
                 except BaseException as e:  # re-raised in the main thread
                     failed.append(e)
@@ -471,20 +285,20 @@ def _run_tasks(
             prepared = []
             while queue and not ready.is_set():
                 task = queue.popleft()
-                prepared.append((task, _process_chunk(args(task, None))))
+                prepared.append((task, process_task(args(task, None))))
             starter.join()
             if failed:
                 raise failed[0]
             log.debug("main process prepared %d task(s) while the workers started", len(prepared))
             for task, res in prepared:
-                pending[task] = (pool.submit(_embed_chips, cfg.embedder, res.pop("chips"), cfg.flip_average), res)
+                pending[task] = (pool.submit(embed_chips, cfg.embedder, res.pop("chips"), cfg.flip_average), res)
 
         window = 4 * workers  # tasks in flight: enough to keep every worker busy
         parts: dict[int, list[dict]] = {}
         while queue or pending:
             while queue and len(pending) < window:
                 task = queue.popleft()
-                pending[task] = (pool.submit(_process_chunk, args(task, worker_embeds)), None)
+                pending[task] = (pool.submit(process_task, args(task, worker_embeds)), None)
             task = min(pending)  # in order, so checkpoints fill from the front
             fut, res = pending.pop(task)
             out = fut.result()
@@ -496,20 +310,9 @@ def _run_tasks(
             i = task[0]
             parts.setdefault(i, []).append(res)
             if len(parts[i]) == n_parts[i]:
-                save(i, _merge_parts(parts.pop(i)))
+                save(i, merge_parts(parts.pop(i)))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _merge_parts(parts: list[dict]) -> dict:
-    """One chunk's result from its tasks' results (in task order)."""
-    return {
-        "rows": [r for p in parts for r in p["rows"]],
-        "descriptors": np.concatenate([p["descriptors"] for p in parts]),
-        "pixels": np.concatenate([p["pixels"] for p in parts]),
-        "face_extras": attributes.concat_extras([p["face_extras"] for p in parts]),
-        **{k: sum(p[k] for p in parts) for k in ("t_decode", "t_face", "t_embed")},
-    }
 
 
 def face_resolution(source_px: list[float | None]) -> dict | None:
@@ -543,34 +346,23 @@ def build(cfg: BuildConfig) -> Path:
         from . import ray_engine
 
         engine = ray_engine.RayEngine(cfg)  # connected and started only when there is work
-        workers, embed_in, torch_threads, ctx, warm = 0, "workers", 1, None, False
+        plan = _Plan(device, engine, 0, "workers", 1, None, False, t_start, t_run)
     else:
-        engine = None
         workers = cfg.workers or os.cpu_count() or 1
         embed_in, torch_threads = plan_embedding(cfg.embedder, device, workers, cfg.embed_in)
         # Start the (warming) forkserver first: it is the longest start-up step, and the rest of the
         # preparation (dataset listing, model hashes) runs meanwhile.
         ctx, warm = _pool_context(embed_in, cfg.embedder, cfg.preload_workers)
+        plan = _Plan(device, None, workers, embed_in, torch_threads, ctx, warm, t_start, t_run)
     try:
-        return _build(cfg, out, device, engine, workers, embed_in, torch_threads, ctx, warm, t_start, t_run)
+        return _build(cfg, out, plan)
     finally:
-        if engine is not None:
-            engine.close()
+        if plan.engine is not None:
+            plan.engine.close()
 
 
-def _build(
-    cfg: BuildConfig,
-    out: Path,
-    device: str,
-    engine,
-    workers: int,
-    embed_in: str,
-    torch_threads: int,
-    ctx: multiprocessing.context.BaseContext | None,
-    warm: bool,
-    t_start: float,
-    t_run: float,
-) -> Path:
+def _build(cfg: BuildConfig, out: Path, plan: _Plan) -> Path:
+    """Checkpoint every chunk, assemble the rows, fit the extras, calibrate and write the index."""
     items: list[Item] = read_dataset(cfg.dataset, Path(cfg.root), cfg.split, cfg.limit, cfg.identity_from_folders)
     if not items:
         raise SystemExit(f"no images found under {cfg.root} (dataset {cfg.dataset}, split {cfg.split})")
@@ -579,206 +371,264 @@ def _build(
     try:
         chunks = [items[i : i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
         paths = [partial / f"chunk-{i:06d}.npz" for i in range(len(chunks))]
-        for i, p in enumerate(paths):
-            if p.exists() and not _chunk_ok(p, len(chunks[i])):
-                log.warning("checkpoint %s is damaged; redoing it", p.name)
-                p.unlink()
-        todo = [i for i, p in enumerate(paths) if not p.exists()]
+        todo = _chunks_to_do(chunks, paths)
         done_images = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
         if cfg.resume and done_images:
             log.info("resuming: %d of %d chunks already done", len(chunks) - len(todo), len(chunks))
-        if engine is None:
-            log.info(
-                "%d worker processes; descriptors (%s) in the %s%s",
-                workers,
-                cfg.embedder,
-                "main process" if embed_in == "main" else "workers",
-                f", {torch_threads} torch thread(s) each" if embed_in == "workers" and cfg.embedder == "torch" else "",
-            )
+        _run_chunks(cfg, plan, chunks, paths, todo, done_images, partial)
+        t_faces = time.perf_counter() - plan.t_run
+
         times = {"decode": 0.0, "detect_align": 0.0, "embed": 0.0}
-
-        from .progress import progress_bar
-
-        bar = progress_bar(enabled=cfg.progress, total=len(items), initial=done_images, unit="img", desc="indexing")
-
-        def save(i: int, res: dict) -> None:
-            ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
-            if "nodes" in res:  # Ray: the nodes that did this chunk's work (kept across --resume)
-                ct["nodes"] = res["nodes"]
-            try:
-                _save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct, res["face_extras"])
-            except OSError as e:  # a full disk or permissions: the finished chunks stay
-                raise SystemExit(
-                    f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished "
-                    f"chunks are kept there: free space and rerun with --resume"
-                ) from None
-            bar.update(len(chunks[i]))
-
-        try:
-            if engine is not None:
-                if todo:
-                    engine.start()  # connect, start the actors (they load their models once)
-                engine.run(chunks, todo, save)
-                workers = engine.workers
-            else:
-                _run_tasks(chunks, todo, cfg, device, workers, embed_in, torch_threads, ctx, warm, save)
-        except BrokenProcessPool as e:
-            raise SystemExit(
-                f"a worker process died ({e}); finished chunks are kept in {partial}: rerun with --resume"
-            ) from None
-        finally:
-            bar.close()
-        t_faces = time.perf_counter() - t_run
-
-        # Assemble the rows in order, and the per-face extras and descriptors that attribute probes
-        # need (the pixels, the bulk of a chunk, are read again below, chunk by chunk).
-        rows: list[dict] = []
-        nodes: set[str] = set()
-        descs, extras = [], []
-        for i, chunk in enumerate(chunks):
-            crow, cdesc, _, ct = _load_chunk(paths[i], pixels=False)
-            descs.append(cdesc)
-            extras.append(_load_chunk_extras(paths[i]))
-            for k in times:
-                times[k] += ct[k]
-            nodes.update(ct.get("nodes", ()))
-            for it, r in zip(chunk, crow):
-                rows.append(
-                    {
-                        "row": len(rows),
-                        "file": it.file,
-                        "identity": it.identity,
-                        "split": it.split,
-                        **r,
-                        "face": None,
-                        **({"extra": it.extra} if it.extra else {}),
-                    }
-                )
-        f = 0
-        for r in rows:
-            if r["status"] == "ok":
-                r["face"] = f
-                f += 1
-
+        rows, nodes, descs, extras = _assemble_rows(chunks, paths, times)
         t0 = time.perf_counter()
+        ok_rows = [r for r in rows if r["status"] == "ok"]
         codes: dict[str, int] = {}
         idents = np.array(
-            [
-                codes.setdefault(r["identity"], len(codes)) if r["identity"] is not None else -1
-                for r in rows
-                if r["status"] == "ok"
-            ],
+            [codes.setdefault(r["identity"], len(codes)) if r["identity"] is not None else -1 for r in ok_rows],
             dtype=np.int64,
         )
-        counts = {s: sum(r["status"] == s for r in rows) for s in faces.STATUSES}
         t1 = time.perf_counter()
         desc_all = np.concatenate(descs) if descs else np.zeros((0, 128), np.float32)
         extra_files, extra_manifest = attributes.index_outputs(
-            [r for r in rows if r["status"] == "ok"], desc_all, attributes.concat_extras(extras), cfg, len(codes) > 0
+            ok_rows, desc_all, attributes.concat_extras(extras), cfg, len(codes) > 0
         )
         del descs, desc_all, extras
         times["attributes"] = time.perf_counter() - t1
-        manifest = {
-            "dataset": {
-                "kind": cfg.dataset,
-                "root": str(Path(cfg.root).resolve()),
-                "split": cfg.split,
-                "limit": cfg.limit,
-                "identity_from_folders": cfg.identity_from_folders,
-                "items": len(items),
-                "identities": len(codes),
-            },
-            "pipeline": {
-                "detector": cfg.detector,
-                "embedder": cfg.embedder,
-                "device": engine.device if engine is not None and engine.started else device,
-                "chip_size": faces.CHIP_SIZE,
-                "chip_padding": faces.CHIP_PADDING,
-                "landmarks": "dlib 5-point",
-                "descriptor": "dlib_face_recognition_resnet_model_v1 (128-d)",
-                "pixel": {
-                    "size": pixels.PIXEL_SIZE,
-                    "dim": pixels.PIXEL_DIM,
-                    "crop": "face chip (padding 0.25) box-averaged to size x size RGB uint8",
-                },
-                "refine_passes": faces.REFINE_PASSES,
-                "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
-                "aligned_refine": faces.ALIGNED_REFINE,
-                "flip_average": cfg.flip_average,
-                "face_resolution": face_resolution([r.get("source_px") for r in rows if r["status"] == "ok"]),
-            },
-            **extra_manifest,
-            "counts": counts,
-            "faces": f,
-            "identities_known": bool((idents >= 0).any()),
-            "pixel_calibration_sample": None,
-            "build": {
-                "seconds": None,
-                "engine": cfg.engine,
-                "workers": workers,
-                "chunk_size": cfg.chunk_size,
-                "embed_in": embed_in,
-                "preloaded_workers": warm,
-                "resumed": bool(cfg.resume and done_images),
-                "face_pipeline_seconds": round(t_faces, 3),
-                **({"nodes": sorted(nodes), **engine.manifest_info()} if engine is not None else {}),
-            },
-        }
-        use_ivf = cfg.ivf == "on" or (cfg.ivf == "auto" and f >= cfg.ivf_min_faces)
-
-        def calibration(desc, pix) -> dict[str, np.ndarray]:
-            calib = calibrate.semantic_calibration(
-                np.asarray(desc), idents, device=device, sample=cfg.semantic_calibration_sample or None
-            )
-            calib.update(calibrate.pixel_calibration(pix, idents, cfg.pixel_calibration_sample, device=device))
-            manifest["pixel_calibration_sample"] = int(len(calib["pix_loo"]))
-            if "sem_rows" in calib:  # absent (every face calibrated) in indexes of up to that many faces
-                manifest["semantic_calibration_sample"] = int(len(calib["sem_rows"]))
-            return calib
-
-        def finish_times() -> None:
-            times["index"] = time.perf_counter() - t0 - times["attributes"]
-            total = time.perf_counter() - t_start
-            manifest["build"]["seconds"] = round(total, 2)
-            manifest["build"]["stage_seconds"] = {k: round(v, 2) for k, v in times.items()}
-
+        manifest = _manifest(cfg, plan, rows, len(items), len(codes), extra_manifest)
+        manifest["identities_known"] = bool((idents >= 0).any())
+        manifest["build"].update(
+            resumed=bool(cfg.resume and done_images),
+            face_pipeline_seconds=round(t_faces, 3),
+            **({"nodes": sorted(nodes), **plan.engine.manifest_info()} if plan.engine is not None else {}),
+        )
         try:
-            if cfg.shard_size:
-                _write_sharded(cfg, out, rows, paths, calibration, manifest, finish_times, use_ivf, extra_files)
-            else:
-                desc, pix = _concat_chunks(paths)
-                assert f == len(desc) == len(pix), (f, len(desc), len(pix))
-                calib = calibration(desc, pix)
-                ivf_index = ivf_mod.build([desc], cfg.ivf_spec) if use_ivf and len(desc) else None
-                if ivf_index is not None:
-                    manifest["semantic_ivf"] = {"spec": ivf_mod.spec_for(len(desc), cfg.ivf_spec)}
-                finish_times()
-                store.write_index(
-                    out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite, extras=extra_files, ivf=ivf_index
-                )
+            _write_index(cfg, out, plan, rows, paths, manifest, idents, times, t0, extra_files)
         except store.IndexWriteError as e:  # the chunks stay: a rerun with --resume only writes the index
             raise SystemExit(
                 f"error: {e}; all {len(chunks)} chunks are kept in {partial}: free space and rerun with --resume"
             ) from None
         shutil.rmtree(partial, ignore_errors=True)
-        n_new = len(items) - done_images
-        rate = n_new / t_faces if t_faces > 0 else float("nan")
-        total = manifest["build"]["seconds"]
-        print(
-            f"built {out}: {len(items)} images, {counts['ok']} ok, {counts['no_face']} no_face, "
-            f"{counts['unreadable']} unreadable in {total:.1f} s ({rate:.1f} img/s through the face "
-            f"pipeline); stage time: decode {times['decode']:.1f} s, detect/align {times['detect_align']:.1f} s "
-            f"(worker core-seconds), embed {times['embed']:.1f} s, index {times['index']:.1f} s"
-        )
+        _report(out, manifest, len(items), len(items) - done_images, t_faces, times)
         return out
     finally:
         watchdog.unlock_dir(lock)
 
 
+def _chunks_to_do(chunks: list[list[Item]], paths: list[Path]) -> list[int]:
+    """The chunks without a sound checkpoint (a damaged one is deleted and redone)."""
+    for i, p in enumerate(paths):
+        if p.exists() and not chunk_ok(p, len(chunks[i])):
+            log.warning("checkpoint %s is damaged; redoing it", p.name)
+            p.unlink()
+    return [i for i, p in enumerate(paths) if not p.exists()]
+
+
+def _run_chunks(
+    cfg: BuildConfig,
+    plan: _Plan,
+    chunks: list[list[Item]],
+    paths: list[Path],
+    todo: list[int],
+    done_images: int,
+    partial: Path,
+) -> None:
+    """Run the ``todo`` chunks on the plan's engine, checkpointing each as it finishes."""
+    if plan.engine is None:
+        log.info(
+            "%d worker processes; descriptors (%s) in the %s%s",
+            plan.workers,
+            cfg.embedder,
+            "main process" if plan.embed_in == "main" else "workers",
+            f", {plan.torch_threads} torch thread(s) each"
+            if plan.embed_in == "workers" and cfg.embedder == "torch"
+            else "",
+        )
+    from .progress import progress_bar
+
+    total = sum(len(c) for c in chunks)
+    bar = progress_bar(enabled=cfg.progress, total=total, initial=done_images, unit="img", desc="indexing")
+
+    def save(i: int, res: dict) -> None:
+        ct = {"decode": res["t_decode"], "detect_align": res["t_face"], "embed": res["t_embed"]}
+        if "nodes" in res:  # Ray: the nodes that did this chunk's work (kept across --resume)
+            ct["nodes"] = res["nodes"]
+        try:
+            save_chunk(paths[i], res["rows"], res["descriptors"], res["pixels"], ct, res["face_extras"])
+        except OSError as e:  # a full disk or permissions: the finished chunks stay
+            raise SystemExit(
+                f"could not write a checkpoint: {e.strerror or e} (in {partial}); the finished "
+                f"chunks are kept there: free space and rerun with --resume"
+            ) from None
+        bar.update(len(chunks[i]))
+
+    try:
+        if plan.engine is not None:
+            if todo:
+                plan.engine.start()  # connect, start the actors (they load their models once)
+            plan.engine.run(chunks, todo, save)
+            plan.workers = plan.engine.workers
+        else:
+            _run_tasks(chunks, todo, cfg, plan, save)
+    except BrokenProcessPool as e:
+        raise SystemExit(
+            f"a worker process died ({e}); finished chunks are kept in {partial}: rerun with --resume"
+        ) from None
+    finally:
+        bar.close()
+
+
+def _assemble_rows(
+    chunks: list[list[Item]], paths: list[Path], times: dict[str, float]
+) -> tuple[list[dict], set[str], list[np.ndarray], list[dict]]:
+    """The index rows in order (face numbers assigned), the Ray nodes that worked, and each chunk's
+    descriptors and per-face extras (what attribute probes need); adds each chunk's stage times to
+    ``times``. The pixels, the bulk of a chunk, are not read here (they are read again, chunk by
+    chunk, when the index is written)."""
+    rows: list[dict] = []
+    nodes: set[str] = set()
+    descs, extras = [], []
+    for i, chunk in enumerate(chunks):
+        crow, cdesc, _, ct = load_chunk(paths[i], pixels=False)
+        descs.append(cdesc)
+        extras.append(load_chunk_extras(paths[i]))
+        for k in times:
+            times[k] += ct[k]
+        nodes.update(ct.get("nodes", ()))
+        for it, r in zip(chunk, crow):
+            rows.append(
+                {
+                    "row": len(rows),
+                    "file": it.file,
+                    "identity": it.identity,
+                    "split": it.split,
+                    **r,
+                    "face": None,
+                    **({"extra": it.extra} if it.extra else {}),
+                }
+            )
+    f = 0
+    for r in rows:
+        if r["status"] == "ok":
+            r["face"] = f
+            f += 1
+    return rows, nodes, descs, extras
+
+
+def _manifest(
+    cfg: BuildConfig, plan: _Plan, rows: list[dict], n_items: int, n_identities: int, extra_manifest: dict
+) -> dict:
+    """The manifest of the index being written (its times and calibration sample are filled in later)."""
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    engine = plan.engine
+    return {
+        "dataset": {
+            "kind": cfg.dataset,
+            "root": str(Path(cfg.root).resolve()),
+            "split": cfg.split,
+            "limit": cfg.limit,
+            "identity_from_folders": cfg.identity_from_folders,
+            "items": n_items,
+            "identities": n_identities,
+        },
+        "pipeline": {
+            "detector": cfg.detector,
+            "embedder": cfg.embedder,
+            "device": engine.device if engine is not None and engine.started else plan.device,
+            "chip_size": faces.CHIP_SIZE,
+            "chip_padding": faces.CHIP_PADDING,
+            "landmarks": "dlib 5-point",
+            "descriptor": "dlib_face_recognition_resnet_model_v1 (128-d)",
+            "pixel": {
+                "size": pixels.PIXEL_SIZE,
+                "dim": pixels.PIXEL_DIM,
+                "crop": "face chip (padding 0.25) box-averaged to size x size RGB uint8",
+            },
+            "refine_passes": faces.REFINE_PASSES,
+            "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
+            "aligned_refine": faces.ALIGNED_REFINE,
+            "flip_average": cfg.flip_average,
+            "face_resolution": face_resolution([r.get("source_px") for r in ok_rows]),
+        },
+        **extra_manifest,
+        "counts": {s: sum(r["status"] == s for r in rows) for s in faces.STATUSES},
+        "faces": len(ok_rows),
+        "identities_known": None,
+        "pixel_calibration_sample": None,
+        "build": {
+            "seconds": None,
+            "engine": cfg.engine,
+            "workers": plan.workers,
+            "chunk_size": cfg.chunk_size,
+            "embed_in": plan.embed_in,
+            "preloaded_workers": plan.warm,
+            "resumed": None,
+            "face_pipeline_seconds": None,
+        },
+    }
+
+
+def _write_index(
+    cfg: BuildConfig,
+    out: Path,
+    plan: _Plan,
+    rows: list[dict],
+    paths: list[Path],
+    manifest: dict,
+    idents: np.ndarray,
+    times: dict[str, float],
+    t0: float,
+    extra_files: dict,
+) -> None:
+    """Calibrate and write the index (sharded or monolithic), the stage times last."""
+    f = manifest["faces"]
+    use_ivf = cfg.ivf == "on" or (cfg.ivf == "auto" and f >= cfg.ivf_min_faces)
+
+    def calibration(desc, pix) -> dict[str, np.ndarray]:
+        calib = calibrate.semantic_calibration(
+            np.asarray(desc), idents, device=plan.device, sample=cfg.semantic_calibration_sample or None
+        )
+        calib.update(calibrate.pixel_calibration(pix, idents, cfg.pixel_calibration_sample, device=plan.device))
+        manifest["pixel_calibration_sample"] = int(len(calib["pix_loo"]))
+        if "sem_rows" in calib:  # absent (every face calibrated) in indexes of up to that many faces
+            manifest["semantic_calibration_sample"] = int(len(calib["sem_rows"]))
+        return calib
+
+    def finish_times() -> None:
+        times["index"] = time.perf_counter() - t0 - times["attributes"]
+        total = time.perf_counter() - plan.t_start
+        manifest["build"]["seconds"] = round(total, 2)
+        manifest["build"]["stage_seconds"] = {k: round(v, 2) for k, v in times.items()}
+
+    if cfg.shard_size:
+        _write_sharded(cfg, out, rows, paths, calibration, manifest, finish_times, use_ivf, extra_files)
+        return
+    desc, pix = _concat_chunks(paths)
+    assert f == len(desc) == len(pix), (f, len(desc), len(pix))
+    calib = calibration(desc, pix)
+    ivf_index = ivf_mod.build([desc], cfg.ivf_spec) if use_ivf and len(desc) else None
+    if ivf_index is not None:
+        manifest["semantic_ivf"] = {"spec": ivf_mod.spec_for(len(desc), cfg.ivf_spec)}
+    finish_times()
+    store.write_index(out, rows, desc, pix, calib, manifest, overwrite=cfg.overwrite, extras=extra_files, ivf=ivf_index)
+
+
+def _report(out: Path, manifest: dict, n_items: int, n_new: int, t_faces: float, times: dict[str, float]) -> None:
+    """The one line a build prints when it is done."""
+    counts = manifest["counts"]
+    rate = n_new / t_faces if t_faces > 0 else float("nan")
+    total = manifest["build"]["seconds"]
+    print(
+        f"built {out}: {n_items} images, {counts['ok']} ok, {counts['no_face']} no_face, "
+        f"{counts['unreadable']} unreadable in {total:.1f} s ({rate:.1f} img/s through the face "
+        f"pipeline); stage time: decode {times['decode']:.1f} s, detect/align {times['detect_align']:.1f} s "
+        f"(worker core-seconds), embed {times['embed']:.1f} s, index {times['index']:.1f} s"
+    )
+
+
 def _concat_chunks(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     descs, pixs = [], []
     for p in paths:
-        _, cdesc, cpix, _ = _load_chunk(p)
+        _, cdesc, cpix, _ = load_chunk(p)
         descs.append(cdesc)
         pixs.append(cpix)
     desc = np.concatenate(descs) if descs else np.zeros((0, 128), np.float32)
@@ -802,7 +652,7 @@ def _write_sharded(
 
     def pieces():
         for p in paths:
-            _, cdesc, cpix, _ = _load_chunk(p)
+            _, cdesc, cpix, _ = load_chunk(p)
             yield cdesc, cpix
 
     def calib(desc, pix):

@@ -16,10 +16,12 @@ from which a threshold with a given per-pair false-match rate is read, whatever 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 
 from .devices import faiss_index
+from .topk import merge_topk, select_topk
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +110,13 @@ def semantic_calibration(
         """Exact top-k other faces of ``rows`` (FAISS candidates, float64 distances)."""
         kk = min(k + 1, n)
         _, ids = index.search(desc[rows], kk)
-        dist = np.full((len(rows), k), np.inf)
-        nbr = np.full((len(rows), k), -1, np.int64)
-        for t, r in enumerate(rows):
-            c = ids[t][(ids[t] != r) & (ids[t] >= 0)]
-            dd = np.linalg.norm(desc[c].astype(np.float64) - desc[r].astype(np.float64), axis=1)
-            o = np.lexsort((c, dd))[:k]
-            dist[t, : len(o)], nbr[t, : len(o)] = dd[o], c[o]
-        return dist, nbr
+
+        def scored() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for t, r in enumerate(rows):
+                c = ids[t][(ids[t] != r) & (ids[t] >= 0)]
+                yield np.linalg.norm(desc[c].astype(np.float64) - desc[r].astype(np.float64), axis=1), c
+
+        return select_topk(scored(), len(rows), k, pad=np.inf)
 
     def pair_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.linalg.norm(desc[a].astype(np.float64) - desc[b].astype(np.float64), axis=1)
@@ -146,7 +147,7 @@ def pixel_calibration(
             **_empty_pairs("pix"),
         }
     rows = sample_rows(n, sample, seed)
-    from .shards import ShardedArray, merge_topk
+    from .shards import ShardedArray
 
     if isinstance(pixels, ShardedArray):  # one shard's bound tables in memory at a time
         shards = [(start, block) for start, block in zip(pixels.starts, pixels.blocks) if len(block)]

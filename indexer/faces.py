@@ -41,6 +41,9 @@ ALIGNED_INIT_BOX = (0.236, 0.4128, 0.7191, 0.8165)  # (l, t, r, b) as fractions 
 # landmarks from their centroid.
 ALIGNED_REFINE = {"dx": -0.1063, "dy": 0.6973, "side": 4.1187}
 REFINE_PASSES = 3  # landmark refinement passes, in every detector mode (see refined_landmarks)
+# The attribute probes' context crop (face_extras; indexer.attributes uses it as a feature set).
+CROP_SIZE = 16
+CROP_PADDING = 0.5  # 0.8 left 21% of a celeba10k crop black (outside the 89×109 image); 0.5: 1.3%
 
 
 class Unreadable(Exception):
@@ -62,9 +65,9 @@ class Face:
     # Width in image pixels of the region the chip was cut from: the chip holds min(source_px, 150)
     # pixels of real detail across (see effective_resolution). None for faces without a chip.
     source_px: float | None = None
-    # With ``attributes=True`` (indexer.attributes.face_extras): 68 landmarks and the probes' context crop.
+    # With ``attributes=True`` (face_extras): 68 landmarks and the probes' context crop.
     landmarks68: np.ndarray | None = field(default=None, repr=False)  # (68, 2) float32
-    attr_crop: np.ndarray | None = field(default=None, repr=False)  # (attributes.CROP_DIM,) uint8
+    attr_crop: np.ndarray | None = field(default=None, repr=False)  # (CROP_SIZE·CROP_SIZE·3,) uint8
 
     @property
     def ok(self) -> bool:
@@ -122,6 +125,11 @@ def _dlib_obj(name: str):
             obj = dlib.shape_predictor(model_paths()["landmarks5"])
         elif name == "rec":
             obj = dlib.face_recognition_model_v1(model_paths()["resnet"])
+        elif name == "sp68":  # not in model_paths: its hash is not part of an index's identity
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pkg_resources deprecation warning
+                import face_recognition_models as frm
+            obj = dlib.shape_predictor(frm.pose_predictor_model_location())
         else:  # pragma: no cover - programming error
             raise KeyError(name)
         setattr(_local, name, obj)
@@ -372,9 +380,35 @@ def chip_from_landmarks(
     return cut_chip(img, pts, size, padding)[0]
 
 
+def preload(landmarks68: bool = False) -> None:
+    """Load the 5-point landmark model (and, with ``landmarks68``, the 68-point one, ~100 MB) in this
+    thread now: a worker's first task then does not wait for it, and a forkserver that loads it shares
+    it with every worker it forks."""
+    _dlib_obj("sp5")
+    if landmarks68:
+        _dlib_obj("sp68")
+
+
+def landmarks68(img: np.ndarray, box) -> np.ndarray:
+    """dlib's 68 landmarks (iBUG order) inside ``box`` (l, t, r, b), as (68, 2) float32 image coordinates.
+
+    The box is the refined one of :func:`refined_landmarks` (the box HOG would draw), the kind of box
+    the 68-point predictor was trained on."""
+    shape = _dlib_obj("sp68")(img, _rect(box))
+    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+def face_extras(img: np.ndarray, box, pts5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image work for the attribute probes and geometry (:mod:`indexer.attributes`,
+    :mod:`indexer.geometry`): (68 landmarks (68, 2) float32, context crop (CROP_SIZE·CROP_SIZE·3,) uint8)."""
+    lm = landmarks68(img, box)
+    crop = chip_from_landmarks(img, pts5, CROP_SIZE, CROP_PADDING).reshape(-1)
+    return lm, crop
+
+
 def find_face(img: np.ndarray, detector: str, attributes: bool = False) -> Face:
     """Detect (or derive) the face, keep the largest, and cut its chip; with ``attributes``, also the
-    68 landmarks and the attribute probes' context crop (:func:`indexer.attributes.face_extras`)."""
+    68 landmarks and the attribute probes' context crop (:func:`face_extras`)."""
     h, w = img.shape[:2]
     if detector == "aligned":
         start, n = aligned_start_box(img), 1
@@ -387,8 +421,6 @@ def find_face(img: np.ndarray, detector: str, attributes: bool = False) -> Face:
     chip, source_px = cut_chip(img, pts)
     face = Face("ok", "", w, h, n, tuple(int(v) for v in box), pts, chip, source_px)  # type: ignore[arg-type]
     if attributes:
-        from .attributes import face_extras
-
         face.landmarks68, face.attr_crop = face_extras(img, face.box, pts)
     return face
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from .topk import select_topk
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +89,16 @@ class ExactL2:
 
     def rerank(self, q: np.ndarray, cand: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact float64 distances of each query's candidates, top-k by (distance, id), NaN/−1 padded."""
-        out_d = np.full((len(q), k), np.nan)
-        out_i = np.full((len(q), k), -1, np.int64)
-        for j, c in enumerate(cand):
-            c = np.unique(c[c >= 0])
-            if c.size == 0:
-                continue
-            d = np.linalg.norm(self.rows(c).astype(np.float64) - q[j].astype(np.float64), axis=1)
-            order = np.lexsort((c, d))[:k]
-            out_d[j, : order.size] = d[order]
-            out_i[j, : order.size] = c[order]
-        return out_d, out_i
+
+        def scored() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for j, c in enumerate(cand):
+                c = np.unique(c[c >= 0])
+                if c.size == 0:
+                    yield np.zeros(0), c
+                    continue
+                yield np.linalg.norm(self.rows(c).astype(np.float64) - q[j].astype(np.float64), axis=1), c
+
+        return select_topk(scored(), len(q), k)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances float64 (Q, k), ids int64 (Q, k)): the exact top-k; NaN / −1 padding."""
@@ -149,12 +150,6 @@ def _sq_norms(x: np.ndarray, chunk: int = 32768) -> np.ndarray:
 def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Reference: float64 distances to every row, top-k by (distance, id). Slow; for tests."""
     v = np.asarray(vectors, np.float64)
-    out_d = np.full((len(queries), k), np.nan)
-    out_i = np.full((len(queries), k), -1, np.int64)
     ids = np.arange(len(v))
-    for j, qj in enumerate(np.asarray(queries, np.float64)):
-        d = np.linalg.norm(v - qj, axis=1)
-        order = np.lexsort((ids, d))[:k]
-        out_d[j, : order.size] = d[order]
-        out_i[j, : order.size] = order
-    return out_d, out_i
+    scored = ((np.linalg.norm(v - qj, axis=1), ids) for qj in np.asarray(queries, np.float64))
+    return select_topk(scored, len(queries), k)

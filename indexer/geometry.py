@@ -18,13 +18,10 @@ The values are *proxies* computed from 2-D landmarks, not angles from a 3-D head
   area (how much of the frame the face fills).
 * ``face_x``, ``face_y``: the landmark centroid as a fraction of the image width and height.
 
-The 68-point predictor starts from the refined box of :func:`indexer.faces.refined_landmarks` (the box
-HOG would draw), the kind of box it was trained on.
+The landmarks themselves come from :func:`indexer.faces.landmarks68`; this module is arithmetic on them.
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 
@@ -39,40 +36,6 @@ LABELS = {
     "face_y": "face centre y (fraction of height)",
 }
 N_POINTS = 68
-
-_local = threading.local()  # one predictor per thread, like indexer.faces
-
-
-def _predictor():
-    sp = getattr(_local, "sp68", None)
-    if sp is None:
-        import warnings
-
-        import dlib
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pkg_resources deprecation warning
-            import face_recognition_models as frm
-        sp = dlib.shape_predictor(frm.pose_predictor_model_location())
-        _local.sp68 = sp
-    return sp
-
-
-def model_path() -> str:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import face_recognition_models as frm
-    return frm.pose_predictor_model_location()
-
-
-def landmarks68(img: np.ndarray, box) -> np.ndarray:
-    """dlib's 68 landmarks (iBUG order) inside ``box`` (l, t, r, b), as (68, 2) float32 image coordinates."""
-    from .faces import _rect
-
-    shape = _predictor()(img, _rect(box))
-    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
 def _frame(pts: np.ndarray) -> tuple[np.ndarray, float, float]:

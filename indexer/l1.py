@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 import faiss
 import numpy as np
 
+from .topk import select_topk
+
 log = logging.getLogger(__name__)
 
 __all__ = ["L1Index", "l1_brute_force"]
@@ -81,12 +83,8 @@ def release_pages(arr: np.ndarray, lo: int, hi: int) -> None:
 
 def _sort_topk(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of one query's (dist, id) pairs by (dist, id), padded with -1 to length k."""
-    order = np.lexsort((ids, dist))[:k]
-    out_d = np.full(k, -1, dtype=np.int64)
-    out_i = np.full(k, -1, dtype=np.int64)
-    out_d[: order.size] = dist[order]
-    out_i[: order.size] = ids[order]
-    return out_d, out_i
+    out_d, out_i = select_topk([(dist, ids)], 1, k, pad=-1, dtype=np.int64)
+    return out_d[0], out_i[0]
 
 
 def _smallest(lb: np.ndarray, m: int, excl: int) -> np.ndarray:

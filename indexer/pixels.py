@@ -22,11 +22,6 @@ def pixel_vector(chip: np.ndarray, size: int = PIXEL_SIZE) -> np.ndarray:
     return np.asarray(small, dtype=np.uint8).reshape(-1)
 
 
-def pixel_image(vec: np.ndarray, size: int = PIXEL_SIZE) -> np.ndarray:
-    """Inverse view of :func:`pixel_vector`, for thumbnails in reports."""
-    return np.asarray(vec, dtype=np.uint8).reshape(size, size, 3)
-
-
 def normalised_l1(dist: float | np.ndarray, dim: int = PIXEL_DIM) -> float | np.ndarray:
     """Sum of |a−b| over uint8 values → mean absolute difference per value, in 0–1."""
     return np.asarray(dist, dtype=np.float64) / (dim * 255.0)

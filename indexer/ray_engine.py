@@ -1,17 +1,17 @@
 """``--engine ray``: the build's tasks run in Ray actors, on one machine or a cluster.
 
 What runs where: the driver (``python -m indexer build``) lists the dataset, cuts the same chunks
-and tasks as the local engine (:func:`indexer.build.plan_tasks`), hands tasks to a pool of actors,
+and tasks as the local engine (:func:`indexer.chunks.plan_tasks`), hands tasks to a pool of actors,
 checkpoints each finished chunk to ``<out>.partial/`` and assembles the index exactly as the local
 build does. The actors run the very functions a local worker runs, with their models loaded once
 in ``__init__`` (one torch thread per CPU actor, as a local worker):
 
 * without GPUs (the default on a CPU cluster), every actor runs a whole task,
-  :func:`indexer.build._process_chunk` (decode, detect/align, chip, descriptor, pixel vector);
+  :func:`indexer.chunks.process_task` (decode, detect/align, chip, descriptor, pixel vector);
 * with GPUs (a capability check on the cluster's resources; untested here, there is no GPU), the
   work is split as the local CUDA build splits it: one ``num_gpus=1`` actor per GPU embeds chips
-  (:func:`indexer.build._embed_chips`, batched on its GPU), and an actor per remaining CPU runs
-  :func:`~indexer.build._process_chunk` without the descriptor. Each task's chips go from its
+  (:func:`indexer.chunks.embed_chips`, batched on its GPU), and an actor per remaining CPU runs
+  :func:`~indexer.chunks.process_task` without the descriptor. Each task's chips go from its
   face actor to an embed actor through Ray's object store, never through the driver. Why: dlib's
   face pipeline is CPU-bound and holds the GIL, so one CPU per GPU would leave the GPU idle.
   ``--ray-embed-actors N`` forces the split (also on CPUs, which is how it is tested).
@@ -35,7 +35,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from . import build as build_mod
+from . import chunks as chunk_work
+from .config import BuildConfig
 from .datasets import Item
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ NODE_POLL_S = 1.0  # how often the driver checks for dead nodes
 STALL_S = 600.0  # no actor alive for this long: give up (the finished chunks stay for --resume)
 START_GRACE_S = 20.0  # work starts when every actor is ready, or this long after the first one is
 LOCAL_OBJECT_STORE = 512 << 20  # object store of a Ray instance the build starts itself
-ROLES = ("all", "faces", "embed")  # whole tasks | tasks without the descriptor | descriptors of chips
 
 
 class FaceWorker:
@@ -54,7 +54,7 @@ class FaceWorker:
     def __init__(self, role: str, embedder: str, device: str, flip_average: bool = True):
         import ray
 
-        build_mod.init_task_worker(None if role == "faces" else embedder, device, torch_threads=1)
+        chunk_work.init_task_worker(None if role == "faces" else embedder, device, torch_threads=1)
         self.role, self.embedder, self.flip_average = role, embedder, flip_average
         self.node = ray.get_runtime_context().get_node_id()
         self.pid = os.getpid()
@@ -65,13 +65,13 @@ class FaceWorker:
     def run(self, args: tuple) -> tuple[list[str], dict]:
         """One task: exactly what a local worker process computes for it (``args[2]`` None: chips
         instead of descriptors, for an embed actor)."""
-        return [self.node], build_mod._process_chunk(args)
+        return [self.node], chunk_work.process_task(args)
 
     def embed(self, staged: tuple[list[str], dict]) -> tuple[list[str], dict]:
         """The descriptors of a face actor's chips, as the local CUDA build's main process computes them."""
         nodes, res = staged
         res = dict(res)
-        res.update(build_mod._embed_chips(self.embedder, res.pop("chips"), self.flip_average))
+        res.update(chunk_work.embed_chips(self.embedder, res.pop("chips"), self.flip_average))
         return [*nodes, self.node], res
 
 
@@ -83,7 +83,7 @@ def _gpu_available(resources: dict, device: str) -> bool:
 class RayEngine:
     """Connect to (or start) Ray, start the actor pool, run tasks; see the module docstring."""
 
-    def __init__(self, cfg: build_mod.BuildConfig):
+    def __init__(self, cfg: BuildConfig):
         self.cfg = cfg
         self._started_ray = False
         self.started = False
@@ -188,15 +188,15 @@ class RayEngine:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-        tasks = build_mod.plan_tasks(chunks, todo)
+        tasks = chunk_work.plan_tasks(chunks, todo)
         if not tasks:
             return
-        n_parts = build_mod.parts_per_chunk(chunks, todo)
+        n_parts = chunk_work.parts_per_chunk(chunks, todo)
         split = self.embed_workers > 0
         embed = None if split else self.cfg.embedder
 
         def args(task: tuple[int, int]) -> tuple:
-            items = [(os.path.abspath(p), f) for p, f in build_mod.task_items(chunks, task)]
+            items = [(os.path.abspath(p), f) for p, f in chunk_work.task_items(chunks, task)]
             return items, self.cfg.detector, embed, self.cfg.flip_average
 
         queue = deque(tasks)
@@ -270,9 +270,9 @@ class RayEngine:
                 i = task[0]
                 parts[i] = parts.get(i, 0) + 1
                 if parts[i] == n_parts[i]:
-                    los = range(0, len(chunks[i]), build_mod.TASK_SIZE)
+                    los = range(0, len(chunks[i]), chunk_work.TASK_SIZE)
                     got = [done[(i, lo)] for lo in los]
-                    merged = build_mod._merge_parts([r for _, r in got])
+                    merged = chunk_work.merge_parts([r for _, r in got])
                     merged["nodes"] = sorted({nd for nds, _ in got for nd in nds})
                     save(i, merged)
                     for lo in los:  # keep only the node ids of saved tasks, not their arrays

@@ -34,6 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
+from .pixels import PIXEL_DIM
+from .topk import merge_topk
+
 log = logging.getLogger(__name__)
 
 SHARD_FILES = ("rows.jsonl", "descriptors.npy", "pixels.npy", "face_rows.npy")
@@ -183,23 +187,6 @@ class LazyRows(Sequence):
 # ----------------------------------------------------------------------------- search over shards
 
 
-def merge_topk(dists: list[np.ndarray], ids: list[np.ndarray], k: int, pad: float | int = -1):
-    """Merge per-shard top-k lists (ids already global; −1 = padding) into the global top-k,
-    ordered by (distance, id) as a monolithic search orders them."""
-    d = np.concatenate(dists, axis=1)
-    i = np.concatenate(ids, axis=1)
-    nq = d.shape[0]
-    out_d = np.full((nq, k), pad, dtype=d.dtype)
-    out_i = np.full((nq, k), -1, dtype=np.int64)
-    for j in range(nq):
-        ok = i[j] >= 0
-        dj, ij = d[j][ok], i[j][ok]
-        order = np.lexsort((ij, dj))[:k]
-        out_d[j, : order.size] = dj[order]
-        out_i[j, : order.size] = ij[order]
-    return out_d, out_i
-
-
 class ShardedL1:
     """The exact L1 cascade of :class:`indexer.l1.L1Index` run per shard, results merged.
 
@@ -306,8 +293,6 @@ def write_shards(
     manifest's shard list. ``rows`` in order with their global ``face`` numbers; ``pieces`` the
     faces' descriptors and pixels in face order, in blocks of any size. Memory: one shard's rows
     and one piece."""
-    from .store import save_npy
-
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
     faces = _FaceStream(pieces)
@@ -329,7 +314,7 @@ def write_shards(
         with open(d / "rows.jsonl", "w") as f:
             for r in batch:
                 f.write(json.dumps(r, separators=(",", ":")) + "\n")
-        save_npy(d / "face_rows.npy", face_rows)
+        files.save_npy(d / "face_rows.npy", face_rows)
         wd = _NpyWriter(d / "descriptors.npy", (len(face_rows), 128), np.float32)
         wp = _NpyWriter(d / "pixels.npy", (len(face_rows), pixel_dim), np.uint8)
         try:
@@ -371,29 +356,27 @@ def write_sharded_index(
     ``calibration`` is the finished arrays, or a function of the written (memory-mapped)
     descriptors and pixels, so a build computes it without holding all pixels in memory.
     ``ivf``: optional function of the descriptors returning a FAISS index to store. ``extras``: the
-    optional per-face files (:func:`indexer.store.write_extras`), or a function of the descriptors
+    optional per-face files (:func:`indexer.files.write_extras`), or a function of the descriptors
     giving them; written at the top level, as in a monolithic index.
     """
-    from . import store
-    from .pixels import PIXEL_DIM
 
     def fill(tmp: Path) -> None:
         shards = write_shards(tmp, rows, pieces, shard_size, PIXEL_DIM)
         desc = ShardedArray([np.load(tmp / s["name"] / "descriptors.npy", mmap_mode="r") for s in shards])
         pix = ShardedArray([np.load(tmp / s["name"] / "pixels.npy", mmap_mode="r") for s in shards])
         calib = calibration(desc, pix) if callable(calibration) else calibration
-        store.save_npz(tmp / "calibration.npz", calib)
+        files.save_npz(tmp / "calibration.npz", calib)
         ex = (extras(desc) if callable(extras) else extras) or {}
-        store.write_extras(tmp, ex)
-        names = [*TOP_FILES, *(n for n in store.EXTRA_FILES if n in ex), *shard_file_names(shards)]
+        files.write_extras(tmp, ex)
+        names = [*TOP_FILES, *(n for n in files.EXTRA_FILES if n in ex), *shard_file_names(shards)]
         if ivf is not None and len(desc):
-            store.save_faiss(tmp / store.IVF_FILE, ivf(desc))
-            names.append(store.IVF_FILE)
+            files.save_faiss(tmp / files.IVF_FILE, ivf(desc))
+            names.append(files.IVF_FILE)
         n_faces = len(desc)
         m = dict(manifest, layout="sharded", shard_size=int(shard_size), shards=shards, faces=n_faces)
-        store.finish_index_dir(tmp, m, names)
+        files.finish_index_dir(tmp, m, names)
 
-    return store.atomic_write(Path(out), fill, overwrite)
+    return files.atomic_write(Path(out), fill, overwrite)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -415,8 +398,6 @@ def expected_files(manifest: dict) -> set[str] | None:
 
 def load_sharded(root: Path, manifest: dict):
     """The arrays and rows of a checked sharded index (see :func:`indexer.store.load_index`)."""
-    from .pixels import PIXEL_DIM
-
     shards = manifest["shards"]
     descs, pixs, face_rows = [], [], []
     name = "?"

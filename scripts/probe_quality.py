@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer import attributes, build  # noqa: E402
+from indexer import attributes, chunks  # noqa: E402
 from indexer.datasets import celeba_attribute_names, read_celeba  # noqa: E402
 from indexer.store import IndexLoadError, load_index  # noqa: E402
 
@@ -54,10 +54,10 @@ def features_of(root: Path, limit: int | None, workers: int) -> tuple[np.ndarray
     """Probe features of a CelebA root through the build's per-task function (real pipeline)."""
     items = read_celeba(root, "all", limit)
     names = celeba_attribute_names(root)
-    tasks = [items[i : i + build.TASK_SIZE] for i in range(0, len(items), build.TASK_SIZE)]
+    tasks = [items[i : i + chunks.TASK_SIZE] for i in range(0, len(items), chunks.TASK_SIZE)]
     args = [([(str(it.path), it.file) for it in t], "aligned", "torch") for t in tasks]
     with ProcessPoolExecutor(workers) as pool:
-        results = list(pool.map(build._process_chunk, args))
+        results = list(pool.map(chunks.process_task, args))
     rows = [(it, r) for t, res in zip(tasks, results) for it, r in zip(t, res["rows"])]
     ok = [it for it, r in rows if r["status"] == "ok"]
     desc = np.concatenate([r["descriptors"] for r in results])

@@ -18,7 +18,7 @@ top-k, so a sharded index answers exactly as a monolithic one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ from indexer.devices import resolve_device
 from indexer.flat import ExactL2
 from indexer.shards import ShardedL1
 from indexer.store import FaceIndex
+from indexer.topk import select_topk
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +196,11 @@ class Searcher:
         if desc is None:
             raise ValueError("this index's pixel channel searches the semantic candidates: pass the descriptors")
         _, cand = self.semantic_search(desc, min(self.index.n_faces, self.pixel_candidates))
-        out_d = np.full((len(q), k), -1, np.int64)
-        out_i = np.full((len(q), k), -1, np.int64)
-        for j in range(len(q)):
-            c = np.sort(cand[j][cand[j] >= 0])
-            crops = np.asarray(self.index.pixels[c])
-            d = np.abs(crops.astype(np.int16) - q[j].astype(np.int16)).sum(axis=1, dtype=np.int64)
-            order = np.lexsort((c, d))[:k]
-            out_d[j, : order.size] = d[order]
-            out_i[j, : order.size] = c[order]
-        return out_d, out_i
+
+        def scored() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for j in range(len(q)):
+                c = np.sort(cand[j][cand[j] >= 0])
+                crops = np.asarray(self.index.pixels[c])
+                yield np.abs(crops.astype(np.int16) - q[j].astype(np.int16)).sum(axis=1, dtype=np.int64), c
+
+        return select_topk(scored(), len(q), k, pad=-1, dtype=np.int64)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import CELEBA10K, REPO
 
-from indexer import store
+from indexer import files, store
 
 BUILD = [
     sys.executable,
@@ -178,7 +178,7 @@ def test_fallback_swap_replaces_the_index_and_restores_it_on_failure(tmp_path, s
     out = tmp_path / "idx"
     shutil.copytree(small_index.root, out)
     before = (out / "manifest.json").read_bytes()
-    monkeypatch.setattr(store, "_exchange", lambda a, b: False)  # a filesystem without RENAME_EXCHANGE
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)  # a filesystem without RENAME_EXCHANGE
     real_replace = os.replace
 
     def second_rename_fails(src, dst):
@@ -320,14 +320,14 @@ def test_write_error_message_names_the_cause(tmp_path, small_index, monkeypatch)
     out = tmp_path / "idx"
     shutil.copytree(small_index.root, out)
     before = (out / "manifest.json").read_bytes()
-    real_save = store._save_npy
+    real_save = files.save_npy
 
     def full_disk(path, arr, *a, **kw):
         if str(path).endswith("pixels.npy"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real_save(path, arr, *a, **kw)
 
-    monkeypatch.setattr(store, "_save_npy", full_disk)
+    monkeypatch.setattr(files, "save_npy", full_disk)
     with pytest.raises(store.IndexWriteError, match=r"disk is full .*pixels\.npy.*previous index .* untouched"):
         store.write_index(
             out,
