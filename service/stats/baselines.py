@@ -50,6 +50,7 @@ def rate_test(
     order_statistic: bool,
     clusters: np.ndarray | None = None,
     seed: int = 0,
+    neighbours: np.ndarray | None = None,
 ) -> dict:
     """Compare k of n generated faces under ``threshold`` with the share of ``null_values`` under it.
 
@@ -57,15 +58,18 @@ def rate_test(
     account for dependent null values: several photos of one person give correlated distances, so
     the null share varies more than a binomial of that many faces (measured: 2.2× on celeba-like
     worlds), and an audit of thousands of faces, whose own share is precise, would reject a clean
-    generator far more often than ``alpha``. The null sample then counts as its effective size
-    N / D, with D the design effect of a bootstrap over the clusters (:func:`design_effect`)."""
+    generator far more often than ``alpha``. ``neighbours`` (the cluster of each null value's nearest
+    face) ties two people who are each other's nearest stranger into one cluster: both their
+    distances are small together. The null sample then counts as its effective size N / D, with D
+    the design effect of a bootstrap over the clusters (:func:`design_effect`)."""
     null = np.asarray(null_values, np.float64)
     keep = np.isfinite(null)
     null = null[keep]
     m, n_null = int(np.sum(null < threshold)), int(len(null))
     deff = 1.0
     if clusters is not None and n_null:
-        deff = design_effect(null < threshold, np.asarray(clusters)[keep], seed=seed)
+        links = None if neighbours is None else np.asarray(neighbours)[keep]
+        deff = design_effect(null < threshold, np.asarray(clusters)[keep], seed=seed, neighbours=links)
     m_eff, n_eff = m / deff, n_null / deff
     if deff > 1.0:
         p = effective_p_value(k, n, m_eff, n_eff)
@@ -94,22 +98,38 @@ def rate_test(
 DESIGN_EFFECT_DRAWS = 400
 
 
-def design_effect(hit: np.ndarray, clusters: np.ndarray, draws: int = DESIGN_EFFECT_DRAWS, seed: int = 0) -> float:
+def _codes(labels: np.ndarray) -> np.ndarray:
+    """Labels as ints; unknown (−1, NaN, None) as negative, each a label of its own."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":  # codes that went through JSON as numbers (NaN: unknown)
+        labels = np.where(np.isfinite(labels), labels, -1)
+    if labels.dtype.kind not in "iuf":
+        labels = np.unique(labels.astype(str), return_inverse=True)[1]
+    labels = labels.astype(np.int64)
+    return np.where(labels >= 0, labels, -1 - np.arange(len(labels)))
+
+
+def design_effect(
+    hit: np.ndarray,
+    clusters: np.ndarray,
+    draws: int = DESIGN_EFFECT_DRAWS,
+    seed: int = 0,
+    neighbours: np.ndarray | None = None,
+) -> float:
     """Var(share of ``hit``) under a bootstrap over ``clusters``, over its binomial variance; at least 1.
 
     Clusters are drawn with replacement (all their members with them), so the variance carries the
-    dependence inside a cluster. Values without a cluster (label < 0 or None) are clusters of one."""
+    dependence inside a cluster. With ``neighbours``, a hit's cluster is merged with its neighbour's
+    (union-find), so a pair of look-alike people counts as one. Unknown labels are clusters of one."""
     hit = np.asarray(hit, bool)
     n = len(hit)
     share = hit.mean() if n else 0.0
     if n < 2 or share in (0.0, 1.0):
         return 1.0
-    labels = np.asarray(clusters)
-    if labels.dtype.kind == "f":  # codes that went through JSON as numbers (NaN: unknown)
-        labels = np.where(np.isfinite(labels), labels, -1).astype(np.int64)
-    if labels.dtype.kind in "iu":
-        labels = np.where(labels >= 0, labels, -1 - np.arange(n))  # unknown: a cluster of its own
-    codes = np.unique(labels.astype(str) if labels.dtype.kind not in "iu" else labels, return_inverse=True)[1]
+    own = _codes(clusters)
+    if neighbours is not None:
+        own = _merge(own, _codes(neighbours), hit)
+    codes = np.unique(own, return_inverse=True)[1]
     size = np.bincount(codes).astype(np.float64)
     hits = np.bincount(codes, weights=hit).astype(np.float64)
     c = len(size)
@@ -117,6 +137,25 @@ def design_effect(hit: np.ndarray, clusters: np.ndarray, draws: int = DESIGN_EFF
     counts = rng.multinomial(c, np.full(c, 1.0 / c), size=draws).astype(np.float64)
     shares = (counts @ hits) / np.maximum(counts @ size, 1.0)
     return max(1.0, float(np.var(shares, ddof=1) / (share * (1 - share) / n)))
+
+
+def _merge(own: np.ndarray, other: np.ndarray, link: np.ndarray) -> np.ndarray:
+    """``own`` with the clusters of ``own[i]`` and ``other[i]`` joined wherever ``link[i]``."""
+    labels, inv = np.unique(np.concatenate([own, other]), return_inverse=True)
+    parent = np.arange(len(labels))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    a_codes, b_codes = inv[: len(own)], inv[len(own) :]
+    for a, b in zip(a_codes[link], b_codes[link]):
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(int(a)) for a in a_codes], np.int64)
 
 
 def effective_p_value(k: int, n: int, m_eff: float, n_eff: float) -> float | None:

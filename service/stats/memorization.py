@@ -43,8 +43,9 @@ def memorization(
     * ``suspected_copies``: each such face with its training file.
 
     ``calibration`` holds the index's null samples (without it, no p-values), and optionally each null
-    value's cluster (``sem_diff_id_identity``, ``pix_diff_id_identity``: the null face's identity), which
-    makes the tests count dependent null values at their effective size. ``sem_train`` /
+    value's cluster (``sem_diff_id_identity``, ``pix_diff_id_identity``: the null face's identity; and
+    ``sem_diff_id_neighbour``: its nearest stranger's identity), which makes the tests count dependent
+    null values at their effective size. ``sem_train`` /
     ``pix_train`` give each face's top-1 training face as ``{"file", "identity"}``; ``positions``
     are the faces' places in the upload (reported as ``index``).
     """
@@ -58,17 +59,17 @@ def memorization(
     }
     null_sem = finite(cal.get("sem_diff_id"))
     nulls = {  # raw (aligned with their clusters: the null face's training identity, when known)
-        "semantic": (_raw(cal.get("sem_diff_id")), cal.get("sem_diff_id_identity")),
-        "pixel": (_raw(cal.get("pix_diff_id")), cal.get("pix_diff_id_identity")),
+        "semantic": (_raw(cal.get("sem_diff_id")), cal.get("sem_diff_id_identity"), cal.get("sem_diff_id_neighbour")),
+        "pixel": (_raw(cal.get("pix_diff_id")), cal.get("pix_diff_id_identity"), None),
     }
     if sem_top1 is not None:
         sem_top1 = np.asarray(sem_top1, dtype=np.float64)
         k = int(np.sum(sem_top1 < th.identity))
         out["same_person"] = share_with_interval(k, n, confidence)
         if len(null_sem):
-            values, clusters = nulls["semantic"]
+            values, clusters, links = nulls["semantic"]
             out["same_person"]["baseline"] = baselines.rate_test(
-                k, n, values, th.identity, th.source == "identities", clusters
+                k, n, values, th.identity, th.source == "identities", clusters, neighbours=links
             )
     else:
         out["same_person"] = None
@@ -87,8 +88,10 @@ def memorization(
         if channel == "pixel":
             likely[channel]["threshold_per_value"] = thr / (pixel_dim * 255.0)
         if len(null):
-            values, clusters = nulls[channel]
-            likely[channel]["baseline"] = baselines.rate_test(len(hit), n, values, thr, False, clusters)
+            values, clusters, links = nulls[channel]
+            likely[channel]["baseline"] = baselines.rate_test(
+                len(hit), n, values, thr, False, clusters, neighbours=links
+            )
         for i in hit:
             t = train[i] if train else {}
             copies.append(

@@ -153,6 +153,7 @@ def training_side(
     nulls = {
         "sem_diff_id": _sub(cal["sem_diff_id"], rows),
         "sem_diff_id_identity": _sub(ids[sem_face], rows),
+        "sem_diff_id_neighbour": _sub(_neighbour_identity(ids, cal["sem_diff_id_face"]), rows),
         "pix_diff_id_identity": _sub(ids[pix_rows] if len(pix_rows) else np.zeros(0, np.int64), pix_sub),
         "sem_loo": _sub(cal["sem_loo"], rows),
         "pix_loo": _sub(cal.get("pix_loo", np.zeros(0)), pix_sub),
@@ -198,3 +199,9 @@ def _identity_codes_and_names(index: FaceIndex) -> tuple[np.ndarray, list[str]]:
     for face in known[first]:
         names[codes[face]] = index.face_identity(int(face))
     return codes, [str(n) for n in names]
+
+
+def _neighbour_identity(ids: np.ndarray, diff_face: np.ndarray) -> np.ndarray:
+    """The identity code of each null face's nearest other-identity face (−1 where there is none)."""
+    face = np.asarray(diff_face, np.int64)
+    return np.where(face >= 0, ids[np.clip(face, 0, None)], -1)
