@@ -24,6 +24,8 @@ import math
 import numpy as np
 from scipy import stats as sps
 
+from indexer.clusters import design_effect
+
 
 def order_statistic_p_value(k: int, n: int, m: int, n_null: int) -> float | None:
     """P(K ≥ k) for K generated values (of n) under the (m+1)-th smallest of n_null null values.
@@ -49,7 +51,6 @@ def rate_test(
     threshold: float,
     order_statistic: bool,
     clusters: np.ndarray | None = None,
-    seed: int = 0,
     neighbours: np.ndarray | None = None,
 ) -> dict:
     """Compare k of n generated faces under ``threshold`` with the share of ``null_values`` under it.
@@ -61,7 +62,7 @@ def rate_test(
     generator far more often than ``alpha``. ``neighbours`` (the cluster of each null value's nearest
     face) ties two people who are each other's nearest stranger into one cluster: both their
     distances are small together. The null sample then counts as its effective size N / D, with D
-    the design effect of a bootstrap over the clusters (:func:`design_effect`)."""
+    the cluster-robust design effect (:func:`indexer.clusters.design_effect`)."""
     null = np.asarray(null_values, np.float64)
     keep = np.isfinite(null)
     null = null[keep]
@@ -69,7 +70,7 @@ def rate_test(
     deff = 1.0
     if clusters is not None and n_null:
         links = None if neighbours is None else np.asarray(neighbours)[keep]
-        deff = design_effect(null < threshold, np.asarray(clusters)[keep], seed=seed, neighbours=links)
+        deff = design_effect(null < threshold, np.asarray(clusters)[keep], neighbours=links)
     m_eff, n_eff = m / deff, n_null / deff
     if deff > 1.0:
         p = effective_p_value(k, n, m_eff, n_eff)
@@ -86,76 +87,13 @@ def rate_test(
         "expected": None if rate is None else rate * n,
         "p_value": p,
         "test": (
-            "beta-binomial with the null sample at its effective size (cluster bootstrap), one-sided"
+            "beta-binomial with the null sample at its effective size (design effect of its clusters), one-sided"
             if deff > 1.0
             else "beta-binomial (threshold = a quantile of the null sample), one-sided"
             if order_statistic
             else "Fisher exact, one-sided"
         ),
     }
-
-
-DESIGN_EFFECT_DRAWS = 400
-
-
-def _codes(labels: np.ndarray) -> np.ndarray:
-    """Labels as ints; unknown (−1, NaN, None) as negative, each a label of its own."""
-    labels = np.asarray(labels)
-    if labels.dtype.kind == "f":  # codes that went through JSON as numbers (NaN: unknown)
-        labels = np.where(np.isfinite(labels), labels, -1)
-    if labels.dtype.kind not in "iuf":
-        labels = np.unique(labels.astype(str), return_inverse=True)[1]
-    labels = labels.astype(np.int64)
-    return np.where(labels >= 0, labels, -1 - np.arange(len(labels)))
-
-
-def design_effect(
-    hit: np.ndarray,
-    clusters: np.ndarray,
-    draws: int = DESIGN_EFFECT_DRAWS,
-    seed: int = 0,
-    neighbours: np.ndarray | None = None,
-) -> float:
-    """Var(share of ``hit``) under a bootstrap over ``clusters``, over its binomial variance; at least 1.
-
-    Clusters are drawn with replacement (all their members with them), so the variance carries the
-    dependence inside a cluster. With ``neighbours``, a hit's cluster is merged with its neighbour's
-    (union-find), so a pair of look-alike people counts as one. Unknown labels are clusters of one."""
-    hit = np.asarray(hit, bool)
-    n = len(hit)
-    share = hit.mean() if n else 0.0
-    if n < 2 or share in (0.0, 1.0):
-        return 1.0
-    own = _codes(clusters)
-    if neighbours is not None:
-        own = _merge(own, _codes(neighbours), hit)
-    codes = np.unique(own, return_inverse=True)[1]
-    size = np.bincount(codes).astype(np.float64)
-    hits = np.bincount(codes, weights=hit).astype(np.float64)
-    c = len(size)
-    rng = np.random.default_rng([seed, 31])
-    counts = rng.multinomial(c, np.full(c, 1.0 / c), size=draws).astype(np.float64)
-    shares = (counts @ hits) / np.maximum(counts @ size, 1.0)
-    return max(1.0, float(np.var(shares, ddof=1) / (share * (1 - share) / n)))
-
-
-def _merge(own: np.ndarray, other: np.ndarray, link: np.ndarray) -> np.ndarray:
-    """``own`` with the clusters of ``own[i]`` and ``other[i]`` joined wherever ``link[i]``."""
-    labels, inv = np.unique(np.concatenate([own, other]), return_inverse=True)
-    parent = np.arange(len(labels))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    a_codes, b_codes = inv[: len(own)], inv[len(own) :]
-    for a, b in zip(a_codes[link], b_codes[link]):
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(int(a)) for a in a_codes], np.int64)
 
 
 def effective_p_value(k: int, n: int, m_eff: float, n_eff: float) -> float | None:
