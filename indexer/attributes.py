@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import geometry
+from .clusters import design_effect
 from .faces import CROP_PADDING, CROP_SIZE
 
 log = logging.getLogger(__name__)
@@ -571,6 +572,9 @@ def training_side(index, sample: int = GEOMETRY_SAMPLE, seed: int = SEED) -> dic
         labels, labelled = np.asarray(z["labels"], bool), np.asarray(z["labelled"], bool)
         src = block.get("training_rate_source", "labels")
         files = [index.face_file(i) for i in range(index.n_faces)]
+        groups = identity_groups([index.face_identity(i) for i in range(index.n_faces)], files)
+        # the held-out identities the fitted probes were measured on (the same hash split as the build's)
+        held = labelled & group_split(groups, HELDOUT_FRACTION, f"heldout-{block.get('seed', SEED)}")
         rows = []
         for j, (name, met) in enumerate(zip(probes.names, probes.metrics)):
             row: dict = {"name": name, "status": met["status"]}
@@ -579,13 +583,17 @@ def training_side(index, sample: int = GEOMETRY_SAMPLE, seed: int = SEED) -> dic
             row["probe"] = probe
             thr = probes.threshold[j]
             calls = face_p[:, j] >= thr if np.isfinite(thr) else np.zeros(len(face_p), bool)
+            if block.get("source") == "fitted":
+                probe.update(_heldout_design_effects(calls[held], labels[held, j].astype(bool), groups[held]))
             if src == "labels":
                 row.update(n_training=int(labelled.sum()), n_training_pos=int(labels[labelled, j].sum()))
                 row["training_rate"] = row["n_training_pos"] / row["n_training"] if row["n_training"] else None
+                row["design_effect_training"] = design_effect(labels[labelled, j].astype(bool), groups[labelled])
                 pos = np.flatnonzero(labels[:, j])
             else:
                 row.update(n_training=int(len(face_p)), n_training_calls=int(calls.sum()))
                 row["training_rate"] = None  # computed from the calls by the statistics (same correction)
+                row["design_effect_training"] = design_effect(calls, groups)
                 pos = np.flatnonzero(calls)
             order = pos[np.argsort(-np.nan_to_num(face_p[pos, j], nan=-1), kind="stable")][:EXAMPLES]
             row["examples"] = [files[i] for i in order]
@@ -620,6 +628,16 @@ def training_side(index, sample: int = GEOMETRY_SAMPLE, seed: int = SEED) -> dic
             "sample": {n: [_r(v) for v in geo[pick, j]] for j, n in enumerate(geometry.NAMES)},
         }
     return out
+
+
+def _heldout_design_effects(calls: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict:
+    """Design effects of the probe's held-out TPR (calls among positives) and FPR (among negatives):
+    photos of one person share their label and mostly their call, so the held-out faces are worth
+    fewer independent ones (:mod:`indexer.clusters`)."""
+    return {
+        "design_effect_pos": design_effect(calls[truth], groups[truth]),
+        "design_effect_neg": design_effect(calls[~truth], groups[~truth]),
+    }
 
 
 def compare_feature_sets(

@@ -18,6 +18,10 @@ classify-and-count (Forman 2008) estimates the generated rate as p̂ = clip((q �
 * Interval: a percentile bootstrap (``n_boot`` replicates) that redraws the generated faces' classified
   rate *and* the probe's measured rates (they come from a finite held-out set), each as
   Beta(k + ½, n − k + ½) (:func:`draw_rate`: a Bayesian bootstrap that keeps its spread at k = 0).
+  The held-out and training faces cluster by identity (CelebA has about 20 photos a person, who share
+  their labels), so their counts enter at their effective size, k/D of n/D, with D each sample's
+  design effect over its identities (``design_effects``; :mod:`indexer.clusters`). Treating them as
+  independent gave 82% coverage and 17% type-I error at 20 photos per identity.
   Replicates with TPR* ≤ FPR* have no estimate; their share is ``undefined_share`` (the interval is
   over the rest). Where q lies significantly outside [FPR, TPR] (``outside_probe_range``) the estimate
   is clipped and its interval collapses on the bound: the counts are then at odds with the probe's
@@ -96,23 +100,38 @@ def bh(pvalues: Any) -> np.ndarray:
     return out
 
 
-def draw_rate(k: int, n: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Draws of a proportion observed as k of n: Beta(k + ½, n − k + ½) (Jeffreys).
+def draw_rate(k: float, n: float, rng: np.random.Generator, size: int, design_effect: float = 1.0) -> np.ndarray:
+    """Draws of a proportion observed as k of n: Beta(k + ½, n − k + ½) (Jeffreys), with k and n divided by
+    the sample's ``design_effect`` (faces clustered by identity are worth n / D independent ones).
 
     Why not Binomial(n, k/n)/n, the plain parametric bootstrap: at k = 0 (no false positive among the
     held-out negatives, no training face called positive) it has no spread at all, and a test or an
     interval built on it is certain of what it only saw once. This is the Bayesian bootstrap of a 0/1
     sample with half a pseudo-count on each side; for moderate k the two agree.
     """
-    return rng.beta(k + 0.5, n - k + 0.5, size)
+    d = max(1.0, float(design_effect or 1.0))
+    return rng.beta(k / d + 0.5, (n - k) / d + 0.5, size)
 
 
 def acc_bootstrap(
-    k: int, n: int, tp: int, n_pos: int, fp: int, n_neg: int, rng: np.random.Generator, n_boot: int = N_BOOT
+    k: int,
+    n: int,
+    tp: int,
+    n_pos: int,
+    fp: int,
+    n_neg: int,
+    rng: np.random.Generator,
+    n_boot: int = N_BOOT,
+    deff: tuple[float, float] = (1.0, 1.0),
 ) -> np.ndarray:
     """Bootstrap replicates of the ACC estimate: the generated faces' classified rate and the probe's
-    held-out TPR and FPR all redrawn (:func:`draw_rate`)."""
-    return acc(draw_rate(k, n, rng, n_boot), draw_rate(tp, n_pos, rng, n_boot), draw_rate(fp, n_neg, rng, n_boot))
+    held-out TPR and FPR all redrawn (:func:`draw_rate`; ``deff``: the held-out positives' and negatives'
+    design effects, since their photos cluster by identity)."""
+    return acc(
+        draw_rate(k, n, rng, n_boot),
+        draw_rate(tp, n_pos, rng, n_boot, deff[0]),
+        draw_rate(fp, n_neg, rng, n_boot, deff[1]),
+    )
 
 
 def rate_interval(reps: np.ndarray, level: float = 0.95) -> tuple[list[float] | None, float]:
@@ -142,18 +161,27 @@ def null_classified_rate(
     """(estimate, draws) of the classified rate a generator at the training rate would show."""
     p = row["probe"]
     n_pos, n_neg = p["n_heldout_pos"], p["n_heldout_neg"]
+    d_train = row.get("design_effect_training", 1.0)
     if source == "probe":
         nt, kt = row["n_training"], row["n_training_calls"]
-        return kt / nt, draw_rate(kt, nt, rng, n_null)
+        return kt / nt, draw_rate(kt, nt, rng, n_null, d_train)
     r, nt = row["training_rate"], row["n_training"]
-    tpr = draw_rate(p["tp"], n_pos, rng, n_null)
-    fpr = draw_rate(p["fp"], n_neg, rng, n_null)
-    rr = draw_rate(round(r * nt), nt, rng, n_null)
+    tpr = draw_rate(p["tp"], n_pos, rng, n_null, p.get("design_effect_pos", 1.0))
+    fpr = draw_rate(p["fp"], n_neg, rng, n_null, p.get("design_effect_neg", 1.0))
+    rr = draw_rate(round(r * nt), nt, rng, n_null, d_train)
     return p["fpr"] + (p["tpr"] - p["fpr"]) * r, fpr + (tpr - fpr) * rr
 
 
 def outside_probe_range(
-    k: int, n: int, tp: int, n_pos: int, fp: int, n_neg: int, rng: np.random.Generator, n_null: int = N_NULL
+    k: int,
+    n: int,
+    tp: int,
+    n_pos: int,
+    fp: int,
+    n_neg: int,
+    rng: np.random.Generator,
+    n_null: int = N_NULL,
+    deff: tuple[float, float] = (1.0, 1.0),
 ) -> bool:
     """Whether k of n calls is significantly (one-sided p < SHIFT_ALPHA) below what false positives alone
     give (q < FPR) or above what a generator made only of positives gives (q > TPR). Either contradicts
@@ -161,8 +189,8 @@ def outside_probe_range(
     (A true omission sits at q ≈ FPR, inside the range.)"""
     from scipy.stats import binom
 
-    below = float(np.mean(binom.cdf(k, n, draw_rate(fp, n_neg, rng, n_null))))
-    above = float(np.mean(binom.sf(k - 1, n, draw_rate(tp, n_pos, rng, n_null))))
+    below = float(np.mean(binom.cdf(k, n, draw_rate(fp, n_neg, rng, n_null, deff[1]))))
+    above = float(np.mean(binom.sf(k - 1, n, draw_rate(tp, n_pos, rng, n_null, deff[0]))))
     return min(below, above) < SHIFT_ALPHA
 
 
@@ -259,7 +287,8 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
         if source == "probe":
             row["training_rate"] = float(acc(tr["n_training_calls"] / tr["n_training"], probe["tpr"], probe["fpr"]))
         q0, q0_draws = null_classified_rate(tr, source, rng)
-        reps = acc_bootstrap(k, n, tp, n_pos, fp, n_neg, rng, n_boot)
+        deff = (probe.get("design_effect_pos", 1.0), probe.get("design_effect_neg", 1.0))
+        reps = acc_bootstrap(k, n, tp, n_pos, fp, n_neg, rng, n_boot, deff)
         interval, undefined = rate_interval(reps)
         row.update(
             generated_rate=float(acc(k / n, probe["tpr"], probe["fpr"])),
@@ -270,7 +299,12 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
             expected_classified_rate=float(q0),
             p_value=rate_test(k, n, q0_draws),
             direction="under" if k / n < q0 else "over",
-            outside_probe_range=outside_probe_range(k, n, tp, n_pos, fp, n_neg, rng),
+            outside_probe_range=outside_probe_range(k, n, tp, n_pos, fp, n_neg, rng, deff=deff),
+            design_effects={
+                "heldout_pos": deff[0],
+                "heldout_neg": deff[1],
+                "training": tr.get("design_effect_training", 1.0),
+            },
             label_shift=label_shift(p, tr.get("heldout_p")),
         )
         shifted = bool(row["label_shift"] and row["label_shift"]["p_value"] < SHIFT_ALPHA)
