@@ -43,8 +43,13 @@
   }
 
   const num = (x, d) => (x === null || x === undefined ? "n/a" : Number(x).toFixed(d));
-  // a support size or other count-like estimate: 3 significant digits when small, grouped when large
-  const big = (x) => (x >= 100 ? Math.round(x).toLocaleString("en-US") : Number(x).toPrecision(3));
+  // A support size, rounded to what its interval supports: to the power of ten one below the
+  // interval's width (902 [654–1185] reads 900 [650–1190]), never past whole faces, grouped by thousands.
+  const unitOf = (iv) => {
+    if (!iv || !(iv[1] > iv[0])) return 1;
+    return Math.max(1, Math.pow(10, Math.floor(Math.log10(iv[1] - iv[0])) - 1));
+  };
+  const big = (x, unit) => (Math.round(x / (unit || 1)) * (unit || 1)).toLocaleString("en-US");
   // a distance as the page shows it: descriptor distances to 3 decimals, pixel L1 sums as integers
   const dist = (channel, x) => (x === null || x === undefined ? "n/a" : channel === "pixel" ? String(Math.round(x)) : num(x, 3));
   const interval = (iv) => (iv ? `95% CI ${pct(iv[0])}–${pct(iv[1])}` : "");
@@ -277,12 +282,19 @@
     for (const ch of ["semantic", "pixel"]) {
       const c = col[ch];
       if (!c) continue;
+      // The support assumes the index's chance rate f holds for these faces (the batch audit checks it
+      // against real faces of the same domain); a bound below the batch's own size says nothing.
+      const unit = unitOf(c.interval);
       const est =
         c.estimate !== null && c.estimate !== undefined
-          ? `support ≈ ${big(c.estimate)}` + (c.interval ? ` (95% ${big(c.interval[0])}–${big(c.interval[1])})` : "")
-          : c.lower_bound !== null && c.lower_bound !== undefined
-            ? `support ≥ ${big(c.lower_bound)} (95% lower bound)`
-            : "";
+          ? `support ≈ ${big(c.estimate, unit)}` +
+            (c.interval ? ` (95% ${big(c.interval[0], unit)}–${big(c.interval[1], unit)})` : "") +
+            " if the index's chance rate holds for these faces"
+          : c.lower_bound !== null && c.lower_bound !== undefined && c.lower_bound >= c.faces
+            ? `support ≥ ${big(c.lower_bound)} (95% lower bound, if the index's chance rate holds for these faces)`
+            : c.pairs_compared
+              ? "too few faces to bound the support"
+              : "";
       parts.push(
         el(
           "p",
