@@ -33,13 +33,13 @@ CHANNELS = ("semantic", "pixel")
 def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
     """The report's data dict (without ``timing``); ``provenance`` holds ``command``, ``source``,
     ``backend`` and ``index`` (what was audited against what), which the statistics do not read."""
-    th = Thresholds.from_dict(passes.first["calibration"])
+    thresholds = Thresholds.from_dict(passes.first["calibration"])
     main, training = passes.main, passes.training
     null = strangers(training, passes.reference, options)
-    pairs = batch_pairs(main.descriptors, main.pixels, th)
+    pairs = batch_pairs(main.descriptors, main.pixels, thresholds)
     generator = provenance["source"]["kind"] == "generator"
-    support_blocks = support_statistics(len(main.ok), pairs, passes.trials, th, null, options, generator)
-    mem = memorization_statistics(main, th, null)
+    support_blocks = support_statistics(len(main.ok), pairs, passes.trials, thresholds, null, options, generator)
+    mem = memorization_statistics(main, thresholds, null)
     ct_block = ct_test(main, null, training)
     idents = identity_concentration(main, null, options["seed"])
     decisions = verdict.decide(mem, ct_block, idents, options["alpha"], null.name)
@@ -68,18 +68,18 @@ def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
         "support": support_blocks["support"],
         "support_reference": training["support_reference"],
         "crossing": support_blocks["crossing"],
-        "collisions": views.collisions(main, pairs, th),
+        "collisions": views.collisions(main, pairs, thresholds),
         "birthday": support_blocks["birthday"],
         "ct_test": ct_block,
         "identities": idents,
         "distribution": distribution(main.descriptors, passes.train_descriptors, options["seed"]),
-        "grid": views.grid(main.entries, th, options["grid_max"], options["grid_expanded"]),
-        "rows": views.rows(main, pairs, th),
+        "grid": views.grid(main.entries, thresholds, options["grid_max"], options["grid_expanded"]),
+        "rows": views.rows(main, pairs, thresholds),
     }
-    data["birthday"]["top_pairs"] = views.top_pairs(main, pairs, th)
+    data["birthday"]["top_pairs"] = views.top_pairs(main, pairs, thresholds)
     om = omissions.analyse(main.entries, training["omissions"], seed=options["seed"])
     data["attributes"], data["geometry"] = om["attributes"], om["geometry"]
-    data["histograms"] = views.histograms(main.ok_entries, null, th)
+    data["histograms"] = views.histograms(main.ok_entries, null, thresholds)
     return data
 
 
@@ -90,14 +90,14 @@ def support_statistics(
     n_faces: int,
     pairs: dict,
     trials: list[Trial],
-    th: Thresholds,
+    thresholds: Thresholds,
     null: TrainingStrangers,
     options: dict,
     generator: bool,
 ) -> dict:
     """Support from every pair of the main sample and of every trial batch, the 50% crossing, and
     the trial rows of the birthday plot."""
-    trial_pairs = [batch_pairs(t.answers.descriptors, t.answers.pixels, th) for t in trials]
+    trial_pairs = [batch_pairs(t.answers.descriptors, t.answers.pixels, thresholds) for t in trials]
     trial_faces = [len(t.answers.ok) for t in trials]
     if generator:
         rows = _generator_rows(trials, trial_faces, trial_pairs, options["batch_sizes"])
@@ -114,10 +114,10 @@ def support_statistics(
             f"birthday plot, and the 50% crossing is read from the pooled pair rate (subsets of one folder are "
             f"not independent trials)."
         )
-    reference_rates = null.pair_rates(th)
+    reference_rates = null.pair_rates(thresholds)
     out: dict = {"support": {}, "crossing": {}}
     for ch in CHANNELS:
-        pair_threshold = getattr(th, f"collision_{ch}")
+        pair_threshold = getattr(thresholds, f"collision_{ch}")
         if pair_threshold is None:
             out["support"][ch] = out["crossing"][ch] = None
             continue
@@ -202,7 +202,7 @@ def _row(s: int, faces_found: list[int], counts: dict[str, list[int]]) -> dict:
 # ----------------------------------------------------------------------------- against strangers
 
 
-def memorization_statistics(main: Answers, th: Thresholds, null: TrainingStrangers) -> dict:
+def memorization_statistics(main: Answers, thresholds: Thresholds, null: TrainingStrangers) -> dict:
     """:func:`service.stats.memorization.memorization` over the whole sample, against the training side's
     strangers; then the null's tests (with a real reference, two-sample tests against it) give the
     p-values that decide."""
@@ -216,12 +216,12 @@ def memorization_statistics(main: Answers, th: Thresholds, null: TrainingStrange
         [{"file": s["file"], "identity": s["identity"]} for s in sem],
         generated["pixel"],
         [{"file": p["file"], "identity": p["identity"]} for p in pix],
-        th,
+        thresholds,
         pixels.PIXEL_DIM,
         positions=main.ok,
         calibration=null.nulls,
     )
-    null.test_rates(mem, generated, th)
+    null.test_rates(mem, generated, thresholds)
     return mem
 
 

@@ -37,7 +37,7 @@ class TrainingStrangers:
         """``summary.reference_real``: what the real reference was (None: there is none)."""
         return None
 
-    def test_rates(self, mem: dict, generated: dict[str, np.ndarray], th: Thresholds) -> None:
+    def test_rates(self, mem: dict, generated: dict[str, np.ndarray], thresholds: Thresholds) -> None:
         """Set ``mem["p_values"]`` (the ones that decide) and ``mem["null"]``; the training-side
         baselines are in ``mem`` already (:func:`service.stats.memorization.memorization`)."""
         likely = mem["likely_copies"]
@@ -61,7 +61,7 @@ class TrainingStrangers:
             cells["held_out_source"],
         )
 
-    def pair_rates(self, th: Thresholds) -> dict[str, dict]:
+    def pair_rates(self, thresholds: Thresholds) -> dict[str, dict]:
         """Per channel, how often pairs of strangers in the generated faces' domain collide (the check
         of the chance rate f); the training domain's rate is f itself, so no check."""
         return {}
@@ -93,19 +93,19 @@ class RealStrangers(TrainingStrangers):
             "faces": len(answers.ok),
         }
 
-    def test_rates(self, mem: dict, generated: dict[str, np.ndarray], th: Thresholds) -> None:
+    def test_rates(self, mem: dict, generated: dict[str, np.ndarray], thresholds: Thresholds) -> None:
         """Fisher's exact test of the generated and the reference faces' rates under each threshold;
         these p-values decide."""
-        super().test_rates(mem, generated, th)
+        super().test_rates(mem, generated, thresholds)
         if not self.answers.ok:
             return
         ref_sem, ref_pix = self.answers.top1_distances("semantic"), self.answers.top1_distances("pixel")
         gen_sem, gen_pix = generated["semantic"], generated["pixel"]
         n = len(gen_sem)
         for key, block, values, threshold, gen in (
-            ("same_person", mem["same_person"], ref_sem, th.identity, gen_sem),
-            ("copies_semantic", mem["likely_copies"].get("semantic"), ref_sem, th.semantic_copy, gen_sem),
-            ("copies_pixel", mem["likely_copies"].get("pixel"), ref_pix, th.pixel_copy, gen_pix),
+            ("same_person", mem["same_person"], ref_sem, thresholds.identity, gen_sem),
+            ("copies_semantic", mem["likely_copies"].get("semantic"), ref_sem, thresholds.semantic_copy, gen_sem),
+            ("copies_pixel", mem["likely_copies"].get("pixel"), ref_pix, thresholds.pixel_copy, gen_pix),
         ):
             if block is None or threshold is None:
                 continue
@@ -127,12 +127,12 @@ class RealStrangers(TrainingStrangers):
             "real reference faces (--reference-real), their nearest training face",
         )
 
-    def pair_rates(self, th: Thresholds) -> dict[str, dict]:
+    def pair_rates(self, thresholds: Thresholds) -> dict[str, dict]:
         # How often pairs of real faces of (almost surely) different people collide after the same pipeline.
         n = len(self.answers.ok)
         if n < 2:
             return {}
-        found = batch_pairs(self.answers.descriptors, self.answers.pixels, th)
+        found = batch_pairs(self.answers.descriptors, self.answers.pixels, thresholds)
         return {channel: support.pair_rate(n, len(pairs)) for channel, pairs in found.items()}
 
     def distances(self) -> dict[str, list]:

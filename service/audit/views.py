@@ -27,11 +27,11 @@ def _pair(main: Answers, i: int, j: int) -> dict:
     return {"a": main.entries[a]["image"], "b": main.entries[b]["image"], "a_index": a, "b_index": b}
 
 
-def collisions(main: Answers, pairs: dict, th: Thresholds) -> dict:
+def collisions(main: Answers, pairs: dict, thresholds: Thresholds) -> dict:
     """Per channel: the collision threshold, the count, and the first :data:`PAIRS_LISTED` pairs."""
     out = {}
     for channel in ("semantic", "pixel"):
-        pair_threshold = getattr(th, f"collision_{channel}")
+        pair_threshold = getattr(thresholds, f"collision_{channel}")
         found = pairs[channel]
         out[channel] = {
             "threshold": pair_threshold.threshold if pair_threshold else None,
@@ -45,19 +45,19 @@ def collisions(main: Answers, pairs: dict, th: Thresholds) -> dict:
     return out
 
 
-def grid(entries: list[dict], th: Thresholds, grid_max: int, expanded: int) -> dict:
+def grid(entries: list[dict], thresholds: Thresholds, grid_max: int, expanded: int) -> dict:
     """Rows of the nearest-neighbour figure, most suspicious first (closest to a copy threshold)."""
     rows = []
     for i, e in enumerate(entries):
         if e["status"] != "ok":
             continue
         sem, pix = e["semantic"][0], e["pixel"][0]
-        r_sem = sem["distance"] / th.semantic_copy if th.semantic_copy else math.inf
-        r_pix = pix["distance"] / th.pixel_copy if th.pixel_copy else math.inf
+        r_sem = sem["distance"] / thresholds.semantic_copy if thresholds.semantic_copy else math.inf
+        r_pix = pix["distance"] / thresholds.pixel_copy if thresholds.pixel_copy else math.inf
         badges = []
-        if th.semantic_copy is not None and sem["distance"] < th.semantic_copy:
+        if thresholds.semantic_copy is not None and sem["distance"] < thresholds.semantic_copy:
             badges.append("copy (semantic)")
-        if th.pixel_copy is not None and pix["distance"] < th.pixel_copy:
+        if thresholds.pixel_copy is not None and pix["distance"] < thresholds.pixel_copy:
             badges.append("copy (pixel)")
         if sem["same_person"]:
             badges.append("same person")
@@ -84,7 +84,7 @@ def grid(entries: list[dict], th: Thresholds, grid_max: int, expanded: int) -> d
     }
 
 
-def rows(main: Answers, pairs: dict, th: Thresholds) -> list[dict]:
+def rows(main: Answers, pairs: dict, thresholds: Thresholds) -> list[dict]:
     """One row per audited image (the CSV): status, top-1 in each channel, the flags."""
     partners = {ch: Counter() for ch in pairs}
     for ch, found in pairs.items():
@@ -107,8 +107,8 @@ def rows(main: Answers, pairs: dict, th: Thresholds) -> list[dict]:
                 "pixel_file": pix.get("file"),
                 "pixel_distance": pix.get("distance"),
                 "same_person": bool(sem.get("same_person")) if ok else None,
-                "copy_semantic": (sem["distance"] < th.semantic_copy) if ok and th.semantic_copy is not None else None,
-                "copy_pixel": (pix["distance"] < th.pixel_copy) if ok and th.pixel_copy is not None else None,
+                "copy_semantic": _under(sem, thresholds.semantic_copy) if ok else None,
+                "copy_pixel": _under(pix, thresholds.pixel_copy) if ok else None,
                 "collisions_semantic": partners["semantic"][i] if ok else None,
                 "collisions_pixel": partners["pixel"][i] if ok else None,
             }
@@ -116,10 +116,15 @@ def rows(main: Answers, pairs: dict, th: Thresholds) -> list[dict]:
     return out
 
 
-def top_pairs(main: Answers, pairs: dict, th: Thresholds) -> list[dict]:
+def _under(neighbour: dict, threshold: float | None) -> bool | None:
+    """Whether a top-1 neighbour is under a copy threshold (None: the index has no such threshold)."""
+    return neighbour["distance"] < threshold if threshold is not None else None
+
+
+def top_pairs(main: Answers, pairs: dict, thresholds: Thresholds) -> list[dict]:
     """The :data:`TOP_PAIRS` closest pairs by descriptor, colliding or not, for a human to confirm."""
     pixel_pairs = {(i, j): d for i, j, d in pairs["pixel"]}
-    sem_threshold = th.collision_semantic.threshold if th.collision_semantic else None
+    sem_threshold = thresholds.collision_semantic.threshold if thresholds.collision_semantic else None
     return [
         {"rank": rank + 1}
         | _pair(main, i, j)
@@ -145,11 +150,11 @@ REFERENCE_LABELS = {
 }
 
 
-def histograms(ok_entries: list[dict], null: TrainingStrangers, th: Thresholds) -> dict:
+def histograms(ok_entries: list[dict], null: TrainingStrangers, thresholds: Thresholds) -> dict:
     """The data of section 4: generated → training nearest distances beside the training nulls and,
     with a real reference, its faces' own distances; each series summarised (n, p1, median, share
     under the copy threshold)."""
-    copy = {"semantic": th.semantic_copy, "pixel": th.pixel_copy}
+    copy = {"semantic": thresholds.semantic_copy, "pixel": thresholds.pixel_copy}
     g_sem = [e["semantic"][0]["distance"] for e in ok_entries]
     g_pix = [e["pixel"][0]["distance"] for e in ok_entries]
     out: dict = {"generated_semantic": g_sem, "generated_pixel": g_pix, "stats": {}}
