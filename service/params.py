@@ -65,6 +65,25 @@ class Params:
         d["channels"] = list(self.channels)
         return d
 
+    def to_query(self) -> dict[str, str]:
+        """These parameters as a query string's values: :func:`parse_params` of the result gives them
+        back unchanged (floats in ``repr``, exact), so a client sends what was validated here."""
+        switch = {True: "1", False: "0"}
+        q = {
+            "k": str(self.k),
+            "channels": ",".join(self.channels),
+            "detector": self.detector,
+            "false_match_rate": repr(float(self.false_match_rate)),
+            "pair_false_match_rate": repr(float(self.pair_false_match_rate)),
+            "vectors": switch[self.vectors],
+            "attributes": switch[self.attributes],
+        }
+        if self.threshold is not None:
+            q["threshold"] = repr(float(self.threshold))
+        if self.resolution_match is not None:
+            q["resolution_match"] = switch[self.resolution_match]
+        return q
+
     def for_index(self, index: FaceIndex) -> Params:
         """These parameters with ``resolution_match`` decided for ``index``: the default is on when
         the index records its faces' resolution (``FaceIndex.face_resolution``), off otherwise; asking

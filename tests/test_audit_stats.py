@@ -289,3 +289,52 @@ def test_reference_faces_are_rendered_at_the_generators_resolution(tmp_path):
     assert render_at(b"not an image", 32, 128) == b"not an image"
     with pytest.raises(AuditError, match="reference_downscale needs reference_real"):
         audit(images=[img], index=tmp_path, reference_downscale=32)
+
+
+def test_the_audit_statistics_run_without_a_backend():
+    """The statistics half of an audit is plain functions of the passes' answers: a folder of 40
+    faces whose first 4 are one face (6 colliding pairs), and 30 real strangers as the null, with no
+    index or service anywhere."""
+    import base64
+    import dataclasses
+
+    from indexer import pixels
+    from service.audit import analysis
+    from service.audit.run import Answers
+    from service.audit.strangers import RealStrangers, TrainingStrangers
+
+    rng = np.random.default_rng(0)
+    sem = thresholds.PairThreshold("semantic", 0.2, 1e-5, 1e-5, 1, 100_000, (0.19, 0.21), 0.1, 10, "identities")
+    th = thresholds.Thresholds(0.4, "identities", 0.01, 0.01, 0.1, 0.1, 100.0, 1.0, 1, 1, 1, 1, sem, None, "")
+
+    def answers(desc: np.ndarray) -> Answers:
+        out = Answers()
+        body = [
+            {
+                "image": f"{i}.png",
+                "status": "ok",
+                "semantic": [{"distance": 0.5, "identity": str(i), "file": "a.jpg", "same_person": False}],
+                "pixel": [{"distance": 1000, "identity": str(i), "file": "a.jpg"}],
+                "descriptor": d.tolist(),
+                "pixels": base64.b64encode(bytes(pixels.PIXEL_DIM)).decode(),
+            }
+            for i, d in enumerate(desc)
+        ]
+        out.add({"images": body})
+        return out
+
+    gen = rng.normal(size=(40, 128))
+    gen[1:4] = gen[0]
+    main, real = answers(gen), answers(rng.normal(size=(30, 128)))
+    training = {"nulls": {"sem_diff_id": [0.5, None]}}
+    options = {"seed": 0, "batch_sizes": (4, 8), "trials": 3, "reference_real": "r", "detector": "hog"}
+    for null in (TrainingStrangers(training), RealStrangers(training, real, options)):
+        pairs = analysis.batch_pairs(main.descriptors, main.pixels, th)
+        out = analysis.support_statistics(len(main.ok), pairs, [], th, null, options, generator=False)
+        block = out["support"]["semantic"]
+        assert block["colliding_pairs"] == 6 and block["pairs_compared"] == 40 * 39 // 2
+        assert out["support"]["pixel"] is None and [r["s"] for r in out["birthday"]["rows"]] == [4, 8]
+        check = block["chance_rate_check"]
+        assert (check is None) == (null.name == "training")
+    assert dataclasses.is_dataclass(main) and null.summary()["faces"] == 30 and null.name == "reference_real"
+    assert null.pair_rates(th)["semantic"]["pairs"] == 30 * 29 // 2

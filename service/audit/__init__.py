@@ -18,12 +18,14 @@ service, with ``token=``). The other options and their defaults are in
 distances, which need the training descriptors (``index=`` only).
 
 Modules, one job each: ``sources`` (folders, generators, in-memory images), ``backends`` (in-process
-or server), ``run`` (the passes and the report's data), ``support`` (birthday-paradox support),
-``baselines`` (exact tests against strangers, Holm), ``ct`` (Meehan et al.'s C_T), ``identities``
-(identity concentration and its null), ``distribution`` (Fréchet distance, k-NN precision/recall),
-``reference`` (the training side, also served at ``GET /v1/reference``), ``verdict`` (the primary
-test and the Holm family), ``html`` and ``assets`` (the report), ``simulate`` (worlds with known
-truth for validation), ``cli`` (``python scripts/audit.py``, ``facemem audit``).
+or server), ``run`` (the passes: the requests and what they return), ``strangers`` (the null the
+generated faces are compared with: training-domain or real strangers), ``analysis`` (the statistics
+over the passes, and the report's data), ``views`` (the per-image grid, rows, pairs and histograms),
+``defaults`` (every option), ``formats`` (numbers for people and JSON), ``report`` (the HTML, its
+plots and thumbnails), ``simulate`` (worlds with known truth for validation), ``cli``
+(``python scripts/audit.py``, ``facemem audit``). The statistics themselves are in
+:mod:`service.stats` (support, baselines, C_T, identities, omissions, distribution, verdict, and the
+training side, also served at ``GET /v1/reference``).
 """
 
 from __future__ import annotations
@@ -117,40 +119,83 @@ def audit(
     :class:`service.audit.backends.AuditError` (with an exit code) or
     :class:`service.audit.sources.SourceError` for anything the caller can fix."""
     from .backends import EXIT_USAGE, AuditError, LocalBackend, ServerBackend
-    from .defaults import DEFAULTS
-    from .run import Audit
-    from .sources import FolderSource, GeneratorSource, ImagesSource, load_generator
+    from .run import request_params
 
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(f"unknown audit option(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
-    opts["batch_sizes"] = tuple(sorted({int(s) for s in opts["batch_sizes"]}))
+    opts = _resolve_options(options)
     if sum(x is not None for x in (generated, generator, images)) != 1:
         raise AuditError(EXIT_USAGE, "give exactly one of generated=, generator= and images=")
     if (index is None) == (server is None):
         raise AuditError(EXIT_USAGE, "give exactly one of index= and server=")
-    rd = opts["reference_downscale"]
-    if rd is not None and (not opts["reference_real"] or int(rd) < 8):
+    downscale = opts["reference_downscale"]
+    if downscale is not None and (not opts["reference_real"] or int(downscale) < 8):
         raise AuditError(EXIT_USAGE, "reference_downscale needs reference_real and a size of at least 8 px")
-    if opts["threshold"] is not None and options.get("false_match_rate") is not None:
-        opts["false_match_rate"] = None  # threshold wins, as in the service
-    if generated is not None:
-        source: Any = FolderSource.open(generated)
-    elif images is not None:
-        source = ImagesSource.of(list(images))
-    elif callable(generator):  # a sampler(n, seed) -> images, straight from a notebook
-        source = GeneratorSource(getattr(generator, "__name__", repr(generator)), generator)
-    else:
-        device = "cpu" if opts["device"] == "auto" else opts["device"]
-        source = load_generator(generator, device=device)
+    params = request_params(opts)  # once: every request and the training side derive from it
+    source = _open_source(generated, generator, images, opts["device"])
     backend = (
         LocalBackend(index, device=opts["device"], detect_processes=opts["detect_processes"])
         if index is not None
         else ServerBackend(server, token)
     )
     try:
-        data, thumbs, plots = Audit(opts, source, backend, command).run()
+        return _report(opts, params, source, backend, command)
     finally:
         backend.close()
+
+
+def _resolve_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The caller's options over :data:`service.audit.defaults.DEFAULTS` (None: the default)."""
+    from .defaults import DEFAULTS
+
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown audit option(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    opts["batch_sizes"] = tuple(sorted({int(s) for s in opts["batch_sizes"]}))
+    return opts
+
+
+def _open_source(generated: Any, generator: Any, images: list | None, device: str) -> Any:
+    """The one source given: a folder, in-memory images, a sampler callable or a generator spec."""
+    from .sources import FolderSource, GeneratorSource, ImagesSource, load_generator
+
+    if generated is not None:
+        return FolderSource.open(generated)
+    if images is not None:
+        return ImagesSource.of(list(images))
+    if callable(generator):  # a sampler(n, seed) -> images, straight from a notebook
+        return GeneratorSource(getattr(generator, "__name__", repr(generator)), generator)
+    return load_generator(generator, device="cpu" if device == "auto" else device)
+
+
+def _report(opts: dict, params: Any, source: Any, backend: Any, command: str) -> AuditResult:
+    """The passes, the statistics over what they returned, then the report's thumbnails and plots."""
+    import time
+
+    from .analysis import report_data
+    from .report.assets import figures, thumbnails
+    from .run import Audit
+
+    t_all = time.perf_counter()
+    passes = Audit(opts, params, source, backend).run()
+    generator = source.kind == "generator"
+    provenance = {
+        "command": command,
+        "source": {
+            "kind": source.kind,
+            "describe": source.describe,
+            "upscale": opts["upscale"] if generator else None,
+            "sample_seeds": passes.sample_seeds or None,
+        },
+        "backend": {"mode": backend.mode, "where": backend.where},
+        "index": backend.info(),
+    }
+    t0 = time.perf_counter()
+    data = report_data(passes, opts, provenance)
+    timing = passes.timing | {"statistics_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    thumbs = thumbnails(data, source, backend, passes.images, opts["progress"])
+    plots = figures(data, passes.training)
+    timing["thumbnails_plots_s"] = time.perf_counter() - t0
+    timing["total_s"] = time.perf_counter() - t_all
+    data["timing"] = timing
     return AuditResult(data, thumbs, plots)

@@ -3,13 +3,14 @@
 Both backends answer the same three questions with the same functions, so an audit gives the same
 numbers either way: ``neighbors`` (the body of ``POST /neighbors``, :func:`service.query.neighbors`),
 ``reference`` (the training side, :func:`service.stats.training_side.training_side`, which the service
-serves at ``GET /v1/reference``) and ``thumbnail`` (``GET /images/<file>``). The in-process answers
-go through a JSON round trip, so that both modes hand the statistics identical Python values.
+serves at ``GET /v1/reference``) and ``thumbnail`` (``GET /images/<file>``). Both take the audit's one
+validated :class:`service.params.Params`; the in-process answers go through
+:func:`service.audit.formats.json_safe` (NaN → None, NumPy → Python), the values a client reads from
+the service's JSON, so that both modes hand the statistics identical Python values.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from indexer import faces
 
 from .. import query, thumbnails
 from ..detect import DetectPool
-from ..params import ApiError, parse_params
+from ..params import ApiError, Params
+from .formats import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,6 @@ class AuditError(Exception):
 
 
 EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_SERVER = 2, 3, 4, 5
-
-
-def json_round_trip(x):
-    """What a client would get from the service's JSON for ``x`` (NaN → None, arrays → lists)."""
-    from .formats import json_safe
-
-    return json.loads(json.dumps(json_safe(x)))
 
 
 class LocalBackend:
@@ -71,22 +66,21 @@ class LocalBackend:
         from ..stats import thresholds
 
         out = query.index_info(self.index, thresholds.calibrate(self.index.calibration))
-        return json_round_trip(
+        return json_safe(
             {**out, "search": self.searcher.search_info(), "root": str(self.index.dataset_root), "path": self.where}
         )
 
-    def neighbors(self, images: list[tuple[str, bytes]], params: dict) -> dict:
+    def neighbors(self, images: list[tuple[str, bytes]], params: Params) -> dict:
         """:func:`service.query.neighbors` on one request's images, as the service would answer it."""
         try:
-            p = parse_params(params)
-        except ApiError as e:
+            return json_safe(query.neighbors(self.searcher, images, params, pool=self.pool))
+        except ApiError as e:  # a parameter this index cannot honour (the service answers 400)
             raise AuditError(EXIT_USAGE, e.message) from None
-        return json_round_trip(query.neighbors(self.searcher, images, p, pool=self.pool))
 
     def reference(self, **params) -> dict:
         from ..stats.training_side import training_side
 
-        return json_round_trip(training_side(self.index, **params))
+        return json_safe(training_side(self.index, **params))
 
     def thumbnail(self, file: str, size: int = THUMB) -> bytes | None:
         try:
@@ -148,9 +142,9 @@ class ServerBackend:
     def info(self) -> dict:
         return dict(self._info, path=self.where)
 
-    def neighbors(self, images: list[tuple[str, bytes]], params: dict) -> dict:
+    def neighbors(self, images: list[tuple[str, bytes]], params: Params) -> dict:
         with self._errors("POST /neighbors"):
-            return self.client.post_images(images, params)
+            return self.client.post_images(images, params.to_query())
 
     def reference(self, **params) -> dict:
         with self._errors("GET /v1/reference"):

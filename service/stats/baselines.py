@@ -19,8 +19,6 @@ Both are one-sided: "the generator is under the threshold more often than the nu
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import stats as sps
 
@@ -132,8 +130,3 @@ def holm(p_values: dict[str, float | None], alpha: float = 0.05) -> dict[str, di
         running = max(running, min(1.0, (m - rank) * p))
         out[name] = {"p_value": p, "p_holm": running, "reject": running < alpha}
     return out
-
-
-def normal_sf(z: float) -> float:
-    """P(Z ≥ z) for a standard normal (one-sided p-value of a z-score)."""
-    return float(0.5 * math.erfc(z / math.sqrt(2.0)))

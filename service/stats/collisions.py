@@ -70,6 +70,37 @@ def _close_pairs_l1(x: np.ndarray, threshold: float) -> list[tuple[int, int, flo
     return sorted((i, j, dist) for (i, j), dist in found.items())
 
 
+def batch_pairs(descriptors: np.ndarray, pix: np.ndarray, th: Thresholds) -> dict[str, list[tuple[int, int, float]]]:
+    """Colliding pairs of one batch in each channel (positions among its faces), under the channel's
+    pair-calibrated collision threshold; a channel without a threshold has none."""
+    out = {}
+    for channel, x, pt, metric in (
+        ("semantic", descriptors, th.collision_semantic, "euclidean"),
+        ("pixel", pix, th.collision_pixel, "cityblock"),
+    ):
+        out[channel] = close_pairs(x, pt.threshold, metric) if pt is not None else []
+    return out
+
+
+def closest_pairs(descriptors: np.ndarray, m: int = 20, block: int = 512) -> list[tuple[int, int, float]]:
+    """The ``m`` closest pairs (i < j) by descriptor distance, exactly, in bounded memory: the pairs a
+    human should look at first, colliding or not."""
+    x = np.asarray(descriptors, np.float64)
+    n = len(x)
+    best: list[tuple[float, int, int]] = []
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        d = cdist(x[s:e], x)
+        d[(np.arange(s, e)[:, None] >= np.arange(n)[None, :])] = np.inf  # keep j > i
+        flat = d.ravel()
+        take = min(m, flat.size)
+        for f in np.argpartition(flat, take - 1)[:take] if take else []:
+            if np.isfinite(flat[f]):
+                best.append((float(flat[f]), s + int(f) // n, int(f) % n))
+        best = sorted(best)[:m]
+    return [(i, j, d) for d, i, j in best]
+
+
 # ----------------------------------------------------------------------------- birthday paradox
 
 
@@ -104,9 +135,7 @@ def collisions(
             out[channel] = {"threshold": None, "pairs": [], "note": "the index is too small for a collision threshold"}
             continue
         pairs = close_pairs(x, pt.threshold, metric)
-        est = support.estimate(
-            [support.Batch(s, tuple((i, j) for i, j, _ in pairs))], pt.per_pair_false_match_rate, confidence
-        )
+        est = support.estimate([support.Batch.from_pairs(s, pairs)], pt.per_pair_false_match_rate, confidence)
         cast = float if channel == "semantic" else (lambda v: int(round(v)))  # L1 sums are integers
         out[channel] = {
             "threshold": pt.threshold,

@@ -35,6 +35,8 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
+from .baselines import clopper_pearson
+
 REFERENCE = (
     "S. Arora and Y. Zhang, Do GANs actually learn the distribution? An empirical study, arXiv:1706.08224 (2017)"
 )
@@ -53,6 +55,11 @@ class Batch:
     @property
     def n_pairs(self) -> int:
         return self.n * (self.n - 1) // 2
+
+    @classmethod
+    def from_pairs(cls, n: int, pairs: list[tuple[int, int, float]]) -> Batch:
+        """A batch from :func:`service.stats.collisions.close_pairs`' (i, j, distance) triples."""
+        return cls(n, tuple((i, j) for i, j, _ in pairs))
 
 
 def garwood(c: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -236,6 +243,48 @@ def estimate(
     return out
 
 
+def chance_rate_check(batches: list[Batch], f: float, reference_rate: dict | None, seed: int) -> dict | None:
+    """Whether the calibrated chance rate f holds in the generated faces' domain, from real reference
+    faces' own pair collisions (``reference_rate``: ``pairs``, ``colliding``, ``rate``, ``interval``;
+    None: no reference, no check); and the support with the reference's rate as the chance rate.
+
+    Why: f is measured on training-domain pairs; where real strangers collide more often after the
+    same pipeline (sharper or wilder photos, another detector), f·C(s,2) undercounts the chance pairs
+    and the support estimate is biased low."""
+    if reference_rate is None:
+        return None
+    lo, hi = reference_rate["interval"]
+    out = {
+        "ratio": reference_rate["rate"] / f if f > 0 else None,
+        "consistent": bool(lo <= f <= hi),
+        "support_at_reference_rate": None,
+    }
+    if reference_rate["colliding"] > 0:
+        alt = estimate(batches, reference_rate["rate"], seed=seed)
+        out["support_at_reference_rate"] = {
+            k: alt[k] for k in ("estimate", "interval", "lower_bound", "note") if k in alt
+        }
+    if not out["consistent"]:
+        more = reference_rate["rate"] > f
+        out["note"] = (
+            f"real faces of different people collide {reference_rate['rate'] / f:.3g}x as often as the calibrated "
+            f"f in this domain: the chance pairs are {'under' if more else 'over'}counted, and "
+            f"the support estimate is biased {'low' if more else 'high'}"
+        )
+    return out
+
+
+def pair_rate(n: int, colliding: int) -> dict:
+    """The colliding share of the C(n,2) pairs of ``n`` faces, with its Clopper–Pearson interval."""
+    pairs = n * (n - 1) // 2
+    return {
+        "pairs": pairs,
+        "colliding": colliding,
+        "rate": colliding / (n * (n - 1) / 2),
+        "interval": clopper_pearson(colliding, pairs),
+    }
+
+
 # ----------------------------------------------------------------------------- the 50% crossing
 
 
@@ -316,6 +365,28 @@ def crossing_fit(faces: list[int], collided: list[bool], f: float, confidence: f
         rule_s2=s50(q_hat) ** 2,
     )
     return out
+
+
+def crossing_from_rate(est: dict, f: float) -> dict:
+    """The crossing of P(s) = 1 − exp(−C(s,2)·q) at the pooled rate q of :func:`estimate`'s ``est``, its
+    interval from the rate's interval. Why not :func:`crossing_fit`: subsets of one folder are not
+    independent trials, so only the pooled rate is evidence."""
+    out = {
+        "s50": None,
+        "interval": None,
+        "support": est["estimate"],
+        "support_interval": est["interval"],
+        "rule_s2": None,
+        "rate": est["rate"],
+        "method": "from the pooled pair rate of all audited faces: C(s50,2)·q = ln 2; interval from the rate's",
+    }
+    q = est["rate"]
+    if q:
+        out["s50"] = s50(q)
+        out["rule_s2"] = out["s50"] ** 2
+    if est["rate_interval"]:
+        lo, hi = est["rate_interval"]
+        out["interval"] = [s50(hi), s50(lo) if lo > 0 else None]
 
 
 # ----------------------------------------------------------------------------- support in the generated domain

@@ -58,14 +58,9 @@ def _reference_support(index: FaceIndex, th: thresholds.Thresholds, faces: int, 
     batches: dict[str, list[support.Batch]] = {"semantic": [], "pixel": []}
     for _ in range(draws):
         rows = np.sort(rng.choice(n_all, size, replace=False))
-        for ch, x, pt, metric in (
-            ("semantic", index.descriptors, th.collision_semantic, "euclidean"),
-            ("pixel", index.pixels, th.collision_pixel, "cityblock"),
-        ):
-            if pt is None:
-                continue
-            pairs = collisions.close_pairs(np.asarray(x[rows]), pt.threshold, metric)
-            batches[ch].append(support.Batch(size, tuple((i, j) for i, j, _ in pairs)))
+        found = collisions.batch_pairs(np.asarray(index.descriptors[rows]), np.asarray(index.pixels[rows]), th)
+        for ch, pairs in found.items():
+            batches[ch].append(support.Batch.from_pairs(size, pairs))
     out = {}
     for ch, pt in (("semantic", th.collision_semantic), ("pixel", th.collision_pixel)):
         if pt is None or not batches[ch]:

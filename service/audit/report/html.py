@@ -94,36 +94,46 @@ def support_text(b: dict | None) -> str:
 
 
 def _summary(d: dict) -> str:
-    s, mem, cal = d["summary"], d["memorization"], d["calibration"]
-    src, idx, scope = d["source"], d["index"], d.get("scope") or {}
-    dec = s["decisions"]
+    """Section 1: the verdict, the decisions, the headline numbers, the thresholds and the index."""
+    s = d["summary"]
     out = [f'<section id="summary" data-section="summary"><h2>{TITLE["summary"]}</h2>']
     out.append(f'<p class="big" data-verdict>{esc(s["verdict"])}</p>')
     if s.get("caveat"):
         out.append(f'<p class="note" data-caveat>{esc(s["caveat"])}</p>')
-    out.append(
-        _kv(
-            [
-                ("source", esc(src["describe"])),
-                ("mode", esc(f"{d['backend']['mode']}: {d['backend']['where']}")),
-                ("images audited", fmt(s["images"])),
-                (
-                    "faces found",
-                    f"{fmt(s['faces'])} ok · {fmt(s['counts'].get('no_face', 0))} no face · "
-                    f"{fmt(s['counts'].get('unreadable', 0))} unreadable "
-                    f"(detector <code>{esc(d['params']['detector'])}</code>)",
-                ),
-                ("scope", esc(scope.get("note", ""))),
-                (
-                    "null",
-                    "real reference faces run through the same pipeline (--reference-real)"
-                    if dec["null"] == "reference_real"
-                    else "the index's own strangers (each training face's nearest other-identity face); the "
-                    "generated faces come from another domain, so a domain-matched --reference-real is better",
-                ),
-            ]
-        )
+    out += [_summary_audited(d), _decisions(s["decisions"]), _headline(d), _thresholds(d["calibration"])]
+    out.append(_index_table(d["index"]))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _summary_audited(d: dict) -> str:
+    """What was audited against what, and which null decides."""
+    s, src, scope = d["summary"], d["source"], d.get("scope") or {}
+    return _kv(
+        [
+            ("source", esc(src["describe"])),
+            ("mode", esc(f"{d['backend']['mode']}: {d['backend']['where']}")),
+            ("images audited", fmt(s["images"])),
+            (
+                "faces found",
+                f"{fmt(s['faces'])} ok · {fmt(s['counts'].get('no_face', 0))} no face · "
+                f"{fmt(s['counts'].get('unreadable', 0))} unreadable "
+                f"(detector <code>{esc(d['params']['detector'])}</code>)",
+            ),
+            ("scope", esc(scope.get("note", ""))),
+            (
+                "null",
+                "real reference faces run through the same pipeline (--reference-real)"
+                if s["decisions"]["null"] == "reference_real"
+                else "the index's own strangers (each training face's nearest other-identity face); the "
+                "generated faces come from another domain, so a domain-matched --reference-real is better",
+            ),
+        ]
     )
+
+
+def _decisions(dec: dict) -> str:
+    """The primary test and the Holm family, with their p-values and decisions."""
     rows = [
         f"<tr><td><b>primary</b></td><td>{esc(dec['primary']['hypothesis'])}</td>"
         f"<td class=num>{pval(dec['primary']['p_value'])}</td><td class=num>—</td>"
@@ -134,62 +144,68 @@ def _summary(d: dict) -> str:
             f"<tr><td>secondary</td><td>{esc(t['hypothesis'])}</td><td class=num>{pval(t['p_value'])}</td>"
             f"<td class=num>{pval(t['p_holm'])}</td><td>{badge_reject(t['reject'])}</td></tr>"
         )
-    out.append(
+    return (
         f"<h3>Decisions (α = {fmt(dec['alpha'])})</h3><table><tr><th></th><th>alternative hypothesis</th>"
         "<th>p</th><th>p (Holm)</th><th>decision</th></tr>" + "".join(rows) + "</table>"
         f'<p class="note">{esc(dec["correction"])}. One test is primary, named before the data; the others are '
         "a family whose p-values are adjusted together.</p>"
     )
+
+
+def _headline(d: dict) -> str:
+    """Same person against strangers, the support beside the training data's, and C_T."""
     sup, ref = d.get("support") or {}, d.get("support_reference") or {}
-    same, ctb = mem.get("same_person") or {}, d.get("ct_test") or {}
-    out.append(
-        "<h3>Headline numbers</h3>"
-        + _kv(
-            [
-                (
-                    "same person as the nearest training face",
-                    f"{pct(same.get('share'))} {ci(same.get('interval'))} vs strangers "
-                    f"{pct((same.get('reference_real') or same.get('baseline') or {}).get('null_rate'))}",
-                ),
-                ("support, semantic (generator)", support_text(sup.get("semantic"))),
-                ("support, semantic (training data, same estimator)", support_text(ref.get("semantic"))),
-                ("support, pixel (generator)", support_text(sup.get("pixel"))),
-                ("support, pixel (training data)", support_text(ref.get("pixel"))),
-                ("C_T", f"{fmt(ctb.get('statistic'))} — {esc(ctb.get('reading', ''))}"),
-            ]
-        )
+    same, ctb = d["memorization"].get("same_person") or {}, d.get("ct_test") or {}
+    return "<h3>Headline numbers</h3>" + _kv(
+        [
+            (
+                "same person as the nearest training face",
+                f"{pct(same.get('share'))} {ci(same.get('interval'))} vs strangers "
+                f"{pct((same.get('reference_real') or same.get('baseline') or {}).get('null_rate'))}",
+            ),
+            ("support, semantic (generator)", support_text(sup.get("semantic"))),
+            ("support, semantic (training data, same estimator)", support_text(ref.get("semantic"))),
+            ("support, pixel (generator)", support_text(sup.get("pixel"))),
+            ("support, pixel (training data)", support_text(ref.get("pixel"))),
+            ("C_T", f"{fmt(ctb.get('statistic'))} — {esc(ctb.get('reading', ''))}"),
+        ]
     )
+
+
+def _thresholds(cal: dict) -> str:
+    """The thresholds the index itself gives, and what each means."""
     coll = cal.get("collision_semantic") or {}
     collp = cal.get("collision_pixel") or {}
-    out.append(
-        "<h3>Thresholds (from the index itself)</h3>"
-        + _kv(
-            [
-                (
-                    "identity threshold (1:N, same person)",
-                    f"{fmt(cal.get('identity'))} (source: {esc(cal.get('source'))}; target false-match rate "
-                    f"{pct(cal.get('false_match_rate'))}; expected recall {pct(cal.get('expected_recall'))})",
-                ),
-                (
-                    "collision threshold, semantic (1:1, per pair)",
-                    f"{fmt(coll.get('threshold'))}: a pair of two different training people falls under it with "
-                    f"probability {fmt(coll.get('per_pair_false_match_rate'))}; "
-                    f"{pct(coll.get('same_identity_recall'))} of same-person training pairs do",
-                ),
-                (
-                    "collision threshold, pixel",
-                    f"{fmt(collp.get('threshold'))} L1 (per-pair rate {fmt(collp.get('per_pair_false_match_rate'))}; "
-                    f"same-person recall {pct(collp.get('same_identity_recall'))})",
-                ),
-                ("semantic copy threshold", fmt(cal.get("semantic_copy"))),
-                (
-                    "pixel copy threshold",
-                    f"{fmt(cal.get('pixel_copy'))} L1 sum ({fmt(cal.get('pixel_copy_per_value'))} per value)",
-                ),
-                ("note", esc(cal.get("note"))),
-            ]
-        )
+    return "<h3>Thresholds (from the index itself)</h3>" + _kv(
+        [
+            (
+                "identity threshold (1:N, same person)",
+                f"{fmt(cal.get('identity'))} (source: {esc(cal.get('source'))}; target false-match rate "
+                f"{pct(cal.get('false_match_rate'))}; expected recall {pct(cal.get('expected_recall'))})",
+            ),
+            (
+                "collision threshold, semantic (1:1, per pair)",
+                f"{fmt(coll.get('threshold'))}: a pair of two different training people falls under it with "
+                f"probability {fmt(coll.get('per_pair_false_match_rate'))}; "
+                f"{pct(coll.get('same_identity_recall'))} of same-person training pairs do",
+            ),
+            (
+                "collision threshold, pixel",
+                f"{fmt(collp.get('threshold'))} L1 (per-pair rate {fmt(collp.get('per_pair_false_match_rate'))}; "
+                f"same-person recall {pct(collp.get('same_identity_recall'))})",
+            ),
+            ("semantic copy threshold", fmt(cal.get("semantic_copy"))),
+            (
+                "pixel copy threshold",
+                f"{fmt(cal.get('pixel_copy'))} L1 sum ({fmt(cal.get('pixel_copy_per_value'))} per value)",
+            ),
+            ("note", esc(cal.get("note"))),
+        ]
     )
+
+
+def _index_table(idx: dict) -> str:
+    """The index the audit searched: its manifest's summary."""
     summ = idx.get("summary", {})
     man = [
         ("faces", fmt(summ.get("faces"))),
@@ -207,9 +223,7 @@ def _summary(d: dict) -> str:
     ]
     if idx.get("root"):
         man.insert(3, ("dataset root", esc(idx["root"])))
-    out.append("<h3>Index</h3>" + _kv(man))
-    out.append("</section>")
-    return "".join(out)
+    return "<h3>Index</h3>" + _kv(man)
 
 
 def badge_reject(r: bool | None) -> str:

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from ..formats import decimal, esc
+from . import plots
 
 SECTION_ID = "omissions"
 DIFFERS = '<span class="badge b-red">differs</span>'
@@ -122,7 +123,7 @@ def _examples(a: dict, thumbnails: dict[str, str]) -> str:
 def _geometry(g: dict) -> str:
     if not g.get("available"):
         return f'<p class="note warn">Pose and expression: not available: {esc(g.get("reason"))}</p>'
-    rows, plots = [], []
+    rows, figures = [], []
     for s in g["stats"]:
         t, gen = s["training"], s["generated"]
         rows.append(
@@ -135,7 +136,7 @@ def _geometry(g: dict) -> str:
         )
         uri = plots.plot_geometry(s)
         if uri:
-            plots.append(f'<img class="plot" src="{uri}" alt="{esc(s["name"])} histogram">')
+            figures.append(f'<img class="plot" src="{uri}" alt="{esc(s["name"])} histogram">')
     head = (
         "<tr><th>statistic</th><th>training median</th><th>generated median</th><th>spread ratio (IQR)</th>"
         "<th>KS</th><th>Wasserstein</th><th>q-value</th><th></th></tr>"
@@ -144,7 +145,7 @@ def _geometry(g: dict) -> str:
         f"<h3>Pose, expression and framing</h3><p>{g['n_generated']:,} generated faces against a seeded sample "
         f"of {esc(g.get('n_training_sample'))} training faces. Spread ratio &lt; 1: less varied than the "
         f"training set. Face size and position compare framing conventions as much as the generator.</p>"
-        f'<table>{head}{"".join(rows)}</table><div class="om-geo">{"".join(plots)}</div>'
+        f'<table>{head}{"".join(rows)}</table><div class="om-geo">{"".join(figures)}</div>'
     )
 
 
