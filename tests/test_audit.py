@@ -271,7 +271,7 @@ def audit_server(full_index_dir, tmp_path_factory):
 def test_pggan_report_renders_and_flags_the_planted_copies(pggan_report, pggan_folder, tmp_path):
     out, dt, p = pggan_report
     data = report_data(out)
-    assert data["format"] == "facemem-audit/2"
+    assert data["format"] == "facemem-audit/3"
     assert json.loads(out.with_suffix(".json").read_text()) == data  # --json is the embedded block
     n_files = N_PGGAN + 3
     assert data["summary"]["images"] == n_files

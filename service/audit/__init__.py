@@ -5,7 +5,7 @@ One call, for notebooks and scripts alike::
     from service.audit import audit
     res = audit(generator="dcgan32:../shared/data/generated/dcgan32_celeba/checkpoint_G.pth",
                 index="build/celeba10k", n=1000, detector="aligned")
-    res.data["support"]["semantic"]["estimate"]     # the numbers: the report's JSON, facemem-audit/2
+    res.data["support"]["semantic"]["estimate"]     # the numbers: the report's JSON, facemem-audit/3
     res.rows[:3]                                     # one dict per image (the CSV rows)
     res.to_html("report.html"); res.to_json("report.json"); res.to_csv("images.csv")
 
@@ -89,18 +89,16 @@ class AuditResult:
 
     def summary_line(self) -> str:
         """One line for a terminal."""
-        from .formats import fmt, pct
+        from .formats import fmt, pct, support_words
 
         d = self.data
-        s, sup = d["summary"], (d["support"] or {}).get("semantic") or {}
-        ref = (d["support_reference"] or {}).get("semantic") or {}
+        s, sup = d["summary"], (d["support"] or {}).get("semantic")
+        ref = (d["support_reference"] or {}).get("semantic")
         same = d["memorization"]["same_person"] or {}
-        est = sup.get("estimate") or sup.get("lower_bound")
-        rest = ref.get("estimate") or ref.get("lower_bound")
         return (
             f"{s['images']} images, {s['faces']} faces: {s['verdict']}; same person {pct(same.get('share'))}; "
-            f"support {fmt(est)}{'' if sup.get('estimate') else ' (lower bound)'} vs training data {fmt(rest)}"
-            f"{'' if ref.get('estimate') else ' (lower bound)'}; C_T {fmt((d.get('ct_test') or {}).get('statistic'))}"
+            f"support {support_words(sup)} vs training data {support_words(ref)}; "
+            f"C_T {fmt((d.get('ct_test') or {}).get('statistic'))}"
         )
 
 

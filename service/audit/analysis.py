@@ -1,5 +1,5 @@
 """The audit's statistics: plain functions of what the passes returned (:class:`service.audit.run.Passes`)
-and the options, no backend; :func:`report_data` assembles the report's data dict, ``facemem-audit/2``.
+and the options, no backend; :func:`report_data` assembles the report's data dict, ``facemem-audit/3``.
 
 Every pair of faces inside the main sample and inside each trial batch is compared locally from the
 returned vectors, with the service's own :func:`service.stats.collisions.close_pairs`; the statistics
@@ -26,8 +26,14 @@ from .strangers import TrainingStrangers, strangers
 
 log = logging.getLogger(__name__)
 
-FORMAT = "facemem-audit/2"
+FORMAT = "facemem-audit/3"
 CHANNELS = ("semantic", "pixel")
+SUPPORT_CAVEAT = (
+    "no real faces of the generated domain (--reference-real): the support has no number, only the excess "
+    "collision rate over the training domain's chance rate f; generated faces of another domain collide by "
+    "chance far more often (46× f for wild photos, 2,400× at 32 px), which would make a generator of new people "
+    "look small"
+)
 
 
 def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
@@ -80,6 +86,8 @@ def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
     om = omissions.analyse(main.entries, training["omissions"], seed=options["seed"])
     data["attributes"], data["geometry"] = om["attributes"], om["geometry"]
     data["histograms"] = views.histograms(main.ok_entries, null, thresholds)
+    if null.name == "training":
+        data["summary"]["support_caveat"] = SUPPORT_CAVEAT
     return data
 
 
@@ -115,6 +123,7 @@ def support_statistics(
             f"not independent trials)."
         )
     reference_rates = null.pair_rates(thresholds)
+    reference_batches = null.pair_batches(thresholds)
     out: dict = {"support": {}, "crossing": {}}
     for ch in CHANNELS:
         pair_threshold = getattr(thresholds, f"collision_{ch}")
@@ -126,7 +135,7 @@ def support_statistics(
         batches += [support.Batch.from_pairs(n, found[ch]) for n, found in zip(trial_faces, trial_pairs)]
         estimate = support.estimate(batches, f, seed=options["seed"])
         out["support"][ch] = {
-            **estimate,
+            **support.in_domain(batches, f, reference_batches.get(ch), seed=options["seed"]),
             "threshold": pair_threshold.threshold,
             "per_pair_false_match_rate": f,
             "same_identity_recall": pair_threshold.same_identity_recall,
@@ -135,7 +144,8 @@ def support_statistics(
         }
         if generator and trials:
             collided = [len(found[ch]) > 0 for found in trial_pairs]
-            out["crossing"][ch] = support.crossing_fit(trial_faces, collided, f)
+            sizes = [t.s for t in trials]
+            out["crossing"][ch] = support.crossing_fit(trial_faces, collided, f, sizes=sizes, seed=options["seed"])
         else:
             out["crossing"][ch] = support.crossing_from_rate(estimate, f)
     out["birthday"] = {

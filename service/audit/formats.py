@@ -69,3 +69,36 @@ def decimal(x: Any, digits: int = 3) -> str:
         return "—"
     x = float(x)
     return f"{x:.{digits - 1}e}" if x != 0 and abs(x) < 10**-(digits) else f"{x:.{digits}f}"
+
+
+def rounded(x: float, interval: list | None = None) -> str:
+    """A support-like count rounded to what its interval supports: to the power of ten one below the
+    interval's width (902 [654–1185] → 900), never finer than whole units, grouped by thousands."""
+    unit = 1.0
+    if interval and interval[0] is not None and interval[1] is not None and interval[1] > interval[0]:
+        unit = max(1.0, 10 ** (math.floor(math.log10(interval[1] - interval[0])) - 1))
+    return f"{round(x / unit) * unit:,.0f}"
+
+
+def support_words(block: dict | None) -> str:
+    """A support block in words, plain text: the estimate and interval rounded to what the interval
+    supports, the one-sided bound, or why there is no number."""
+    if not block:
+        return "—"
+    iv = block.get("interval")
+    if block.get("estimate") is not None:
+        est = rounded(block["estimate"], iv)
+        return est + (f" [{rounded(iv[0], iv)} – {rounded(iv[1], iv)}]" if iv else " (upper end unbounded)")
+    if iv:
+        return f"[{rounded(iv[0], iv)} – {rounded(iv[1], iv)}]"
+    if block.get("lower_bound") is not None:
+        return f"≥ {rounded(block['lower_bound'])} (one-sided 95% bound)"
+    if block.get("resolvable") is False:
+        return "not resolvable in this domain"
+    if block.get("chance_rate_source") == "training":
+        cond = block.get("conditional_on_f") or {}
+        bound = cond.get("lower_bound") or ((cond.get("interval") or [None])[0])
+        return "no number without a same-domain reference" + (
+            f" (≥ {rounded(bound)} if the training domain's chance rate held)" if bound else ""
+        )
+    return block.get("note") or "beyond what the threshold resolves"

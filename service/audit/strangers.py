@@ -66,6 +66,11 @@ class TrainingStrangers:
         of the chance rate f); the training domain's rate is f itself, so no check."""
         return {}
 
+    def pair_batches(self, thresholds: Thresholds) -> dict[str, list[support.Batch]]:
+        """Per channel, the strangers' own pairs as support batches: the chance rate in the generated
+        faces' domain that the support is re-based on (none here: f is the training domain's)."""
+        return {}
+
     def distances(self) -> dict[str, list]:
         """The real strangers' own nearest-training distances per channel, for the histograms (none
         here: the training nulls are drawn in any case)."""
@@ -82,6 +87,7 @@ class RealStrangers(TrainingStrangers):
     def __init__(self, training: dict, answers: Answers, options: dict):
         super().__init__(training)
         self.answers, self.options = answers, options
+        self._pairs: dict[str, list[support.Batch]] | None = None
 
     def summary(self) -> dict:
         options, answers = self.options, self.answers
@@ -130,10 +136,16 @@ class RealStrangers(TrainingStrangers):
     def pair_rates(self, thresholds: Thresholds) -> dict[str, dict]:
         # How often pairs of real faces of (almost surely) different people collide after the same pipeline.
         n = len(self.answers.ok)
+        return {ch: support.pair_rate(n, len(b[0].pairs)) for ch, b in self.pair_batches(thresholds).items()}
+
+    def pair_batches(self, thresholds: Thresholds) -> dict[str, list[support.Batch]]:
+        n = len(self.answers.ok)
         if n < 2:
             return {}
-        found = batch_pairs(self.answers.descriptors, self.answers.pixels, thresholds)
-        return {channel: support.pair_rate(n, len(pairs)) for channel, pairs in found.items()}
+        if self._pairs is None:  # computed once: the support and the chance-rate check both read them
+            found = batch_pairs(self.answers.descriptors, self.answers.pixels, thresholds)
+            self._pairs = {channel: [support.Batch.from_pairs(n, pairs)] for channel, pairs in found.items()}
+        return self._pairs
 
     def distances(self) -> dict[str, list]:
         if not self.answers.ok:

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 
-from ..formats import ci, esc, fmt, json_safe, pct, pval
+from ..formats import ci, esc, fmt, json_safe, pct, pval, support_words
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +80,13 @@ def _kv(rows: list[tuple[str, str]]) -> str:
 
 
 def support_text(b: dict | None) -> str:
-    """An estimate block (support, support_reference) in words: estimate [interval], or the bound."""
-    if not b:
-        return "—"
-    if b.get("estimate") is not None:
-        iv = b.get("interval")
-        return f'<span class="big">{fmt(b["estimate"])}</span>' + (
-            f" [{fmt(iv[0])} – {fmt(iv[1])}]" if iv else " (upper end unbounded)"
-        )
-    if b.get("lower_bound") is not None:
-        return f'<span class="big">≥ {fmt(b["lower_bound"])}</span> (one-sided 95% bound)'
-    return esc(b.get("note") or "beyond what the threshold resolves")
+    """An estimate block (support, support_reference) in words (:func:`formats.support_words`), the
+    number emphasised."""
+    words = support_words(b)
+    if b and (b.get("estimate") is not None or b.get("lower_bound") is not None):
+        head, _, rest = words.partition(" ")
+        return f'<span class="big">{esc(head)}</span> {esc(rest)}'.rstrip()
+    return esc(words)
 
 
 def _summary(d: dict) -> str:
@@ -100,6 +96,8 @@ def _summary(d: dict) -> str:
     out.append(f'<p class="big" data-verdict>{esc(s["verdict"])}</p>')
     if s.get("caveat"):
         out.append(f'<p class="note" data-caveat>{esc(s["caveat"])}</p>')
+    if s.get("support_caveat"):
+        out.append(f'<p class="note warn" data-support-caveat>{esc(s["support_caveat"])}</p>')
     out += [_summary_audited(d), _decisions(s["decisions"]), _headline(d), _thresholds(d["calibration"])]
     out.append(_index_table(d["index"]))
     out.append("</section>")
@@ -413,12 +411,11 @@ def _birthday(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
             f"<td class=num>{fmt(g.get('colliding_pairs'))} / {fmt(g.get('pairs_compared'))} "
             f"(chance {fmt(g.get('expected_chance_pairs'))})</td>"
             f"<td>{fmt(c.get('s50'))} {ci(c.get('interval'), as_pct=False)}</td>"
-            f"<td>{fmt(c.get('support'))} {ci(c.get('support_interval'), as_pct=False)}</td>"
             f"<td class=num>{fmt(c.get('rule_s2'))}</td></tr>"
         )
     out.append(
         "<table><tr><th>channel</th><th>support, generator (95%)</th><th>support, training data (95%)</th>"
-        "<th>colliding / compared pairs</th><th>50% crossing s50</th><th>support from the crossing fit</th>"
+        "<th>colliding / compared pairs</th><th>50% crossing s50</th>"
         "<th>Arora &amp; Zhang s50²</th></tr>" + "".join(rows) + "</table>"
     )
     for ch in ("semantic", "pixel"):
