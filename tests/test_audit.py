@@ -311,7 +311,13 @@ def test_pggan_report_renders_and_flags_the_planted_copies(pggan_report, pggan_f
                 "method",
             ):
                 assert key in block, (ch, key)
-        assert {"s50", "interval", "support", "support_interval", "method"} <= set(data["crossing"][ch])
+        v3 = data["support"][ch]
+        assert {"resolvable", "conditional_on_f", "excess_rate", "chance_rate_source", "chance_rate"} <= set(v3)
+        assert v3["chance_rate_source"] == "reference_real"  # the headline is re-based on the real strangers
+        if not v3["resolvable"]:
+            assert v3["estimate"] is None and v3["interval"] is None and v3["lower_bound"] is None
+        # v3: the crossing gives no support number from its Poisson model
+        assert {"s50", "interval", "method"} <= set(data["crossing"][ch]) and "support" not in data["crossing"][ch]
     assert {"statistic", "p_value_copying", "per_cell"} <= set(data["ct_test"])
     assert set(data["memorization"]["p_values"]) == {"same_person", "copies_semantic", "copies_pixel"}
     assert data["memorization"]["null"] == "reference_real"
@@ -541,7 +547,7 @@ def test_threshold_is_pair_calibrated_and_does_not_move_with_the_index_size(full
 KNOWN_POOL = 150  # distinct faces the planted generator repeats, from outside part_index_dir
 
 
-def test_generator_with_a_known_mode_gets_an_interval_that_contains_its_support(part_index_dir):
+def test_generator_with_a_known_mode_gets_an_interval_that_contains_its_support(part_index_dir, tmp_path):
     """A generator of real celeba10k crops that are not in the index: KNOWN_POOL faces of distinct
     people, one of them drawn 8% of the time, the rest uniformly. Two samples of one face are the same
     face (they collide); faces of different people collide only by chance, at the calibrated f. The
@@ -561,6 +567,16 @@ def test_generator_with_a_known_mode_gets_an_interval_that_contains_its_support(
     p[0] = 0.08
     truth = 1 / np.sum(p**2)
     stack = np.stack(pool)
+    # The same domain's chance rate: crops of further people, in neither the index nor the pool.
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for j in range(i + 1, 10001):
+        f = f"{j:06d}.jpg"
+        if idents[f] not in seen:
+            seen.add(idents[f])
+            (reference / f).symlink_to(CELEBA10K / "img_align_celeba" / f)
+        if len(list(reference.iterdir())) == KNOWN_POOL:
+            break
 
     def sampler(n: int, seed: int) -> np.ndarray:
         return stack[np.random.default_rng(seed).choice(KNOWN_POOL, n, p=p)]
@@ -575,8 +591,13 @@ def test_generator_with_a_known_mode_gets_an_interval_that_contains_its_support(
         upscale=0,
         seed=2,
         progress=False,
+        reference_real=reference,
+        reference_detector="aligned",
     )
     sup = res["support"]["semantic"]
+    assert sup["chance_rate_source"] == "reference_real" and sup["resolvable"]
+    conditional = sup["conditional_on_f"]  # the training domain's f holds here: both cover the truth
+    assert conditional["interval"][0] <= truth <= conditional["interval"][1]
     log.info(
         "known support %.1f: estimate %s %s from %d pairs of %d",
         truth,
@@ -592,7 +613,7 @@ def test_generator_with_a_known_mode_gets_an_interval_that_contains_its_support(
     assert (ref["estimate"] or ref["lower_bound"]) > 10 * truth  # the training data is far more diverse
     cross = res["crossing"]["semantic"]
     assert cross["s50"] is not None and cross["rule_s2"] == pytest.approx(cross["s50"] ** 2)
-    assert cross["support_interval"][0] <= truth * 1.5
+    assert "support" not in cross and "support_interval" not in cross  # no number from the Poisson model
     assert res.rows[0]["status"] == "ok" and len(res.rows) == 240
 
 
@@ -675,3 +696,71 @@ def test_knn_precision_recall_on_cases_with_known_answers():
     assert d["n_per_side"] == 300 and d["generated"]["recall"]["mean"] < 0.05
     assert d["baseline_train_vs_train"]["recall"]["mean"] > 0.5
     assert "not comparable" in d["note"]
+
+
+STRANGER_POOL = 60  # distinct real strangers the end-to-end generator repeats (K)
+
+
+@pytest.mark.parametrize("px", [None, 32])
+def test_a_pool_of_real_strangers_gets_its_support_in_its_own_domain(part_index_dir, tmp_path, px):
+    """Known truth on real images: a "generator" drawing with replacement from K celeba_test faces of K
+    people outside the index, at their own size (HOG detection) and rendered at 32 px (aligned, like
+    the DCGAN), audited against other celeba_test people rendered the same way. Wherever a channel
+    resolves support, its interval holds K; an unresolvable channel prints no number; and no test
+    finds memorization (these are strangers)."""
+    from service.audit import audit
+
+    ids = dict(line.split() for line in (DATA / "celeba_test" / "identity_CelebA.txt").read_text().splitlines())
+    files = sorted(ids)
+    seen: set[str] = set()
+    pool, pool_files, reference = [], [], tmp_path / "reference"
+    reference.mkdir()
+    for f in files:
+        if ids[f] in seen:
+            continue
+        seen.add(ids[f])
+        if len(pool) < STRANGER_POOL:
+            pool_files.append(f)
+            if px:
+                pool.append(np.asarray(Image.open(DATA / "celeba_test" / f).convert("RGB").resize((px, px))))
+        else:
+            (reference / f).symlink_to(DATA / "celeba_test" / f)
+    rng = np.random.default_rng(5)
+    if px:  # a 32 px generator, audited like the demo's DCGAN (upscaled to 128 px, aligned)
+        stack = np.stack(pool)
+        source = {"generator": lambda n, seed: stack[np.random.default_rng(seed).integers(0, STRANGER_POOL, n)]}
+        detector, extra = "aligned", {"reference_downscale": px, "batch_sizes": (16, 32), "trials": 4}
+    else:  # a folder of its samples at their own size: K files drawn with replacement
+        sample = tmp_path / "sample"
+        sample.mkdir()
+        for k, j in enumerate(rng.integers(0, STRANGER_POOL, 240)):
+            (sample / f"s{k:04d}_{pool_files[j]}").symlink_to(DATA / "celeba_test" / pool_files[j])
+        source, detector, extra = {"generated": sample}, "hog", {}
+    res = audit(
+        **source,
+        index=part_index_dir,
+        n=240,
+        detector=detector,
+        seed=5,
+        progress=False,
+        reference_real=reference,
+        reference_detector=detector,
+        **extra,
+    )
+    # The truth: the pool's faces the pipeline finds (HOG misses a few of the unaligned crops).
+    if px:
+        assert res["summary"]["counts"]["ok"] == res["summary"]["images"]
+        truth = STRANGER_POOL
+    else:
+        truth = len({e["image"].split("_", 1)[1] for e in res["neighbors"]["images"] if e["status"] == "ok"})
+    for ch in ("semantic", "pixel"):
+        sup = res["support"][ch]
+        log.info("%s px, %s: %s", px or "own", ch, {k: sup.get(k) for k in ("resolvable", "estimate", "interval")})
+        if sup["resolvable"]:
+            assert sup["interval"] is not None and sup["interval"][0] <= truth <= sup["interval"][1], sup
+        else:
+            assert sup["estimate"] is None and sup["interval"] is None and sup["lower_bound"] is None
+    assert res["support"]["pixel"]["resolvable"] or res["support"]["semantic"]["resolvable"]
+    decisions = res["summary"]["decisions"]
+    assert not decisions["primary"]["reject"], decisions
+    assert not any(t["reject"] for t in decisions["secondary"]), decisions
