@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,9 @@ DATA = Path(os.environ.get("FACEMEM_DATA", REPO.parent / "shared" / "data")).res
 CELEBA10K = DATA / "celeba10k"
 WILD = DATA / "celeba_wild"
 PART_INDEX = 3000  # images in part_index_dir
+# The audit's reference cache lives in a folder of this session (shared by its audits, subprocesses
+# included), never in the user's ~/.cache.
+os.environ.setdefault("FACEMEM_CACHE", tempfile.mkdtemp(prefix="facemem-test-cache-"))
 
 
 def pytest_configure(config):

@@ -338,3 +338,28 @@ def test_the_audit_statistics_run_without_a_backend():
         assert (check is None) == (null.name == "training")
     assert dataclasses.is_dataclass(main) and null.summary()["faces"] == 30 and null.name == "reference_real"
     assert null.pair_rates(th)["semantic"]["pairs"] == 30 * 29 // 2
+
+
+def test_reference_cache_key_follows_files_rendering_params_and_index(tmp_path):
+    """The cache answers only for the same files processed the same way against the same index;
+    anything else is a new key, and a damaged entry is ignored."""
+    from service.audit import reference_cache as rc
+
+    files = []
+    for name, data in (("a.jpg", b"one"), ("b.jpg", b"two")):
+        (tmp_path / name).write_bytes(data)
+        files.append(tmp_path / name)
+    rendering, params, index = {"downscale": None, "upscale": None}, {"detector": "hog", "k": 5}, {"written_at": "x"}
+    base = rc.key(files, rendering, params, index)
+    assert base == rc.key(files, dict(rendering), dict(params), dict(index))
+    assert base != rc.key(files, {"downscale": 32, "upscale": 128}, params, index)
+    assert base != rc.key(files, rendering, {**params, "detector": "aligned"}, index)
+    assert base != rc.key(files, rendering, params, {"written_at": "y"})
+    (tmp_path / "b.jpg").write_bytes(b"changed")
+    assert base != rc.key(files, rendering, params, index)
+    answers = [{"images": [{"image": "a.jpg", "status": "ok", "descriptor": [0.5] * 4}], "calibration": {"x": 1}}]
+    directory = tmp_path / "cache"
+    assert rc.load(directory, base) is None
+    assert rc.save(directory, base, answers) is not None and rc.load(directory, base) == answers
+    (directory / f"{base}.json.gz").write_bytes(b"not gzip")
+    assert rc.load(directory, base) is None

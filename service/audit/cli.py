@@ -98,6 +98,15 @@ def parser(prog: str = "python scripts/audit.py") -> argparse.ArgumentParser:
         "--reference-detector", default=None, choices=list(faces.DETECTORS), help=o["reference_detector"].help
     )
     p.add_argument("--reference-downscale", type=int, metavar="PX", default=None, help=o["reference_downscale"].help)
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--reference-cache", metavar="DIR", default=None, help=o["reference_cache"].help)
+    cache.add_argument(
+        "--no-reference-cache",
+        dest="reference_cache",
+        action="store_const",
+        const=False,
+        help="process the reference faces again, without reading or writing the cache",
+    )
     p.add_argument("--training-set-size", type=int, default=None, help=o["training_set_size"].help)
     p.add_argument("--ct-cells", type=int, default=None, help=o["ct_cells"].help)
     p.add_argument("--alpha", type=float, default=o["alpha"].default, help=o["alpha"].help)

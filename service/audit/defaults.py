@@ -55,6 +55,11 @@ OPTIONS: dict[str, Option] = {
         "render each reference face at this size first (centre square, downscaled, then enlarged like generator "
         "samples, --upscale): a null in a low-resolution generator's domain, e.g. 32 for a 32 px generator",
     ),
+    "reference_cache": Option(
+        None,
+        "folder that keeps the processed reference faces between audits (default: $FACEMEM_CACHE/references or "
+        "~/.cache/facemem/references); false (--no-reference-cache): process them every time",
+    ),
     "training_set_size": Option(None, "images in the full training set, when the dataset does not say (coverage)"),
     "ct_cells": Option(None, "k-means cells of the C_T test (default: one per 50 generated faces, 2 to 20)"),
     "grid_expanded": Option(24, "grid rows shown before the collapsed rest"),
@@ -62,7 +67,9 @@ OPTIONS: dict[str, Option] = {
     "upscale": Option(128, "generator samples smaller than this are upscaled (bicubic) before the face pipeline"),
     "device": Option("cpu", "in-process embedding device: auto, cpu or cuda"),
     "detect_processes": Option(None, "in-process face-detection processes (default one per core; 0 = in this one)"),
-    "alpha": Option(0.05, "significance level of the decisions (primary test, and Holm across the secondary ones)"),
+    "alpha": Option(
+        0.05, "family-wise significance level of the five decisions (one graphical procedure over all of them)"
+    ),
     "progress": Option(True, "progress bar on a terminal"),
 }
 

@@ -23,6 +23,7 @@ import base64
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -138,18 +139,27 @@ class Audit:
         limit = getattr(self.backend, "max_files", None)
         return min(self.options["chunk"], limit) if limit else self.options["chunk"]
 
-    def post(self, images: list[tuple[str, bytes]], into: Answers, params: Params | None = None) -> None:
-        """Post ``images`` in chunks; every answer must carry the same thresholds (one index)."""
+    def post(
+        self, images: list[tuple[str, bytes]], into: Answers, params: Params | None = None, keep: list | None = None
+    ) -> None:
+        """Post ``images`` in chunks; every answer must carry the same thresholds (one index).
+        ``keep``: a list that receives each answer as it came (before :meth:`Answers.add` takes its vectors)."""
         c = self.chunk()
         for s in range(0, len(images), c):
             body = self.backend.neighbors(images[s : s + c], params or self.params)
-            if not self.first:
-                self.first.append(body)
-            elif body["calibration"] != self.first[0]["calibration"]:
-                raise AuditError(EXIT_SERVER, "the thresholds changed between requests (was the index replaced?)")
+            self.check_calibration(body)
+            if keep is not None:
+                keep.append({**body, "images": [dict(e) for e in body["images"]]})
             into.add(body)
             if self.bar is not None:
                 self.bar.update(len(images[s : s + c]))
+
+    def check_calibration(self, body: dict) -> None:
+        """The first answer's thresholds hold for every later one: one index throughout."""
+        if not self.first:
+            self.first.append(body)
+        elif body["calibration"] != self.first[0]["calibration"]:
+            raise AuditError(EXIT_SERVER, "the thresholds changed between requests (was the index replaced?)")
 
     def gen_sample(self, n: int, seed: int, prefix: str) -> list[tuple[str, bytes]]:
         return self.source.sample(n, seed, prefix=prefix, upscale=self.options["upscale"])
@@ -231,17 +241,39 @@ class Audit:
 
     def reference_pass(self, ref_source: Any) -> Answers:
         """The real reference faces, rendered at the generator's resolution when asked, through
-        ``reference_detector`` (default: the audit's detector)."""
+        ``reference_detector`` (default: the audit's detector); answered from the reference cache when
+        the same files were processed the same way against the same index before."""
+        from . import reference_cache
+
         options = self.options
-        images = ref_source.read(list(range(len(ref_source.files))))
         downscale = options.get("reference_downscale")
+        detector = options.get("reference_detector")
+        params = replace(self.params, detector=detector) if detector else self.params
+        answers = Answers()
+        cache_dir = options.get("reference_cache")
+        name = None
+        if cache_dir is not False:
+            directory = Path(cache_dir) if cache_dir else reference_cache.default_dir()
+            rendering = {"downscale": downscale, "upscale": options["upscale"] if downscale else None}
+            name = reference_cache.key(ref_source.files, rendering, params.to_query(), self.backend.info())
+            cached = reference_cache.load(directory, name)
+            if cached is not None:
+                for body in cached:
+                    self.check_calibration(body)
+                    answers.add(body)
+                if self.bar is not None:
+                    self.bar.update(len(ref_source.files))
+                log.info("reference faces from the cache (%s)", name[:12])
+                return answers
+        images = ref_source.read(list(range(len(ref_source.files))))
         if downscale:
             from .sources import render_at
 
-            images = [(name, render_at(data, downscale, options["upscale"])) for name, data in images]
-        detector = options.get("reference_detector")
-        answers = Answers()
-        self.post(images, answers, replace(self.params, detector=detector) if detector else None)
+            images = [(image, render_at(data, downscale, options["upscale"])) for image, data in images]
+        bodies: list[dict] = []
+        self.post(images, answers, params, keep=bodies)
+        if name is not None:
+            reference_cache.save(directory, name, bodies)
         return answers
 
     def training_side(self, faces: int) -> dict:
