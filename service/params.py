@@ -133,6 +133,17 @@ def _int(args: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
     return v
 
 
+def refuse_unknown(args: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    """A 400 that names every unknown parameter and lists the allowed ones (a typo must not be ignored)."""
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}",
+        )
+
+
 def parse_params(args: Mapping[str, Any]) -> Params:
     """Validate ``k``, ``channels``, ``detector``, ``threshold``, ``false_match_rate``,
     ``pair_false_match_rate``, ``vectors``, ``attributes`` and ``resolution_match``.
@@ -143,13 +154,7 @@ def parse_params(args: Mapping[str, Any]) -> Params:
     ``false_match_rate`` are given, ``threshold`` wins (``calibration.source`` = ``user``); both are
     still validated.
     """
-    unknown = sorted(set(args) - set(PARAM_NAMES))
-    if unknown:
-        raise ApiError(
-            400,
-            "unknown_parameter",
-            f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(PARAM_NAMES)}",
-        )
+    refuse_unknown(args, PARAM_NAMES)
     kw: dict[str, Any] = {}
     if "k" in args:
         kw["k"] = _int(args, "k", 1, K_MAX)
@@ -224,13 +229,7 @@ REFERENCE_MAX_FACES = 1_000_000
 def parse_reference_params(args: Mapping[str, Any]) -> dict:
     """Validate the query of ``GET /v1/reference`` into keyword arguments of
     :func:`service.stats.training_side.training_side` (same rules as :func:`parse_params` for the shared ones)."""
-    unknown = sorted(set(args) - set(REFERENCE_PARAMS))
-    if unknown:
-        raise ApiError(
-            400,
-            "unknown_parameter",
-            f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(REFERENCE_PARAMS)}",
-        )
+    refuse_unknown(args, REFERENCE_PARAMS)
     p = parse_params(
         {k: _single(args, k) for k in ("threshold", "false_match_rate", "pair_false_match_rate") if k in args}
     )

@@ -172,25 +172,18 @@ def null_classified_rate(
     return p["fpr"] + (p["tpr"] - p["fpr"]) * r, fpr + (tpr - fpr) * rr
 
 
-def outside_probe_range(
-    k: int,
-    n: int,
-    tp: int,
-    n_pos: int,
-    fp: int,
-    n_neg: int,
-    rng: np.random.Generator,
-    n_null: int = N_NULL,
-    deff: tuple[float, float] = (1.0, 1.0),
-) -> bool:
+def outside_probe_range(k: int, n: int, probe: dict, rng: np.random.Generator, n_null: int = N_NULL) -> bool:
     """Whether k of n calls is significantly (one-sided p < SHIFT_ALPHA) below what false positives alone
     give (q < FPR) or above what a generator made only of positives gives (q > TPR). Either contradicts
     the probe's measured error rates on these faces, whatever the true rate: a sign of domain shift.
-    (A true omission sits at q ≈ FPR, inside the range.)"""
+    (A true omission sits at q ≈ FPR, inside the range.) ``probe``: its held-out counts and design
+    effects, as the training side gives them."""
     from scipy.stats import binom
 
-    below = float(np.mean(binom.cdf(k, n, draw_rate(fp, n_neg, rng, n_null, deff[1]))))
-    above = float(np.mean(binom.sf(k - 1, n, draw_rate(tp, n_pos, rng, n_null, deff[0]))))
+    fpr = draw_rate(probe["fp"], probe["n_heldout_neg"], rng, n_null, probe.get("design_effect_neg", 1.0))
+    tpr = draw_rate(probe["tp"], probe["n_heldout_pos"], rng, n_null, probe.get("design_effect_pos", 1.0))
+    below = float(np.mean(binom.cdf(k, n, fpr)))
+    above = float(np.mean(binom.sf(k - 1, n, tpr)))
     return min(below, above) < SHIFT_ALPHA
 
 
@@ -299,7 +292,7 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
             expected_classified_rate=float(q0),
             p_value=rate_test(k, n, q0_draws),
             direction="under" if k / n < q0 else "over",
-            outside_probe_range=outside_probe_range(k, n, tp, n_pos, fp, n_neg, rng, deff=deff),
+            outside_probe_range=outside_probe_range(k, n, probe, rng),
             design_effects={
                 "heldout_pos": deff[0],
                 "heldout_neg": deff[1],
