@@ -719,7 +719,7 @@ def test_a_pool_of_real_strangers_gets_its_support_in_its_own_domain(part_index_
         if ids[f] in seen:
             continue
         seen.add(ids[f])
-        if len(pool) < STRANGER_POOL:
+        if len(pool_files) < STRANGER_POOL:
             pool_files.append(f)
             if px:
                 pool.append(np.asarray(Image.open(DATA / "celeba_test" / f).convert("RGB").resize((px, px))))

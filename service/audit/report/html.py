@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 
-from ..formats import ci, esc, fmt, json_safe, pct, pval, support_words
+from ..formats import ci, esc, fmt, json_safe, pct, pval, rounded, support_words
 
 log = logging.getLogger(__name__)
 
@@ -131,22 +131,18 @@ def _summary_audited(d: dict) -> str:
 
 
 def _decisions(dec: dict) -> str:
-    """The primary test and the Holm family, with their p-values and decisions."""
+    """The five tests, with their p-values, adjusted p-values (one procedure) and decisions."""
+    tests = [("primary", dec["primary"])] + [("secondary", t) for t in dec["secondary"]]
     rows = [
-        f"<tr><td><b>primary</b></td><td>{esc(dec['primary']['hypothesis'])}</td>"
-        f"<td class=num>{pval(dec['primary']['p_value'])}</td><td class=num>—</td>"
-        f"<td>{badge_reject(dec['primary']['reject'])}</td></tr>"
+        f"<tr><td>{'<b>primary</b>' if kind == 'primary' else kind}</td><td>{esc(t['hypothesis'])}</td>"
+        f"<td class=num>{pval(t['p_value'])}</td><td class=num>{pval(t.get('p_adjusted'))}</td>"
+        f"<td>{badge_reject(t['reject'])}</td></tr>"
+        for kind, t in tests
     ]
-    for t in dec["secondary"]:
-        rows.append(
-            f"<tr><td>secondary</td><td>{esc(t['hypothesis'])}</td><td class=num>{pval(t['p_value'])}</td>"
-            f"<td class=num>{pval(t['p_holm'])}</td><td>{badge_reject(t['reject'])}</td></tr>"
-        )
     return (
-        f"<h3>Decisions (α = {fmt(dec['alpha'])})</h3><table><tr><th></th><th>alternative hypothesis</th>"
-        "<th>p</th><th>p (Holm)</th><th>decision</th></tr>" + "".join(rows) + "</table>"
-        f'<p class="note">{esc(dec["correction"])}. One test is primary, named before the data; the others are '
-        "a family whose p-values are adjusted together.</p>"
+        f"<h3>Decisions (α = {fmt(dec['alpha'])}, family-wise)</h3><table><tr><th></th><th>alternative hypothesis"
+        "</th><th>p</th><th>p (adjusted)</th><th>decision</th></tr>" + "".join(rows) + "</table>"
+        f'<p class="note">{esc(dec["correction"])}. The primary test is named before the data.</p>'
     )
 
 
@@ -390,6 +386,28 @@ def _pair_fig(p: dict, thumbs: dict[str, str]) -> str:
     )
 
 
+def _chance_pairs(g: dict) -> str:
+    """The pairs chance alone predicts: r·P with a same-domain reference, else f·P."""
+    rate = (
+        g.get("chance_rate") if g.get("chance_rate_source") == "reference_real" else g.get("per_pair_false_match_rate")
+    )
+    if rate is None or g.get("pairs_compared") is None:
+        return "—"
+    return f"{rate * g['pairs_compared']:,.1f}" + (
+        " from r" if g.get("chance_rate_source") == "reference_real" else " from f"
+    )
+
+
+def _s50(c: dict) -> str:
+    """s50 rounded to what its interval supports, with the model-free interval where there is one."""
+    if not c.get("s50"):
+        return "—"
+    iv = c.get("interval")
+    if iv and iv[0] is not None and iv[1] is not None:
+        return f"{rounded(c['s50'], iv)} [{rounded(iv[0], iv)} – {rounded(iv[1], iv)}]"
+    return f"{rounded(c['s50'])} (no interval)"
+
+
 def _birthday(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
     b, sup, ref = d["birthday"], d.get("support") or {}, d.get("support_reference") or {}
     cross = d.get("crossing") or {}
@@ -398,9 +416,13 @@ def _birthday(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
         '<p class="note">Arora &amp; Zhang: if a generator spreads its mass over M equally likely distinct faces, a '
         "pair of its samples collides with probability 1/M. Collisions here are pairs under the collision threshold, "
         "calibrated per pair on faces of two different training people (so it does not depend on the index size); "
-        "the pairs that threshold lets through by chance, f·C(s,2), are removed. M is an effective support 1/Σp² "
-        "in threshold balls, not people: the training data's own support with the same estimator stands beside "
-        "it.</p>",
+        "the pairs that threshold lets through by chance are removed. That chance rate is measured on real faces of "
+        "people not in the index, rendered like the generated ones (--reference-real): r, and M = (1 − r)/(q − r); "
+        "without them there is no support number, only the excess over the training domain's f, since faces of "
+        "another domain collide by chance far more often. M is an effective support 1/Σp² in threshold balls, not "
+        "people, and relative to the reference: a generator of one narrow group of people collides more than a broad "
+        "reference, so its M measures that narrowness as well as duplication. The training data's own support with "
+        "the same f-based estimator stands beside it.</p>",
         f'<p class="note">{esc(b["protocol"])}</p>',
     ]
     rows = []
@@ -409,9 +431,8 @@ def _birthday(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
         rows.append(
             f"<tr><td>{ch}</td><td>{support_text(g)}</td><td>{support_text(r)}</td>"
             f"<td class=num>{fmt(g.get('colliding_pairs'))} / {fmt(g.get('pairs_compared'))} "
-            f"(chance {fmt(g.get('expected_chance_pairs'))})</td>"
-            f"<td>{fmt(c.get('s50'))} {ci(c.get('interval'), as_pct=False)}</td>"
-            f"<td class=num>{fmt(c.get('rule_s2'))}</td></tr>"
+            f"(chance {_chance_pairs(g)})</td>"
+            f"<td>{_s50(c)}</td><td class=num>{rounded(c['rule_s2']) if c.get('rule_s2') else '—'}</td></tr>"
         )
     out.append(
         "<table><tr><th>channel</th><th>support, generator (95%)</th><th>support, training data (95%)</th>"
