@@ -22,7 +22,7 @@ from service import identification, query
 from service.params import ApiError, parse_params
 from service.search import Searcher
 
-OPENAPI = json.loads((REPO / "service" / "openapi.json").read_text())
+OPENAPI = json.loads((REPO / "service" / "http" / "openapi.json").read_text())
 
 
 def _validate(body: dict) -> None:

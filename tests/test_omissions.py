@@ -29,7 +29,7 @@ IMG = CELEBA10K / "img_align_celeba"
 N_INDEX = PART_INDEX
 POOL = [f"{i:06d}.jpg" for i in range(5001, 6001)]
 PLANTED = ("Eyeglasses", "Bangs")
-OPENAPI = json.loads((REPO / "service" / "openapi.json").read_text())
+OPENAPI = json.loads((REPO / "service" / "http" / "openapi.json").read_text())
 
 
 def celeba_labels() -> dict[str, set[str]]:

@@ -19,7 +19,7 @@ from indexer import shards, store
 from indexer.flat import ExactL2, brute_force
 from indexer.l1 import l1_brute_force
 
-OPENAPI = json.loads((REPO / "service" / "openapi.json").read_text())
+OPENAPI = json.loads((REPO / "service" / "http" / "openapi.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 IMG_DIR = CELEBA10K / "img_align_celeba"
 TOKEN = "s3cret-test-token"
 LIMITS = {"max_files": 32, "max_request_mb": 4.0, "max_pixels": 12_000_000}  # wild photos reach 9.5 Mpx
-OPENAPI = json.loads((REPO / "service" / "openapi.json").read_text())
+OPENAPI = json.loads((REPO / "service" / "http" / "openapi.json").read_text())
 
 
 # ----------------------------------------------------------------------------- images (all from real data)
