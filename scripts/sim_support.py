@@ -20,11 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from service.audit import simulate, support  # noqa: E402
+from service.audit import simulate, support
 
 
 def garwood_covers(r: dict, f: float, sc: simulate.Scenario) -> bool:
