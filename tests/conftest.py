@@ -56,6 +56,14 @@ def assert_json_close(a, b, atol: float = NET_ATOL) -> None:
     assert diff is None, diff
 
 
+def checkout_env(**extra: str) -> dict:
+    """The environment for a script of this checkout run as a subprocess (``python scripts/X.py``):
+    its packages come first, as an editable install of this checkout gives them (a .venv shared by
+    several checkouts resolves ``indexer`` and ``service`` to whichever installed itself last)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def pytest_configure(config):
     if not (CELEBA10K / "img_align_celeba").is_dir():
         raise pytest.UsageError(f"test data not found at {DATA}: set FACEMEM_DATA to the shared data folder")

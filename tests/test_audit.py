@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CELEBA10K, DATA, PART_INDEX, REPO, assert_json_close, live_server
+from conftest import CELEBA10K, DATA, PART_INDEX, REPO, assert_json_close, checkout_env, live_server
 from PIL import Image
 
 from service.audit.sources import FolderSource
@@ -60,7 +60,7 @@ N_PGGAN = 20  # PGGAN images in the folder test (plus planted files)
 
 def run_audit(args: list[str], timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.perf_counter()
-    p = subprocess.run(AUDIT + args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    p = subprocess.run(AUDIT + args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=checkout_env())
     dt = time.perf_counter() - t0
     log.info("audit %s: rc=%d in %.1f s\n%s", " ".join(args[:4]), p.returncode, dt, p.stdout[-500:])
     return p, dt
