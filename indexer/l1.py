@@ -16,9 +16,9 @@ tau on the k-th distance, then every candidate whose bound is <= tau is kept lev
 best. A point that is never evaluated has bound > tau >= true k-th distance, so results equal
 brute force, ties included (order is (distance, id) ascending).
 
-Measured at N=202,599 real-face crops on 2 CPU cores (scripts/bench_l1_dev.py): 50-180 q/s for held-out
-faces (k=20..1) vs ~1-3 q/s for faiss IndexFlat METRIC_L1 over float32; extra memory 429.5 MB (int16/
-float32 bound tables) next to the 2.5 GB uint8 vectors, vs 10 GB float32 for the flat index.
+Measured at N=202,599 real-face crops on 2 CPU cores by the `pixel` row of scripts/bench.py (recorded
+in BENCHMARKS.md): 312 q/s for top-5 vs 3.3 q/s for faiss IndexFlat METRIC_L1 over float32, 2.72 GiB
+(uint8 vectors and the int16/float32 bound tables) vs 9.27 GiB for the flat index.
 
 All sums are integers below 2**24 for D*255 < 2**24 (e.g. 64x64x3), so the float32 bounds are exact;
 for larger D a rounding slack is added to the thresholds so pruning stays safe.

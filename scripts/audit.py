@@ -10,13 +10,8 @@ same command). ``--help`` lists every option with its default.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from service.audit.cli import main  # noqa: E402
+from service.audit.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,7 +38,7 @@ Rows (select with --only):
 Synthetic CelebA-size index (rows semantic N != 10k, pixel, rss): the real celeba10k index (built
 here with `python -m indexer build` unless --celeba-index is given) minus its last --heldout faces
 (kept as queries) gives m real faces. Row j < m is real face j unchanged; row j >= m is a perturbed
-copy of real face j mod m: its pixel crop by scripts/bench_data.expand_real_crops (horizontal flip
+copy of real face j mod m: its pixel crop by indexer.augment.expand_real_crops (horizontal flip
 p=0.5, shift 0-3 px, brightness/colour gain, offset; no random noise), its descriptor = the real
 descriptor + N(0, --desc-sigma^2) per dimension (sigma 0.01: ||noise|| ~ 0.11, well under the
 ~0.6 same-person distance). Calibration arrays are the real index's, tiled (not recomputed). It is
@@ -71,12 +71,18 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from indexer.augment import augment, expand_real_crops
 
-from scripts.bench_data import CELEBA_N, augment, default_data_root, expand_real_crops  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+CELEBA_N = 202_599  # images in CelebA: the size the synthetic index is expanded to
 
 log = logging.getLogger("bench")
+
+
+def default_data_root() -> Path:
+    """Shared data folder, overridable with $FACEMEM_DATA (benchmarks must not hard-code it)."""
+    return Path(os.environ.get("FACEMEM_DATA", REPO.parent / "shared" / "data"))
+
 
 ROWS = ("indexing", "semantic", "pixel", "service", "rss")
 EXTRA_ROWS = ("build-modes",)  # run only when named in --only
@@ -194,6 +200,12 @@ def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
 # ----------------------------------------------------------------------------- indexes
 
 
+def celeba_build_args(a: argparse.Namespace, out: Path, *extra: str) -> list[str]:
+    """``-m indexer build`` of celeba10k under --data into ``out`` (overwritten, no progress bar), then ``extra``."""
+    cmd = ["-m", "indexer", "build", "--dataset", "celeba", "--root", str(a.data / "celeba10k")]
+    return [*cmd, "--out", str(out), "--overwrite", "--no-progress", *extra]
+
+
 def ensure_celeba_index(a: argparse.Namespace, work: Path) -> Path:
     """The real celeba10k index (aligned mode): --celeba-index, or built once into the work folder."""
     if a.celeba_index:
@@ -208,27 +220,26 @@ def ensure_celeba_index(a: argparse.Namespace, work: Path) -> Path:
         except store.IndexLoadError as e:
             log.info("rebuilding %s: %s", out, e)
     log.info("building the celeba10k index into %s (once; reused by later runs)", out)
-    r = run_cli(
-        [
-            "-m",
-            "indexer",
-            "build",
-            "--dataset",
-            "celeba",
-            "--root",
-            str(a.data / "celeba10k"),
-            "--out",
-            str(out),
-            "--overwrite",
-            "--no-progress",
-            "--device",
-            a.device,
-        ]
-    )
+    r = run_cli(celeba_build_args(a, out, "--device", a.device))
     if r.returncode != 0:
         raise SystemExit(f"building the celeba10k index failed:\n{r.stderr[-3000:]}")
     log.info("%s", r.stdout.strip().splitlines()[-1])
     return out
+
+
+def synthetic_recipe(a: argparse.Namespace, real_dir: Path, n: int, **more) -> dict:
+    """What a synthetic index is made from (stored in its manifest; a cached one is reused only if it matches)."""
+    from indexer import store
+
+    return {
+        "source_index": str(real_dir.resolve()),
+        "source_written_at": store.read_manifest(real_dir).get("written_at"),
+        "n": n,
+        "heldout": a.heldout,
+        "desc_sigma": a.desc_sigma,
+        "seed": a.seed,
+        **more,
+    }
 
 
 def synthetic_index(a: argparse.Namespace, work: Path, n: int) -> Path:
@@ -236,17 +247,7 @@ def synthetic_index(a: argparse.Namespace, work: Path, n: int) -> Path:
     from indexer import store
 
     real_dir = ensure_celeba_index(a, work)
-    real_manifest = store.read_manifest(real_dir)
-    recipe = {
-        "source_index": str(real_dir.resolve()),
-        "source_written_at": real_manifest.get("written_at"),
-        "n": n,
-        "heldout": a.heldout,
-        "desc_sigma": a.desc_sigma,
-        "seed": a.seed,
-        "pixels": "scripts/bench_data.expand_real_crops",
-        "version": 1,
-    }
+    recipe = synthetic_recipe(a, real_dir, n, pixels="indexer.augment.expand_real_crops", version=1)
     out = work / f"celeba-size-{n}"
     if (out / "manifest.json").exists():
         have = store.read_manifest(out).get("dataset", {}).get("synthetic")
@@ -1058,7 +1059,44 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- main (shared with bench_scale.py)
+
+
+def add_common_args(ap: argparse.ArgumentParser, device: str) -> None:
+    """The options both benchmark scripts take: data, work folder, celeba10k index, JSON, device, k, seed,
+    the synthetic index's held-out faces and descriptor noise."""
+    ap.add_argument("--data", type=Path, default=default_data_root(), help="shared data folder (env FACEMEM_DATA)")
+    ap.add_argument(
+        "--work", type=Path, default=REPO / "build" / "bench", help="where indexes are built and cached between runs"
+    )
+    ap.add_argument("--celeba-index", help="an existing celeba10k index to use instead of building one")
+    ap.add_argument("--json", type=Path, help="write all measurements here")
+    ap.add_argument("--device", default=device, choices=["auto", "cpu", "cuda"], help=f"facemem device ({device})")
+    ap.add_argument("--k", type=int, default=5, help="neighbours per query (service default 5)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--heldout", type=int, default=500, help="real faces kept out of the synthetic index as queries")
+    ap.add_argument("--desc-sigma", type=float, default=0.01, help="descriptor perturbation per dimension")
+
+
+def selected_rows(ap: argparse.ArgumentParser, only: str, rows: tuple[str, ...]) -> list[str]:
+    """--only as a list of row names; an unknown name is a usage error."""
+    picked = [r.strip() for r in only.split(",") if r.strip()]
+    bad = set(picked) - set(rows)
+    if bad:
+        ap.error(f"unknown row(s) {sorted(bad)}; choose from {','.join(rows)}")
+    return picked
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("faiss.loader", "indexer.l1", "indexer.store", "indexer.calibrate", "indexer.resnet"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def write_json(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    print(f"\nwrote {path}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1083,15 +1121,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="small sizes for a smoke run (200 images, N=20,000, few queries and requests)",
     )
-    ap.add_argument("--data", type=Path, default=default_data_root(), help="shared data folder (env FACEMEM_DATA)")
-    ap.add_argument(
-        "--work", type=Path, default=REPO / "build" / "bench", help="where indexes are built and cached between runs"
-    )
-    ap.add_argument("--celeba-index", help="an existing celeba10k index to use instead of building one")
-    ap.add_argument("--json", type=Path, help="write all measurements here")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="facemem device")
-    ap.add_argument("--k", type=int, default=5, help="neighbours per query (service default 5)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--index-images", type=int, default=1000, help="row 1: images indexed")
     ap.add_argument("--semantic-sizes", default=f"10000,{CELEBA_N}", help="row 2: index sizes N")
     ap.add_argument("--semantic-queries", type=int, default=2048, help="row 2: facemem queries")
@@ -1101,10 +1130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pixel-baseline-queries", type=int, default=32, help="row 3: queries for both sides")
     ap.add_argument("--latency-reps", default="1:40,16:12,64:8", help="row 4: requests per batch size")
     ap.add_argument("--latency-baseline-reps", default="1:12,16:3,64:2", help="row 4: naive-loop runs per batch size")
-    ap.add_argument("--latency-images", help="row 4/5: query image folder (default DATA/celeba_test)")
     ap.add_argument("--rss-n", type=int, default=CELEBA_N, help="row 5: index size")
-    ap.add_argument("--heldout", type=int, default=500, help="real faces kept out of the synthetic index")
-    ap.add_argument("--desc-sigma", type=float, default=0.01, help="descriptor perturbation per dimension")
+    add_common_args(ap, device="auto")
+    ap.add_argument("--latency-images", help="row 4/5: query image folder (default DATA/celeba_test)")
     a = ap.parse_args(argv)
     if a.quick:
         a.index_images, a.semantic_queries, a.semantic_baseline_queries = 200, 512, 50
@@ -1112,19 +1140,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.pixel_n = a.rss_n = 20000
         a.pixel_queries, a.pixel_baseline_queries = 200, 8
         a.latency_reps, a.latency_baseline_reps = "1:8,16:3,64:2", "1:2,16:1,64:1"
-    a.only = [r.strip() for r in a.only.split(",") if r.strip()]
-    bad = set(a.only) - set(ROWS) - set(EXTRA_ROWS)
-    if bad:
-        ap.error(f"unknown row(s) {sorted(bad)}; choose from {','.join(ROWS + EXTRA_ROWS)}")
+    a.only = selected_rows(ap, a.only, ROWS + EXTRA_ROWS)
     a.semantic_sizes = [int(x) for x in str(a.semantic_sizes).split(",")]
     return a
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("faiss.loader", "indexer.l1", "indexer.store", "indexer.calibrate", "indexer.resnet"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    setup_logging()
     a.work.mkdir(parents=True, exist_ok=True)
     results, finish = start_run()
     log.info("machine %s; load %s", results["machine"], results["load_start"])
@@ -1155,9 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(tab)
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(results, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-        print(f"\nwrote {a.json}")
+        write_json(a.json, results)
     return 0
 
 

@@ -33,7 +33,7 @@ Rows (select with --only):
 The N-face index is synthesised from the real celeba10k index (built once with `python -m indexer
 build` unless --celeba-index is given): its last --heldout faces are the held-out queries; the
 other m real faces are expanded to N rows exactly as scripts/bench.py describes (row j >= m:
-scripts/bench_data.iter_expanded_crops of crop j mod m, descriptor + N(0, --desc-sigma^2)), and
+indexer.augment.iter_expanded_crops of crop j mod m, descriptor + N(0, --desc-sigma^2)), and
 written as a sharded index (--shard-size rows per shard) with an IVF, shard by shard, so that an
 index larger than memory (2M crops = 24.6 GB) never has to be in memory. Calibration arrays are
 the real index's, tiled. Disk: ~12.9 kB per face (27 GB at 2M); memory while writing: one piece.
@@ -55,12 +55,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from scripts.bench import (  # noqa: E402
+from bench import (  # the sibling script (this folder is on sys.path when a script runs)
+    REPO,
     Server,
+    add_common_args,
+    celeba_build_args,
     ensure_celeba_index,
     fmt_bytes,
     fmt_rate,
@@ -68,9 +67,14 @@ from scripts.bench import (  # noqa: E402
     mem_available,
     pct,
     query_images,
+    selected_rows,
+    setup_logging,
     start_run,
+    synthetic_recipe,
+    write_json,
 )
-from scripts.bench_data import augment, default_data_root, iter_expanded_crops  # noqa: E402
+
+from indexer.augment import augment, iter_expanded_crops
 
 log = logging.getLogger("bench_scale")
 
@@ -87,19 +91,10 @@ def synthetic_sharded_index(a: argparse.Namespace, n: int) -> Path:
     from indexer.shards import write_sharded_index
 
     real_dir = ensure_celeba_index(a, a.work)
-    real_manifest = store.read_manifest(real_dir)
-    recipe = {
-        "source_index": str(real_dir.resolve()),
-        "source_written_at": real_manifest.get("written_at"),
-        "n": n,
-        "heldout": a.heldout,
-        "desc_sigma": a.desc_sigma,
-        "seed": a.seed,
-        "shard_size": a.shard_size,
-        "ivf_spec": a.ivf_spec,
-        "pixels": "scripts/bench_data.iter_expanded_crops",
-        "version": 2,
-    }
+    recipe = synthetic_recipe(
+        a, real_dir, n, shard_size=a.shard_size, ivf_spec=a.ivf_spec, pixels="indexer.augment.iter_expanded_crops"
+    )
+    recipe["version"] = 2
     out = a.work / f"scale-{n}"
     if (out / "manifest.json").exists():
         if store.read_manifest(out).get("dataset", {}).get("synthetic") == recipe:
@@ -211,26 +206,8 @@ def bench_build(a: argparse.Namespace) -> dict:
     for _ in range(a.build_rounds):
         for engine in ("local", "ray"):
             dest = a.work / f"build-{engine}"
-            cmd = [
-                sys.executable,
-                "-m",
-                "indexer",
-                "build",
-                "--dataset",
-                "celeba",
-                "--root",
-                str(a.data / "celeba10k"),
-                "--limit",
-                str(a.build_images),
-                "--out",
-                str(dest),
-                "--overwrite",
-                "--no-progress",
-                "--device",
-                "cpu",
-                "--engine",
-                engine,
-            ]
+            cmd = [sys.executable, *celeba_build_args(a, dest, "--limit", str(a.build_images), "--device", "cpu")]
+            cmd += ["--engine", engine]
             la = loadavg()[0]
             t0 = time.perf_counter()
             r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -551,25 +528,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ivf row: more index_factory strings to train in memory on the same shards and sweep "
         "(';'-separated, e.g. 'IVF8192,Flat;IVF4096,SQ8'), beside the index's own IVF",
     )
-    ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--pixel-queries", type=int, default=256, help="pixel row: queries (half held-out, half near-dup)")
     ap.add_argument("--pixel-candidates", type=int, default=1000, help="pixel row: the fallback's semantic neighbours")
     ap.add_argument("--reps", type=int, default=24, help="service row: requests of one image (fewer for 16 and 64)")
     ap.add_argument("--min-s", type=float, default=3.0, help="seconds per speed measurement")
-    ap.add_argument("--heldout", type=int, default=500, help="real faces kept out of the index as queries")
-    ap.add_argument("--desc-sigma", type=float, default=0.01)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", type=Path, default=default_data_root(), help="shared data folder (env FACEMEM_DATA)")
-    ap.add_argument("--work", type=Path, default=REPO / "build" / "bench", help="where indexes are written and reused")
-    ap.add_argument("--celeba-index", help="an existing celeba10k index instead of building one")
     ap.add_argument("--latency-images", help="service row: query image folder (default DATA/celeba_test)")
-    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--json", type=Path, help="write all measurements here")
+    add_common_args(ap, device="cpu")
     a = ap.parse_args(argv)
-    a.only = [r.strip() for r in a.only.split(",") if r.strip()]
-    bad = set(a.only) - set(ROWS)
-    if bad:
-        ap.error(f"unknown row(s) {sorted(bad)}; choose from {','.join(ROWS)}")
+    a.only = selected_rows(ap, a.only, ROWS)
     a.flat_sizes = [a.n if x.strip() == "N" else int(x) for x in a.flat_sizes.split(",")]
     a.nprobe = [int(x) for x in a.nprobe.split(",")]
     a.ivf_extra = [x.strip() for x in a.ivf_extra.split(";") if x.strip()]
@@ -578,9 +544,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("faiss.loader", "indexer.l1", "indexer.store", "indexer.calibrate", "indexer.resnet"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    setup_logging()
     a.work.mkdir(parents=True, exist_ok=True)
     res, finish = start_run(mem_available_start=mem_available())
     if set(a.only) - {"build"}:
@@ -602,9 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(res["table"])
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-        print(f"\nwrote {a.json}")
+        write_json(a.json, res)
     return 0
 
 

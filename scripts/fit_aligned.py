@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from indexer import faces  # noqa: E402
-from indexer.datasets import read_celeba  # noqa: E402
+from indexer import faces
+from indexer.datasets import read_celeba
 
 
 def _hog_and_aligned(path: str, upscale: int):

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from indexer import attributes, chunks  # noqa: E402
-from indexer.datasets import celeba_attribute_names, read_celeba  # noqa: E402
-from indexer.store import IndexLoadError, load_index  # noqa: E402
+from indexer import attributes, chunks
+from indexer.datasets import celeba_attribute_names, read_celeba
+from indexer.store import IndexLoadError, load_index
 
 
 def _f(v, pct: bool = False) -> str:

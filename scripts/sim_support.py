@@ -20,12 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 from service.audit import simulate
-from service.stats import support  # noqa: E402
+from service.stats import support
 
 
 def garwood_covers(r: dict, f: float, sc: simulate.Scenario) -> bool:

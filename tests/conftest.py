@@ -25,6 +25,48 @@ PART_INDEX = 3000  # images in part_index_dir
 # included), never in the user's ~/.cache.
 os.environ.setdefault("FACEMEM_CACHE", tempfile.mkdtemp(prefix="facemem-test-cache-"))
 
+# Network outputs (descriptors, and the distances, quantiles and statistics computed from them) are
+# compared to NET_ATOL wherever the network ran on different batches or in different requests: fp32
+# batched GEMM may reorder its sums by batch position (on an AMD EPYC Zen 4, the same JPEG sent as a
+# path and as bytes in one batch got semantic distance 2.67e-07 vs 0.0). Descriptor distances between
+# faces are ~0.3-0.6 and the thresholds ~0.35-0.6, so 1e-5 is far below anything a decision depends
+# on. Integers, strings, booleans and the order of neighbours are still compared exactly.
+NET_ATOL = 1e-5
+
+
+def json_diff(a, b, atol: float = NET_ATOL, path: str = "") -> str | None:
+    """Where two JSON values first differ (None: they agree): floats by more than ``atol``, anything
+    else at all. For answers of the network computed in different batches or requests (NET_ATOL)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return f"{path}: keys {sorted(a.keys() ^ b.keys())} in one only"
+        diffs = (json_diff(a[k], b[k], atol, f"{path}/{k}") for k in a)
+        return next((d for d in diffs if d is not None), None)
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} != {len(b)} items"
+        diffs = (json_diff(x, y, atol, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
+        return next((d for d in diffs if d is not None), None)
+    if isinstance(a, float) and isinstance(b, float | int) and not isinstance(b, bool):
+        return None if abs(a - b) <= atol or a == b else f"{path}: {a!r} != {b!r} (by more than {atol:g})"
+    if isinstance(b, float) and isinstance(a, int) and not isinstance(a, bool):
+        return json_diff(b, a, atol, path)
+    return None if a == b and type(a) is type(b) else f"{path}: {str(a)[:200]} != {str(b)[:200]}"
+
+
+def assert_json_close(a, b, atol: float = NET_ATOL) -> None:
+    """``a == b`` for JSON answers of the network from different batches or requests (see NET_ATOL)."""
+    diff = json_diff(a, b, atol)
+    assert diff is None, diff
+
+
+def checkout_env(**extra: str) -> dict:
+    """The environment for a script of this checkout run as a subprocess (``python scripts/X.py``):
+    its packages come first, as an editable install of this checkout gives them (a .venv shared by
+    several checkouts resolves ``indexer`` and ``service`` to whichever installed itself last)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
 
 def pytest_configure(config):
     if not (CELEBA10K / "img_align_celeba").is_dir():

@@ -252,11 +252,19 @@ def test_a_second_build_on_the_same_output_is_refused_while_the_first_runs(tmp_p
     assert sorted(p.name for p in partial.iterdir()) == ["chunk-000000.npz", "params.json"]
 
 
-def _build_old_and_fill(tmp_path: Path, where: Path, preexec=None) -> tuple[Path, subprocess.CompletedProcess]:
-    """An old 100-image index at ``where/idx``, then a 600-image rebuild over it that runs out of space."""
-    idx = where / "idx"
+@pytest.fixture(scope="module")
+def old_index(tmp_path_factory) -> Path:
+    """An old 100-image index, built once for the module by the command line; tests overwrite copies."""
+    idx = tmp_path_factory.mktemp("old") / "idx"
     r = _run([*BUILD, "--limit", "100", "--out", str(idx)])
     assert r.returncode == 0, r.stderr
+    return idx
+
+
+def _build_old_and_fill(old: Path, where: Path, preexec=None) -> tuple[Path, subprocess.CompletedProcess]:
+    """A copy of the old 100-image index at ``where/idx``, then a 600-image rebuild over it that runs out of space."""
+    idx = where / "idx"
+    shutil.copytree(old, idx)
     before = {n: (idx / n).read_bytes() for n in (*store.FILES, store.MANIFEST)}
     r = _run([*BUILD, "--limit", "600", "--chunk-size", "64", "--out", str(idx), "--overwrite"], preexec_fn=preexec)
     assert r.returncode != 0, "the build should have run out of space"
@@ -273,7 +281,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 
 
 @pytest.mark.parametrize("size,phase", [("12m", "index"), ("8m", "checkpoint")])
-def test_disk_full_keeps_the_previous_index_and_the_finished_work(tmp_path, size, phase):
+def test_disk_full_keeps_the_previous_index_and_the_finished_work(tmp_path, old_index, size, phase):
     """A real ENOSPC on a small tmpfs holding an old 100-face index (1.4 MB) and a 600-face rebuild.
     12 MiB: the checkpoints (7.8 MB) fit, the new index (7.8 MB) does not. 8 MiB: a checkpoint
     does not fit. Where mounting is not permitted, the kernel's file-size limit (RLIMIT_FSIZE: EFBIG)
@@ -281,7 +289,7 @@ def test_disk_full_keeps_the_previous_index_and_the_finished_work(tmp_path, size
     mnt = tmp_path / "small-disk"
     if _mount_tmpfs(mnt, size):
         try:
-            idx, r = _build_old_and_fill(tmp_path, mnt)
+            idx, r = _build_old_and_fill(old_index, mnt)
             assert "No space left on device" in r.stderr and "--resume" in r.stderr, r.stderr  # the OS reason
             if phase == "index":
                 assert "could not write the index: the disk is full" in r.stderr, r.stderr
@@ -309,7 +317,7 @@ def test_disk_full_keeps_the_previous_index_and_the_finished_work(tmp_path, size
             resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
 
         mnt.mkdir(exist_ok=True)
-        idx, r = _build_old_and_fill(tmp_path, mnt, preexec=limit)
+        idx, r = _build_old_and_fill(old_index, mnt, preexec=limit)
         assert "larger than the filesystem or the process's file-size limit allows" in r.stderr, r.stderr
         assert "File too large" in r.stderr and "untouched" in r.stderr, r.stderr
         assert not list(mnt.glob(".idx.tmp-*"))

@@ -18,7 +18,7 @@ from bad_images import check_decoder, corpus, expected_outcomes, problems
 from conftest import CELEBA10K, live_server
 
 from indexer import faces
-from scripts.loadtest import RssMonitor
+from service.loadgen import RssMonitor
 
 TOKEN = "fuzz-token"
 EXAMPLES = int(os.environ.get("FACEMEM_FUZZ_EXAMPLES", "40"))

@@ -14,7 +14,7 @@ import sys
 import jsonschema
 import numpy as np
 import pytest
-from conftest import CELEBA10K, DATA, REPO, read_wild_labels
+from conftest import CELEBA10K, DATA, REPO, checkout_env, read_wild_labels
 from PIL import Image
 
 from indexer import faces, pixels, store
@@ -245,11 +245,12 @@ def test_evaluation_on_planted_answers(small_index, small_plain_index_dir):
 
 def test_eval_cli_help_and_refusals(small_index_dir, small_plain_index_dir):
     run = [sys.executable, str(REPO / "scripts" / "eval_identification.py")]
-    h = subprocess.run([*run, "--help"], capture_output=True, text=True)
+    h = subprocess.run([*run, "--help"], capture_output=True, text=True, env=checkout_env())
     assert h.returncode == 0 and "--plain-index" in h.stdout and "resolution" in h.stdout
     bad = subprocess.run(  # the two indexes swapped: refused before any work
         [*run, "--index", str(small_plain_index_dir), "--plain-index", str(small_index_dir)],
         capture_output=True,
         text=True,
+        env=checkout_env(),
     )
     assert bad.returncode == 2 and "not flip-averaged" in bad.stderr

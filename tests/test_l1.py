@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA
+from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from indexer.augment import augment, expand_real_crops
+from indexer.l1 import L1Index, l1_brute_force
 
-from indexer.l1 import L1Index, l1_brute_force  # noqa: E402
-from scripts.bench_data import augment, expand_real_crops, load_celeba_crops  # noqa: E402
-
-DATA = Path(os.environ.get("FACEMEM_DATA", REPO.parent / "shared" / "data"))
 N_BASE = 1500  # real crops indexed
 N_HELD = 40  # real crops never indexed (queries)
+CROP_SIZE = 64
+# Centre crop for the half-size (89x109) aligned CelebA images: a 71x71 box around the face.
+HALF_SIZE_BOX = (9, 22, 80, 93)
+
+
+def center_crop_64(img: Image.Image) -> np.ndarray:
+    """Deterministic face crop -> uint8 (64, 64, 3). Scales the half-size box for full-size (178x218) images."""
+    img = img.convert("RGB")
+    sx, sy = img.width / 89.0, img.height / 109.0
+    x0, y0, x1, y1 = HALF_SIZE_BOX
+    box = (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
+    return np.asarray(img.crop(box).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR), dtype=np.uint8)
+
+
+def load_celeba_crops(root: Path | str, limit: int | None = None) -> np.ndarray:
+    """Load aligned CelebA images (sorted by file name) as flattened HWC uint8 crops, shape (n, 12288)."""
+    root = Path(root)
+    img_dir = root / "celeba10k" / "img_align_celeba"
+    if not img_dir.is_dir():
+        img_dir = root / "img_align_celeba"
+    files = sorted(img_dir.glob("*.jpg"))
+    if limit is not None:
+        files = files[:limit]
+    if not files:
+        raise FileNotFoundError(f"no CelebA images under {img_dir}")
+    out = np.empty((len(files), CROP_SIZE * CROP_SIZE * 3), dtype=np.uint8)
+    for i, f in enumerate(files):
+        with Image.open(f) as im:
+            out[i] = center_crop_64(im).reshape(-1)
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""Load on a live server (scripts/loadtest.py): concurrent clients get right answers, overload turns
-into quick 503s with Retry-After instead of a growing queue, and a restart under load costs clients
-connection errors or 503s, never a wrong answer. Real images, real index, real HTTP.
+"""Load on a live server (service/loadgen.py, the library of scripts/loadtest.py): concurrent clients
+get right answers, overload turns into quick 503s with Retry-After instead of a growing queue, and a
+restart under load costs clients connection errors or 503s, never a wrong answer. Real images, real index, real HTTP.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from indexer.watchdog import alive
-from scripts.loadtest import descendants, make_payloads, reference_answers, run_load, serve
+from service.loadgen import descendants, make_payloads, reference_answers, run_load, serve
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import shutil
 import jsonschema
 import numpy as np
 import pytest
-from conftest import CELEBA10K, REPO, build_index
+from conftest import CELEBA10K, REPO, assert_json_close, build_index
 
 from indexer import shards, store
 from indexer.flat import ExactL2, brute_force
@@ -150,12 +150,15 @@ def test_service_on_a_sharded_index(small_index, sharded_dir):
         assert c.get(f"/images/{files[1]}?size=32").status_code == 200
         assert c.get("/images/000301.jpg").status_code == 404  # in the dataset, not in the index
     mono, sh = bodies
-    assert [im["semantic"] for im in mono["images"]] == [im["semantic"] for im in sh["images"]]
+    # Two requests ran the network: semantic floats to conftest.NET_ATOL; the pixel channel exactly.
+    assert_json_close([im["semantic"] for im in mono["images"]], [im["semantic"] for im in sh["images"]])
     assert [im["pixel"] for im in mono["images"]] == [im["pixel"] for im in sh["images"]]
     assert [im["semantic"][0]["file"] for im in sh["images"]] == files
     assert mono["search"]["semantic"] == {"method": "exact", "exact": True, "faces": 300, "shards": 1}
     assert sh["search"]["pixel"]["shards"] == 5 and sh["search"]["semantic"]["exact"] is True
-    for key in ("collisions", "memorization", "calibration", "counts"):
+    for key in ("collisions", "memorization"):
+        assert_json_close({key: mono[key]}, {key: sh[key]})
+    for key in ("calibration", "counts"):
         assert mono[key] == sh[key], key
 
 

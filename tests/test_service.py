@@ -30,7 +30,7 @@ import jsonschema
 import numpy as np
 import pytest
 import requests
-from conftest import CELEBA10K, REPO, WILD, build_index, live_server, read_wild_labels
+from conftest import CELEBA10K, REPO, WILD, assert_json_close, build_index, live_server, read_wild_labels
 from PIL import Image
 
 from indexer import faces
@@ -371,7 +371,7 @@ def test_in_process_api_gives_the_same_numbers_as_http(http, app):
     local = json.loads(json.dumps(local))
     for b in (body, local):
         b.pop("timing")
-    assert body == local
+    assert_json_close(body, local)  # two requests: floats to conftest.NET_ATOL
 
 
 def test_json_base64_upload(transport):
@@ -466,8 +466,11 @@ def test_lossless_format_variants_give_identical_descriptors(transport):
     assert status == 200
     r = {e["image"]: e for e in body["images"]}
     assert all(e["status"] == "ok" for e in r.values())
-    assert r["rgba"]["semantic"] == r["rgb"]["semantic"] and r["rgba"]["pixel"] == r["rgb"]["pixel"]
-    assert r["grey16"]["semantic"] == r["grey8"]["semantic"] and r["grey16"]["pixel"] == r["grey8"]["pixel"]
+    # The same chip at two positions of one batch: pixel answers exactly, semantic ones to NET_ATOL
+    # (fp32 batched GEMM may sum in a position-dependent order; conftest.NET_ATOL).
+    for a, b in (("rgba", "rgb"), ("grey16", "grey8")):
+        assert r[a]["pixel"] == r[b]["pixel"]
+        assert_json_close(r[a]["semantic"], r[b]["semantic"])
 
 
 def test_several_faces_are_counted_and_the_largest_is_used(transport):

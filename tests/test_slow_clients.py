@@ -14,7 +14,7 @@ import time
 import requests
 from conftest import CELEBA10K
 
-from scripts.loadtest import serve
+from service.loadgen import serve
 
 ATTACK_S = 12.0  # how long the slow-loris clients keep at it
 

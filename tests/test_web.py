@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import CELEBA10K, REPO, live_server
+from conftest import CELEBA10K, NET_ATOL, REPO, live_server
 from PIL import Image
 from test_audit import CHROMIUM_FLAGS
 
@@ -231,10 +231,12 @@ def test_page_shows_the_neighbours_the_api_returns(server, api, files, driver):
         assert len(card["neighbors"]) == len(want) == (6 if im["status"] == "ok" else 0)
         for got, (ch, n) in zip(card["neighbors"], want):
             assert (got["channel"], got["rank"], got["file"]) == (ch, n["rank"], n["file"])
-            assert float(got["distance"]) == n["distance"]
+            # The page's numbers come from its own request: semantic ones to NET_ATOL (the network ran
+            # again, conftest.NET_ATOL); a stranger quantile is a step in the distance, so to one null sample.
+            assert float(got["distance"]) == pytest.approx(n["distance"], abs=NET_ATOL if ch == "semantic" else 0)
             assert got["thumb"][0] > 0 and max(got["thumb"]) <= 128
             if ch == "semantic":
-                assert float(got["stranger"]) == n["stranger_quantile"]
+                assert float(got["stranger"]) == pytest.approx(n["stranger_quantile"], abs=1 / cal["null_samples"])
                 assert f"distance {n['distance']:.3f}" in got["caption"]
                 if n["stranger_quantile"] > 0:
                     assert (
@@ -336,13 +338,15 @@ def test_client_sends_paths_bytes_arrays_and_named_pairs(api, files, small_index
     )
     names = [im["image"] for im in body["images"]]
     assert names == [IN_INDEX, "image-2", "array-3.png", "named.png", "float.png"]
-    # the JPEG as sent and its decoded pixels as PNG are the same face: the same answer, exactly
+    # the JPEG as sent and its decoded pixels as PNG are the same face: the same neighbours, the same
+    # pixel distances exactly (integer L1 of the same chip), the same semantic distances to NET_ATOL (one
+    # batch, five positions: fp32 batched GEMM may sum in a position-dependent order, conftest.NET_ATOL)
     ref = body["images"][0]
     for im in body["images"][1:]:
         assert im["status"] == "ok"
-        assert [(n["file"], n["distance"]) for n in im["semantic"]] == [
-            (n["file"], n["distance"]) for n in ref["semantic"]
-        ]
+        assert [n["file"] for n in im["semantic"]] == [n["file"] for n in ref["semantic"]]
+        for n, r in zip(im["semantic"], ref["semantic"]):
+            assert n["distance"] == pytest.approx(r["distance"], abs=NET_ATOL)
         assert [(n["file"], n["distance"]) for n in im["pixel"]] == [(n["file"], n["distance"]) for n in ref["pixel"]]
     assert ref["semantic"][0]["file"] == IN_INDEX and body["params"]["k"] == 2
     # the audit's form: (name, bytes) pairs and a params dict, the JSON body back
