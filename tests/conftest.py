@@ -81,17 +81,35 @@ def build_index(out: Path, root: Path = CELEBA10K, dataset: str = "celeba", **kw
     return build(cfg)
 
 
+def session_index(tmp_path_factory, name: str, **kw) -> Path:
+    """An index built once per test session. Under pytest-xdist (``make test`` runs two workers) the
+    workers share one build: the first to take the lock builds it, the other waits and reuses it;
+    the index is read-only to every test."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build_index(tmp_path_factory.mktemp("idx") / name, **kw)
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "shared-indexes"  # one per session, seen by every worker
+    root.mkdir(exist_ok=True)
+    out, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            build_index(out, **kw)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def small_index_dir(tmp_path_factory) -> Path:
     """300 celeba10k images, aligned mode (the indexer issue's test set)."""
-    return build_index(tmp_path_factory.mktemp("idx") / "small", limit=300)
+    return session_index(tmp_path_factory, "small", limit=300)
 
 
 @pytest.fixture(scope="session")
 def small_plain_index_dir(tmp_path_factory) -> Path:
     """The same 300 images with plain descriptors (``--no-flip-average``): embedder parity of the
     unaveraged descriptor, and the stand-in for an index written before flip averaging existed."""
-    return build_index(tmp_path_factory.mktemp("idx") / "small-plain", limit=300, flip_average=False)
+    return session_index(tmp_path_factory, "small-plain", limit=300, flip_average=False)
 
 
 @pytest.fixture(scope="session")
@@ -105,13 +123,13 @@ def small_index(small_index_dir):
 def part_index_dir(tmp_path_factory) -> Path:
     """The first 3,000 celeba10k images (aligned): enough faces for attribute probes, and the other
     7,000 stay outside it (held-back real faces for planted-generator tests)."""
-    return build_index(tmp_path_factory.mktemp("idx") / "part3000", limit=PART_INDEX)
+    return session_index(tmp_path_factory, "part3000", limit=PART_INDEX)
 
 
 @pytest.fixture(scope="session")
 def full_index_dir(tmp_path_factory) -> Path:
     """All of celeba10k (10,000 images, aligned mode): realistic calibration for the service tests."""
-    return build_index(tmp_path_factory.mktemp("idx") / "celeba10k")
+    return session_index(tmp_path_factory, "celeba10k")
 
 
 @pytest.fixture(scope="session")
