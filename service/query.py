@@ -187,7 +187,7 @@ def _answer(searcher, named_faces: list[tuple[str, faces.Face]], params: Params,
         th,
         pixels.PIXEL_DIM,
         positions=pos,
-        calibration=cal,
+        calibration={**cal, **searcher.null_clusters},
     )
     if params.vectors:
         for row, i in enumerate(pos):

@@ -109,6 +109,7 @@ class Searcher:
         self.files = FaceField(index, "file")
         self.identities = FaceField(index, "identity")
         self.probes = attributes.probes_of(index)  # None: the index has no attribute probes
+        self._null_clusters: dict[str, np.ndarray] | None = None
         self.flip_average = index.flip_average  # queries are described as the index's rows are
         self.face_resolution = index.face_resolution  # None: an index without the record
 
@@ -123,6 +124,16 @@ class Searcher:
         if not self.index.n_faces:
             return None
         return ivf.to_device(ivf.build(self.index.descriptor_blocks()), self.device)
+
+    @property
+    def null_clusters(self) -> dict[str, np.ndarray]:
+        """The clusters of the index's null samples (:func:`service.stats.training_side.null_clusters`),
+        computed once: every request's memorization tests use them."""
+        if self._null_clusters is None:
+            from .stats.training_side import null_clusters
+
+            self._null_clusters = null_clusters(self.index)
+        return self._null_clusters
 
     def search_info(self, channels: Sequence[str] = ("semantic", "pixel")) -> dict:
         """How each channel searches: the ``search`` object of a response."""

@@ -145,11 +145,12 @@ def training_side(
     pix_rows = np.asarray(cal.get("pix_loo_rows", np.zeros(0, np.int64)))
     pix_sub = None if len(pix_rows) <= NULL_CAP else np.sort(rng.choice(len(pix_rows), NULL_CAP, replace=False))
     ids, names = _identity_codes_and_names(index)
+    clusters = null_clusters(index, ids)
     nulls = {
         "sem_diff_id": _sub(cal["sem_diff_id"], rows),
-        "sem_diff_id_identity": _sub(ids[sem_face], rows),
-        "sem_diff_id_neighbour": _sub(_neighbour_identity(ids, cal["sem_diff_id_face"]), rows),
-        "pix_diff_id_identity": _sub(ids[pix_rows] if len(pix_rows) else np.zeros(0, np.int64), pix_sub),
+        "sem_diff_id_identity": _sub(clusters["sem_diff_id_identity"], rows),
+        "sem_diff_id_neighbour": _sub(clusters["sem_diff_id_neighbour"], rows),
+        "pix_diff_id_identity": _sub(clusters["pix_diff_id_identity"], pix_sub),
         "sem_loo": _sub(cal["sem_loo"], rows),
         "pix_loo": _sub(cal.get("pix_loo", np.zeros(0)), pix_sub),
         "pix_diff_id": _sub(cal.get("pix_diff_id", np.zeros(0)), pix_sub),
@@ -196,7 +197,19 @@ def _identity_codes_and_names(index: FaceIndex) -> tuple[np.ndarray, list[str]]:
     return codes, [str(n) for n in names]
 
 
-def _neighbour_identity(ids: np.ndarray, diff_face: np.ndarray) -> np.ndarray:
-    """The identity code of each null face's nearest other-identity face (−1 where there is none)."""
-    face = np.asarray(diff_face, np.int64)
-    return np.where(face >= 0, ids[np.clip(face, 0, None)], -1)
+def null_clusters(index: FaceIndex, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The clusters of the index's null samples, aligned with them: each ``sem_diff_id`` value's face
+    identity and its nearest other-identity face's identity (look-alike pairs), and each ``pix_diff_id``
+    value's face identity (−1 unknown). The memorization tests count the nulls at their effective size
+    with them (:func:`service.stats.baselines.rate_test`); the service and the audit read the same."""
+    cal = index.calibration
+    ids = index.identity_codes() if ids is None else ids
+    m = len(cal["sem_diff_id"])
+    sem_face = np.asarray(cal["sem_rows"], np.int64) if "sem_rows" in cal else np.arange(m, dtype=np.int64)
+    diff_face = np.asarray(cal["sem_diff_id_face"], np.int64)
+    pix_rows = np.asarray(cal.get("pix_loo_rows", np.zeros(0, np.int64)), np.int64)
+    return {
+        "sem_diff_id_identity": ids[sem_face],
+        "sem_diff_id_neighbour": np.where(diff_face >= 0, ids[np.clip(diff_face, 0, None)], -1),
+        "pix_diff_id_identity": ids[pix_rows] if len(pix_rows) else np.zeros(0, np.int64),
+    }
