@@ -13,18 +13,22 @@ import numpy as np
 import pytest
 
 from service.audit import study_support as ss
+from service.stats import support
 
 SEEDS = 30
 
 
 @pytest.fixture(scope="module")
-def domain_runs() -> list[dict]:
+def worlds() -> list[ss.StudyWorld]:
+    """30 worlds (training sets and thresholds), shared by both experiments as in the full study."""
+    return [ss.study_world(seed) for seed in range(SEEDS)]
+
+
+@pytest.fixture(scope="module")
+def domain_runs(worlds) -> list[dict]:
     """30 worlds, chance rate 10·f, a uniform generator over 5,000 faces and a continuum-only one."""
-    return [
-        r
-        for seed in range(SEEDS)
-        for r in ss.domain_run(seed, chances=(10,), generators=("uniform 5,000", "continuum only"), v2_boot=200)
-    ]
+    gens = ("uniform 5,000", "continuum only")
+    return [r for seed in range(SEEDS) for r in ss.domain_run(seed, (10,), gens, sw=worlds[seed], v2_boot=200)]
 
 
 def _rows(runs: list[dict]) -> dict[str, dict]:
@@ -85,15 +89,35 @@ def test_true_s50_matches_the_birthday_formula_for_a_uniform_generator():
     assert abs(got - want) < 1.0
 
 
-def test_crossing_interval_covers_the_true_s50():
+def test_crossing_interval_covers_the_true_s50(worlds):
     """One 3% mode over 5,000 faces, 50 trials at each of s = 16, 32, 64, 128, in 20 worlds: where an
     interval is printed it covers the Monte Carlo s50 in ≥ 80% of runs, and most runs print one."""
     runs = [
         r
         for seed in range(20)
-        for r in ss.crossing_run(seed, generators=("one 3% mode + 5,000",), trials=(50,), sequences=4000)
+        for r in ss.crossing_run(seed, ("one 3% mode + 5,000",), (50,), sw=worlds[seed], sequences=4000)
     ]
     row = ss.summarize_crossing(runs)[0]
     assert 35 < row["true_s50_median"] < 55 and math.isfinite(row["true_s50_range"][1])
     assert row["no_interval"]["share"] <= 0.5
     assert row["coverage"]["share"] >= 0.8
+
+
+def test_s50_statement_near_the_grid_edge():
+    """Trials with P(s) = 1 − exp(−C(s,2)·q) and a true s50 of 17, just above the smallest size: the
+    interval (two-sided, or one-sided where the crossing may lie beyond the grid) is printed in ≥ 90% of
+    30 designs and holds in ≥ 80%. Before the fix, draws crossing below 16 were dropped or voided the
+    interval: none was printed in most designs, and a printed one sat too high."""
+    q = math.log(2) / (17 * 16 / 2)
+    printed = held = 0
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        sizes = [s for s in ss.CROSSING_SIZES for _ in range(20)]
+        y = [bool(rng.random() < -math.expm1(-s * (s - 1) / 2 * q)) for s in sizes]
+        iv = support.s50_by_trials(sizes, y, seed=seed)["interval"]
+        if iv is None:
+            continue
+        printed += 1
+        held += (iv[0] is None or iv[0] <= 17) and (iv[1] is None or 17 <= iv[1])
+    assert printed >= 27
+    assert held >= 0.8 * printed
