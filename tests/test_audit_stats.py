@@ -113,22 +113,25 @@ def test_chance_pairs_are_removed(world):
 
 
 def test_crossing_fit_recovers_a_known_rate():
-    """Trials with P(collision | s) = 1 − exp(−C(s,2)·q): the profile-likelihood interval covers q."""
+    """Trials with P(collision | s) = 1 − exp(−C(s,2)·q): the fit recovers s50, and the model-free
+    interval (a bootstrap over the trials of each size, v3) covers the true s50."""
     q, f = 2e-3, 1e-5
+    truth = support.s50(q)
     covered = 0
     for seed in range(60):
         rng = np.random.default_rng(seed)
         sizes = [16, 32, 64] * 20
         y = [rng.random() < -math.expm1(-s * (s - 1) / 2 * q) for s in sizes]
-        fit = support.crossing_fit(sizes, y, f)
-        lo, hi = fit["rate_interval"]
-        covered += lo <= q <= (hi if hi is not None else math.inf)
+        fit = support.crossing_fit(sizes, y, f, sizes=sizes, seed=seed)
+        lo, hi = fit["interval"]
+        covered += (lo is None or lo <= truth) and (hi is None or truth <= hi)
     assert covered >= 53
     assert fit["s50"] == pytest.approx(support.s50(fit["rate"]))
     assert fit["rule_s2"] == pytest.approx(fit["s50"] ** 2)
+    assert "support" not in fit and "support_interval" not in fit  # v3: no number from the Poisson model
     assert support.s50(q) == pytest.approx((1 + math.sqrt(1 + 8 * math.log(2) / q)) / 2)
     none = support.crossing_fit([16, 32] * 20, [False] * 40, f)  # no collision in 40 trials: s50 > 32
-    assert none["s50"] is None and none["interval"][0] > 32 and none["support_interval"][0] > 0
+    assert none["s50"] is None and none["interval"][0] > 32 and none["interval"][1] is None
     every = support.crossing_fit([16, 32] * 20, [True] * 40, f)
     assert every["interval"][0] is None and every["interval"][1] < 16
 

@@ -376,6 +376,13 @@ S50_BOOTSTRAP = 1000
 def _crossing(sizes: np.ndarray, shares: np.ndarray) -> float | None:
     """Where the share of colliding trials first reaches ½, interpolated linearly in log s between the
     batch sizes after a monotone (pool-adjacent-violators) fit; None where it is not bracketed."""
+    c = _crossing_or_side(sizes, shares)
+    return c if math.isfinite(c) else None
+
+
+def _crossing_or_side(sizes: np.ndarray, shares: np.ndarray) -> float:
+    """:func:`_crossing`, with the side of an unbracketed crossing kept: −inf where the monotone share is
+    already ≥ ½ at the smallest size, +inf where it is still < ½ at the largest."""
     fitted = list(shares.astype(np.float64))
     weights = [1.0] * len(fitted)
     blocks = [[v, w, 1] for v, w in zip(fitted, weights)]
@@ -387,8 +394,10 @@ def _crossing(sizes: np.ndarray, shares: np.ndarray) -> float | None:
             v1, w1, n1 = merged.pop()
             merged.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
     mono = np.concatenate([[v] * int(n) for v, _, n in merged])
-    if mono[0] >= 0.5 or mono[-1] < 0.5:
-        return None
+    if mono[0] >= 0.5:
+        return -math.inf
+    if mono[-1] < 0.5:
+        return math.inf
     j = int(np.argmax(mono >= 0.5))
     x0, x1, y0, y1 = math.log(sizes[j - 1]), math.log(sizes[j]), mono[j - 1], mono[j]
     return float(math.exp(x0 + (0.5 - y0) * (x1 - x0) / (y1 - y0)))
@@ -397,7 +406,13 @@ def _crossing(sizes: np.ndarray, shares: np.ndarray) -> float | None:
 def s50_by_trials(sizes: list[int], collided: list[bool], confidence: float = CONFIDENCE, seed: int = 0) -> dict:
     """Model-free 50% crossing: the share of trials with a collision at each batch size, its crossing of
     ½ (:func:`_crossing`), and a percentile bootstrap over the trials of each size. An end of the interval
-    is None where more than its tail share of the bootstrap's crossings are not bracketed by the sizes."""
+    is None where more than its tail share of the bootstrap's crossings are not bracketed by the sizes on
+    that side (a one-sided bound then; the grid's edge where nearly all draws lie beyond it).
+
+    Why the unbracketed draws are kept as ±inf and not dropped: they are the draws whose crossing lies
+    below the smallest (or above the largest) size, i.e. a tail of the bootstrap distribution; dropping
+    them moved the remaining quantiles inward, and the interval missed a crossing near the grid's edge
+    (study: one 10% mode, true s50 ≈ 16 at sizes 16–128, BENCHMARKS.md)."""
     s = np.asarray(sizes, np.int64)
     y = np.asarray(collided, bool)
     grid = np.unique(s)
@@ -410,17 +425,21 @@ def s50_by_trials(sizes: list[int], collided: list[bool], confidence: float = CO
     rng = np.random.default_rng([seed, 41])
     draws = np.array(
         [
-            _crossing(grid, np.array([rng.choice(g, len(g)).mean() for g in groups])) or np.nan
+            _crossing_or_side(grid, np.array([rng.choice(g, len(g)).mean() for g in groups]))
             for _ in range(S50_BOOTSTRAP)
         ]
     )
     tail = (1 - confidence) / 2
-    ok = draws[np.isfinite(draws)]
-    if len(ok) < (1 - tail) * len(draws):
-        out["note"] = "the batch sizes do not bracket the 50% crossing in enough bootstrap draws: no interval"
-        return out
-    lo, hi = np.quantile(draws[np.isfinite(draws)], [tail, 1 - tail]) if len(ok) else (None, None)
-    out["interval"] = [float(lo), float(hi)]
+    lo, hi = (float(v) for v in np.quantile(draws, [tail, 1 - tail], method="inverted_cdf"))
+    if hi == -math.inf:  # nearly every draw already crosses at the smallest size: the crossing is below it
+        lo, hi = -math.inf, float(grid[0])
+    elif lo == math.inf:  # nearly none crosses by the largest size: the crossing is above it
+        lo, hi = float(grid[-1]), math.inf
+    out["interval"] = [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None]
+    if not math.isfinite(lo):
+        out["note"] = f"the crossing may lie below the smallest batch size ({int(grid[0])}): an upper bound only"
+    elif not math.isfinite(hi):
+        out["note"] = f"the crossing may lie above the largest batch size ({int(grid[-1])}): a lower bound only"
     return out
 
 
