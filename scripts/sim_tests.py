@@ -14,6 +14,8 @@ worlds. Studies:
              its power against 1% re-rendered training copies at n = 1,000
   verdict    the whole verdict (verdict.decide over the five tests) on clean generators, n = 1,000,
              2 and 10 photos per identity ("any finding" = the primary or any secondary rejects)
+  ct         (diagnostic, not in the default) the spread of C_T's z on clean generators at 2 and 10 photos
+             per identity, with the audit's held-out sample and with one face per identity
   omissions  the omission rate's coverage and type-I error at 10 and 20 photos per identity (10,000
              training faces), v3 (identity design effects) against v2 (design effects 1)
 
@@ -31,7 +33,8 @@ import os
 import sys
 import time
 
-STUDIES = ("identity", "primary", "verdict", "omissions")
+STUDIES = ("identity", "primary", "verdict", "omissions", "ct")
+DEFAULT = ("identity", "primary", "verdict", "omissions")
 
 
 def pct(r: dict) -> str:
@@ -101,20 +104,36 @@ def tables(raw: dict) -> dict:
         rows["verdict"] = st.verdict_rows(worlds)
         if rows["verdict"]:
             print_verdict(rows["verdict"])
+    if raw.get("ct"):
+        rows["ct"] = st.ct_null_rows(raw["ct"])
+        print_ct(rows["ct"])
     return rows
 
 
 def merge(paths: list[str]) -> dict:
     """Concatenate the raw runs of several chunks (each run is one seed of one setting)."""
-    raw: dict = {"identity": [], "omissions": [], "worlds": {}}
+    raw: dict = {"identity": [], "omissions": [], "worlds": {}, "ct": {}}
     for path in paths:
         with open(path) as f:
             r = json.load(f)["raw"]
         raw["identity"] += r.get("identity", [])
         raw["omissions"] += r.get("omissions", [])
-        for name, runs in (r.get("worlds") or {}).items():
-            raw["worlds"].setdefault(name, []).extend(runs)
+        for key in ("worlds", "ct"):
+            for name, runs in (r.get(key) or {}).items():
+                raw[key].setdefault(name, []).extend(runs)
     return raw
+
+
+def print_ct(rows: list[dict]) -> None:
+    print(
+        f"\n{'C_T on clean generators':26} {'held-out sample':22} {'z mean':>6} {'z sd':>5} "
+        f"{'p <= 5%':>24} {'p <= a/20':>24}"
+    )
+    for r in rows:
+        print(
+            f"{r['world']:26} {r['held_out']:22} {r['z_mean']:6.2f} {r['z_sd']:5.2f} {pct(r['reject']):>24} "
+            f"{pct(r['reject_secondary_level']):>24}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,10 +142,19 @@ def main(argv: list[str] | None = None) -> int:
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--study", nargs="+", choices=STUDIES, default=list(STUDIES), help="which studies (default: all)")
+    p.add_argument(
+        "--study", nargs="+", choices=STUDIES, default=list(DEFAULT), help="which studies (default: all but ct)"
+    )
     p.add_argument("--seeds", type=int, default=300, help="simulated worlds (audits) per row")
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first world (to run the study in chunks)")
     p.add_argument("--json", metavar="OUT", help="write the rows and every run as JSON (rewritten after each study)")
+    p.add_argument(
+        "--worlds",
+        nargs="+",
+        metavar="SPEC",
+        help="training sets for primary/verdict (keys of study_tests.SPECS: 2, 1-10, 10, 2x5000); "
+        "default 2, 1-10, 10 (verdict: 2 and 10)",
+    )
     p.add_argument("--merge", nargs="+", metavar="JSON", help="no simulation: merge the runs of earlier --json files")
     a = p.parse_args(argv)
 
@@ -158,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     want_p, want_v = "primary" in a.study, "verdict" in a.study
     if want_p or want_v:
         t = time.time()
-        names = ("2", "1-10", "10") if want_p else ("2", "10")
-        verdict_specs = [st.SPECS[k].name for k in ("2", "10")] if want_v else []
+        names = a.worlds or (("2", "1-10", "10") if want_p else ("2", "10"))
+        verdict_specs = [st.SPECS[k].name for k in names if k in ("2", "10")] if want_v else []
         specs = [st.SPECS[k] for k in names]
         out["raw"]["worlds"] = st.run_worlds(specs, a.seeds, verdict_specs, first_seed=a.first_seed, progress=log)
         out["seconds"]["primary+verdict"] = time.time() - t
@@ -176,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         out["seconds"]["identity"] = time.time() - t
         save()
         log("identity done")
+    if "ct" in a.study:
+        t = time.time()
+        out["raw"]["ct"] = {
+            st.SPECS[k].name: [st.ct_null_run(st.SPECS[k], s) for s in range(a.first_seed, a.first_seed + a.seeds)]
+            for k in ("2", "10")
+        }
+        out["seconds"]["ct"] = time.time() - t
+        save()
+        log("ct done")
     out["rows"] = tables(out["raw"])
     save()
     print(f"\n{time.time() - t0:.0f} s; load {os.getloadavg()[0]:.1f} at end")

@@ -18,6 +18,8 @@ Four experiments, each a function returning one row per setting:
 * :func:`verdict_study`: the whole verdict (:func:`service.stats.verdict.decide`) on clean generators.
 * :func:`omissions_study`: coverage and type-I error of the omission statistics, v3 against design
   effects forced to 1 (v2).
+* :func:`ct_null_study` (a diagnostic of the verdict's C_T findings): the spread of C_T's z on clean
+  generators, with the audit's held-out sample and with one face per identity.
 
 The descriptor worlds are :mod:`service.audit.simulate`'s; the statistics are called as
 :mod:`service.audit.analysis` and :mod:`service.audit.strangers` call them.
@@ -29,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 from indexer.clusters import design_effect
 
@@ -179,6 +182,8 @@ SPECS = {
     "2": WorldSpec("2 photos/identity", 1000, 2),
     "1-10": WorldSpec("1-10 photos/identity", 1000, (1, 10)),
     "10": WorldSpec("10 photos/identity", 1000, 10),
+    # a larger index, to show how the primary test's power grows with its null's effective size
+    "2x5000": WorldSpec("2 photos/identity, 5,000 identities", 5000, 2),
 }
 
 
@@ -363,6 +368,64 @@ def verdict_run(
     rejected = [d["name"] for d in [dec["primary"], *dec["secondary"]] if d["reject"]]
     p = dict(mem["p_values"], ct_copying=ct_block["p_value_copying"], identity_concentration=idents["p_value_max"])
     return {"rejected": rejected, "p_values": p}
+
+
+def ct_null_run(spec: WorldSpec, seed: int, n: int = 1000) -> dict:
+    """C_T's z for a clean generator, with the audit's held-out sample (every training face's nearest
+    other-identity distance) and with one face per identity (a seeded pick), in the same world.
+
+    Why: C_T's normal null takes the held-out distances as independent; several photos of one person
+    (and two look-alike people, who are each other's nearest stranger) give nearly the same distance.
+    If that dependence is what widens the null, z's spread shrinks back towards 1 with one face per
+    identity."""
+    import faiss
+
+    world = build_world(spec, 5000 + seed)
+    cal = fast_calibration(world.train, world.train_ids)
+    index = faiss.IndexFlatL2(simulate.DIM)
+    index.add(world.train)
+    rng = np.random.default_rng([seed, 31])
+    x = world.strangers(n, rng)
+    top1, _ = nearest(world, index, x)
+    k = ct.cell_count(n)
+    centroids = ct.kmeans_cells(world.train, k, seed)
+    held = np.asarray(cal["sem_diff_id"], np.float64)
+    cells = ct.assign(world.train, centroids)
+    gen_cells = ct.assign(x, centroids)
+    perm = np.random.default_rng([seed, 37]).permutation(len(held))
+    one = np.sort(perm[np.unique(world.train_ids[perm], return_index=True)[1]])
+    out = {}
+    for name, rows in (("all faces", np.arange(len(held))), ("one face per identity", one)):
+        ok = rows[np.isfinite(held[rows])]
+        out[name] = ct.ct_test(top1, gen_cells, held[ok], cells[ok], k)["z"]
+    return out
+
+
+def ct_null_rows(runs: dict[str, list[dict]]) -> list[dict]:
+    """Spread of C_T's z under H0 (1 if its normal null is right) and its rejection rates."""
+    rows = []
+    for world_name, rs in runs.items():
+        for held in rs[0]:
+            z = np.asarray([r[held] for r in rs], np.float64)
+            p = norm.cdf(z)
+            rows.append(
+                {
+                    "study": "ct",
+                    "world": world_name,
+                    "held_out": held,
+                    "z_mean": float(z.mean()),
+                    "z_sd": float(z.std(ddof=1)),
+                    "reject": rate_row(p <= ALPHA),
+                    "reject_secondary_level": rate_row(p <= ALPHA * (1 - verdict.PRIMARY_WEIGHT) / 4),
+                }
+            )
+    return rows
+
+
+def ct_null_study(seeds: int, specs: Iterable[str] = ("2", "10"), first_seed: int = 0) -> list[dict]:
+    """C_T's null spread with the audit's held-out sample and with one face per identity (:func:`ct_null_run`)."""
+    runs = {SPECS[s].name: [ct_null_run(SPECS[s], i) for i in range(first_seed, first_seed + seeds)] for s in specs}
+    return ct_null_rows(runs)
 
 
 def run_worlds(
