@@ -16,6 +16,8 @@ worlds. Studies:
              2 and 10 photos per identity ("any finding" = the primary or any secondary rejects)
   ct         (diagnostic, not in the default) the spread of C_T's z on clean generators at 2 and 10 photos
              per identity, with the audit's held-out sample and with one face per identity
+  deff       (diagnostic, not in the default) the design effect the null share's errors show across worlds
+             (against each world's stranger rate on 20,000 new people) beside v3's estimate, 2 / 1-10 / 10
   omissions  the omission rate's coverage and type-I error at 10 and 20 photos per identity (10,000
              training faces), v3 (identity design effects) against v2 (design effects 1)
 
@@ -33,7 +35,7 @@ import os
 import sys
 import time
 
-STUDIES = ("identity", "primary", "verdict", "omissions", "ct")
+STUDIES = ("identity", "primary", "verdict", "omissions", "ct", "deff")
 DEFAULT = ("identity", "primary", "verdict", "omissions")
 
 
@@ -107,18 +109,27 @@ def tables(raw: dict) -> dict:
     if raw.get("ct"):
         rows["ct"] = st.ct_null_rows(raw["ct"])
         print_ct(rows["ct"])
+    if raw.get("deff"):
+        rows["deff"] = st.null_share_rows(raw["deff"])
+        for r in rows["deff"]:
+            lo, hi = r["empirical_deff_ci"]
+            print(
+                f"{r['world']:36} {r['worlds']} worlds: null share {r['null_share_mean']:.4f}, stranger rate "
+                f"{r['stranger_rate_mean']:.4f}; design effect across worlds {r['empirical_deff']:.2f} "
+                f"[{lo:.2f}, {hi:.2f}], v3's median {r['v3_deff_median']:.2f}"
+            )
     return rows
 
 
 def merge(paths: list[str]) -> dict:
     """Concatenate the raw runs of several chunks (each run is one seed of one setting)."""
-    raw: dict = {"identity": [], "omissions": [], "worlds": {}, "ct": {}}
+    raw: dict = {"identity": [], "omissions": [], "worlds": {}, "ct": {}, "deff": {}}
     for path in paths:
         with open(path) as f:
             r = json.load(f)["raw"]
         raw["identity"] += r.get("identity", [])
         raw["omissions"] += r.get("omissions", [])
-        for key in ("worlds", "ct"):
+        for key in ("worlds", "ct", "deff"):
             for name, runs in (r.get(key) or {}).items():
                 raw[key].setdefault(name, []).extend(runs)
     return raw
@@ -213,6 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         out["seconds"]["ct"] = time.time() - t
         save()
         log("ct done")
+    if "deff" in a.study:
+        t = time.time()
+        out["raw"]["deff"] = {
+            st.SPECS[k].name: [st.null_share_run(st.SPECS[k], s) for s in range(a.first_seed, a.first_seed + a.seeds)]
+            for k in (a.worlds or ("2", "1-10", "10"))
+        }
+        out["seconds"]["deff"] = time.time() - t
+        save()
+        log("deff done")
     out["rows"] = tables(out["raw"])
     save()
     print(f"\n{time.time() - t0:.0f} s; load {os.getloadavg()[0]:.1f} at end")

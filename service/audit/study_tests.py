@@ -428,6 +428,65 @@ def ct_null_study(seeds: int, specs: Iterable[str] = ("2", "10"), first_seed: in
     return ct_null_rows(runs)
 
 
+def null_share_run(spec: WorldSpec, seed: int, strangers: int = 20_000) -> dict:
+    """The training side's null share under the identity threshold (m/N) beside the world's own
+    stranger rate (measured on ``strangers`` new people), and v3's design effect of that share.
+
+    Why: the same-person test is right when the null share's error around the world's stranger rate
+    has the variance v3 assumes, p(1 − p)·D/N. Across worlds, Var(m/N − rate) / (p(1 − p)/N) is the
+    design effect the test needs; comparing it with v3's median D says whether D is too small (the
+    test rejects too often) or too large (it loses power)."""
+    import faiss
+
+    world = build_world(spec, 5000 + seed)
+    cal = fast_calibration(world.train, world.train_ids)
+    th = thresholds.calibrate(cal)
+    nulls = training_nulls(world, cal)
+    held = np.asarray(nulls["sem_diff_id"], np.float64)
+    hit = held < th.identity
+    deff = design_effect(hit, nulls["sem_diff_id_identity"], neighbours=nulls["sem_diff_id_neighbour"])
+    index = faiss.IndexFlatL2(simulate.DIM)
+    index.add(world.train)
+    d, _ = nearest(world, index, world.strangers(strangers, np.random.default_rng([seed, 43])))
+    return {
+        "null_share": float(hit.mean()),
+        "faces": int(len(hit)),
+        "deff": deff,
+        "stranger_rate": float(np.mean(d < th.identity)),
+        "strangers": strangers,
+    }
+
+
+def null_share_rows(runs: dict[str, list[dict]]) -> list[dict]:
+    """Per training set: the design effect the null share's errors show across worlds, beside v3's."""
+    rows = []
+    for name, rs in runs.items():
+        share = np.asarray([r["null_share"] for r in rs])
+        rate = np.asarray([r["stranger_rate"] for r in rs])
+        p = float(share.mean())
+        binom_null = p * (1 - p) / np.mean([r["faces"] for r in rs])
+        binom_strangers = p * (1 - p) / rs[0]["strangers"]  # the measured rate's own noise, taken out
+        var = float(np.var(share - rate, ddof=1)) - binom_strangers
+        boot = np.random.default_rng(0).integers(0, len(rs), (2000, len(rs)))
+        vb = np.var((share - rate)[boot], axis=1, ddof=1) - binom_strangers
+        rows.append(
+            {
+                "study": "deff",
+                "world": name,
+                "worlds": len(rs),
+                "null_share_mean": p,
+                "stranger_rate_mean": float(rate.mean()),
+                "empirical_deff": var / binom_null,
+                "empirical_deff_ci": [
+                    float(np.quantile(vb, 0.025) / binom_null),
+                    float(np.quantile(vb, 0.975) / binom_null),
+                ],
+                "v3_deff_median": float(np.median([r["deff"] for r in rs])),
+            }
+        )
+    return rows
+
+
 def run_worlds(
     specs: Iterable[WorldSpec],
     seeds: int,
