@@ -273,13 +273,16 @@ def test_audit_reference_reads_a_sampled_calibration(small_index):
     part = semantic_calibration(small_index.descriptors, ids, sample=150, seed=5)
     idx = dataclasses.replace(small_index, calibration={**small_index.calibration, **part})
     ref = training_side.training_side(idx, faces=20, cells=4)
-    finite = np.isfinite(part["sem_diff_id"])
-    assert len(ref["ct"]["held_out_distance"]) == len(ref["ct"]["held_out_cells"]) == int(finite.sum())
-    np.testing.assert_allclose(ref["ct"]["held_out_distance"], part["sem_diff_id"][finite], rtol=1e-6)
+    # C_T's held-out values: one sampled face per identity (v3), read at their sample positions
+    held = training_side.one_per_identity(np.arange(len(part["sem_rows"])), ids[part["sem_rows"]], 0)
+    held = held[np.isfinite(part["sem_diff_id"][held])]
+    assert len(ref["ct"]["held_out_distance"]) == len(ref["ct"]["held_out_cells"]) == len(held)
+    assert len(set(ids[part["sem_rows"][held]].tolist())) == len(held)  # distinct people
+    np.testing.assert_allclose(ref["ct"]["held_out_distance"], part["sem_diff_id"][held], rtol=1e-6)
     cents = np.asarray(ref["ct"]["centroids"], np.float32)
     from service.stats import ct
 
-    want = ct.assign(np.asarray(small_index.descriptors)[part["sem_rows"][finite]], cents)
+    want = ct.assign(np.asarray(small_index.descriptors)[part["sem_rows"][held]], cents)
     assert ref["ct"]["held_out_cells"] == want.tolist()
     assert ref["identity_null"] is not None
     # Planted: sampled faces 1, 3, 5 are of three identities (their positions 0, 1, 2 would read

@@ -157,7 +157,7 @@ def training_side(
     }
     k = cells or ct.cell_count(faces)
     centroids = ct.kmeans_cells(index.descriptors, k, seed)
-    held_rows = np.arange(m) if rows is None else rows
+    held_rows = one_per_identity(np.arange(m) if rows is None else rows, ids[sem_face], seed)
     held = np.asarray(cal["sem_diff_id"], np.float64)[held_rows]
     finite = np.isfinite(held)
     out = {
@@ -176,7 +176,8 @@ def training_side(
             "centroids": centroids.tolist(),
             "held_out_distance": held[finite].tolist(),
             "held_out_cells": ct.assign(index.descriptors[sem_face[held_rows][finite]], centroids).tolist(),
-            "held_out_source": "each training face's nearest other-identity distance (training-domain strangers)",
+            "held_out_source": "one face per training identity: its nearest other-identity distance (training-domain "
+            "strangers)",
         },
         "scope": scope(index, training_set_size),
         "omissions": attributes.training_side(index),  # the same dict as GET /v1/attributes
@@ -213,3 +214,17 @@ def null_clusters(index: FaceIndex, ids: np.ndarray | None = None) -> dict[str, 
         "sem_diff_id_neighbour": np.where(diff_face >= 0, ids[np.clip(diff_face, 0, None)], -1),
         "pix_diff_id_identity": ids[pix_rows] if len(pix_rows) else np.zeros(0, np.int64),
     }
+
+
+def one_per_identity(rows: np.ndarray, identity: np.ndarray, seed: int) -> np.ndarray:
+    """``rows`` (positions into the per-face arrays) with one seeded pick per identity, in order; faces
+    of unknown identity (−1) all stay. Why: C_T treats its held-out values as independent, and photos
+    of one person are not (measured: its null z spread 1.12–1.19 with every photo, 0.96–1.01 with one
+    face per identity, so a clean generator's C_T rejected 7–9% of the time at 5%)."""
+    rows = np.asarray(rows, np.int64)
+    who = np.asarray(identity, np.int64)[rows]
+    order = np.random.default_rng([seed, 13]).permutation(len(rows))
+    known = order[who[order] >= 0]
+    _, first = np.unique(who[known], return_index=True)
+    keep = np.concatenate([known[first], np.flatnonzero(who < 0)])
+    return rows[np.sort(keep)]
