@@ -33,7 +33,7 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: setup system-deps
-	FACEMEM_DATA=$(DATA) $(VPY) -m pytest -q tests $(PYTEST_ARGS)
+	FACEMEM_DATA=$(DATA) $(VPY) -m pytest -q -n 2 --dist loadfile tests $(PYTEST_ARGS)
 
 # ruff's linter and formatter (line length 120, settings in pyproject.toml); CI runs it.
 lint: setup
