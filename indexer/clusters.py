@@ -26,43 +26,52 @@ def codes(labels: np.ndarray | list) -> np.ndarray:
     return np.where(a >= 0, a, -1 - np.arange(n))
 
 
-def merge(own: np.ndarray, other: np.ndarray, link: np.ndarray) -> np.ndarray:
-    """Cluster codes ``own`` with the clusters of ``own[i]`` and ``other[i]`` joined wherever ``link[i]``
-    (union-find): two people who are each other's nearest stranger are one cluster."""
-    labels, inv = np.unique(np.concatenate([own, other]), return_inverse=True)
-    parent = np.arange(len(labels))
+def _robust_variance(hit: np.ndarray, labels: np.ndarray, share: float) -> float:
+    """Cluster-robust (linearised ratio) variance of the share of ``hit``, clusters by ``labels``."""
+    c_codes = np.unique(labels, return_inverse=True)[1]
+    size = np.bincount(c_codes).astype(np.float64)
+    hits = np.bincount(c_codes, weights=hit.astype(np.float64))
+    c, n = len(size), len(hit)
+    if c < 2:
+        return 0.0
+    return c / (c - 1) * float(np.sum((hits - share * size) ** 2)) / n**2
 
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
 
-    a_codes, b_codes = inv[: len(own)], inv[len(own) :]
-    for a, b in zip(a_codes[link], b_codes[link]):
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(int(a)) for a in a_codes], np.int64)
+def _dyadic_variance(hit: np.ndarray, own: np.ndarray, other: np.ndarray, share: float) -> float:
+    """Dyadic cluster-robust variance of the share of ``hit`` when each value involves two identities
+    (its own and its nearest stranger's) and two values are dependent when they share either one
+    (Fafchamps & Gubert 2007; Aronow, Samii & Assenova 2015): Σ_k S_k² − Σ_p T_p², over n², with S_k
+    the summed residuals of the values that involve identity k and T_p those of the values with the
+    same pair of identities (counted twice in the first sum)."""
+    n = len(hit)
+    e = hit.astype(np.float64) - share
+    ids = np.unique(np.concatenate([own, other]), return_inverse=True)[1]
+    per_identity = np.bincount(ids, weights=np.concatenate([e, e]))
+    lo, hi = np.minimum(ids[:n], ids[n:]), np.maximum(ids[:n], ids[n:])
+    pair = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True)[1].ravel()
+    per_pair = np.bincount(pair, weights=e)
+    g = len(per_identity)
+    return g / max(g - 1, 1) * float(np.sum(per_identity**2) - np.sum(per_pair**2)) / n**2
 
 
 def design_effect(hit: np.ndarray, clusters: np.ndarray | list, neighbours: np.ndarray | list | None = None) -> float:
-    """Kish's design effect of the share of ``hit``: its cluster-robust (linearised ratio) variance over
-    the binomial variance, at least 1. ``neighbours``: a second cluster label per value, joined to the
-    first wherever ``hit`` (:func:`merge`)."""
+    """Kish's design effect of the share of ``hit``: its cluster-robust variance over the binomial
+    variance, at least 1.
+
+    ``neighbours``: each value's second identity (its nearest stranger's), for dependence that runs
+    through either — photos of one person, and two look-alike people who are each other's nearest
+    stranger: the dyadic cluster-robust variance (:func:`_dyadic_variance`), never below the one-way
+    one. (The first version joined the clusters of hits with their neighbours' by union-find; forming
+    clusters from the outcome roughly doubled the design effect at 10 photos per identity.)"""
     hit = np.asarray(hit, bool)
     n = len(hit)
     share = float(hit.mean()) if n else 0.0
     if n < 2 or share in (0.0, 1.0):
         return 1.0
     own = codes(clusters)
+    variance = _robust_variance(hit, own, share)
     if neighbours is not None:
-        own = merge(own, codes(neighbours), hit)
-    c_codes = np.unique(own, return_inverse=True)[1]
-    size = np.bincount(c_codes).astype(np.float64)
-    hits = np.bincount(c_codes, weights=hit.astype(np.float64))
-    c = len(size)
-    if c < 2:
-        return 1.0
-    robust = c / (c - 1) * float(np.sum((hits - share * size) ** 2)) / n**2
-    return max(1.0, robust / (share * (1 - share) / n))
+        other = codes(neighbours)
+        other = np.where(other < 0, other - n, other)  # an unknown neighbour is no one's own identity
+        variance = max(variance, _dyadic_variance(hit, own, other, share))
+    return max(1.0, variance / (share * (1 - share) / n))

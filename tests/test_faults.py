@@ -57,17 +57,20 @@ def _data_files(idx: Path) -> dict:
     return json.loads((idx / "manifest.json").read_text())["files"]
 
 
+KILL_IMAGES = 640  # 20 chunks of 32: room for three kills between chunks 2 and 17
+
+
 def test_kill9_five_times_then_resume_is_byte_identical(tmp_path):
     """kill -9 five times at seeded random points: once during start-up, three times after a random
     number of finished chunks (plus random jitter, so inside a chunk's work or its checkpoint write),
     and once while the index directory is being written. Then --resume must finish the job."""
-    args = [*BUILD, "--limit", "1000", "--chunk-size", "32", "--workers", "1"]
+    args = [*BUILD, "--limit", str(KILL_IMAGES), "--chunk-size", "32", "--workers", "1"]
     ref = tmp_path / "ref"
     r = _run([*args, "--out", str(ref)])
     assert r.returncode == 0, r.stderr
     out = tmp_path / "killed"
     partial = out.with_name("killed.partial")
-    n_chunks = -(-1000 // 32)
+    n_chunks = -(-KILL_IMAGES // 32)
     rng = random.Random(6)
     targets = sorted(rng.sample(range(2, n_chunks - 2), 3))
     kills: list[str] = []
