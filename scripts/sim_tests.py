@@ -136,23 +136,22 @@ def merge(paths: list[str]) -> dict:
 
 
 def print_ct(rows: list[dict]) -> None:
-    print(
+    head = (
         f"\n{'C_T on clean generators':26} {'held-out sample':22} {'z mean':>6} {'z sd':>5} "
         f"{'p <= 5%':>24} {'p <= a/20':>24}"
     )
-    for r in rows:
-        print(
-            f"{r['world']:26} {r['held_out']:22} {r['z_mean']:6.2f} {r['z_sd']:5.2f} {pct(r['reject']):>24} "
-            f"{pct(r['reject_secondary_level']):>24}"
-        )
+    lines = [
+        f"{r['world']:26} {r['held_out']:22} {r['z_mean']:6.2f} {r['z_sd']:5.2f} {pct(r['reject']):>24} "
+        f"{pct(r['reject_secondary_level']):>24}"
+        for r in rows
+    ]
+    print("\n".join([head, *lines]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    summary, _, rest = __doc__.partition("\n\n")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(description=summary, epilog=rest.split("\n\n", 1)[1], formatter_class=raw)
     p.add_argument(
         "--study", nargs="+", choices=STUDIES, default=list(DEFAULT), help="which studies (default: all but ct)"
     )
