@@ -479,8 +479,9 @@ def rebased(batches: list[Batch], reference: list[Batch], confidence: float = CO
     Interval: q's and r's intervals (each as in :func:`estimate`, at 1 − (1 − confidence)/2, so that
     both hold together at ``confidence``: Bonferroni), combined at their extremes; no upper end where
     q's lower end does not clear r's upper end. The channel cannot resolve support (``resolvable``
-    false: no number is printed) where the chance rate itself is known only so well that a support as
-    small as the audited sample would hide in its uncertainty: (1 − r)/(r_hi − r) < faces.
+    false: no number is printed) where the generated pairs do not clear chance and the chance rate
+    itself is known only so well that a support as small as the main sample would hide in its
+    uncertainty: (1 − r)/(r_hi − r) < the largest batch.
     """
     each = 1 - (1 - confidence) / 2
     gen = estimate(batches, 0.0, each, seed=seed)
@@ -512,12 +513,14 @@ def rebased(batches: list[Batch], reference: list[Batch], confidence: float = CO
     r, (r_lo, r_hi) = ref["rate"], ref["rate_interval"]
     limit = (1 - r) / (r_hi - r) if r_hi > r else math.inf
     out["resolution_limit"] = limit if math.isfinite(limit) else None
-    out["resolvable"] = bool(limit >= gen["faces"])
+    sample = max(b.n for b in batches)  # the main sample: trial batches are smaller
+    bounded = q_lo > r_hi  # the generator's pairs clear chance: a two-sided interval, resolved whatever r's spread
+    out["resolvable"] = bool(bounded or limit >= sample)
     if not out["resolvable"]:
         out["note"] = (
-            f"real faces of different people collide at {r:.3g} per pair in this domain, known to ±{r_hi - r:.2g}: a "
-            f"support as small as the {gen['faces']:,} audited faces would hide in that uncertainty (resolution "
-            f"limit {limit:,.0f}), so this channel cannot resolve support here"
+            f"real faces of different people collide at {r:.3g} per pair in this domain, known to ±{r_hi - r:.2g}, and "
+            f"the generated pairs do not clear that: a support as small as the {sample:,}-face sample would hide in "
+            f"its uncertainty (resolution limit {limit:,.0f}), so this channel cannot resolve support here"
         )
         return out
     if q > r:
