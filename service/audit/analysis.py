@@ -133,7 +133,6 @@ def support_statistics(
         f = pair_threshold.per_pair_false_match_rate
         batches = [support.Batch.from_pairs(n_faces, pairs[ch])]
         batches += [support.Batch.from_pairs(n, found[ch]) for n, found in zip(trial_faces, trial_pairs)]
-        estimate = support.estimate(batches, f, seed=options["seed"])
         out["support"][ch] = {
             **support.in_domain(batches, f, reference_batches.get(ch), seed=options["seed"]),
             "threshold": pair_threshold.threshold,
@@ -147,7 +146,7 @@ def support_statistics(
             sizes = [t.s for t in trials]
             out["crossing"][ch] = support.crossing_fit(trial_faces, collided, f, sizes=sizes, seed=options["seed"])
         else:
-            out["crossing"][ch] = support.crossing_from_rate(estimate, f)
+            out["crossing"][ch] = support.crossing_from_rate(out["support"][ch], f)
     out["birthday"] = {
         "protocol": protocol,
         "trials": options["trials"],
