@@ -62,6 +62,14 @@ BUILD_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--split",), dict(default="all", choices=["train", "val", "test", "all"], help="CelebA split")),
     (("--limit",), dict(type=int, help="only the first N images (after the split filter)")),
     (
+        ("--exclude-identities",),
+        dict(
+            metavar="FILE",
+            help="leave out every image of these people: one identity per line (a `file identity` line counts "
+            "by its last field), e.g. to hold out a generator's control training set",
+        ),
+    ),
+    (
         ("--workers",),
         dict(
             type=int,

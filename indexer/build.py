@@ -64,7 +64,7 @@ from .chunks import (
     worker_ready,
 )
 from .config import BuildConfig
-from .datasets import Item, read_dataset
+from .datasets import Item, excluded_identities, read_dataset
 from .devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def _chunk_params(cfg: BuildConfig) -> dict:
         "root": str(Path(cfg.root).resolve()),
         "split": cfg.split,
         "limit": cfg.limit,
+        "exclude_identities": excluded_identities(cfg.exclude_identities),
         "detector": cfg.detector,
         "embedder": cfg.embedder,
         "chunk_size": cfg.chunk_size,
@@ -364,6 +365,11 @@ def build(cfg: BuildConfig) -> Path:
 def _build(cfg: BuildConfig, out: Path, plan: _Plan) -> Path:
     """Checkpoint every chunk, assemble the rows, fit the extras, calibrate and write the index."""
     items: list[Item] = read_dataset(cfg.dataset, Path(cfg.root), cfg.split, cfg.limit, cfg.identity_from_folders)
+    excluded = set(excluded_identities(cfg.exclude_identities))
+    if excluded:
+        kept = [it for it in items if it.identity not in excluded]
+        log.info("left out %d images of %d excluded identities", len(items) - len(kept), len(excluded))
+        items = kept
     if not items:
         raise SystemExit(f"no images found under {cfg.root} (dataset {cfg.dataset}, split {cfg.split})")
     partial = out.with_name(out.name + ".partial")
@@ -526,6 +532,7 @@ def _manifest(
             "root": str(Path(cfg.root).resolve()),
             "split": cfg.split,
             "limit": cfg.limit,
+            "exclude_identities": excluded_identities(cfg.exclude_identities),
             "identity_from_folders": cfg.identity_from_folders,
             "items": n_items,
             "identities": n_identities,

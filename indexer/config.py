@@ -18,6 +18,7 @@ class BuildConfig:
     out: str
     split: str = "all"
     limit: int | None = None
+    exclude_identities: str | None = None  # a file of identities whose images are left out (held-out people)
     workers: int = 0  # 0 = all cores
     detector: str = "aligned"
     device: str = "auto"

@@ -124,6 +124,19 @@ def read_folder(root: Path, identity_from_folders: bool = False, limit: int | No
     return items
 
 
+def excluded_identities(path: str | Path | None) -> list[str]:
+    """The identities named in ``path`` (one per line; a ``file identity`` line counts by its last
+    field, so a generator's members file with identities works as is), sorted. Why a file: the
+    control run of a memorization benchmark trains on people the audited index must not hold."""
+    if path is None:
+        return []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SystemExit(f"--exclude-identities {path}: {e.strerror or e}") from None
+    return sorted({line.split()[-1] for line in text.splitlines() if line.strip() and not line.startswith("#")})
+
+
 def read_dataset(
     kind: str, root: Path, split: str = "all", limit: int | None = None, identity_from_folders: bool = False
 ) -> list[Item]:

@@ -140,6 +140,27 @@ def test_corrupt_files_become_unreadable_rows(tmp_path):
     assert idx.manifest["counts"] == {"ok": 5, "no_face": 0, "unreadable": 3}
 
 
+def test_excluded_identities_are_left_out_and_recorded(tmp_path):
+    """A generator's control run trains on people the audited index must not hold."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    _write_bad_folder(ds)
+    (tmp_path / "held_out.txt").write_text("# a members file: file identity\nb1.png person_b\n")
+    out = build_index(
+        tmp_path / "idx",
+        root=ds,
+        dataset="folder",
+        identity_from_folders=True,
+        exclude_identities=str(tmp_path / "held_out.txt"),
+    )
+    idx = store.load_index(out)
+    files = {r["file"] for r in idx.rows}
+    assert "person_b/b1.png" not in files and "000001.jpg" in files and len(files) == 7
+    assert idx.manifest["dataset"]["exclude_identities"] == ["person_b"]
+    with pytest.raises(SystemExit, match="exclude-identities"):
+        build_index(tmp_path / "idx2", root=ds, dataset="folder", exclude_identities=str(tmp_path / "nope.txt"))
+
+
 def test_full_size_crops_work_in_aligned_mode(tmp_path):
     """178×218 (full CelebA geometry): 2× upscales of the half-size sample."""
     ds = tmp_path / "full"

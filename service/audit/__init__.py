@@ -128,7 +128,7 @@ def audit(
     if downscale is not None and (not opts["reference_real"] or int(downscale) < 8):
         raise AuditError(EXIT_USAGE, "reference_downscale needs reference_real and a size of at least 8 px")
     params = request_params(opts)  # once: every request and the training side derive from it
-    source = _open_source(generated, generator, images, opts["device"])
+    source = _open_source(generated, generator, images, opts["device"], opts["steps"])
     backend = (
         LocalBackend(index, device=opts["device"], detect_processes=opts["detect_processes"])
         if index is not None
@@ -152,7 +152,7 @@ def _resolve_options(options: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def _open_source(generated: Any, generator: Any, images: list | None, device: str) -> Any:
+def _open_source(generated: Any, generator: Any, images: list | None, device: str, steps: int | None) -> Any:
     """The one source given: a folder, in-memory images, a sampler callable or a generator spec."""
     from .sources import FolderSource, GeneratorSource, ImagesSource, load_generator
 
@@ -162,7 +162,7 @@ def _open_source(generated: Any, generator: Any, images: list | None, device: st
         return ImagesSource.of(list(images))
     if callable(generator):  # a sampler(n, seed) -> images, straight from a notebook
         return GeneratorSource(getattr(generator, "__name__", repr(generator)), generator)
-    return load_generator(generator, device="cpu" if device == "auto" else device)
+    return load_generator(generator, device="cpu" if device == "auto" else device, steps=steps)
 
 
 def _report(opts: dict, params: Any, source: Any, backend: Any, command: str) -> AuditResult:
@@ -183,6 +183,7 @@ def _report(opts: dict, params: Any, source: Any, backend: Any, command: str) ->
             "describe": source.describe,
             "upscale": opts["upscale"] if generator else None,
             "sample_seeds": passes.sample_seeds or None,
+            "sampling": getattr(getattr(source, "sampler", None), "sampling", None),
         },
         "backend": {"mode": backend.mode, "where": backend.where},
         "index": backend.info(),

@@ -69,6 +69,7 @@ def parser(prog: str = "python scripts/audit.py") -> argparse.ArgumentParser:
         ("grid_expanded", int),
         ("grid_max", int),
         ("upscale", int),
+        ("steps", int),
     ):
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=o[name].default, help=o[name].help)
     p.add_argument("--detector", default=o["detector"].default, choices=list(faces.DETECTORS), help=o["detector"].help)

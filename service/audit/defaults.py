@@ -65,6 +65,7 @@ OPTIONS: dict[str, Option] = {
     "grid_expanded": Option(24, "grid rows shown before the collapsed rest"),
     "grid_max": Option(300, "grid rows drawn at all"),
     "upscale": Option(128, "generator samples smaller than this are upscaled (bicubic) before the face pipeline"),
+    "steps": Option(None, "denoising steps of a diffusers:DIR generator (default: the pipeline's own, 50 for DDIM)"),
     "device": Option("cpu", "in-process embedding device: auto, cpu or cuda"),
     "detect_processes": Option(None, "in-process face-detection processes (default one per core; 0 = in this one)"),
     "alpha": Option(

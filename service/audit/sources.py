@@ -7,7 +7,8 @@ without replacement.
 ``--generator SPEC`` forms (see :func:`load_generator`):
 
 * ``ADAPTER:CHECKPOINT`` with a built-in adapter name, e.g.
-  ``dcgan32:../shared/data/generated/dcgan32_celeba/checkpoint_G.pth``;
+  ``dcgan32:../shared/data/generated/dcgan32_celeba/checkpoint_G.pth``, or
+  ``diffusers:DIR`` for any local unconditional diffusers pipeline folder (sampled with ``--steps``);
 * ``module:callable:CHECKPOINT`` — your own adapter: ``callable(checkpoint, device)`` returns a
   sampler (below);
 * ``module:callable`` — your own sampler: ``callable(n, seed)`` returns ``n`` images.
@@ -31,6 +32,8 @@ import numpy as np
 from PIL import Image
 
 from indexer.datasets import IMAGE_EXTS, read_folder
+
+from ..generators.render import centre_square
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +88,7 @@ def render_at(data: bytes, size: int, upscale: int = 0) -> bytes:
     generator must have lost the same detail (at 32 px the descriptor barely separates people)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            s = min(w, h)
-            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            im = im.resize((size, size), Image.BILINEAR)
+            im = centre_square(im, size)
             if upscale and size < upscale:
                 im = im.resize((upscale, upscale), Image.BICUBIC)
             return png_bytes(np.asarray(im))
@@ -218,29 +217,6 @@ class GeneratorSource:
 # ----------------------------------------------------------------------------- DCGAN adapter
 
 
-def _dcgan32_module():
-    import torch.nn as nn
-
-    class DCGAN32(nn.Module):
-        """The 32×32 CelebA DCGAN of ../shared/data/generated/dcgan32_celeba (layout in its README)."""
-
-        def __init__(self, nz: int = 100):
-            super().__init__()
-            self.nz = nz
-            self.fc = nn.Linear(nz, 128 * 4 * 4)
-            self.deconv1 = nn.Sequential(nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64))
-            self.deconv2 = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False), nn.BatchNorm2d(32))
-            self.deconv3 = nn.Sequential(nn.ConvTranspose2d(32, 3, 4, 2, 1, bias=False))
-
-        def forward(self, z):
-            x = self.fc(z).view(-1, 128, 4, 4)
-            x = self.deconv1(x).relu()
-            x = self.deconv2(x).relu()
-            return self.deconv3(x).tanh()
-
-    return DCGAN32
-
-
 def dcgan32(checkpoint: str, device: str = "cpu") -> Sampler:
     """Adapter for the real DCGAN: z ~ U(−1, 1)^100, tanh output in [−1, 1] → uint8 32×32.
 
@@ -248,6 +224,8 @@ def dcgan32(checkpoint: str, device: str = "cpu") -> Sampler:
     predates them); anything else missing or unexpected means it is another network.
     """
     import torch
+
+    from ..generators.dcgan import DCGAN32
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -258,8 +236,11 @@ def dcgan32(checkpoint: str, device: str = "cpu") -> Sampler:
         raise SourceError(f"cannot load generator checkpoint {path}: {type(e).__name__}: {e}") from None
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
-    net = _dcgan32_module()()
-    res = net.load_state_dict(sd, strict=False)
+    net = DCGAN32()
+    try:
+        res = net.load_state_dict(sd, strict=False)
+    except Exception as e:  # not a mapping, or tensors of other shapes: another network
+        raise SourceError(f"{path} is not a dcgan32 checkpoint: {type(e).__name__}: {str(e)[:300]}") from None
     bad_missing = [k for k in res.missing_keys if not k.endswith("num_batches_tracked")]
     if bad_missing or res.unexpected_keys:
         raise SourceError(
@@ -276,7 +257,65 @@ def dcgan32(checkpoint: str, device: str = "cpu") -> Sampler:
     return sample
 
 
-ADAPTERS: dict[str, Callable[[str, str], Sampler]] = {"dcgan32": dcgan32}
+# ----------------------------------------------------------------------------- diffusers adapter
+
+DIFFUSERS_BATCH = 64  # samples denoised at once; per-sample seeds make the images independent of it
+
+
+def sample_seed(seed: int, i: int) -> int:
+    """The seed of sample ``i`` of a call with ``seed``: each sample can be regenerated alone."""
+    return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0])
+
+
+def diffusers_pipeline(folder: str, device: str = "cpu", steps: int | None = None) -> Sampler:
+    """Adapter for any local unconditional diffusers pipeline folder (``save_pretrained`` layout):
+    ``DiffusionPipeline.from_pretrained(folder)`` with nothing downloaded. Sample ``i`` of a call
+    ``(n, seed)`` starts from its own noise, seeded :func:`sample_seed` ``(seed, i)``; ``steps``
+    denoising steps (default: the pipeline's own)."""
+    import inspect
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only: never reach for the Hub
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    path = Path(folder)
+    if not (path / "model_index.json").is_file():
+        raise SourceError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+    try:
+        import torch
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+        pipe.to(device)
+    except Exception as e:  # a half-written folder, a missing component, a pipeline class not installed
+        raise SourceError(f"cannot load diffusers pipeline {path}: {type(e).__name__}: {str(e)[:300]}") from None
+    params = inspect.signature(pipe.__call__).parameters
+    if "batch_size" not in params or any(
+        p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD for p in params.values()
+    ):
+        raise SourceError(f"{path}: {type(pipe).__name__} is not an unconditional pipeline (needs a prompt or image)")
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = {"output_type": "np"} | ({"num_inference_steps": int(steps)} if steps else {})
+
+    @torch.no_grad()
+    def sample(n: int, seed: int) -> np.ndarray:
+        out = []
+        for lo in range(0, n, DIFFUSERS_BATCH):
+            idx = range(lo, min(n, lo + DIFFUSERS_BATCH))
+            gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in idx]
+            images = np.asarray(pipe(batch_size=len(gens), generator=gens, **kwargs).images)  # [0, 1] NHWC
+            out.append(np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8))
+        return np.concatenate(out)
+
+    sample.sampling = {
+        "steps": steps,
+        "scheduler": type(pipe.scheduler).__name__,
+        "per_sample_seed": "SeedSequence([seed, i])",
+    }
+    return sample
+
+
+ADAPTERS: dict[str, Callable[..., Sampler]] = {"dcgan32": dcgan32, "diffusers": diffusers_pipeline}
+ADAPTER_OPTIONS = {"diffusers": ("steps",)}  # the audit options an adapter takes
 
 
 def _import(target: str) -> Callable:
@@ -299,8 +338,9 @@ def _import(target: str) -> Callable:
     return obj
 
 
-def load_generator(spec: str, device: str = "cpu") -> GeneratorSource:
-    """Parse ``--generator SPEC`` (forms in the module docstring) into a seeded source."""
+def load_generator(spec: str, device: str = "cpu", steps: int | None = None) -> GeneratorSource:
+    """Parse ``--generator SPEC`` (forms in the module docstring) into a seeded source; ``steps``
+    goes to the adapters that denoise (``diffusers``)."""
     head, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise SourceError(
@@ -308,7 +348,8 @@ def load_generator(spec: str, device: str = "cpu") -> GeneratorSource:
             f"module:callable or module:callable:CHECKPOINT"
         )
     if head in ADAPTERS:
-        return GeneratorSource(spec, ADAPTERS[head](rest, device))
+        extra = {"steps": steps} if "steps" in ADAPTER_OPTIONS.get(head, ()) else {}
+        return GeneratorSource(spec, ADAPTERS[head](rest, device, **extra))
     attr, sep2, ckpt = rest.partition(":")
     fn = _import(f"{head}:{attr}")
     if sep2:

@@ -1,0 +1,155 @@
+"""Known-membership training runs: a members file in, checkpoints at log-spaced steps out.
+
+Why log-spaced: memorization sets in late and fast, so early checkpoints are cheap and the last
+decade of training is where the trend bends. Every checkpoint is written whole before the manifest
+names it (an interrupted run leaves only complete checkpoints behind).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .render import centre_square, to_tanh
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("ddpm", "dcgan")
+
+
+@dataclass(frozen=True)
+class Member:
+    path: Path
+    file: str  # as written in the members file (the name the audit's index knows it by)
+    identity: str | None
+
+
+def read_members(members: str | Path, root: str | Path | None = None) -> list[Member]:
+    """``file [identity]`` per line (``#`` comments); ``file`` is relative to ``root`` (default: the
+    members file's folder) unless absolute. A missing image ends the run before any training."""
+    members = Path(members)
+    base = Path(root) if root is not None else members.parent
+    out, missing = [], []
+    for line in members.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        path = Path(parts[0]) if Path(parts[0]).is_absolute() else base / parts[0]
+        (out if path.is_file() else missing).append(Member(path, parts[0], parts[1] if len(parts) > 1 else None))
+    if missing:
+        raise ValueError(f"{members}: {len(missing)} images not found, e.g. {missing[0].path}")
+    if not out:
+        raise ValueError(f"{members}: no images listed")
+    return out
+
+
+def choose_members(identity_file: str | Path, k: int, seed: int, exclude: set[str] = frozenset()) -> list[str]:
+    """``k`` lines ``file identity`` of CelebA's identity list, one image each of ``k`` different people
+    (not in ``exclude``), drawn with ``seed``. One image per person makes "which people leak" exact."""
+    by_person: dict[str, str] = {}
+    for line in Path(identity_file).read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] not in exclude:
+            by_person.setdefault(parts[1], parts[0])
+    people = sorted(by_person, key=int if all(p.isdigit() for p in by_person) else str)
+    chosen = random.Random(seed).sample(people, k)
+    return [f"{by_person[p]} {p}" for p in chosen]
+
+
+def load_images(members: list[Member], size: int) -> torch.Tensor:
+    """The members rendered as the generator sees them, (N, 3, size, size) in [−1, 1]."""
+    ims = []
+    for m in members:
+        with Image.open(m.path) as im:
+            ims.append(centre_square(im, size))
+    return torch.from_numpy(to_tanh(ims))
+
+
+def checkpoint_steps(steps: int, count: int = 7) -> list[int]:
+    """``count`` log-spaced steps ending at ``steps`` (fewer when ``steps`` is small)."""
+    first = max(1, steps // 64)
+    return sorted({int(round(s)) for s in np.geomspace(first, steps, count)})
+
+
+def _trainer(family: str, seed: int, size: int):
+    if family == "ddpm":
+        from .ddpm import DDPMTrainer
+
+        return DDPMTrainer(seed, size)
+    if family == "dcgan":
+        if size != 32:
+            raise ValueError("the DCGAN is 32 px only")
+        from .dcgan import DCGANTrainer
+
+        return DCGANTrainer(seed)
+    raise ValueError(f"unknown family {family!r} (expected {', '.join(FAMILIES)})")
+
+
+def train(
+    family: str,
+    members: list[Member],
+    out: str | Path,
+    *,
+    steps: int,
+    seed: int = 0,
+    batch: int = 32,
+    size: int = 32,
+    checkpoints: int = 7,
+    command: str = "",
+) -> dict:
+    """Train ``family`` on ``members`` for ``steps`` updates of ``batch`` images (drawn with
+    replacement, seeded) and save a checkpoint at each of :func:`checkpoint_steps`. Returns the
+    manifest, also written to ``out/manifest.json`` after every checkpoint."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = load_images(members, size)
+    trainer = _trainer(family, seed, size)
+    rng = torch.Generator().manual_seed(seed)
+    saves = set(checkpoint_steps(steps, checkpoints))
+    manifest = {
+        "family": family,
+        "command": command,
+        "seed": seed,
+        "steps": steps,
+        "batch": batch,
+        "size": size,
+        "members": [{"file": m.file, "identity": m.identity, "path": str(m.path.resolve())} for m in members],
+        "torch": torch.__version__,
+        "checkpoints": [],
+    }
+    t0, losses = time.perf_counter(), []
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(data), (batch,), generator=rng)
+        losses.append(trainer.step(data[idx], rng))
+        if step in saves:
+            name = f"step-{step:06d}" + (".pth" if family == "dcgan" else "")
+            trainer.save(str(out / name))
+            manifest["checkpoints"].append(
+                {
+                    "step": step,
+                    "path": name,
+                    "loss": float(np.mean(losses[-50:])),
+                    "elapsed_s": time.perf_counter() - t0,
+                }
+            )
+            _write_json(out / "manifest.json", manifest)
+            log.info(
+                "%s step %d/%d: loss %.4f, %.0f s", family, step, steps, np.mean(losses[-50:]), time.perf_counter() - t0
+            )
+    return manifest
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)

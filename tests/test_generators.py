@@ -1,0 +1,139 @@
+"""The generators facemem trains (service/generators) and the diffusers adapter, on real CelebA faces.
+
+Training runs here are a few steps: these tests check the mechanics (members, checkpoints, loading,
+seeding, bad folders); whether a trained model is caught memorizing is the benchmark's job
+(scripts/bench_memorization.py, README "Memorizing generators").
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import CELEBA10K, REPO, checkout_env
+
+from service.audit import sources
+from service.generators import train as training
+
+ROOT = CELEBA10K / "img_align_celeba"
+
+
+@pytest.fixture(scope="module")
+def members_file(tmp_path_factory):
+    lines = training.choose_members(CELEBA10K / "identity_CelebA.txt", 6, seed=3)
+    path = tmp_path_factory.mktemp("members") / "members.txt"
+    path.write_text("# six people\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory, members_file):
+    """A DDPM trained for 4 steps through the CLI (2 checkpoints)."""
+    out = tmp_path_factory.mktemp("ddpm")
+    cmd = [sys.executable, "scripts/train_generator.py", "--family", "ddpm", "--members", str(members_file)]
+    cmd += ["--root", str(ROOT), "--steps", "4", "--batch", "4", "--checkpoints", "2", "--out", str(out)]
+    subprocess.run(cmd, cwd=REPO, env=checkout_env(), check=True, capture_output=True, timeout=300)
+    return out
+
+
+def test_members_are_distinct_people_and_seeded(members_file):
+    lines = training.choose_members(CELEBA10K / "identity_CelebA.txt", 6, seed=3)
+    assert lines == training.choose_members(CELEBA10K / "identity_CelebA.txt", 6, seed=3)
+    assert lines != training.choose_members(CELEBA10K / "identity_CelebA.txt", 6, seed=4)
+    people = [line.split()[1] for line in lines]
+    assert len(set(people)) == 6
+    others = training.choose_members(CELEBA10K / "identity_CelebA.txt", 6, seed=3, exclude=set(people))
+    assert not {line.split()[1] for line in others} & set(people)
+    members = training.read_members(members_file, ROOT)
+    assert [m.identity for m in members] == people
+    imgs = training.load_images(members, 32)
+    assert imgs.shape == (6, 3, 32, 32) and imgs.min() >= -1 and imgs.max() <= 1 and imgs.std() > 0.1
+
+
+def test_bad_members_files_are_refused(tmp_path, members_file):
+    (tmp_path / "missing.txt").write_text("no_such_image.jpg 1\n")
+    with pytest.raises(ValueError, match="not found"):
+        training.read_members(tmp_path / "missing.txt", ROOT)
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no images"):
+        training.read_members(tmp_path / "empty.txt", ROOT)
+    r = subprocess.run(
+        [sys.executable, "scripts/train_generator.py", "--family", "dcgan", "--members", str(tmp_path / "missing.txt")]
+        + ["--root", str(ROOT), "--steps", "2", "--out", str(tmp_path / "o")],
+        cwd=REPO,
+        env=checkout_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "not found" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_checkpoints_are_log_spaced_and_end_at_the_last_step():
+    steps = training.checkpoint_steps(3000, 7)
+    assert steps[-1] == 3000 and len(steps) == 7 and steps == sorted(set(steps))
+    ratios = np.diff(np.log(steps))
+    assert np.allclose(ratios, ratios[0], atol=0.05)
+    assert training.checkpoint_steps(3, 7)[-1] == 3
+
+
+def test_ddpm_run_saves_loadable_pipelines_with_a_manifest(ddpm_run, members_file):
+    manifest = json.loads((ddpm_run / "manifest.json").read_text())
+    assert manifest["family"] == "ddpm" and manifest["steps"] == 4 and manifest["seed"] == 0
+    assert [c["step"] for c in manifest["checkpoints"]] == training.checkpoint_steps(4, 2)
+    assert [m["identity"] for m in manifest["members"]] == [
+        m.identity for m in training.read_members(members_file, ROOT)
+    ]
+    assert "train_generator.py" in manifest["command"]
+    src = sources.load_generator(f"diffusers:{ddpm_run / 'step-000004'}", steps=3)
+    a = src.sampler(3, 11)
+    assert a.dtype == np.uint8 and a.shape == (3, 32, 32, 3)
+    assert src.sampler.sampling["steps"] == 3 and src.sampler.sampling["scheduler"] == "DDIMScheduler"
+    # Every sample has its own seed: sample 0 alone is sample 0 of the batch. Not bit for bit: the UNet's
+    # fp32 convolutions may sum in another order for another batch size, which moves a pixel by at most
+    # one grey level after three denoising steps.
+    alone = src.sampler(1, 11)
+    assert np.abs(alone[0].astype(int) - a[0].astype(int)).max() <= 1
+    assert np.abs(src.sampler(3, 12).astype(int) - a.astype(int)).max() > 10  # another seed, other faces
+
+
+def test_dcgan_run_loads_in_the_dcgan32_adapter(tmp_path, members_file):
+    manifest = training.train("dcgan", training.read_members(members_file, ROOT), tmp_path, steps=3, batch=4)
+    last = tmp_path / manifest["checkpoints"][-1]["path"]
+    s = sources.load_generator(f"dcgan32:{last}")
+    assert sources.to_uint8(s.sampler(2, 0)).shape == (2, 32, 32, 3)
+
+
+def test_checkpoints_and_pipeline_folders_that_do_not_load_get_a_clear_error(ddpm_run, tmp_path):
+    bad = {
+        "empty": lambda d: None,
+        "garbage_index": lambda d: (d / "model_index.json").write_text("{not json"),
+        "no_unet_weights": lambda d: (
+            shutil.copytree(ddpm_run / "step-000004", d, dirs_exist_ok=True),
+            [p.unlink() for p in (d / "unet").glob("*.safetensors")],
+        ),
+    }
+    for name, make in bad.items():
+        d = tmp_path / name
+        d.mkdir()
+        make(d)
+        with pytest.raises(sources.SourceError, match="diffusers|pipeline"):
+            sources.load_generator(f"diffusers:{d}")
+    import torch
+
+    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(sources.SourceError, match="not a dcgan32 checkpoint"):
+        sources.load_generator(f"dcgan32:{tmp_path / 'other.pth'}")
+    (tmp_path / "zeros.pth").write_bytes(b"\0" * 64)
+    with pytest.raises(sources.SourceError, match="cannot load"):
+        sources.load_generator(f"dcgan32:{tmp_path / 'zeros.pth'}")
+    # The audit opens its source before the index: the reason reaches the caller as a SourceError
+    # (the CLI's exit code 2), not a traceback from diffusers.
+    from service.audit import audit
+
+    with pytest.raises(sources.SourceError, match="model_index.json"):
+        audit(generator=f"diffusers:{tmp_path / 'empty'}", index=tmp_path)
