@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="images per update (drawn with replacement)")
     ap.add_argument("--size", type=int, default=32, help="image size in px (the DCGAN is 32 px only)")
     ap.add_argument("--checkpoints", type=int, default=7, help="log-spaced checkpoints, the last at --steps")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's; 1 for side-by-side runs)"
+    )
     ap.add_argument("--out", required=True, help="folder for the checkpoints and manifest.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch,
         size=args.size,
         checkpoints=args.checkpoints,
+        threads=args.threads,
         command=command,
     )
     return 0
