@@ -36,6 +36,7 @@ SECTION_IDS = (
     "birthday",
     "ct-test",
     "identities",
+    "leaks",
     "omissions",
     "distribution",
     "method",
@@ -329,6 +330,21 @@ def test_pggan_report_renders_and_flags_the_planted_copies(pggan_report, pggan_f
     assert len(csv_rows) == n_files and [r["image"] for r in csv_rows] == [
         e["image"] for e in data["neighbors"]["images"]
     ]
+    # Which training people leak: the block's documented keys, the same same-person decision as the
+    # memorization block, the real reference as its null, and the CSV column naming exactly the
+    # same-person faces of the significant identities.
+    leaks = data["leaks"]
+    assert {"method", "fdr", "identities_tested", "count", "rows", "null_source", "null_faces"} <= set(leaks)
+    assert leaks["generated_hits"] == data["memorization"]["same_person"]["count"] >= 1  # the planted copy
+    assert leaks["null_source"] == "reference_real"
+    assert leaks["null_faces"] == data["summary"]["reference_real"]["faces"]
+    assert leaks["identities_tested"] <= leaks["identities_with_hits"] and leaks["count"] == len(leaks["rows"])
+    leaking = {r["identity"] for r in leaks["rows"]}
+    for r in leaks["rows"]:
+        assert {"identity", "generated", "expected", "p", "q", "training_images", "generated_images"} <= set(r)
+        assert r["q"] <= leaks["fdr"] and "training_examples" in r
+    for r in csv_rows:
+        assert (r["leak_identity"] != "") == (r["same_person"] == "True" and r["semantic_identity"] in leaking)
     planted_row = next(r for r in csv_rows if r["image"] == planted)
     assert planted_row["copy_semantic"] == "True" and planted_row["semantic_file"] == TRAIN_FILE
     assert "not comparable with published FID" in out.read_text()

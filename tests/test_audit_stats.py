@@ -339,6 +339,11 @@ def test_the_audit_statistics_run_without_a_backend():
         assert out["support"]["pixel"] is None and [r["s"] for r in out["birthday"]["rows"]] == [4, 8]
         check = block["chance_rate_check"]
         assert (check is None) == (null.name == "training")
+        # Which people leak: no same-person face anywhere; the training side here has no per-identity
+        # null (no identity_null), the real strangers are one.
+        leak = analysis.leak_statistics(main, null, training, th)
+        assert leak["count"] == 0 and leak["generated_faces"] == 40 and leak["generated_hits"] == 0
+        assert leak["null_faces"] == (0 if null.name == "training" else 30)
     assert dataclasses.is_dataclass(main) and null.summary()["faces"] == 30 and null.name == "reference_real"
     assert null.pair_rates(th)["semantic"]["pairs"] == 30 * 29 // 2
 

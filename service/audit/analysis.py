@@ -17,7 +17,7 @@ import numpy as np
 
 from indexer import faces, pixels
 
-from ..stats import ct, identities, memorization, omissions, support, verdict
+from ..stats import ct, identities, leaks, memorization, omissions, support, verdict
 from ..stats.collisions import batch_pairs
 from ..stats.thresholds import Thresholds
 from . import views
@@ -49,6 +49,7 @@ def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
     ct_block = ct_test(main, null, training)
     idents = identity_concentration(main, null, options["seed"])
     decisions = verdict.decide(mem, ct_block, idents, options["alpha"], null.name)
+    leak_block = leak_statistics(main, null, training, thresholds)
     counts = Counter(e["status"] for e in main.entries)
     data = {
         "format": FORMAT,
@@ -78,9 +79,10 @@ def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
         "birthday": support_blocks["birthday"],
         "ct_test": ct_block,
         "identities": idents,
+        "leaks": leak_block,
         "distribution": distribution(main.descriptors, passes.train_descriptors, options["seed"]),
         "grid": views.grid(main.entries, thresholds, options["grid_max"], options["grid_expanded"]),
-        "rows": views.rows(main, pairs, thresholds),
+        "rows": views.rows(main, pairs, thresholds, {r["identity"] for r in leak_block["rows"]}),
     }
     data["birthday"]["top_pairs"] = views.top_pairs(main, pairs, thresholds)
     om = omissions.analyse(main.entries, training["omissions"], seed=options["seed"])
@@ -253,6 +255,24 @@ def identity_concentration(main: Answers, null: TrainingStrangers, seed: int) ->
     out = identities.concentration(main.entries, pool, seed=seed)
     out["null_source"] = source if out["null"] else None
     return out
+
+
+def leak_statistics(main: Answers, null: TrainingStrangers, training: dict, thresholds: Thresholds) -> dict:
+    """Which training people leak (:mod:`service.stats.leaks`): each identity's same-person matches
+    among the generated faces against the null's, Benjamini–Hochberg over identities."""
+    generated = [
+        {
+            "image": e["image"],
+            "identity": e["semantic"][0]["identity"],
+            "file": e["semantic"][0]["file"],
+            "same_person": e["semantic"][0]["same_person"],
+        }
+        for e in main.ok_entries
+        if e["semantic"]
+    ]
+    null_ids, null_same, source = null.leak_null(thresholds)
+    images = (training.get("identity_null") or {}).get("identity_images")
+    return leaks.leaks(generated, null_ids, null_same, images, null_source=source)
 
 
 def distribution(descriptors: np.ndarray, train: np.ndarray | None, seed: int) -> dict:

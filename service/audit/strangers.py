@@ -52,6 +52,18 @@ class TrainingStrangers:
         """(the identity-concentration null for ``faces`` generated faces, its source)."""
         return self.training["identity_null"], "training"
 
+    def leak_null(self, thresholds: Thresholds) -> tuple[list, list, str | None]:
+        """The per-identity null of :mod:`service.stats.leaks`: (each stranger's top-1 identity, whether
+        it is the same person, the source). Here the identity null's pool — one face per training
+        identity, its nearest other-identity face, so photos of one person do not count as several
+        strangers — under the identity threshold; empty when the training side has no distances."""
+        pool = self.training.get("identity_null") or {}
+        distances = pool.get("distances")
+        if not distances or thresholds.identity is None:
+            return [], [], None
+        same = [d is not None and d < thresholds.identity for d in distances]
+        return list(pool["pool"]), same, "training"
+
     def held_out(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         """C_T's held-out side: (nearest-training distances, their cells, where they come from)."""
         cells = self.training["ct"]
@@ -123,6 +135,12 @@ class RealStrangers(TrainingStrangers):
         top1 = [e["semantic"][0]["identity"] for e in self.answers.ok_entries if e["semantic"]]
         null = identities.pool_from_reference(top1, faces)
         return (null, "reference_real") if null is not None else super().identity_null(faces, seed)
+
+    def leak_null(self, thresholds: Thresholds) -> tuple[list, list, str | None]:
+        top1 = [e["semantic"][0] for e in self.answers.ok_entries if e["semantic"]]
+        if not top1:
+            return super().leak_null(thresholds)
+        return [t["identity"] for t in top1], [bool(t["same_person"]) for t in top1], "reference_real"
 
     def held_out(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         if not self.answers.ok:

@@ -84,8 +84,11 @@ def grid(entries: list[dict], thresholds: Thresholds, grid_max: int, expanded: i
     }
 
 
-def rows(main: Answers, pairs: dict, thresholds: Thresholds) -> list[dict]:
-    """One row per audited image (the CSV): status, top-1 in each channel, the flags."""
+def rows(main: Answers, pairs: dict, thresholds: Thresholds, leaking: set[str] | None = None) -> list[dict]:
+    """One row per audited image (the CSV): status, top-1 in each channel, the flags; ``leak_identity``
+    names the training identity when the face is a same-person match of one that leaks
+    (``leaking``: the significant identities of :mod:`service.stats.leaks`), empty otherwise."""
+    leaking = leaking or set()
     partners = {ch: Counter() for ch in pairs}
     for ch, found in pairs.items():
         for i, j, _ in found:
@@ -111,6 +114,9 @@ def rows(main: Answers, pairs: dict, thresholds: Thresholds) -> list[dict]:
                 "copy_pixel": _under(pix, thresholds.pixel_copy) if ok else None,
                 "collisions_semantic": partners["semantic"][i] if ok else None,
                 "collisions_pixel": partners["pixel"][i] if ok else None,
+                "leak_identity": (
+                    sem.get("identity") if ok and sem.get("same_person") and sem.get("identity") in leaking else None
+                ),
             }
         )
     return out

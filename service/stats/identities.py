@@ -37,13 +37,16 @@ def pool_from_training(
     n: int,
     seed: int = 0,
     rows: np.ndarray | None = None,
+    distances: np.ndarray | None = None,
 ) -> dict | None:
     """A pool of stranger-like top-1 identities from the training side: ``diff_face[i]`` is face
     ``rows[i]``'s nearest other-identity face (``rows``: every face when None; a sampled
     calibration's ``sem_rows`` otherwise), ``face_identity`` the identity code of every face (−1
     unknown) and ``identity_names[code]`` its label (as the service's entries name it). One face
     per identity (a seeded pick), so two photos of one person do not count as two strangers; ``n`` =
-    the audit's sample size."""
+    the audit's sample size. ``distances`` (aligned with ``diff_face``: each face's nearest
+    other-identity distance) add the pool faces' own distances and every identity's number of faces,
+    the stranger null of :mod:`service.stats.leaks`."""
     diff_face = np.asarray(diff_face, np.int64)
     ids = np.asarray(face_identity, np.int64)
     own = ids if rows is None else ids[np.asarray(rows, np.int64)]
@@ -54,11 +57,17 @@ def pool_from_training(
     _, first = np.unique(own[perm], return_index=True)
     pool = np.sort(perm[first])
     names = np.asarray(identity_names, dtype=object)
-    return _pool(
+    out = _pool(
         [str(names[c]) for c in ids[diff_face[pool]]],
         n,
         "training faces of distinct identities, their nearest other-identity face",
     )
+    if distances is not None:
+        d = np.asarray(distances, np.float64)[pool]
+        out["distances"] = [None if not np.isfinite(v) else float(v) for v in d]
+        counts = np.bincount(ids[ids >= 0], minlength=len(names))
+        out["identity_images"] = {str(names[c]): int(k) for c, k in enumerate(counts) if k}
+    return out
 
 
 def pool_from_reference(identities: list[str | None], n: int) -> dict | None:

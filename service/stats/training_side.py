@@ -169,7 +169,7 @@ def training_side(
         "nulls": nulls,
         "support_reference": _reference_support(index, th, max(int(faces), 2), seed),
         "identity_null": identities.pool_from_training(
-            cal["sem_diff_id_face"], ids, names, int(faces), seed=seed, rows=sem_face
+            cal["sem_diff_id_face"], ids, names, int(faces), seed=seed, rows=sem_face, distances=cal["sem_diff_id"]
         ),
         "ct": {
             "cells": int(k),

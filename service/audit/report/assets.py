@@ -13,7 +13,7 @@ from indexer.progress import progress_bar
 
 from ...thumbnails import jpeg
 from ..backends import THUMB
-from . import plots
+from . import html, plots
 
 
 def image_thumb(data: bytes, size: int = THUMB) -> str | None:
@@ -36,6 +36,9 @@ def thumbnails(data: dict, source, backend, images: list[tuple[str, bytes]], pro
     for t in ident["top"][: ident["gallery"]]:
         gen_names += t["generated"][:6]
         train_files += t["train_files"][:4]
+    for r in (data.get("leaks") or {}).get("rows", [])[: html.LEAKS_SHOWN]:
+        gen_names += r["generated_images"][: html.LEAK_FACES]
+        train_files += r["training_examples"][: html.LEAK_FACES]
     for r in (data.get("attributes") or {}).get("rows", []):
         train_files += list(r.get("examples") or [])[:4]
     gen_names = list(dict.fromkeys(gen_names))

@@ -25,8 +25,9 @@ SECTIONS = (
     ("birthday", "5. Support size (birthday paradox)"),
     ("ct-test", "6. Data-copying test C_T"),
     ("identities", "7. Identity concentration"),
-    ("omissions", "8. What the generator under- and over-produces"),
-    ("distribution", "9. Distribution distances"),
+    ("leaks", "8. Which training people leak"),
+    ("omissions", "9. What the generator under- and over-produces"),
+    ("distribution", "10. Distribution distances"),
     ("method", "Method and reproduction"),
 )
 
@@ -552,6 +553,51 @@ def _identities(d: dict, plots: dict[str, str], thumbs: dict[str, str]) -> str:
     return "".join(out)
 
 
+LEAKS_SHOWN = 20  # identities with thumbnails (all significant ones are in the JSON, up to its own cap)
+LEAK_FACES = 6  # generated faces and training faces shown per identity
+
+
+def _leaks(d: dict, thumbs: dict[str, str]) -> str:
+    """Section 8: each significant identity, its generated faces beside its training faces."""
+    lk = d.get("leaks") or {}
+    out = [f'<section id="leaks" data-section="leaks"><h2>{TITLE["leaks"]}</h2>']
+    tested = lk.get("identities_tested", 0)
+    if not lk.get("count"):
+        out.append(
+            f"<p>No training identity leaks at FDR {pct(lk.get('fdr'))}: {fmt(tested)} identities tested "
+            f"({fmt(lk.get('identities_with_hits', 0))} with a same-person match among the generated faces or "
+            f"the strangers){esc('; ' + lk['note']) if lk.get('note') else ''}.</p></section>"
+        )
+        return "".join(out)
+    out.append(
+        f'<p class="note">{fmt(lk["count"])} training identities have more generated faces that are the same person '
+        f"than strangers do ({fmt(lk.get('null_faces'))} strangers, the {esc(lk.get('null_source'))} null): "
+        f"Benjamini–Hochberg at FDR {pct(lk['fdr'])} over {fmt(tested)} identities tested. {esc(lk['method'])}.</p>"
+    )
+    out.append(
+        "<table><tr><th>identity</th><th>generated same person</th><th>expected</th><th>strangers</th>"
+        "<th>p</th><th>q</th><th>training images</th><th>generated faces</th><th>its training faces</th></tr>"
+    )
+    for r in lk["rows"][:LEAKS_SHOWN]:
+        gn = "".join(
+            f"<figure>{img_tag(thumbs.get('gen:' + f), f, 64)}</figure>" for f in r["generated_images"][:LEAK_FACES]
+        )
+        tr = "".join(
+            f"<figure>{img_tag(thumbs.get('train:' + f), f, 64)}</figure>" for f in r["training_examples"][:LEAK_FACES]
+        )
+        out.append(
+            f"<tr><td>{esc(r['identity'])}</td><td class=num>{r['generated']}</td><td class=num>{fmt(r['expected'])}"
+            f"</td><td class=num>{r['null_hits']}</td><td class=num>{pval(r['p'])}</td><td class=num>{pval(r['q'])}"
+            f'</td><td class=num>{fmt(r["training_images"])}</td><td><div class="gal">{gn}</div></td>'
+            f'<td><div class="gal">{tr}</div></td></tr>'
+        )
+    out.append("</table>")
+    if lk["count"] > LEAKS_SHOWN:
+        out.append(f'<p class="note">{fmt(lk["count"] - LEAKS_SHOWN)} more in the JSON (<code>leaks.rows</code>).</p>')
+    out.append("</section>")
+    return "".join(out)
+
+
 def _omissions(d: dict, thumbs: dict[str, str]) -> str:
     """Section 8 (service.audit.report.omissions), with the training thumbnails it shows."""
     from . import omissions as omissions_section
@@ -632,6 +678,7 @@ def render(data: dict, thumbs: dict[str, str], plots: dict[str, str]) -> str:
         lambda: _birthday(data, plots, thumbs),
         lambda: _ct(data),
         lambda: _identities(data, plots, thumbs),
+        lambda: _leaks(data, thumbs),
         lambda: _omissions(data, thumbs),
         lambda: _distribution(data),
         lambda: _method(data),
