@@ -1,0 +1,105 @@
+"""Do audits catch generators that really memorize, and stay silent on controls? Known-membership benchmark.
+
+Audits every checkpoint of each training run (``scripts/train_generator.py``; its manifest names the
+members) in one series call against one index and one reference, then scores the last checkpoint
+against the truth (:mod:`service.audit.study_memorization`) and prints one row per run:
+
+    python scripts/bench_memorization.py --runs build/mem/dcgan_S build/mem/dcgan_Sprime \\
+        --index build/mem/index-noSprime --reference-real ../shared/data/celeba_test \\
+        --reference-downscale 32 --n 300 --json build/mem/bench.json
+
+A memorizing run trains on people in the index; a control run on people the index leaves out
+(``python -m indexer build --exclude-identities MEMBERS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from indexer.store import load_index
+from service.audit import audit
+from service.audit.study_memorization import adapter_spec, members_of, membership_scores
+
+
+def _pct(block: dict | None) -> str:
+    if not block or block.get("share") is None:
+        return "–"
+    lo, hi = block["interval"]
+    return f"{100 * block['share']:.0f}% ({block['count']}/{block['faces']}; {100 * lo:.0f}–{100 * hi:.0f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", nargs="+", required=True, help="training-run folders (each with manifest.json)")
+    ap.add_argument("--index", required=True, help="the audited index")
+    ap.add_argument("--reference-real", help="real faces of people not in the index, in the generators' domain")
+    ap.add_argument("--reference-downscale", type=int, help="render the reference at this size (32 for 32 px)")
+    ap.add_argument("--reference-detector", default="aligned", help="detector for the reference faces")
+    ap.add_argument("--n", type=int, default=300, help="samples audited per checkpoint")
+    ap.add_argument("--trials", type=int, default=5, help="birthday trials per batch size")
+    ap.add_argument("--batch-sizes", default="16,32", help="birthday batch sizes")
+    ap.add_argument("--steps", type=int, default=25, help="DDIM steps for the diffusers runs")
+    ap.add_argument("--reports", default="build/mem/reports", help="folder for each run's HTML and JSON report")
+    ap.add_argument("--json", help="write the table's numbers here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    index = load_index(Path(args.index))
+    identity_of = {r["file"]: r["identity"] for r in index.rows}
+    reports = Path(args.reports)
+    results = []
+    for run in map(Path, args.runs):
+        manifest = json.loads((run / "manifest.json").read_text())
+        series = [(c["step"], adapter_spec(run, manifest, c)) for c in manifest["checkpoints"]]
+        t0 = time.perf_counter()
+        res = audit(
+            generator=series,
+            index=args.index,
+            n=args.n,
+            trials=args.trials,
+            batch_sizes=tuple(int(s) for s in args.batch_sizes.split(",")),
+            detector="aligned",
+            steps=args.steps,
+            reference_real=args.reference_real,
+            reference_downscale=args.reference_downscale,
+            reference_detector=args.reference_detector,
+            progress=False,
+        )
+        res.to_html(reports / f"{run.name}.html")
+        res.to_json(reports / f"{run.name}.json")
+        scores = membership_scores(res.data, identity_of, members_of(manifest))
+        trend = res.data["trend"]
+        results.append(
+            {
+                "run": str(run),
+                "family": manifest["family"],
+                "training_steps": manifest["steps"],
+                "seconds": time.perf_counter() - t0,
+                "final": scores,
+                "trend": trend,
+            }
+        )
+        print(_row(results[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return 0
+
+
+def _row(r: dict) -> str:
+    f, t = r["final"], r["trend"]
+    first = (t.get("first_detected") or {}).get("step")
+    copies = [c.get("copies") for c in t["checkpoints"]]
+    return (
+        f"{r['family']} {Path(r['run']).name}: members in index {f['members_in_index']}/{f['members']} "
+        f"(chance {100 * f['chance']:.2f}%); final primary p {f['primary_p']:.3g} rejects {f['primary_rejects']}; "
+        f"any finding {f['any_finding']}; copies naming a member {_pct(f['copies'])}; same person naming a member "
+        f"{_pct(f['same_person'])}; leaks naming a member {_pct(f['leaks'])}; copy share final {_pct(f['copy_share'])}; "
+        f"first detected at step {first}; copies by checkpoint {copies}; {r['seconds']:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
