@@ -91,14 +91,24 @@ def main(argv: list[str] | None = None) -> int:
 def _row(r: dict) -> str:
     f, t = r["final"], r["trend"]
     first = (t.get("first_detected") or {}).get("step")
-    copies = [c.get("copies") for c in t["checkpoints"]]
-    return (
-        f"{r['family']} {Path(r['run']).name}: members in index {f['members_in_index']}/{f['members']} "
-        f"(chance {100 * f['chance']:.2f}%); final primary p {f['primary_p']:.3g} rejects {f['primary_rejects']}; "
-        f"any finding {f['any_finding']}; copies naming a member {_pct(f['copies'])}; same person naming a member "
-        f"{_pct(f['same_person'])}; leaks naming a member {_pct(f['leaks'])}; copy share final {_pct(f['copy_share'])}; "
-        f"first detected at step {first}; copies by checkpoint {copies}; {r['seconds']:.0f} s"
+    by_step = ", ".join(
+        f"{c['step']}: same {_share(c.get('same_person'))} copies {_share((c.get('copies') or {}).get('pixel'))}"
+        for c in t["checkpoints"]
     )
+    return "\n  ".join(
+        [
+            f"{r['family']} {Path(r['run']).name} ({r['seconds']:.0f} s): members in index "
+            f"{f['members_in_index']}/{f['members']}, chance {100 * f['chance']:.2f}%",
+            f"final: primary p {f['primary_p']:.3g}, rejects {f['primary_rejects']}, any finding {f['any_finding']}",
+            f"naming a member: copies {_pct(f['copies'])}; same person {_pct(f['same_person'])}; "
+            f"leaks {_pct(f['leaks'])}",
+            f"first detected at step {first}; by step (share same person, pixel copies): {by_step}",
+        ]
+    )
+
+
+def _share(block: dict | None) -> str:
+    return "–" if not block or block.get("share") is None else f"{100 * block['share']:.1f}%"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ One call, for notebooks and scripts alike::
 
 Exactly one source: ``generated=DIR`` (a folder), ``generator=SPEC`` (a PyTorch generator, fresh
 samples per birthday trial; or a ``sampler(n, seed)`` callable) or ``images=[...]`` (paths, bytes,
-uint8 arrays or (name, ...) pairs);
+uint8 arrays or (name, ...) pairs). A series of checkpoints of one training run: ``generator=[...]``
+(specs, samplers or ``(step, spec)`` pairs) or a spec with a wildcard or commas
+(``"dcgan32:runs/mem/step-*.pth"``): every checkpoint is audited, the last one's report is returned
+with ``data["trend"]`` (:mod:`service.audit.trend`; the training-loop hook is :mod:`service.audit.hook`);
 exactly one target: ``index=PATH`` (loaded in this process) or ``server=URL`` (a running facemem
 service, with ``token=``). The other options and their defaults are in
 :data:`service.audit.defaults.OPTIONS`. Both targets give identical numbers, except the distribution
@@ -99,7 +102,15 @@ class AuditResult:
             f"{s['images']} images, {s['faces']} faces: {s['verdict']}; same person {pct(same.get('share'))}; "
             f"support {support_words(sup)} vs training data {support_words(ref)}; "
             f"C_T {fmt((d.get('ct_test') or {}).get('statistic'))}"
+            + (_trend_words(d["trend"]) if d.get("trend") else "")
         )
+
+
+def _trend_words(trend: dict) -> str:
+    """The series' outcome in a few words, for the summary line."""
+    n, first = len(trend["checkpoints"]), trend.get("first_detected")
+    where = f"first detected at step {first['step']}" if first else "not detected at any"
+    return f"; {n} checkpoints: memorization {where} (fixed sequence, alpha {trend['alpha']:g})"
 
 
 def audit(
@@ -128,16 +139,53 @@ def audit(
     if downscale is not None and (not opts["reference_real"] or int(downscale) < 8):
         raise AuditError(EXIT_USAGE, "reference_downscale needs reference_real and a size of at least 8 px")
     params = request_params(opts)  # once: every request and the training side derive from it
-    source = _open_source(generated, generator, images, opts["device"], opts["steps"])
+    series = _series(generator)
+    source = _open_source(generated, generator, images, opts["device"], opts["steps"]) if series is None else None
     backend = (
         LocalBackend(index, device=opts["device"], detect_processes=opts["detect_processes"])
         if index is not None
         else ServerBackend(server, token)
     )
     try:
-        return _report(opts, params, source, backend, command)
+        if series is None:
+            return _report(opts, params, source, backend, command)
+        return _report_series(series, opts, params, backend, command)
     finally:
         backend.close()
+
+
+def _series(generator: Any) -> list | None:
+    """The checkpoints when ``generator`` is a series (a list, or a spec with a wildcard or a comma),
+    else None."""
+    from .trend import checkpoints, is_series
+
+    return checkpoints(generator) if is_series(generator) else None
+
+
+def _report_series(series: list, opts: dict, params: Any, backend: Any, command: str) -> AuditResult:
+    """Every checkpoint against the one backend, the training side and the real reference computed
+    once (:class:`service.audit.run.Shared`); the last checkpoint's full report with ``data["trend"]``."""
+    import time
+
+    from .report.trend import trend_figures
+    from .run import Shared
+    from .trend import run_series
+
+    shared = Shared()
+    t0 = time.perf_counter()
+    for ck in series:  # every checkpoint loads before any is audited: a bad one fails in seconds, not at the end
+        _open_source(None, ck.spec, None, opts["device"], opts["steps"])
+
+    def one(spec: Any, last: bool) -> AuditResult:
+        source = _open_source(None, spec, None, opts["device"], opts["steps"])
+        return _report(opts, params, source, backend, command, shared=shared, assets=last)
+
+    res = run_series(series, one, opts["alpha"])
+    trend = res.data["trend"]
+    trend["computed_once"] = dict(shared.computed)
+    trend["total_s"] = time.perf_counter() - t0
+    res.plots.update(trend_figures(trend))
+    return res
 
 
 def _resolve_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -165,8 +213,12 @@ def _open_source(generated: Any, generator: Any, images: list | None, device: st
     return load_generator(generator, device="cpu" if device == "auto" else device, steps=steps)
 
 
-def _report(opts: dict, params: Any, source: Any, backend: Any, command: str) -> AuditResult:
-    """The passes, the statistics over what they returned, then the report's thumbnails and plots."""
+def _report(
+    opts: dict, params: Any, source: Any, backend: Any, command: str, shared: Any = None, assets: bool = True
+) -> AuditResult:
+    """The passes, the statistics over what they returned, then the report's thumbnails and plots
+    (``assets``; a series skips them for every checkpoint but the last). ``shared``: a series'
+    :class:`service.audit.run.Shared`."""
     import time
 
     from .analysis import report_data
@@ -174,7 +226,7 @@ def _report(opts: dict, params: Any, source: Any, backend: Any, command: str) ->
     from .run import Audit
 
     t_all = time.perf_counter()
-    passes = Audit(opts, params, source, backend).run()
+    passes = Audit(opts, params, source, backend, shared).run()
     generator = source.kind == "generator"
     provenance = {
         "command": command,
@@ -191,10 +243,13 @@ def _report(opts: dict, params: Any, source: Any, backend: Any, command: str) ->
     t0 = time.perf_counter()
     data = report_data(passes, opts, provenance)
     timing = passes.timing | {"statistics_s": time.perf_counter() - t0}
-    t0 = time.perf_counter()
-    thumbs = thumbnails(data, source, backend, passes.images, opts["progress"])
-    plots = figures(data, passes.training)
-    timing["thumbnails_plots_s"] = time.perf_counter() - t0
+    thumbs: dict[str, str] = {}
+    plots: dict[str, str] = {}
+    if assets:
+        t0 = time.perf_counter()
+        thumbs = thumbnails(data, source, backend, passes.images, opts["progress"])
+        plots = figures(data, passes.training)
+        timing["thumbnails_plots_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_all
     data["timing"] = timing
     return AuditResult(data, thumbs, plots)

@@ -57,6 +57,7 @@ class LocalBackend:
         except FileNotFoundError as e:
             raise AuditError(EXIT_USAGE, f"index {index_dir}: {e}") from None
         self.where = str(Path(index_dir).resolve())
+        log.info("index loaded from %s (%d faces)", self.where, self.index.n_faces)
         self.searcher = Searcher(self.index, device=device)
         self.pool = DetectPool(detect_processes)
         self.max_files: int | None = None

@@ -45,14 +45,30 @@ def parser(prog: str = "python scripts/audit.py") -> argparse.ArgumentParser:
         epilog="Generator specs: ADAPTER:CHECKPOINT (built-in adapters: "
         + ", ".join(ADAPTERS)
         + "), module:callable (callable(n, seed) -> images), or module:callable:CHECKPOINT (callable(checkpoint, "
-        "device) -> sampler). Exit codes: 0 ok, 2 bad input, 3 server unreachable, 4 token refused, 5 other server "
-        "error.",
+        "device) -> sampler). A series of checkpoints of one training run: a wildcard in the path "
+        "(--generator 'dcgan32:runs/mem/step-*.pth') or a comma list ('dcgan32:a/step-100.pth,b/step-200.pth'): "
+        "every checkpoint is audited against the one index (loaded once), ordered by the training step (the last "
+        "integer in each file or folder name), and the report of the last one gets a 'Memorization across training' "
+        "section (data['trend']). --trend-log FILE renders the JSONL log of the training-loop hook "
+        "(service.audit.hook.track) instead. Exit codes: 0 ok, 2 bad input, 3 server unreachable, 4 token refused, "
+        "5 other server error.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--generated", metavar="DIR", help="folder of generated images (searched recursively)")
-    src.add_argument("--generator", metavar="SPEC", help="PyTorch generator to sample fresh faces from")
-    tgt = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--generator",
+        metavar="SPEC",
+        help="PyTorch generator to sample fresh faces from; a glob ('dcgan32:runs/step-*.pth', "
+        "'diffusers:runs/ddpm/step-*') or a comma list of checkpoints: memorization across training",
+    )
+    src.add_argument(
+        "--trend-log",
+        metavar="FILE",
+        help="render the JSONL log of the training-loop hook (service.audit.hook.track) as the 'Memorization "
+        "across training' page (--out) and its trend block (--json); no audit is run",
+    )
+    tgt = p.add_mutually_exclusive_group()
     tgt.add_argument("--index", help="index directory (in-process; no server needed)")
     tgt.add_argument("--server", metavar="URL", help="a running facemem service, e.g. http://127.0.0.1:8000")
     p.add_argument("--token", default=None, help="bearer token for --server (default: $FACEMEM_TOKEN)")
@@ -128,6 +144,11 @@ def parse_args(argv: list[str] | None = None, prog: str = "python scripts/audit.
         p.error("--n must be >= 1")
     if a.token and not a.server:
         p.error("--token applies to --server")
+    if a.trend_log:
+        if a.index or a.server or a.csv:
+            p.error("--trend-log renders a log: no --index, --server or --csv")
+    elif not (a.index or a.server):
+        p.error("one of the arguments --index --server is required")
     if not (a.out or a.json or a.csv):
         p.error("give at least one of --out (HTML), --json and --csv")
     if not 0 < a.alpha < 1:
@@ -151,6 +172,9 @@ def main(argv: list[str] | None = None, prog: str = "python scripts/audit.py") -
     opts = {k: getattr(a, k) for k in OPTIONS if k != "progress" and hasattr(a, k)}
     opts["progress"] = not a.no_progress
     t0 = time.perf_counter()
+    if a.trend_log:
+        given = any(x == "--alpha" or x.startswith("--alpha=") for x in args)
+        return _trend_log(a, t0, a.alpha if given else None)
     try:
         res = audit(
             generated=a.generated,
@@ -176,6 +200,36 @@ def main(argv: list[str] | None = None, prog: str = "python scripts/audit.py") -
         return 130
     sizes = ", ".join(f"{w} ({Path(w).stat().st_size / 1e6:.1f} MB)" for w in written)
     print(f"wrote {sizes} in {time.perf_counter() - t0:.1f} s: {res.summary_line()}")
+    return 0
+
+
+def _trend_log(a: argparse.Namespace, t0: float, alpha: float | None) -> int:
+    """``--trend-log FILE``: the hook's log as the trend page and the trend block, no audit; decided
+    at ``--alpha`` when given, else at the alpha the lines were audited at."""
+    import json
+
+    from . import _write_atomic
+    from .formats import json_safe
+    from .hook import read_trend
+    from .report.trend import render_page
+
+    try:
+        trend = read_trend(a.trend_log, alpha)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    written = []
+    if a.out:
+        written.append(str(_write_atomic(a.out, render_page(trend))))
+    if a.json:
+        blob = json.dumps(json_safe({"trend": trend}), allow_nan=False, indent=1) + "\n"
+        written.append(str(_write_atomic(a.json, blob)))
+    first = trend["first_detected"]
+    where = f"first detected at step {first['step']}" if first else "not detected"
+    print(
+        f"wrote {', '.join(written)} in {time.perf_counter() - t0:.1f} s: {len(trend['checkpoints'])} checkpoints, "
+        f"memorization {where}"
+    )
     return 0
 
 

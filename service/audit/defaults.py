@@ -69,7 +69,9 @@ OPTIONS: dict[str, Option] = {
     "device": Option("cpu", "in-process embedding device: auto, cpu or cuda"),
     "detect_processes": Option(None, "in-process face-detection processes (default one per core; 0 = in this one)"),
     "alpha": Option(
-        0.05, "family-wise significance level of the five decisions (one graphical procedure over all of them)"
+        0.05,
+        "family-wise significance level of the five decisions (one graphical procedure over all of them), and of "
+        "the decisions across the checkpoints of a series (a fixed sequence)",
     ),
     "progress": Option(True, "progress bar on a terminal"),
 }

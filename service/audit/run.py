@@ -123,14 +123,30 @@ class Passes:
     timing: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Shared:
+    """What a series of audits against one backend computes once and reuses (checkpoints of one
+    training run, :func:`service.audit.audit` with a list of generators): the training side and the
+    real reference faces' answers. Why: neither depends on the generator; recomputing them per
+    checkpoint would cost a k-means over the index, the training support draws and the reference pass
+    each time. The training side is computed for the first checkpoint's face count and reused as is
+    (its C_T cells and training-support sample size follow that count). ``computed`` counts how often
+    each part was actually computed (a series' report shows it)."""
+
+    training: dict | None = None
+    reference: Answers | None = None
+    computed: dict[str, int] = field(default_factory=lambda: {"training_side": 0, "reference_real": 0})
+
+
 class Audit:
     """The passes of one audit of one source against one backend; :meth:`run` returns their :class:`Passes`."""
 
     # The chance-rate check, where tests knew it before the statistics left this class.
     _chance_rate_check = staticmethod(support.chance_rate_check)
 
-    def __init__(self, options: dict, params: Params, source: Any, backend: Any):
+    def __init__(self, options: dict, params: Params, source: Any, backend: Any, shared: Shared | None = None):
         self.options, self.params, self.source, self.backend = options, params, source, backend
+        self.shared = shared if shared is not None else Shared()
         self.generator = source.kind == "generator"
         self.bar = None
         self.first: list[dict] = []  # the first answer, once there is one
@@ -187,7 +203,7 @@ class Audit:
         sample_seeds: list[dict] = []
         n_main, plan = self.main_plan(sample_seeds)
         ref_source = None
-        if options.get("reference_real"):
+        if options.get("reference_real") and self.shared.reference is None:
             from .sources import FolderSource
 
             ref_source = FolderSource.open(options["reference_real"])
@@ -202,10 +218,11 @@ class Audit:
             t0 = time.perf_counter()
             trials = self.trials() if self.generator else []
             timing["trials_s"] = time.perf_counter() - t0
-            reference = None
+            reference = self.shared.reference
             if ref_source is not None:
                 t0 = time.perf_counter()
-                reference = self.reference_pass(ref_source)
+                reference = self.shared.reference = self.reference_pass(ref_source)
+                self.shared.computed["reference_real"] += 1
                 timing["reference_real_s"] = time.perf_counter() - t0
         finally:
             self.bar.close()
@@ -277,8 +294,18 @@ class Audit:
         return answers
 
     def training_side(self, faces: int) -> dict:
-        """The training side for ``faces`` generated faces, at the requests' thresholds."""
+        """The training side for ``faces`` generated faces, at the requests' thresholds (a series'
+        shared one when it has one: see :class:`Shared`)."""
         options, params = self.options, self.params
+        if self.shared.training is not None:
+            training = self.shared.training
+            if training["calibration"] != self.first[0]["calibration"]:
+                raise AuditError(EXIT_SERVER, "the thresholds changed between checkpoints (was the index replaced?)")
+            if training["faces"] != faces:
+                log.info("training side of %d faces reused for %d generated faces", training["faces"], faces)
+            return training
+        log.info("computing the training side for %d generated faces", faces)
+        self.shared.computed["training_side"] += 1
         training = self.backend.reference(
             faces=faces,
             seed=options["seed"],
@@ -290,4 +317,5 @@ class Audit:
         )
         if training["calibration"] != self.first[0]["calibration"]:
             raise AuditError(EXIT_SERVER, "the training side's thresholds differ from the requests' (another index?)")
+        self.shared.training = training
         return training

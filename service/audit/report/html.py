@@ -660,6 +660,22 @@ def _method(d: dict) -> str:
     )
 
 
+def _sections(data: dict) -> tuple[tuple[str, str], ...]:
+    """The navigation: the trend section after the summary, only for a series of checkpoints."""
+    from . import trend
+
+    if not data.get("trend"):
+        return SECTIONS
+    return (SECTIONS[0], (trend.SECTION_ID, trend.TITLE), *SECTIONS[1:])
+
+
+def _trend(data: dict, plots: dict[str, str]) -> str:
+    """Memorization across training (service.audit.report.trend); '' for a single audit."""
+    from . import trend
+
+    return trend.section(data.get("trend"), plots)
+
+
 def render(data: dict, thumbs: dict[str, str], plots: dict[str, str]) -> str:
     """The whole report. ``thumbs`` maps ``gen:<name>`` / ``train:<file>`` to data URIs."""
     parts: list[str] = [
@@ -668,10 +684,11 @@ def render(data: dict, thumbs: dict[str, str], plots: dict[str, str]) -> str:
         f"<title>facemem audit: {esc(data['source']['describe'])}</title><style>{CSS}</style></head><body>",
         f"<header><h1>facemem memorization audit</h1><p>{esc(data['source']['describe'])} against "
         f"{fmt(data['index']['summary'].get('faces'))} training faces · {esc(data.get('created_at'))}</p></header>",
-        "<nav>" + "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in SECTIONS) + "</nav><main>",
+        "<nav>" + "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in _sections(data)) + "</nav><main>",
     ]
     builders: list[Callable[[], str]] = [
         lambda: _summary(data),
+        lambda: _trend(data, plots),
         lambda: _grid(data, thumbs),
         lambda: _memorization(data),
         lambda: _calibration(data, plots),
