@@ -205,11 +205,12 @@ def test_a_checkpoint_series_is_audited_in_one_call(small_index_dir, tmp_path):
         for ch in ("semantic", "pixel"):
             cp = c["copies"][ch]
             assert cp is None or cp["lo"] <= cp["share"] <= cp["hi"]
-        assert isinstance(c["detected"], bool) and c["faces"] == 12 and c["leaks"] is None
+        assert isinstance(c["detected"], bool) and c["faces"] == 12 and isinstance(c["leaks"], int) and c["leaks"] >= 0
         assert {"statistic", "p"} <= set(c["ct"]) and c["verdict"]
     first = by_hand([c["same_person"]["p"] for c in cks], trend["alpha"])
     assert trend["first_detected"] == (None if first is None else {"step": cks[first]["step"], "index": first})
     assert cks[-1]["same_person"]["p"] == data["summary"]["decisions"]["primary"]["p_value"]
+    assert cks[-1]["leaks"] == data["leaks"]["count"]
     assert "fixed-sequence" in trend["multiplicity"] and "never declared" in trend["multiplicity"]
 
     # The report: the section, its plot, its table rows in step order, its nav link.
