@@ -137,3 +137,41 @@ def test_checkpoints_and_pipeline_folders_that_do_not_load_get_a_clear_error(ddp
 
     with pytest.raises(sources.SourceError, match="model_index.json"):
         audit(generator=f"diffusers:{tmp_path / 'empty'}", index=tmp_path)
+
+
+def test_membership_scores_count_matches_naming_members():
+    """The benchmark's scoring against known membership, on a hand-made audit result."""
+    from service.audit.study_memorization import membership_scores
+
+    identity_of = {"a1.jpg": "A", "a2.jpg": "A", "b1.jpg": "B", "c1.jpg": "C", "d1.jpg": "D"}
+
+    def row(sem, pix, same, copy_sem=False, copy_pix=False, status="ok"):
+        return {
+            "status": status,
+            "semantic_file": sem,
+            "semantic_identity": identity_of.get(sem),
+            "pixel_file": pix,
+            "same_person": same,
+            "copy_semantic": copy_sem,
+            "copy_pixel": copy_pix,
+        }
+
+    rows = [
+        row("a1.jpg", "a2.jpg", True, copy_pix=True),  # a pixel copy of member A's photo
+        row("b1.jpg", "c1.jpg", True, copy_sem=True),  # a semantic copy of B (the semantic file counts)
+        row("c1.jpg", "c1.jpg", True),  # same person, not a copy, C is not a member
+        row("d1.jpg", "d1.jpg", False),
+        row(None, None, None, status="no_face"),
+    ]
+    decisions = {"primary": {"p_value": 0.001, "reject": True}, "secondary": [{"reject": False}]}
+    data = {
+        "rows": rows,
+        "leaks": {"rows": [{"identity": "A"}, {"identity": "C"}]},
+        "summary": {"decisions": decisions, "verdict": "memorization detected"},
+    }
+    s = membership_scores(data, identity_of, members={"A", "B", "Z"})
+    assert s["members_in_index"] == 2 and s["chance"] == 2 / 4 and s["faces"] == 4
+    assert (s["copies"]["count"], s["copies"]["faces"]) == (2, 2)
+    assert (s["same_person"]["count"], s["same_person"]["faces"]) == (2, 3)
+    assert (s["leaks"]["count"], s["leaks"]["faces"]) == (1, 2)
+    assert s["copy_share"]["count"] == 2 and s["primary_rejects"] and s["any_finding"]
