@@ -14,6 +14,7 @@ from typing import Any
 
 from ..formats import esc, fmt, json_safe, pct, pval
 from . import plots as plotting
+from .style import CSS, badge_reject, img_tag
 
 SECTION_ID = "trend"
 TITLE = "Memorization across training"
@@ -149,7 +150,6 @@ def section(trend: dict | None, plots: dict[str, str]) -> str:
     """The section's HTML ('' without a trend)."""
     if not trend or not trend.get("checkpoints"):
         return ""
-    from .html import badge_reject, img_tag
 
     cks = trend["checkpoints"]
     first = trend.get("first_detected")
@@ -200,7 +200,6 @@ def section(trend: dict | None, plots: dict[str, str]) -> str:
 
 def render_page(trend: dict, plots: dict[str, str] | None = None) -> str:
     """A self-contained page holding the trend section alone (a training-loop log), with its JSON block."""
-    from .html import CSS
 
     plots = trend_figures(trend) if plots is None else plots
     blob = json.dumps(json_safe({"trend": trend}), allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
