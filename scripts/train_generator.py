@@ -1,10 +1,13 @@
 """Train a small face generator on a known set of people, with checkpoints along the way.
 
-    python scripts/train_generator.py --family ddpm --members build/mem/members.txt \
-        --root ../shared/data/celeba10k/img_align_celeba --seed 0 --steps 3000 --out build/mem/ddpm
+    # 32 people of celeba10k, one image each (a members file: `file identity` per line)
+    python scripts/train_generator.py choose --identities ../shared/data/celeba10k/identity_CelebA.txt \\
+        --k 32 --seed 1 --out build/mem/members_S.txt
+    python scripts/train_generator.py train --family ddpm --members build/mem/members_S.txt \\
+        --root ../shared/data/celeba10k/img_align_celeba --seed 0 --steps 3000 --out build/mem/ddpm_S
 
-The members file lists ``file [identity]`` per line. Audit the checkpoints with
-``--generator 'diffusers:OUT/step-*'`` (DDPM) or ``--generator 'dcgan32:OUT/step-*.pth'`` (DCGAN).
+Audit the checkpoints with ``--generator 'diffusers:OUT/step-*'`` (DDPM) or
+``--generator 'dcgan32:OUT/step-*.pth'`` (DCGAN); ``scripts/bench_memorization.py`` scores them.
 """
 
 from __future__ import annotations
@@ -13,31 +16,54 @@ import argparse
 import logging
 import shlex
 import sys
+from pathlib import Path
 
-from service.generators.train import FAMILIES, read_members, train
+from service.generators.train import FAMILIES, choose_members, read_members, train
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    ch = sub.add_parser("choose", help="write a members file: one image each of K different people")
+    ch.add_argument("--identities", required=True, help="CelebA's identity list (`file identity` per line)")
+    ch.add_argument("--k", type=int, required=True, help="people to choose")
+    ch.add_argument("--seed", type=int, default=0, help="which people")
+    ch.add_argument("--exclude", help="a members file whose people must not be chosen")
+    ch.add_argument("--out", required=True, help="the members file to write")
+    tr = sub.add_parser("train", help="train on a members file, saving log-spaced checkpoints")
+    tr.add_argument("--family", choices=FAMILIES, required=True, help="ddpm (diffusers UNet) or dcgan (32 px)")
+    tr.add_argument("--members", required=True, help="the training images: `file [identity]` per line")
+    tr.add_argument("--root", help="folder the members' files are relative to (default: the members file's)")
+    tr.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    tr.add_argument("--steps", type=int, required=True, help="training updates")
+    tr.add_argument("--batch", type=int, default=32, help="images per update (drawn with replacement)")
+    tr.add_argument("--size", type=int, default=32, help="image size in px (the DCGAN is 32 px only)")
+    tr.add_argument("--checkpoints", type=int, default=7, help="log-spaced checkpoints, the last at --steps")
+    tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 side by side)")
+    tr.add_argument("--out", required=True, help="folder for the checkpoints and manifest.json")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--family", choices=FAMILIES, required=True, help="ddpm (diffusers UNet) or dcgan (32 px)")
-    ap.add_argument("--members", required=True, help="the training images: `file [identity]` per line")
-    ap.add_argument("--root", help="folder the members' files are relative to (default: the members file's)")
-    ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
-    ap.add_argument("--steps", type=int, required=True, help="training updates")
-    ap.add_argument("--batch", type=int, default=32, help="images per update (drawn with replacement)")
-    ap.add_argument("--size", type=int, default=32, help="image size in px (the DCGAN is 32 px only)")
-    ap.add_argument("--checkpoints", type=int, default=7, help="log-spaced checkpoints, the last at --steps")
-    ap.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's; 1 for side-by-side runs)"
-    )
-    ap.add_argument("--out", required=True, help="folder for the checkpoints and manifest.json")
+    ap = _parser()
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.command == "choose":
+        exclude = set()
+        if args.exclude:
+            exclude = {line.split()[-1] for line in Path(args.exclude).read_text().splitlines() if line.strip()}
+        try:
+            lines = choose_members(args.identities, args.k, args.seed, exclude)
+        except (OSError, ValueError) as e:
+            ap.error(str(e))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        return 0
     try:
         members = read_members(args.members, args.root)
     except (OSError, ValueError) as e:
         ap.error(str(e))
-    command = shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv])
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
     train(
         args.family,
         members,

@@ -34,7 +34,7 @@ def members_file(tmp_path_factory):
 def ddpm_run(tmp_path_factory, members_file):
     """A DDPM trained for 4 steps through the CLI (2 checkpoints)."""
     out = tmp_path_factory.mktemp("ddpm")
-    cmd = [sys.executable, "scripts/train_generator.py", "--family", "ddpm", "--members", str(members_file)]
+    cmd = [sys.executable, "scripts/train_generator.py", "train", "--family", "ddpm", "--members", str(members_file)]
     cmd += ["--root", str(ROOT), "--steps", "4", "--batch", "4", "--checkpoints", "2", "--out", str(out)]
     subprocess.run(cmd, cwd=REPO, env=checkout_env(), check=True, capture_output=True, timeout=300)
     return out
@@ -62,7 +62,15 @@ def test_bad_members_files_are_refused(tmp_path, members_file):
     with pytest.raises(ValueError, match="no images"):
         training.read_members(tmp_path / "empty.txt", ROOT)
     r = subprocess.run(
-        [sys.executable, "scripts/train_generator.py", "--family", "dcgan", "--members", str(tmp_path / "missing.txt")]
+        [
+            sys.executable,
+            "scripts/train_generator.py",
+            "train",
+            "--family",
+            "dcgan",
+            "--members",
+            str(tmp_path / "missing.txt"),
+        ]
         + ["--root", str(ROOT), "--steps", "2", "--out", str(tmp_path / "o")],
         cwd=REPO,
         env=checkout_env(),
@@ -71,6 +79,13 @@ def test_bad_members_files_are_refused(tmp_path, members_file):
         timeout=120,
     )
     assert r.returncode == 2 and "not found" in r.stderr and not (tmp_path / "o").exists()
+    # `choose` writes the same members as the library, leaving out the people of --exclude.
+    ids = CELEBA10K / "identity_CelebA.txt"
+    cmd = [sys.executable, "scripts/train_generator.py", "choose", "--identities", str(ids), "--k", "6"]
+    cmd += ["--seed", "3", "--exclude", str(members_file), "--out", str(tmp_path / "m.txt")]
+    subprocess.run(cmd, cwd=REPO, env=checkout_env(), check=True, capture_output=True, timeout=120)
+    excluded = {line.split()[1] for line in members_file.read_text().splitlines() if not line.startswith("#")}
+    assert (tmp_path / "m.txt").read_text().splitlines() == training.choose_members(ids, 6, 3, excluded)
 
 
 def test_checkpoints_are_log_spaced_and_end_at_the_last_step():

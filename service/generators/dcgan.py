@@ -3,7 +3,8 @@
 
 Why this recipe (Radford et al. 2016): Adam at 2e-4 with β1 = 0.5, the non-saturating loss, batch
 norm in both nets; no augmentation, so a small training set can be memorized, as real GANs trained
-on tiny sets do.
+on tiny sets do. Plus the R1 penalty (Mescheder et al. 2018, γ = 1): without it, on 32 faces the
+discriminator won within 3,000 steps and the generator collapsed onto one blurred face.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def latent(n: int, generator: torch.Generator) -> torch.Tensor:
 class DCGANTrainer:
     """Both nets and their optimisers; :meth:`step` is one discriminator and one generator update."""
 
-    def __init__(self, seed: int, lr: float = 2e-4):
+    def __init__(self, seed: int, lr: float = 2e-4, r1: float = 1.0):
         torch.manual_seed(seed)
+        self.r1 = r1
         self.g, self.d = DCGAN32(), Discriminator32()
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr, betas=(0.5, 0.999))
@@ -72,7 +74,12 @@ class DCGANTrainer:
         n = len(real)
         fake = self.g(latent(n, rng))
         ones, zeros = torch.ones(n), torch.zeros(n)
-        loss_d = self.bce(self.d(real), ones) + self.bce(self.d(fake.detach()), zeros)
+        real = real.detach().requires_grad_(self.r1 > 0)
+        logits = self.d(real)
+        loss_d = self.bce(logits, ones) + self.bce(self.d(fake.detach()), zeros)
+        if self.r1 > 0:  # R1: penalise the discriminator's gradient on real images (Mescheder et al. 2018)
+            (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+            loss_d = loss_d + self.r1 / 2 * grad.pow(2).sum(dim=(1, 2, 3)).mean()
         self.opt_d.zero_grad()
         loss_d.backward()
         self.opt_d.step()
