@@ -2,7 +2,7 @@
 
     # 32 people of celeba10k, one image each (a members file: `file identity` per line)
     python scripts/train_generator.py choose --identities ../shared/data/celeba10k/identity_CelebA.txt \\
-        --k 32 --seed 1 --out build/mem/members_S.txt
+        --k 32 --seed 1 --inside-first 3000 --out build/mem/members_S.txt
     python scripts/train_generator.py train --family ddpm --members build/mem/members_S.txt \\
         --root ../shared/data/celeba10k/img_align_celeba --seed 0 --steps 3000 --out build/mem/ddpm_S
 
@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--k", type=int, required=True, help="people to choose")
     ch.add_argument("--seed", type=int, default=0, help="which people")
     ch.add_argument("--exclude", help="a members file whose people must not be chosen")
+    where = ch.add_mutually_exclusive_group()
+    where.add_argument("--inside-first", type=int, metavar="N", help="only people with an image among the first N")
+    where.add_argument("--outside-first", type=int, metavar="N", help="only people with no image among the first N")
     ch.add_argument("--out", required=True, help="the members file to write")
     tr = sub.add_parser("train", help="train on a members file, saving log-spaced checkpoints")
     tr.add_argument("--family", choices=FAMILIES, required=True, help="ddpm (diffusers UNet) or dcgan (32 px)")
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.exclude:
             exclude = {line.split()[-1] for line in Path(args.exclude).read_text().splitlines() if line.strip()}
         try:
-            lines = choose_members(args.identities, args.k, args.seed, exclude)
+            first = args.inside_first if args.inside_first is not None else args.outside_first
+            lines = choose_members(args.identities, args.k, args.seed, exclude, first, args.outside_first is None)
         except (OSError, ValueError) as e:
             ap.error(str(e))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -284,7 +284,7 @@ def diffusers_pipeline(folder: str, device: str = "cpu", steps: int | None = Non
         import torch
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
         pipe.to(device)
     except Exception as e:  # a half-written folder, a missing component, a pipeline class not installed
         raise SourceError(f"cannot load diffusers pipeline {path}: {type(e).__name__}: {str(e)[:300]}") from None

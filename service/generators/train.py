@@ -52,15 +52,30 @@ def read_members(members: str | Path, root: str | Path | None = None) -> list[Me
     return out
 
 
-def choose_members(identity_file: str | Path, k: int, seed: int, exclude: set[str] = frozenset()) -> list[str]:
+def choose_members(
+    identity_file: str | Path,
+    k: int,
+    seed: int,
+    exclude: set[str] = frozenset(),
+    first: int | None = None,
+    inside: bool = True,
+) -> list[str]:
     """``k`` lines ``file identity`` of CelebA's identity list, one image each of ``k`` different people
-    (not in ``exclude``), drawn with ``seed``. One image per person makes "which people leak" exact."""
+    (not in ``exclude``), drawn with ``seed``. One image per person makes "which people leak" exact.
+    With ``first``: only people who have an image among the list's first ``first`` files (``inside``,
+    each represented by such an image), or only people who have none (not ``inside``): an index of
+    those first files then holds every member of one run and no member of the other."""
+    lines = [line.split() for line in Path(identity_file).read_text().splitlines()]
+    lines = [parts for parts in lines if len(parts) == 2]
+    early = {person for _, person in lines[:first]} if first is not None else None
     by_person: dict[str, str] = {}
-    for line in Path(identity_file).read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1] not in exclude:
-            by_person.setdefault(parts[1], parts[0])
+    for file, person in lines:
+        if person in exclude or (early is not None and (person in early) != inside):
+            continue
+        by_person.setdefault(person, file)
     people = sorted(by_person, key=int if all(p.isdigit() for p in by_person) else str)
+    if len(people) < k:
+        raise ValueError(f"only {len(people)} people qualify; asked for {k}")
     chosen = random.Random(seed).sample(people, k)
     return [f"{by_person[p]} {p}" for p in chosen]
 
