@@ -283,6 +283,9 @@ def diffusers_pipeline(folder: str, device: str = "cpu", steps: int | None = Non
     try:
         import torch
         from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # loading bars would interleave with the audit's own
 
         pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
         pipe.to(device)

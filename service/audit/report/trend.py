@@ -116,7 +116,10 @@ def trend_figures(trend: dict) -> dict[str, str]:
     ax.set_title("Primary test per checkpoint", fontsize=10)
     ax.legend(fontsize=7)
 
+    log_steps = min(x) > 0 and max(x) >= 10 * min(x)  # log-spaced checkpoints read best on a log axis
     for a in (ax for row in axes for ax in row):
+        if log_steps:
+            a.set_xscale("log")
         if first is not None:
             a.axvline(first, color="#a3120b", ls=":", lw=1.2)
         a.tick_params(labelsize=8)
