@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoints", type=int, default=7, help="log-spaced checkpoints, the last at --steps")
     tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 side by side)")
     tr.add_argument("--out", required=True, help="folder for the checkpoints and manifest.json")
+    ex = sub.add_parser("export", help="copy a DDPM checkpoint with fp16 weights (half the bytes)")
+    ex.add_argument("--checkpoint", required=True, help="a DDPM checkpoint folder (OUT/step-NNNNNN)")
+    ex.add_argument("--out", required=True, help="the folder to write")
     return ap
 
 
@@ -51,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.command == "export":
+        from service.generators.ddpm import export_half
+
+        export_half(args.checkpoint, args.out)
+        return 0
     if args.command == "choose":
         exclude = set()
         if args.exclude:

@@ -53,3 +53,13 @@ class DDPMTrainer:
         from diffusers import DDIMPipeline, DDIMScheduler
 
         DDIMPipeline(self.model, DDIMScheduler.from_config(self.scheduler.config)).save_pretrained(folder)
+
+
+def export_half(folder: str, out: str) -> None:
+    """A pipeline folder again with its UNet's weights in fp16: half the bytes, for checkpoints kept in
+    the repository (``tests/fixtures``); the audit's adapter computes in fp32 on the CPU."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+    pipe.unet.half()
+    pipe.save_pretrained(out)
