@@ -288,7 +288,7 @@ def diffusers_pipeline(folder: str, device: str = "cpu", steps: int | None = Non
         diffusers_logging.disable_progress_bar()  # loading bars would interleave with the audit's own
 
         # fp16 weights (a checkpoint kept small) compute in fp32 on the CPU, where fp16 is slow and inexact
-        dtype = {"torch_dtype": torch.float32} if device == "cpu" else {}
+        dtype = {"dtype": torch.float32} if device == "cpu" else {}
         pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False, **dtype)
         pipe.to(device)
     except Exception as e:  # a half-written folder, a missing component, a pipeline class not installed
