@@ -85,7 +85,30 @@ def main(argv: list[str] | None = None) -> int:
         print(_row(results[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print("\n" + markdown(results))
     return 0
+
+
+def markdown(results: list[dict]) -> str:
+    """The README's table: one row per run, the last checkpoint scored against the truth."""
+    head = (
+        "| run | members in index | primary p, last checkpoint | any finding (all checkpoints) | same-person matches "
+        "naming a member | copies naming a member | leaking people who are members | pixel copies, first → last "
+        "checkpoint | first detected (step) |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in results:
+        f, cks = r["final"], r["trend"]["checkpoints"]
+        any_finding = [c["step"] for c in cks if "no evidence" not in (c.get("verdict") or "")]
+        pix = [(c.get("copies") or {}).get("pixel") for c in cks]
+        lines.append(
+            f"| {r['family']} {Path(r['run']).name} ({r['training_steps']} steps) "
+            f"| {f['members_in_index']}/{f['members']} "
+            f"| {f['primary_p']:.2g} | {', '.join(map(str, any_finding)) or 'none'} | {_pct(f['same_person'])} "
+            f"| {_pct(f['copies'])} | {_pct(f['leaks'])} | {_share(pix[0])} → {_share(pix[-1])} "
+            f"| {(r['trend'].get('first_detected') or {}).get('step', 'none')} |"
+        )
+    return "\n".join(lines)
 
 
 def _row(r: dict) -> str:
