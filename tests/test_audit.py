@@ -251,6 +251,23 @@ def audit_server(full_index_dir, tmp_path_factory):
         yield url
 
 
+def test_training_loop_hook_against_a_running_service(audit_server, full_index_dir, tmp_path):
+    """The hook a training loop calls every N steps, against the service, appends the same record as
+    in-process (network outputs from two processes: floats to conftest.NET_ATOL)."""
+    from service.audit.hook import read_records, read_trend, track
+    from service.audit.sources import load_generator
+
+    sampler = load_generator(DCGAN_SPEC).sampler
+    common = {"n": 10, "trials": 1, "batch_sizes": (4,), "detector": "aligned", "progress": False}
+    served = track(sampler, 100, log=tmp_path / "srv.jsonl", server=audit_server, token=TOKEN, **common)
+    track(sampler, 200, log=tmp_path / "srv.jsonl", server=audit_server, token=TOKEN, **common)
+    local = track(sampler, 100, log=tmp_path / "loc.jsonl", index=full_index_dir, **common)
+    assert [r["step"] for r in read_records(tmp_path / "srv.jsonl")] == [100, 200]
+    assert len(read_trend(tmp_path / "srv.jsonl")["checkpoints"]) == 2
+    for key in ("same_person", "copies", "ct", "faces", "leaks", "detected"):
+        assert_json_close(served[key], local[key])
+
+
 # ----------------------------------------------------------------------------- folder (PGGAN)
 
 
