@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--inside-first", type=int, metavar="N", help="only people with an image among the first N")
     where.add_argument("--outside-first", type=int, metavar="N", help="only people with no image among the first N")
     ch.add_argument("--out", required=True, help="the members file to write")
+    ch.add_argument(
+        "--link-folder",
+        metavar="DIR",
+        help="also make DIR a folder of links to the chosen images (with --root): a --reference-real of held-out "
+        "people in the training data's own rendering",
+    )
+    ch.add_argument("--root", help="folder the identity list's files are in (for --link-folder)")
     tr = sub.add_parser("train", help="train on a members file, saving log-spaced checkpoints")
     tr.add_argument("--family", choices=FAMILIES, required=True, help="ddpm (diffusers UNet) or dcgan (32 px)")
     tr.add_argument("--members", required=True, help="the training images: `file [identity]` per line")
@@ -70,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(str(e))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(lines) + "\n")
+        if args.link_folder:
+            if not args.root:
+                ap.error("--link-folder needs --root")
+            folder = Path(args.link_folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            for line in lines:
+                link = folder / line.split()[0]
+                link.unlink(missing_ok=True)
+                link.symlink_to(Path(args.root).resolve() / line.split()[0])
         return 0
     try:
         members = read_members(args.members, args.root)

@@ -1,26 +1,27 @@
 """Real generators trained here with known membership, audited end to end (issue "real memorizers").
 
-``tests/fixtures/generators/`` holds the last checkpoints of the benchmark's training runs (its
-README has the commands that made them): each family trained once on 32 people who all have an
-image among celeba10k's first 3,000 files (the *members* run) and once, with the same recipe, on 32
-people who have none there (the *control* run). ``part_index_dir`` is exactly those 3,000 files,
-so the members are in the audited index and the control's people are not. The audit runs against
-real strangers rendered at the generators' 32 px (celeba_test), as a user auditing a 32 px model
-should. Smaller than the benchmark (n = 96 samples, 10 DDIM steps), so the thresholds here are
-looser than the benchmark's table (README, "Memorizing generators").
+``tests/fixtures/generators/`` holds the last checkpoints of the benchmark's DDPM runs (its README
+has the commands that made them): trained once on 32 people who all have an image among
+celeba10k's first 3,000 files (the *members* run) and once, with the same recipe, on 32 people who
+have none there (the *control* run). ``part_index_dir`` is exactly those 3,000 files, so the
+members are in the audited index and the control's people are not. The reference is real strangers
+in the generators' own rendering (held-out celeba10k people, centre square at 32 px), as a user
+auditing a 32 px model should have. Smaller than the benchmark (n = 128 samples, 15 DDIM steps),
+so the thresholds here are looser than the benchmark's table (README, "Memorizing generators").
 """
 
 from __future__ import annotations
 
 import pytest
-from conftest import DATA
+from conftest import CELEBA10K, PART_INDEX
 
 from indexer.store import load_index
 from service.audit import audit
 from service.audit.study_memorization import membership_scores
+from service.generators.train import choose_members
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "generators"
-REFERENCE_N = 300  # celeba_test faces: the chance rate at 32 px
+REFERENCE_N = 300  # held-out people rendered at 32 px: the chance rate in the generators' domain
 SPECS = {
     "ddpm": "diffusers:{}",
     "dcgan": "dcgan32:{}",
@@ -36,9 +37,12 @@ def _path(family: str, role: str):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reference32")
-    for f in sorted((DATA / "celeba_test").glob("*.jpg"))[:REFERENCE_N]:
-        (folder / f.name).symlink_to(f)
+    """Held-out people in the generators' own rendering: one celeba10k image each of people with no
+    image in the part index and not in the control run (as the benchmark's reference)."""
+    folder = tmp_path_factory.mktemp("reference_heldout")
+    control = _members("ddpm", "control")
+    for line in choose_members(CELEBA10K / "identity_CelebA.txt", REFERENCE_N, 0, control, PART_INDEX, False):
+        (folder / line.split()[0]).symlink_to(CELEBA10K / "img_align_celeba" / line.split()[0])
     return folder
 
 
@@ -59,8 +63,8 @@ def test_trained_generators_are_caught_when_they_memorize_and_not_otherwise(
     res = audit(
         generator=SPECS[family].format(_path(family, role)),
         index=part_index_dir,
-        n=96,
-        steps=10,
+        n=128,
+        steps=15,
         trials=2,
         batch_sizes=(16,),
         detector="aligned",
@@ -72,14 +76,18 @@ def test_trained_generators_are_caught_when_they_memorize_and_not_otherwise(
     members = _members(family, role)
     s = membership_scores(res.data, identity_of, members)
     decisions = res.data["summary"]["decisions"]
+    rejected = [d["name"] for d in decisions["secondary"] if d["reject"]] + (
+        ["same_person"] * decisions["primary"]["reject"]
+    )
     if role == "members":
         assert s["members_in_index"] == len(members)
-        assert decisions["primary"]["reject"], decisions["primary"]
-        assert s["same_person"]["share"] >= 0.8, s["same_person"]  # by chance: 32 of 2,437 people, 1.3%
-        leaks = res.data["leaks"]
-        assert leaks["count"] >= 1 and s["leaks"]["share"] >= 0.8, leaks["rows"][:5]
+        # At 32 px the descriptor barely keeps identity, so the copies carry the evidence (README,
+        # "Memorizing generators"): a finding, and the flagged copies are the members' photos.
+        assert rejected, decisions
+        assert s["copies"]["faces"] >= 3 and s["copies"]["share"] >= 0.8, s["copies"]  # chance: 1.3%
+        same = s["same_person"]
+        assert same["faces"] == 0 or same["share"] >= 0.5, same
     else:
         assert s["members_in_index"] == 0
-        assert not decisions["primary"]["reject"], decisions["primary"]
-        assert not any(d["reject"] for d in decisions["secondary"]), decisions["secondary"]
+        assert not rejected, decisions
         assert res.data["leaks"]["count"] == 0, res.data["leaks"]["rows"][:5]
