@@ -19,6 +19,8 @@ Both are one-sided: "the generator is under the threshold more often than the nu
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import stats as sps
 
@@ -129,4 +131,18 @@ def holm(p_values: dict[str, float | None], alpha: float = 0.05) -> dict[str, di
     for rank, (p, name) in enumerate(items):
         running = max(running, min(1.0, (m - rank) * p))
         out[name] = {"p_value": p, "p_holm": running, "reject": running < alpha}
+    return out
+
+
+def bh(pvalues: Any) -> np.ndarray:
+    """Benjamini–Hochberg q-values (step-up, monotone); NaN p-values stay NaN and are not counted."""
+    p = np.asarray(pvalues, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    ranked = p[order] * m / np.arange(1, m + 1)
+    out[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
     return out

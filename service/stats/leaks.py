@@ -45,6 +45,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from .baselines import bh
+
 log = logging.getLogger(__name__)
 
 FDR = 0.05
@@ -92,20 +94,6 @@ def tarone_set(min_p: np.ndarray, fdr: float) -> np.ndarray:
     return min_p <= fdr / k
 
 
-def bh_adjust(p: np.ndarray) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values (q-values) over the m values given."""
-    p = np.asarray(p, np.float64)
-    m = len(p)
-    if not m:
-        return p
-    order = np.argsort(p, kind="stable")
-    ranked = p[order] * m / np.arange(1, m + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(q, 1.0)
-    return out
-
-
 def test_counts(g: np.ndarray, r: np.ndarray, n_gen: int, n_null: int, fdr: float = FDR) -> dict[str, np.ndarray]:
     """The test on aligned count arrays (one entry per identity): ``p``, ``q`` (1 outside the tested
     set), ``tested`` and ``significant`` masks."""
@@ -113,7 +101,7 @@ def test_counts(g: np.ndarray, r: np.ndarray, n_gen: int, n_null: int, fdr: floa
     p = conditional_p(g, r, n_gen, n_null)
     tested = tarone_set(smallest_p(g + r, n_gen, n_null), fdr) & (g + r > 0)
     q = np.ones(len(g))
-    q[tested] = bh_adjust(p[tested])
+    q[tested] = bh(p[tested])
     return {"p": p, "q": q, "tested": tested, "significant": tested & (q <= fdr)}
 
 

@@ -59,6 +59,8 @@ from typing import Any
 
 import numpy as np
 
+from .baselines import bh
+
 log = logging.getLogger(__name__)
 
 ALPHA = 0.05  # a row is flagged when its BH q-value is below this
@@ -84,20 +86,6 @@ def acc(q: Any, tpr: Any, fpr: Any) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         est = np.clip((q - fpr) / j, 0.0, 1.0)
     return np.where(j > 0, est, np.nan)
-
-
-def bh(pvalues: Any) -> np.ndarray:
-    """Benjamini–Hochberg q-values (step-up, monotone); NaN p-values stay NaN and are not counted."""
-    p = np.asarray(pvalues, np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    ranked = p[order] * m / np.arange(1, m + 1)
-    out[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
-    return out
 
 
 def draw_rate(k: float, n: float, rng: np.random.Generator, size: int, design_effect: float = 1.0) -> np.ndarray:
