@@ -173,7 +173,9 @@ def _report_series(series: list, opts: dict, params: Any, backend: Any, command:
 
     shared = Shared()
     t0 = time.perf_counter()
-    for ck in series:  # every checkpoint loads before any is audited: a bad one fails in seconds, not at the end
+    # Every checkpoint loads once before any is audited (a bad one fails in seconds, not at the end) and
+    # again at its turn: loading twice costs seconds, holding every checkpoint at once could cost gigabytes.
+    for ck in series:
         _open_source(None, ck.spec, None, opts["device"], opts["steps"])
 
     def one(spec: Any, last: bool) -> AuditResult:

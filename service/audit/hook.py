@@ -30,7 +30,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..stats.trend import fixed_sequence
 from .formats import json_safe
 from .trend import block, record
 
@@ -64,22 +63,20 @@ def track(
     rec["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     path = Path(log)
     prior = read_records(path) if path.exists() else []
-    order = sorted(range(len(prior) + 1), key=lambda i: (prior + [rec])[i]["step"])
-    ordered = [(prior + [rec])[i] for i in order]
-    seq = fixed_sequence([r["same_person"]["p"] for r in ordered], rec["alpha"])
-    at = order.index(len(prior))
-    rec["detected"], rec["p_adjusted"] = bool(seq["detected"][at]), seq["p_adjusted"][at]
+    trend = block(prior + [rec], rec["alpha"])  # sorted stably by step: rec comes after equal steps
+    decided = trend["checkpoints"][sum(r["step"] <= rec["step"] for r in prior)]
+    rec["detected"], rec["p_adjusted"] = decided["detected"], decided["p_adjusted"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(json_safe(rec), allow_nan=False) + "\n")
     if report is not None:
         res.to_html(report)
-    first = seq["first_detected"]
+    first = trend["first_detected"]
     logger.info(
         "step %d: same person p %s; memorization %s",
         rec["step"],
         rec["same_person"]["p"],
-        f"detected since step {ordered[first]['step']}" if first is not None else "not detected",
+        f"detected since step {first['step']}" if first is not None else "not detected",
     )
     return rec
 
