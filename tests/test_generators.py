@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import CELEBA10K, REPO, checkout_env
 
 from service.audit import sources
@@ -117,7 +118,12 @@ def test_ddpm_run_saves_loadable_pipelines_with_a_manifest(ddpm_run, members_fil
 
 
 def test_dcgan_run_loads_in_the_dcgan32_adapter(tmp_path, members_file):
-    manifest = training.train("dcgan", training.read_members(members_file, ROOT), tmp_path, steps=3, batch=4)
+    threads = torch.get_num_threads()
+    manifest = training.train("dcgan", training.read_members(members_file, ROOT), tmp_path, steps=3, batch=4, threads=1)
+    # Training flushes denormals to zero and caps threads; both are process-wide and must be given back,
+    # or the next test in this worker (hypothesis needs subnormal floats) fails.
+    assert sys.float_info.min / 2 > 0.0
+    assert torch.get_num_threads() == threads
     last = tmp_path / manifest["checkpoints"][-1]["path"]
     s = sources.load_generator(f"dcgan32:{last}")
     assert sources.to_uint8(s.sampler(2, 0)).shape == (2, 32, 32, 3)

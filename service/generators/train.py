@@ -7,11 +7,13 @@ names it (an interrupted run leaves only complete checkpoints behind).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,11 +131,38 @@ def train(
     manifest, also written to ``out/manifest.json`` after every checkpoint."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # Denormal floats (weights and activations near zero late in training) make x86 arithmetic ~100×
-    # slower: a DCGAN run went from 16 to under 3 steps/s. Flushing them to zero changes nothing visible.
+    with _training_arithmetic(threads):
+        return _train(family, members, out, steps, seed, batch, size, checkpoints, command)
+
+
+@contextlib.contextmanager
+def _training_arithmetic(threads: int | None) -> Iterator[None]:
+    """Denormal floats (weights and activations near zero late in training) make x86 arithmetic ~100×
+    slower: a DCGAN run went from 16 to under 3 steps/s, so they are flushed to zero while training.
+    Flush-to-zero is process-wide CPU state, so it (and the thread cap) is restored afterwards: left on,
+    it broke hypothesis (which needs subnormals) in the next test of the same worker."""
+    before = torch.get_num_threads()
     torch.set_flush_denormal(True)
     if threads:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(before)
+
+
+def _train(
+    family: str,
+    members: list[Member],
+    out: Path,
+    steps: int,
+    seed: int,
+    batch: int,
+    size: int,
+    checkpoints: int,
+    command: str,
+) -> dict:
     data = load_images(members, size)
     trainer = _trainer(family, seed, size)
     rng = torch.Generator().manual_seed(seed)
