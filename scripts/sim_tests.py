@@ -18,6 +18,9 @@ worlds. Studies:
              per identity, with the audit's held-out sample and with one face per identity
   deff       (diagnostic, not in the default) the design effect the null share's errors show across worlds
              (against each world's stranger rate on 20,000 new people) beside v3's estimate, 2 / 1-10 / 10
+  split      (not in the default) the held-out split's five tests (service.stats.split) beside the training
+             null's, at 2 and 10 photos per identity, half the people held out: new people, an off-domain
+             generator (faces contracted toward the mean), look-alikes of 20 indexed people, 1% copies
   omissions  the omission rate's coverage and type-I error at 10 and 20 photos per identity (10,000
              training faces), v3 (identity design effects) against v2 (design effects 1)
 
@@ -35,7 +38,7 @@ import os
 import sys
 import time
 
-STUDIES = ("identity", "primary", "verdict", "omissions", "ct", "deff")
+STUDIES = ("identity", "primary", "verdict", "omissions", "ct", "deff", "split")
 DEFAULT = ("identity", "primary", "verdict", "omissions")
 
 
@@ -109,6 +112,11 @@ def tables(raw: dict) -> dict:
     if raw.get("ct"):
         rows["ct"] = st.ct_null_rows(raw["ct"])
         print_ct(rows["ct"])
+    if raw.get("split"):
+        from service.audit.study_split import split_rows
+
+        rows["split"] = split_rows(raw["split"])
+        print_split(rows["split"])
     if raw.get("deff"):
         rows["deff"] = st.null_share_rows(raw["deff"])
         for r in rows["deff"]:
@@ -121,15 +129,26 @@ def tables(raw: dict) -> dict:
     return rows
 
 
+def print_split(rows: list[dict]) -> None:
+    print(
+        f"\n{'held-out split':22} {'generator':12} {'split: any':>24} {'split: primary':>24} {'training null: any':>24}"
+    )
+    for r in rows:
+        print(
+            f"{r['world']:22} {r['generator']:12} {pct(r['split_any']):>24} {pct(r['split_primary']):>24} "
+            f"{pct(r['training_any']):>24}"
+        )
+
+
 def merge(paths: list[str]) -> dict:
     """Concatenate the raw runs of several chunks (each run is one seed of one setting)."""
-    raw: dict = {"identity": [], "omissions": [], "worlds": {}, "ct": {}, "deff": {}}
+    raw: dict = {"identity": [], "omissions": [], "worlds": {}, "ct": {}, "deff": {}, "split": {}}
     for path in paths:
         with open(path) as f:
             r = json.load(f)["raw"]
         raw["identity"] += r.get("identity", [])
         raw["omissions"] += r.get("omissions", [])
-        for key in ("worlds", "ct", "deff"):
+        for key in ("worlds", "ct", "deff", "split"):
             for name, runs in (r.get(key) or {}).items():
                 raw[key].setdefault(name, []).extend(runs)
     return raw
@@ -232,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         out["seconds"]["deff"] = time.time() - t
         save()
         log("deff done")
+    if "split" in a.study:
+        from service.audit.study_split import split_study
+
+        t = time.time()
+        out["raw"]["split"] = split_study(a.seeds, a.worlds or ("2", "10"), first_seed=a.first_seed, progress=log)
+        out["seconds"]["split"] = time.time() - t
+        save()
     out["rows"] = tables(out["raw"])
     save()
     print(f"\n{time.time() - t0:.0f} s; load {os.getloadavg()[0]:.1f} at end")

@@ -138,6 +138,15 @@ def audit(
     downscale = opts["reference_downscale"]
     if downscale is not None and (not opts["reference_real"] or int(downscale) < 8):
         raise AuditError(EXIT_USAGE, "reference_downscale needs reference_real and a size of at least 8 px")
+    held = opts["held_out_identities"]
+    if isinstance(held, (str, Path)):  # read now: a bad file fails before any sampling, not after
+        from ..stats.split import SplitError, read_held_out
+
+        try:
+            if not read_held_out(held):
+                raise SplitError(f"the held-out identities file {held} lists no identity")
+        except SplitError as e:
+            raise AuditError(EXIT_USAGE, str(e)) from e
     params = request_params(opts)  # once: every request and the training side derive from it
     series = _series(generator)
     source = _open_source(generated, generator, images, opts["device"], opts["steps"]) if series is None else None

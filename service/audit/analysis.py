@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
 from indexer import faces, pixels
 
-from ..stats import ct, identities, leaks, memorization, omissions, support, verdict
+from ..stats import ct, identities, leaks, memorization, omissions, split, support, verdict
 from ..stats.collisions import batch_pairs
 from ..stats.thresholds import Thresholds
 from . import views
@@ -48,7 +49,8 @@ def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
     mem = memorization_statistics(main, thresholds, null)
     ct_block = ct_test(main, null, training)
     idents = identity_concentration(main, null, options["seed"])
-    decisions = verdict.decide(mem, ct_block, idents, options["alpha"], null.name)
+    held_out = held_out_split(main, thresholds, training, options)
+    decisions = verdict.decide(mem, ct_block, idents, options["alpha"], null.name, split=held_out)
     leak_block = leak_statistics(main, null, training, thresholds)
     counts = Counter(e["status"] for e in main.entries)
     data = {
@@ -80,6 +82,7 @@ def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
         "ct_test": ct_block,
         "identities": idents,
         "leaks": leak_block,
+        "held_out_split": held_out,
         "distribution": distribution(main.descriptors, passes.train_descriptors, options["seed"]),
         "grid": views.grid(main.entries, thresholds, options["grid_max"], options["grid_expanded"]),
         "rows": views.rows(main, pairs, thresholds, {r["identity"] for r in leak_block["rows"]}),
@@ -254,6 +257,37 @@ def identity_concentration(main: Answers, null: TrainingStrangers, seed: int) ->
     pool, source = null.identity_null(len(main.ok), seed)
     out = identities.concentration(main.entries, pool, seed=seed)
     out["null_source"] = source if out["null"] else None
+    return out
+
+
+def held_out_split(main: Answers, thresholds: Thresholds, training: dict, options: dict) -> dict | None:
+    """The five tests against a random split of the index's people into trained and held out
+    (:mod:`service.stats.split`), when ``held_out_identities`` names the held-out ones; None otherwise.
+    A list that cannot split this index gives a block with an ``error`` (the decisions then use the
+    ordinary null and say why) rather than losing the audit's work."""
+    given = options.get("held_out_identities")
+    if not given:
+        return None
+    try:
+        held = split.read_held_out(given) if isinstance(given, (str, Path)) else {str(x) for x in given}
+        images = (training.get("identity_null") or {}).get("identity_images") or {}
+        top1 = [
+            {
+                ch: (e[ch][0]["identity"], e[ch][0]["distance"]) if e[ch] and e[ch][0]["identity"] else None
+                for ch in CHANNELS
+            }
+            for e in main.ok_entries
+        ]
+        rule = {
+            "identity": thresholds.identity,
+            "semantic_copy": thresholds.semantic_copy,
+            "pixel_copy": thresholds.pixel_copy,
+        }
+        out = split.split_tests(split.landings(top1, rule), images, held, seed=options["seed"])
+    except split.SplitError as e:
+        log.warning("held-out identities not used: %s", e)
+        return {"error": str(e), "source": str(given) if isinstance(given, (str, Path)) else "a list"}
+    out["source"] = str(given) if isinstance(given, (str, Path)) else f"a list of {len(held)} identities"
     return out
 
 

@@ -124,6 +124,7 @@ def parser(prog: str = "python scripts/audit.py") -> argparse.ArgumentParser:
         const=False,
         help="process the reference faces again, without reading or writing the cache",
     )
+    p.add_argument("--held-out-identities", metavar="FILE", default=None, help=o["held_out_identities"].help)
     p.add_argument("--training-set-size", type=int, default=None, help=o["training_set_size"].help)
     p.add_argument("--ct-cells", type=int, default=None, help=o["ct_cells"].help)
     p.add_argument("--alpha", type=float, default=o["alpha"].default, help=o["alpha"].help)

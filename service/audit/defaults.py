@@ -60,6 +60,12 @@ OPTIONS: dict[str, Option] = {
         "folder that keeps the processed reference faces between audits (default: $FACEMEM_CACHE/references or "
         "~/.cache/facemem/references); false (--no-reference-cache): process them every time",
     ),
+    "held_out_identities": Option(
+        None,
+        "file of indexed people the generator never trained on, chosen at random before training (one identity a "
+        "line, or a members file's 'file identity' lines): the five decisions then ask whether the generated faces "
+        "land on trained rather than held-out people, a null that holds whatever the generated faces look like",
+    ),
     "training_set_size": Option(None, "images in the full training set, when the dataset does not say (coverage)"),
     "ct_cells": Option(None, "k-means cells of the C_T test (default: one per 50 generated faces, 2 to 20)"),
     "grid_expanded": Option(24, "grid rows shown before the collapsed rest"),

@@ -31,6 +31,14 @@ LABELS = {
     "ct_copying": "C_T < 0: generated faces closer to the training set than unseen real faces",
     "identity_concentration": "the most-matched training identity is matched more often than among strangers",
 }
+SPLIT_LABELS = {  # the same five questions against a held-out split of the index's people (service.stats.split)
+    "same_person": "generated faces are the same person as a trained person more often than a random split of the "
+    "index's people into trained and held out predicts",
+    "copies_semantic": "more semantic copies land on trained than on held-out people than a random split predicts",
+    "copies_pixel": "more pixel copies land on trained than on held-out people than a random split predicts",
+    "ct_copying": "generated faces' nearest indexed person is a trained one more often than a random split predicts",
+    "identity_concentration": "one trained person gets more of the generated faces than under a random split",
+}
 PRIMARY_WEIGHT = 0.8
 CORRECTION = (
     "one graphical procedure over all five tests (Bretz et al. 2009): the primary test at 80% of alpha and "
@@ -87,26 +95,33 @@ def graphical(p_values: dict[str, float | None], weights: dict, graph: dict, alp
     return out
 
 
-def decide(mem: dict, ct_block: dict, idents: dict, alpha: float, null: str) -> dict:
-    """The ``decisions`` and ``verdict`` of the report's summary."""
-    p = dict(mem["p_values"])
-    p["ct_copying"] = ct_block.get("p_value_copying")
-    p["identity_concentration"] = idents.get("p_value_max")
+def decide(mem: dict, ct_block: dict, idents: dict, alpha: float, null: str, split: dict | None = None) -> dict:
+    """The ``decisions`` and ``verdict`` of the report's summary. With a held-out split
+    (:mod:`service.stats.split`, no ``error``) its five permutation tests decide, each asking the same
+    question of where the generated faces land; otherwise the tests against ``null``'s strangers."""
+    labels = LABELS
+    if split is not None and "tests" in split:
+        p = {k: t["p_value"] for k, t in split["tests"].items()}
+        null, labels = "held_out_identities", SPLIT_LABELS
+    else:
+        p = dict(mem["p_values"])
+        p["ct_copying"] = ct_block.get("p_value_copying")
+        p["identity_concentration"] = idents.get("p_value_max")
     names = (PRIMARY, *SECONDARY)
     weights, graph = weights_and_graph(names)
     result = graphical({k: p.get(k) for k in names}, weights, graph, alpha)
     decisions = {
         "alpha": alpha,
         "null": null,
-        "primary": {"name": PRIMARY, "hypothesis": LABELS[PRIMARY], **result[PRIMARY]},
-        "secondary": [{"name": k, "hypothesis": LABELS[k], **result[k]} for k in SECONDARY],
+        "primary": {"name": PRIMARY, "hypothesis": labels[PRIMARY], **result[PRIMARY]},
+        "secondary": [{"name": k, "hypothesis": labels[k], **result[k]} for k in SECONDARY],
         "correction": CORRECTION,
         "weights": weights,
     }
     flagged = [d["name"] for d in decisions["secondary"] if d["reject"]]
     primary_p = result[PRIMARY]["p_value"]
     if decisions["primary"]["reject"]:
-        head = "memorization detected: " + LABELS[PRIMARY]
+        head = "memorization detected: " + labels[PRIMARY]
     elif flagged:
         head = "no primary finding; secondary finding(s): " + ", ".join(flagged)
     elif primary_p is None:
@@ -114,6 +129,7 @@ def decide(mem: dict, ct_block: dict, idents: dict, alpha: float, null: str) -> 
     else:
         head = "no evidence of memorization at the indexed faces"
     out = {"decisions": decisions, "verdict": head}
+    unused = split is not None and "error" in split
     if null == "training" and (decisions["primary"]["reject"] or flagged):
         # Measured: the 32 px DCGAN's C_T and identity concentration reject against training strangers
         # and not against real strangers degraded to 32 px (README, "Measured here").
@@ -123,4 +139,7 @@ def decide(mem: dict, ct_block: dict, idents: dict, alpha: float, null: str) -> 
             "holding real faces of people not in the index, in the generator's domain"
         )
         out["verdict"] = head + " (against training-domain strangers: see the caveat)"
+    if unused:
+        note = f"the held-out identities were not used ({split['error']}); decided against {null} strangers"
+        out["caveat"] = note + ("; " + out["caveat"] if "caveat" in out else "")
     return out

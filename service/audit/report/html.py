@@ -60,7 +60,8 @@ def _summary(d: dict) -> str:
         out.append(f'<p class="note" data-caveat>{esc(s["caveat"])}</p>')
     if s.get("support_caveat"):
         out.append(f'<p class="note warn" data-support-caveat>{esc(s["support_caveat"])}</p>')
-    out += [_summary_audited(d), _decisions(s["decisions"]), _headline(d), _thresholds(d["calibration"])]
+    out += [_summary_audited(d), _decisions(s["decisions"]), _split(d.get("held_out_split"))]
+    out += [_headline(d), _thresholds(d["calibration"])]
     out.append(_index_table(d["index"]))
     out.append("</section>")
     return "".join(out)
@@ -81,14 +82,38 @@ def _summary_audited(d: dict) -> str:
                 f"(detector <code>{esc(d['params']['detector'])}</code>)",
             ),
             ("scope", esc(scope.get("note", ""))),
-            (
-                "null",
-                "real reference faces run through the same pipeline (--reference-real)"
-                if s["decisions"]["null"] == "reference_real"
-                else "the index's own strangers (each training face's nearest other-identity face); the "
-                "generated faces come from another domain, so a domain-matched --reference-real is better",
-            ),
+            ("null", NULLS.get(s["decisions"]["null"], NULLS["training"])),
         ]
+    )
+
+
+NULLS = {
+    "held_out_identities": "a random split of the index's people into trained and held out "
+    "(--held-out-identities): where the generated faces land, whatever they look like",
+    "reference_real": "real reference faces run through the same pipeline (--reference-real)",
+    "training": "the index's own strangers (each training face's nearest other-identity face); the generated "
+    "faces come from another domain, so held-out identities or a domain-matched --reference-real are better",
+}
+
+
+def _split(block: dict | None) -> str:
+    """The held-out split's five permutation tests: where the generated faces landed, trained vs held out."""
+    if not block:
+        return ""
+    if "error" in block:
+        return f'<p class="note warn" data-split-error>held-out identities not used: {esc(block["error"])}</p>'
+    rows = [
+        f"<tr><td>{esc(name)}</td><td class=num>{fmt(t['landed'])}</td><td class=num>{fmt(t['on_trained'])}</td>"
+        f"<td class=num>{fmt(t['expected'])}</td><td class=num>{pval(t['p_value'])}</td></tr>"
+        for name, t in block["tests"].items()
+    ]
+    return (
+        f"<h3>Held-out identities: trained vs held-out people</h3><p>{fmt(block['trained_identities'])} trained and "
+        f"{fmt(block['held_out_identities'])} held-out people in the index ({pct(block['held_out_share'])} held "
+        f"out; {esc(block['source'])}). Each test counts the generated faces that land on a trained person (for "
+        f"identity concentration: the most on one trained person) against {fmt(block['permutations'])} random "
+        "re-splits of the same sizes.</p><table data-split><tr><th>test</th><th>faces that count</th><th>on trained "
+        "people</th><th>expected under a random split</th><th>p</th></tr>" + "".join(rows) + "</table>"
     )
 
 
