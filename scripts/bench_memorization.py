@@ -23,6 +23,7 @@ from pathlib import Path
 from indexer.store import load_index
 from service.audit import audit
 from service.audit.study_memorization import adapter_spec, members_of, membership_scores
+from service.generators.train import hold_out
 
 
 def _pct(block: dict | None) -> str:
@@ -44,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="16,32", help="birthday batch sizes")
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps for the diffusers runs")
     ap.add_argument("--reports", default="build/mem/reports", help="folder for each run's HTML and JSON report")
+    ap.add_argument(
+        "--held-out-share",
+        type=float,
+        help="hold out this share of the index's people (never a run's members) and decide with the held-out "
+        "split (--held-out-identities; the list is written beside each report)",
+    )
     ap.add_argument("--json", help="write the table's numbers here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -54,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     for run in map(Path, args.runs):
         manifest = json.loads((run / "manifest.json").read_text())
         series = [(c["step"], adapter_spec(run, manifest, c)) for c in manifest["checkpoints"]]
+        held = None
+        if args.held_out_share:
+            people = {i for i in identity_of.values() if i}
+            held = reports / f"{run.name}.held_out.txt"
+            held.parent.mkdir(parents=True, exist_ok=True)
+            held.write_text("\n".join(hold_out(people, args.held_out_share, 0, members_of(manifest))) + "\n")
         t0 = time.perf_counter()
         res = audit(
             generator=series,
@@ -66,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             reference_real=args.reference_real,
             reference_downscale=args.reference_downscale,
             reference_detector=args.reference_detector,
+            held_out_identities=str(held) if held else None,
             progress=False,
         )
         res.to_html(reports / f"{run.name}.html")

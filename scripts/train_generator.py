@@ -5,6 +5,9 @@
         --k 32 --seed 1 --inside-first 3000 --out build/mem/members_S.txt
     python scripts/train_generator.py train --family ddpm --members build/mem/members_S.txt \\
         --root ../shared/data/celeba10k/img_align_celeba --seed 0 --steps 3000 --out build/mem/ddpm_S
+    # half the indexed people held out, drawn before training; the audit's --held-out-identities
+    python scripts/train_generator.py hold-out --identities ../shared/data/celeba10k/identity_CelebA.txt \\
+        --first 3000 --keep build/mem/members_S.txt --out build/mem/held_out_S.txt
 
 Audit the checkpoints with ``--generator 'diffusers:OUT/step-*'`` (DDPM) or
 ``--generator 'dcgan32:OUT/step-*.pth'`` (DCGAN); ``scripts/bench_memorization.py`` scores them.
@@ -18,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from service.generators.train import FAMILIES, choose_members, read_members, train
+from service.generators.train import FAMILIES, choose_members, hold_out, people_of, read_members, train
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
         "people in the training data's own rendering",
     )
     ch.add_argument("--root", help="folder the identity list's files are in (for --link-folder)")
+    ho = sub.add_parser(
+        "hold-out",
+        help="write --held-out-identities: a random share of the people, chosen before training and never trained on",
+    )
+    ho.add_argument("--identities", required=True, help="CelebA's identity list (`file identity` per line)")
+    ho.add_argument("--share", type=float, default=0.5, help="share of the people to hold out")
+    ho.add_argument("--seed", type=int, default=0, help="which people")
+    ho.add_argument("--first", type=int, metavar="N", help="only people with an image among the first N (the index)")
+    ho.add_argument("--keep", help="a members file whose people are trained (never held out)")
+    ho.add_argument("--out", required=True, help="the identity list to write (one a line)")
     tr = sub.add_parser("train", help="train on a members file, saving log-spaced checkpoints")
     tr.add_argument("--family", choices=FAMILIES, required=True, help="ddpm (diffusers UNet) or dcgan (32 px)")
     tr.add_argument("--members", required=True, help="the training images: `file [identity]` per line")
@@ -65,6 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         from service.generators.ddpm import export_half
 
         export_half(args.checkpoint, args.out)
+        return 0
+    if args.command == "hold-out":
+        try:
+            keep = (
+                set()
+                if not args.keep
+                else {ln.split()[-1] for ln in Path(args.keep).read_text().splitlines() if ln.strip()}
+            )
+            held = hold_out(people_of(args.identities, args.first), args.share, args.seed, keep)
+        except (OSError, ValueError) as e:
+            ap.error(str(e))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(held) + "\n")
         return 0
     if args.command == "choose":
         exclude = set()

@@ -50,9 +50,7 @@ def test_every_test_is_valid_under_h0_with_hubs_and_several_photos(hub_power):
         rng = np.random.default_rng(seed)
         names, images = _world(rng)
         held = set(rng.choice(names, len(names) // 2, replace=False))
-        res = split.split_tests(
-            _landings(rng, names, 300, hub_power), images, held, permutations=499, seed=seed
-        )
+        res = split.split_tests(_landings(rng, names, 300, hub_power), images, held, permutations=499, seed=seed)
         p = {t: res["tests"][t]["p_value"] for t in TESTS}
         for t in TESTS:
             ps[t].append(p[t])

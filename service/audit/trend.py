@@ -176,6 +176,8 @@ def record(data: dict, step: int, generator: str) -> dict:
     same = mem.get("same_person") or {}
     lo, hi = _interval(same)
     null = same.get("reference_real") or same.get("baseline") or {}
+    # The p-values that decided (the null's, or the held-out split's when there is one).
+    decided = {d["name"]: d["p_value"] for d in [decisions["primary"], *decisions["secondary"]]}
     copies: dict[str, dict | None] = {}
     for ch in CHANNELS:
         block = (mem.get("likely_copies") or {}).get(ch)
@@ -187,7 +189,7 @@ def record(data: dict, step: int, generator: str) -> dict:
                 "share": block.get("share"),
                 "lo": c_lo,
                 "hi": c_hi,
-                "p": (mem.get("p_values") or {}).get(f"copies_{ch}"),
+                "p": decided.get(f"copies_{ch}"),
             }
         )
     ct_block = data.get("ct_test") or {}
@@ -203,7 +205,7 @@ def record(data: dict, step: int, generator: str) -> dict:
             "null_rate": null.get("null_rate"),
         },
         "copies": copies,
-        "ct": {"statistic": ct_block.get("statistic"), "p": ct_block.get("p_value_copying")},
+        "ct": {"statistic": ct_block.get("statistic"), "p": decided.get("ct_copying")},
         "support": {ch: _support((data.get("support") or {}).get(ch)) for ch in CHANNELS},
         "leaks": (data.get("leaks") or {}).get("count"),
         "verdict": summary["verdict"],

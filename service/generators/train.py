@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +80,27 @@ def choose_members(
         raise ValueError(f"only {len(people)} people qualify; asked for {k}")
     chosen = random.Random(seed).sample(people, k)
     return [f"{by_person[p]} {p}" for p in chosen]
+
+
+def hold_out(people: Iterable[str], share: float, seed: int, keep: Iterable[str] = ()) -> list[str]:
+    """A random ``share`` of ``people`` (e.g. everyone an index holds), never one of ``keep`` (a run's
+    members, who are trained by definition): the ``--held-out-identities`` list of an audit
+    (:mod:`service.stats.split`). Drawn before training and kept out of it, it makes every decision's
+    null exact whatever the generator's faces look like."""
+    if not 0 < share < 1:
+        raise ValueError(f"the held-out share must be in (0, 1), not {share}")
+    everyone, keep = set(people), set(keep)
+    free = sorted(everyone - keep, key=lambda p: (len(p), p))
+    k = int(round(share * len(everyone)))
+    if not 0 < k <= len(free):
+        raise ValueError(f"cannot hold out {k} of {len(free)} people who may be held out")
+    return sorted(random.Random(seed).sample(free, k), key=lambda p: (len(p), p))
+
+
+def people_of(identity_file: str | Path, first: int | None = None) -> list[str]:
+    """The people of CelebA's identity list (``file identity`` lines), or of its first ``first`` files."""
+    lines = [line.split() for line in Path(identity_file).read_text().splitlines()]
+    return sorted({p for _, p in [x for x in lines if len(x) == 2][:first]})
 
 
 def load_images(members: list[Member], size: int) -> torch.Tensor:
