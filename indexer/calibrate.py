@@ -66,44 +66,8 @@ def semantic_calibration(
         }
     desc = np.ascontiguousarray(desc, dtype=np.float32)
     index = faiss_index(desc, "l2", device)
-    kk = min(k, n)
-    known = idents >= 0
-    for s in range(0, m, batch):
-        q = desc[rows[s : s + batch]]
-        _, ids = index.search(q, kk)
-        for j in range(len(q)):
-            p, i = s + j, int(rows[s + j])
-            nb = ids[j][(ids[j] != i) & (ids[j] >= 0)]
-            exact = np.linalg.norm(desc[nb] - desc[i], axis=1)  # exact, not faiss's expanded form
-            order = np.argsort(exact, kind="stable")
-            nb, exact = nb[order], exact[order]
-            loo[p] = exact[0]
-            if known[i]:
-                other = idents[nb] != idents[i]
-                if other.any():
-                    diff[p] = exact[np.argmax(other)]
-                    diff_face[p] = nb[np.argmax(other)]
-                mine = idents[nb] == idents[i]
-                if mine.any():
-                    same[p] = exact[np.argmax(mine)]
-    # Faces whose k nearest were all one kind: finish them exactly by brute force.
-    same_count = np.bincount(idents[known], minlength=max(int(idents.max()), 0) + 1)
-    kr = known[rows]
-    todo_diff = np.where(kr & np.isnan(diff))[0]
-    todo_same = np.where(kr & np.isnan(same) & (same_count[np.maximum(idents[rows], 0)] > 1))[0]
-    for p in np.union1d(todo_diff, todo_same):
-        i = int(rows[p])
-        d = np.linalg.norm(desc - desc[i], axis=1)
-        d[i] = np.inf
-        other = idents != idents[i]
-        if np.isnan(diff[p]) and other.any():
-            j = int(np.flatnonzero(other)[np.argmin(d[other])])
-            diff[p], diff_face[p] = d[j], j
-        mine = idents == idents[i]
-        mine[i] = False
-        if np.isnan(same[p]) and mine.any():
-            same[p] = d[mine].min()
-    log.info("semantic calibration: %d of %d faces, %d finished by brute force", m, n, len(todo_diff) + len(todo_same))
+    loo, diff, same, diff_face, brute = nearest_kinds(desc, idents, rows, index, k, batch)
+    log.info("semantic calibration: %d of %d faces, %d finished by brute force", m, n, brute)
     out = {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same, "sem_diff_id_face": diff_face, **extra}
 
     def search(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +87,60 @@ def semantic_calibration(
 
     out.update(pair_calibration(search, sample_rows(n, pair_sample, 0), idents, n, "sem", pair_dist))
     return out
+
+
+def nearest_kinds(
+    desc: np.ndarray, idents: np.ndarray, rows: np.ndarray, index, k: int = 64, batch: int = 8192
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """For faces ``rows`` of float32 ``desc`` (``index``: an exact L2 index over all of them): the exact
+    nearest distance to any other face, to another identity's face and which face that is, and to the
+    same identity's (NaN / −1 where undefined); and how many faces needed the brute-force finish.
+
+    Vectorised over blocks of faces: FAISS's top-k candidates, their exact float32 distances (not
+    FAISS's expanded form), the first of the smallest in candidate order; faces whose k candidates were
+    all one kind are finished exactly against every face. (The simulation studies call this too.)"""
+    n, m = len(desc), len(rows)
+    known = idents >= 0
+    loo, diff, same = (np.full(m, np.nan, np.float32) for _ in range(3))
+    diff_face = np.full(m, -1, np.int64)
+    kk = min(k, n)
+    for s in range(0, m, batch):
+        _, cand_all = index.search(desc[rows[s : s + batch]], kk)
+        for t in range(0, len(cand_all), 1024):
+            pos = np.arange(s + t, s + t + len(cand_all[t : t + 1024]))
+            me, cand = rows[pos], cand_all[t : t + 1024]
+            valid = (cand != me[:, None]) & (cand >= 0)
+            c = np.where(valid, cand, 0)
+            d = np.linalg.norm(desc[c] - desc[me][:, None, :], axis=2)
+            d[~valid] = np.inf
+            loo[pos] = d.min(axis=1)
+            kn = known[me][:, None]
+            other = np.where(kn & valid, idents[c] != idents[me][:, None], False)
+            dd = np.where(other, d, np.inf)
+            j = np.argmin(dd, axis=1)
+            best = dd[np.arange(len(pos)), j]
+            found = np.isfinite(best)
+            diff[pos[found]], diff_face[pos[found]] = best[found], c[np.arange(len(pos)), j][found]
+            ds = np.where(kn & valid & ~other, d, np.inf).min(axis=1)
+            same[pos[np.isfinite(ds)]] = ds[np.isfinite(ds)]
+    # Faces whose k nearest were all one kind: finish them exactly by brute force.
+    same_count = np.bincount(idents[known], minlength=max(int(idents.max(initial=0)), 0) + 1)
+    kr = known[rows]
+    todo_diff = np.where(kr & np.isnan(diff))[0]
+    todo_same = np.where(kr & np.isnan(same) & (same_count[np.maximum(idents[rows], 0)] > 1))[0]
+    for p in np.union1d(todo_diff, todo_same):
+        i = int(rows[p])
+        d = np.linalg.norm(desc - desc[i], axis=1)
+        d[i] = np.inf
+        other = idents != idents[i]
+        if np.isnan(diff[p]) and other.any():
+            j = int(np.flatnonzero(other)[np.argmin(d[other])])
+            diff[p], diff_face[p] = d[j], j
+        mine = idents == idents[i]
+        mine[i] = False
+        if np.isnan(same[p]) and mine.any():
+            same[p] = d[mine].min()
+    return loo, diff, same, diff_face, len(todo_diff) + len(todo_same)
 
 
 def pixel_calibration(

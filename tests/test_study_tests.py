@@ -25,15 +25,30 @@ def one_thread():
     faiss.omp_set_num_threads(before)
 
 
-def test_fast_calibration_is_the_indexers():
-    """The study's vectorised calibration gives the indexer's per-face arrays, 1–6 photos per person
-    (people with one photo included: no same-identity distance)."""
+def test_calibration_nearest_kinds_is_exact():
+    """The indexer's vectorised per-face calibration (which the studies call too) against the plain
+    definition over every pair: 1–6 photos per person (one-photo people have no same-identity
+    distance), some faces of unknown identity, all faces and a sample of them, and a k so small that
+    the brute-force finish is needed."""
     w = st.build_world(st.WorldSpec("var", 200, (1, 6)), 3)
-    fast = st.fast_calibration(w.train, w.train_ids)
-    ref = calibrate.semantic_calibration(w.train, w.train_ids, pair_sample=50)
-    for key in ("sem_loo", "sem_diff_id", "sem_same_id", "sem_diff_id_face"):
-        assert np.array_equal(fast[key], ref[key], equal_nan=True), key
-    assert np.isnan(fast["sem_same_id"]).any() and np.isfinite(fast["sem_diff_id"]).all()
+    x, ids = np.ascontiguousarray(w.train, np.float32), w.train_ids.copy()
+    ids[::17] = -1
+    full = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2)
+    np.fill_diagonal(full, np.inf)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    for rows, k in ((np.arange(len(x)), 64), (np.arange(0, len(x), 3), 3)):
+        loo, diff, same, face, _ = calibrate.nearest_kinds(x, ids, rows, index, k, batch=50)
+        d = full[rows]
+        assert np.allclose(loo, d.min(axis=1), rtol=1e-6)
+        other = ids[None, :] != ids[rows][:, None]
+        known = ids[rows] >= 0
+        want = np.where(known, np.where(other, d, np.inf).min(axis=1), np.nan)
+        assert np.allclose(diff, want, rtol=1e-6, equal_nan=True)
+        assert np.allclose(full[rows[known], face[known]], want[known], rtol=1e-6)
+        mine = np.where(~other & known[:, None], d, np.inf).min(axis=1)
+        assert np.allclose(same, np.where(np.isfinite(mine), mine, np.nan), rtol=1e-6, equal_nan=True)
+    assert np.isnan(same).any() and np.isnan(diff).any()  # one-photo people; unknown faces
 
 
 def test_identity_concentration_holds_at_any_sample_size_and_finds_stuck_people():

@@ -202,49 +202,16 @@ def build_world(spec: WorldSpec, seed: int) -> simulate.World:
 
 def fast_calibration(train: np.ndarray, ids: np.ndarray, k: int = 64) -> dict[str, np.ndarray]:
     """The per-face arrays of :func:`indexer.calibrate.semantic_calibration` (``sem_loo``,
-    ``sem_diff_id``, ``sem_same_id``, ``sem_diff_id_face``), vectorised; no pair tails.
-
-    Why: the indexer's version loops over faces in Python (2 s for 10,000 faces), which would spend
-    the study's budget on calibration. Same candidates (FAISS top-k), same float32 exact distances,
-    same brute-force finish; ``tests/test_study_tests.py`` checks the arrays agree."""
+    ``sem_diff_id``, ``sem_same_id``, ``sem_diff_id_face``) by the indexer's own
+    :func:`indexer.calibrate.nearest_kinds`, without the pair tails the studies do not read."""
     import faiss
 
+    from indexer.calibrate import nearest_kinds
+
     x = np.ascontiguousarray(train, np.float32)
-    ids = np.asarray(ids, np.int64)
-    n = len(x)
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
-    _, nb = index.search(x, min(k, n))
-    loo, diff, same = (np.full(n, np.nan, np.float32) for _ in range(3))
-    face = np.full(n, -1, np.int64)
-    for s in range(0, n, 1024):
-        rows = np.arange(s, min(n, s + 1024))
-        cand = nb[rows]
-        valid = (cand != rows[:, None]) & (cand >= 0)
-        c = np.where(valid, cand, 0)
-        d = np.linalg.norm(x[c] - x[rows][:, None, :], axis=2)
-        d[~valid] = np.inf
-        other = ids[c] != ids[rows][:, None]
-        loo[rows] = np.min(d, axis=1)
-        dd = np.where(other, d, np.inf)
-        j = np.argmin(dd, axis=1)
-        found = np.isfinite(dd[np.arange(len(rows)), j])
-        diff[rows[found]] = dd[np.arange(len(rows)), j][found]
-        face[rows[found]] = c[np.arange(len(rows)), j][found]
-        ds = np.where(other, np.inf, d).min(axis=1)
-        same[rows[np.isfinite(ds)]] = ds[np.isfinite(ds)]
-    count = np.bincount(ids)
-    for i in np.flatnonzero(np.isnan(diff) | (np.isnan(same) & (count[ids] > 1))):
-        d = np.linalg.norm(x - x[i], axis=1)
-        d[i] = np.inf
-        other = ids != ids[i]
-        if np.isnan(diff[i]) and other.any():
-            j = int(np.flatnonzero(other)[np.argmin(d[other])])
-            diff[i], face[i] = d[j], j
-        mine = ~other
-        mine[i] = False
-        if np.isnan(same[i]) and mine.any():
-            same[i] = d[mine].min()
+    loo, diff, same, face, _ = nearest_kinds(x, np.asarray(ids, np.int64), np.arange(len(x)), index, k)
     return {"sem_loo": loo, "sem_diff_id": diff, "sem_same_id": same, "sem_diff_id_face": face}
 
 
