@@ -36,6 +36,7 @@ from scipy.stats import norm
 from indexer.clusters import design_effect
 
 from ..stats import baselines, ct, identities, memorization, omissions, thresholds, verdict
+from ..stats.training_side import one_per_identity
 from . import simulate
 from .strangers import TrainingStrangers
 
@@ -338,16 +339,18 @@ def verdict_run(
     names = [str(i) for i in range(int(world.train_ids.max()) + 1)]
     k = ct.cell_count(n)
     held = np.asarray(cal["sem_diff_id"], np.float64)
-    ok = np.isfinite(held)
+    # one held-out face per training identity, as training_side.build gives C_T (one_per_identity)
+    rows = one_per_identity(np.arange(len(held)), world.train_ids, seed)
+    rows = rows[np.isfinite(held[rows])]
     centroids = ct.kmeans_cells(world.train, k, seed)
     training = {
         "nulls": nulls,
         "identity_null": identities.pool_from_training(cal["sem_diff_id_face"], world.train_ids, names, n, seed=seed),
         "ct": {
             "cells": k,
-            "held_out_distance": held[ok].tolist(),
-            "held_out_cells": ct.assign(world.train[ok], centroids).tolist(),
-            "held_out_source": "each training face's nearest other-identity distance",
+            "held_out_distance": held[rows].tolist(),
+            "held_out_cells": ct.assign(world.train[rows], centroids).tolist(),
+            "held_out_source": "one face per training identity: its nearest other-identity distance",
         },
     }
     null = TrainingStrangers(training)
