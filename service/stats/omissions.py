@@ -328,24 +328,7 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
     for j, tr in enumerate(side["rows"]):
         name, probe = tr["name"], tr["probe"]
         rng = np.random.default_rng([seed, j])
-        row: dict = {
-            "name": name,
-            "status": tr["status"],
-            "training_rate": tr.get("training_rate"),
-            "generated_rate": None,
-            "interval": None,
-            "p_value": None,
-            "q_value": None,
-            "direction": None,
-            "flagged": False,
-            "probe_auc": probe.get("auc"),
-            "probe_tpr": probe.get("tpr"),
-            "probe_fpr": probe.get("fpr"),
-            "n_heldout_pos": probe.get("n_heldout_pos"),
-            "n_heldout_neg": probe.get("n_heldout_neg"),
-            "n_generated": n,
-            "examples": list(tr.get("examples") or []),
-        }
+        row = _untested_row(tr, n)
         thr = probe.get("threshold")
         p = np.array([np.nan if e["attributes"].get(name) is None else e["attributes"][name] for e in with_attrs])
         no_rate = source == "labels" and tr.get("training_rate") is None
@@ -398,6 +381,29 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
         n_tested=int(np.isfinite(q).sum()),
     )
     return base
+
+
+def _untested_row(tr: dict, n: int) -> dict:
+    """An attribute's row before (or without) its statistics: what the training side says of it."""
+    probe = tr["probe"]
+    return {
+        "name": tr["name"],
+        "status": tr["status"],
+        "training_rate": tr.get("training_rate"),
+        "generated_rate": None,
+        "interval": None,
+        "p_value": None,
+        "q_value": None,
+        "direction": None,
+        "flagged": False,
+        "probe_auc": probe.get("auc"),
+        "probe_tpr": probe.get("tpr"),
+        "probe_fpr": probe.get("fpr"),
+        "n_heldout_pos": probe.get("n_heldout_pos"),
+        "n_heldout_neg": probe.get("n_heldout_neg"),
+        "n_generated": n,
+        "examples": list(tr.get("examples") or []),
+    }
 
 
 def _rank_key(r: dict) -> tuple:
