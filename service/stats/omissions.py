@@ -23,13 +23,15 @@ classify-and-count (Forman 2008) estimates the generated rate as p̂ = clip((q �
   each replicate draws the held-out identities with replacement and recomputes TPR and FPR from their
   summed counts (``heldout_identity_counts``), and the training rate likewise
   (``training_identity_counts``; :func:`identity_sums`, a cluster bootstrap). Treating the faces as
-  independent gave 82% coverage and 17% type-I error at 20 photos per identity; widening face-level
-  draws by estimated design effects (k/D of n/D) gave 93% at 10 photos, since the design effects'
-  own noise was not in the interval. **Fallback**: a training side without the per-identity counts
-  (an index or a saved reference from before them, borrowed probes, whose held-out faces are another
-  index's) or a rate whose events sit in fewer than :data:`MIN_IDENTITIES` identities (a bootstrap
-  over them has next to no spread) is drawn the old way, Beta at its design effect D
-  (``design_effects``; :mod:`indexer.clusters`). ``resampled`` says which way each rate was drawn.
+  independent gave 82% coverage and 17% type-I error at 20 photos per identity. Face-level draws
+  widened by estimated design effects (k/D of n/D) do as well where clusters are equal and a person's
+  photos share the label (BENCHMARKS.md, omissions), but need a plug-in D per rate and draw TPR and
+  FPR apart; resampled people give both from the same draw. **Fallback**: a training side without
+  the per-identity counts (served or saved by an older version — they are computed from any index's
+  arrays when its training side is made —, or borrowed probes, whose held-out faces are another
+  index's) or a rate whose events sit in fewer than :data:`MIN_IDENTITIES`
+  identities (a bootstrap over them has next to no spread) is drawn the old way, Beta at its design
+  effect D (``design_effects``; :mod:`indexer.clusters`). ``resampled`` says how each rate was drawn.
   Replicates with TPR* ≤ FPR* have no estimate; their share is ``undefined_share`` (the interval is
   over the rest). Where q lies significantly outside [FPR, TPR] (``outside_probe_range``) the estimate
   is clipped and its interval collapses on the bound: the counts are then at odds with the probe's
@@ -112,8 +114,8 @@ def draw_rate(k: float, n: float, rng: np.random.Generator, size: int, design_ef
 
 def identity_counts(rows: Any) -> np.ndarray | None:
     """Per-identity count rows (``[c1, …, ck, identities]``, :func:`indexer.clusters.cluster_counts`) as
-    an int array; None where the training side has none (built before them: the design-effect fallback)."""
-    if not rows:
+    an int array; None where the training side has none (an older version's: the design-effect fallback)."""
+    if rows is None or len(rows) == 0:
         return None
     a = np.asarray(rows, np.int64)
     return a if a.ndim == 2 and a.shape[1] >= 2 and a[:, -1].sum() > 0 else None
