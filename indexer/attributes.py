@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import geometry
-from .clusters import design_effect
+from .clusters import cluster_counts, codes, design_effect
 from .faces import CROP_PADDING, CROP_SIZE
 
 log = logging.getLogger(__name__)
@@ -575,6 +575,7 @@ def training_side(index, sample: int = GEOMETRY_SAMPLE, seed: int = SEED) -> dic
         groups = identity_groups([index.face_identity(i) for i in range(index.n_faces)], files)
         # the held-out identities the fitted probes were measured on (the same hash split as the build's)
         held = labelled & group_split(groups, HELDOUT_FRACTION, f"heldout-{block.get('seed', SEED)}")
+        groups = codes(groups)  # ints from here: the clustering below factorises them once, not per attribute
         rows = []
         for j, (name, met) in enumerate(zip(probes.names, probes.metrics)):
             row: dict = {"name": name, "status": met["status"]}
@@ -584,16 +585,16 @@ def training_side(index, sample: int = GEOMETRY_SAMPLE, seed: int = SEED) -> dic
             thr = probes.threshold[j]
             calls = face_p[:, j] >= thr if np.isfinite(thr) else np.zeros(len(face_p), bool)
             if block.get("source") == "fitted":
-                probe.update(_heldout_design_effects(calls[held], labels[held, j].astype(bool), groups[held]))
+                probe.update(heldout_clusters(calls[held], labels[held, j].astype(bool), groups[held]))
             if src == "labels":
                 row.update(n_training=int(labelled.sum()), n_training_pos=int(labels[labelled, j].sum()))
                 row["training_rate"] = row["n_training_pos"] / row["n_training"] if row["n_training"] else None
-                row["design_effect_training"] = design_effect(labels[labelled, j].astype(bool), groups[labelled])
+                row.update(training_clusters(labels[labelled, j].astype(bool), groups[labelled]))
                 pos = np.flatnonzero(labels[:, j])
             else:
                 row.update(n_training=int(len(face_p)), n_training_calls=int(calls.sum()))
                 row["training_rate"] = None  # computed from the calls by the statistics (same correction)
-                row["design_effect_training"] = design_effect(calls, groups)
+                row.update(training_clusters(calls, groups))
                 pos = np.flatnonzero(calls)
             order = pos[np.argsort(-np.nan_to_num(face_p[pos, j], nan=-1), kind="stable")][:EXAMPLES]
             row["examples"] = [files[i] for i in order]
@@ -630,13 +631,28 @@ def training_side(index, sample: int = GEOMETRY_SAMPLE, seed: int = SEED) -> dic
     return out
 
 
-def _heldout_design_effects(calls: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict:
-    """Design effects of the probe's held-out TPR (calls among positives) and FPR (among negatives):
-    photos of one person share their label and mostly their call, so the held-out faces are worth
-    fewer independent ones (:mod:`indexer.clusters`)."""
+def heldout_clusters(calls: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict:
+    """The probe's held-out faces by identity: each identity's positives, true positives, negatives and
+    false positives (``heldout_identity_counts``, :func:`indexer.clusters.cluster_counts`: rows
+    ``[pos, tp, neg, fp, identities]``), which the omission statistics resample identity by identity,
+    and the design effects of TPR and FPR, their fallback. Why: photos of one person share their label
+    and mostly their call, so the held-out faces are worth fewer independent ones."""
+    calls, truth = np.asarray(calls, bool), np.asarray(truth, bool)
     return {
         "design_effect_pos": design_effect(calls[truth], groups[truth]),
         "design_effect_neg": design_effect(calls[~truth], groups[~truth]),
+        "heldout_identity_counts": cluster_counts([truth, calls & truth, ~truth, calls & ~truth], groups),
+    }
+
+
+def training_clusters(hit: np.ndarray, groups: np.ndarray) -> dict:
+    """The training rate's faces by identity (``training_identity_counts``: rows ``[faces, hits,
+    identities]``; hits = labelled positives, or the probe's calls without labels) and its design effect,
+    the fallback: the training rate is a share of clustered faces too."""
+    hit = np.asarray(hit, bool)
+    return {
+        "design_effect_training": design_effect(hit, groups),
+        "training_identity_counts": cluster_counts([np.ones(len(hit), bool), hit], groups),
     }
 
 

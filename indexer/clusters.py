@@ -54,6 +54,22 @@ def _dyadic_variance(hit: np.ndarray, own: np.ndarray, other: np.ndarray, share:
     return g / max(g - 1, 1) * float(np.sum(per_identity**2) - np.sum(per_pair**2)) / n**2
 
 
+def cluster_counts(columns: list[np.ndarray], clusters: np.ndarray | list) -> list[list[int]]:
+    """Per-cluster sums of 0/1 ``columns``, collapsed to their distinct rows: ``[[c1, …, ck, clusters], …]``.
+
+    Why: a cluster bootstrap (resample whole identities with replacement) needs only each identity's
+    counts, and identities with the same counts are interchangeable, so the distinct rows with their
+    multiplicity are all of it — a few hundred small rows where the faces are hundreds of thousands."""
+    own = codes(clusters)
+    if len(own) == 0:
+        return []
+    inv = np.unique(own, return_inverse=True)[1].reshape(-1)
+    g = int(inv.max()) + 1
+    per = np.stack([np.bincount(inv, weights=np.asarray(c, np.float64), minlength=g) for c in columns], axis=1)
+    rows, m = np.unique(np.rint(per).astype(np.int64), axis=0, return_counts=True)
+    return [[*(int(v) for v in r), int(k)] for r, k in zip(rows, m)]
+
+
 def design_effect(hit: np.ndarray, clusters: np.ndarray | list, neighbours: np.ndarray | list | None = None) -> float:
     """Kish's design effect of the share of ``hit``: its cluster-robust variance over the binomial
     variance, at least 1.

@@ -22,7 +22,9 @@ worlds. Studies:
              null's, at 2 and 10 photos per identity, half the people held out: new people, an off-domain
              generator (faces contracted toward the mean), look-alikes of 20 indexed people, 1% copies
   omissions  the omission rate's coverage and type-I error at 10 and 20 photos per identity (10,000
-             training faces), v3 (identity design effects) against v2 (design effects 1)
+             training faces): v3 (held-out and training identities resampled, as the audit does), its
+             fallback for indexes without per-identity counts (identity design effects), and v2 (faces
+             independent)
 
 primary and verdict share their worlds when run together. A run's JSON keeps every simulated audit,
 so chunks of seeds (--first-seed) can be run apart and merged (--merge). Rates are printed with 95% Clopper-Pearson
@@ -76,19 +78,20 @@ def print_verdict(rows: list[dict]) -> None:
 
 
 def print_omissions(rows: list[dict]) -> None:
-    print(
-        f"\n{'omissions':18} {'setting':20} {'v3 coverage':>24} {'v3 type-I':>24} {'v2 coverage':>24} "
-        f"{'v2 type-I':>24}  deff pos/neg/train"
-    )
+    versions = [("v3", "v3 (identities)"), ("v3_deff", "design effects"), ("v2", "v2 (faces)")]
+    head = f"\n{'omissions':18} {'setting':20}"
+    for _, label in versions:
+        head += f" {label + ' coverage':>26} {'type-I / power':>24}"
+    print(head + "  half-width v3 / deff / v2, estimate sd; deff pos/neg/train")
     for r in rows:
         d = r["deff_median"]
-        h0 = r["setting"].startswith("H0")
-        t3 = pct(r["v3"]["reject"]) if h0 else "(power) " + pct(r["v3"]["reject"])
-        t2 = pct(r["v2"]["reject"]) if h0 else "(power) " + pct(r["v2"]["reject"])
-        print(
-            f"{r['world']:18} {r['setting']:20} {pct(r['v3']['coverage']):>24} {t3:>24} "
-            f"{pct(r['v2']['coverage']):>24} {t2:>24}  {d['pos']:.1f}/{d['neg']:.1f}/{d['training']:.1f}"
-        )
+        line = f"{r['world']:18} {r['setting']:20}"
+        for v, _ in versions:
+            if v in r:
+                line += f" {pct(r[v]['coverage']):>26} {pct(r[v]['reject']):>24}"
+        hw = " / ".join(f"{r[v]['half_width_median']:.4f}" for v, _ in versions if v in r)
+        sd = r.get("estimate_sd")
+        print(f"{line}  {hw}, {sd if sd is None else f'{sd:.4f}'}; {d['pos']:.1f}/{d['neg']:.1f}/{d['training']:.1f}")
 
 
 def tables(raw: dict) -> dict:

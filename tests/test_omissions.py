@@ -103,6 +103,24 @@ def test_build_stores_probes_measured_on_held_out_identities(attr_index):
     assert attr_index.geometry.shape == (attr_index.n_faces, len(geometry.NAMES))
 
 
+def test_training_side_carries_each_identity_s_counts(attr_index):
+    """What the identity bootstrap resamples: per attribute, the held-out identities' [pos, tp, neg,
+    fp] and the training identities' [faces, positives], each adding up to the counts they refine."""
+    rows = [attr_index.rows[int(r)] for r in attr_index.face_rows]
+    groups = attributes.identity_groups([r["identity"] for r in rows], [r["file"] for r in rows])
+    held = attributes.group_split(groups, attributes.HELDOUT_FRACTION, "heldout-0")
+    side = attributes.training_side(attr_index)["attributes"]
+    for row in side["rows"]:
+        p = row["probe"]
+        if row["status"] != "ok":
+            continue
+        h = np.asarray(p["heldout_identity_counts"])
+        assert h[:, -1].sum() == len(set(groups[held]))
+        assert (h[:, :4] * h[:, 4:]).sum(axis=0).tolist() == [p["n_heldout_pos"], p["tp"], p["n_heldout_neg"], p["fp"]]
+        t = np.asarray(row["training_identity_counts"])
+        assert (t[:, :2] * t[:, 2:]).sum(axis=0).tolist() == [row["n_training"], row["n_training_pos"]]
+
+
 def test_index_without_optional_files_loads_and_the_section_says_why(attr_index_dir, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(attr_index_dir, old)
@@ -157,6 +175,8 @@ def test_random_control_flags_at_most_two(attr_index, pool_entries):
     assert a["n_generated"] == 600 and a["n_tested"] >= 30
     flagged = [r["name"] for r in a["rows"] if r["flagged"]]
     assert len(flagged) <= 2, flagged
+    tested = [r for r in a["rows"] if r["q_value"] is not None]
+    assert sum(r["resampled"]["heldout_pos"] == "identities" for r in tested) >= 0.8 * len(tested)
     # Same faces as the index's population: the corrected rates sit near the labels' rates.
     labels = celeba_labels()
     for r in a["rows"]:

@@ -91,15 +91,41 @@ def test_whole_verdict_on_clean_generators(ten_photo_worlds):
 
 def test_omissions_hold_at_twenty_photos_where_v2_fails():
     """An identity-level attribute, 20 photos a person (500 people), 3,000 generated faces (where the
-    training side's uncertainty weighs most): v3 (design effects over identities) keeps its type-I
+    training side's uncertainty weighs most): v3 (the audit's path: the training side carries each
+    held-out and training identity's counts, and the bootstrap resamples identities) keeps its type-I
     error and coverage; v2 (faces independent) rejects a generator at the training rate far more often
-    than 5% (measured 27% in these 60 worlds, 21% at n = 1,000 over 200)."""
+    than 5% and its interval misses the truth far more often than 5% (measured 27% in these 60 worlds,
+    21% at n = 1,000 over 200)."""
     runs = [st.omission_run(20, s, n=3000, n_boot=500) for s in range(60)]
+    assert all(set(r["v3"]["resampled"].values()) == {"identities"} for r in runs)
+    assert all(set(r["v3_deff"]["resampled"].values()) == {"design_effect"} for r in runs)
     v3_reject = np.mean([r["v3"]["p"] <= st.ALPHA for r in runs])
     v2_reject = np.mean([r["v2"]["p"] <= st.ALPHA for r in runs])
     assert v3_reject <= 0.15
     assert v2_reject >= 0.15 and v2_reject >= v3_reject + 0.1
-    assert np.mean([r["v3"]["covered"] for r in runs]) >= 0.85
+    v3_cover = np.mean([r["v3"]["covered"] for r in runs])
+    assert v3_cover >= 0.85 and v3_cover >= np.mean([r["v2"]["covered"] for r in runs]) + 0.05
     shifted = [st.omission_run(20, s, generated_rate=0.15, n_boot=500) for s in range(30)]
     assert np.mean([r["v3"]["covered"] for r in shifted]) >= 0.8
     assert np.mean([r["v3"]["p"] <= st.ALPHA for r in shifted]) >= 0.8  # a halved rate is found
+
+
+def test_the_omissions_study_feeds_the_index_s_per_identity_counts():
+    """The study's training side is the index's (indexer.attributes.heldout_clusters and
+    training_clusters): per-identity counts that add up to the probe's held-out counts and the
+    training counts, one row per distinct count tuple (here all of a person's photos share the label)."""
+    sides = st.omission_training_side(st.ProbeWorld(), 20, np.random.default_rng(3))
+    row = sides["v3"]["attributes"]["rows"][0]
+    p = row["probe"]
+    held = np.asarray(p["heldout_identity_counts"])
+    assert held[:, -1].sum() == 150  # 30% of 500 people
+    assert (held[:, :4] * held[:, 4:]).sum(axis=0).tolist() == [
+        p["n_heldout_pos"],
+        p["tp"],
+        p["n_heldout_neg"],
+        p["fp"],
+    ]
+    assert ((held[:, 0] == 0) | (held[:, 2] == 0)).all()  # an identity-level attribute
+    train = np.asarray(row["training_identity_counts"])
+    assert (train[:, :2] * train[:, 2:]).sum(axis=0).tolist() == [row["n_training"], row["n_training_pos"]]
+    assert "heldout_identity_counts" not in sides["v3_deff"]["attributes"]["rows"][0]["probe"]

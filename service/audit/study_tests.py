@@ -36,6 +36,7 @@ from scipy.stats import norm
 from indexer.clusters import design_effect
 
 from ..stats import baselines, ct, identities, memorization, omissions, thresholds, verdict
+from ..stats.training_side import one_per_identity
 from . import simulate
 from .strangers import TrainingStrangers
 
@@ -305,16 +306,18 @@ def verdict_run(
     names = [str(i) for i in range(int(world.train_ids.max()) + 1)]
     k = ct.cell_count(n)
     held = np.asarray(cal["sem_diff_id"], np.float64)
-    ok = np.isfinite(held)
+    # one held-out face per training identity, as training_side.build gives C_T (one_per_identity)
+    rows = one_per_identity(np.arange(len(held)), world.train_ids, seed)
+    rows = rows[np.isfinite(held[rows])]
     centroids = ct.kmeans_cells(world.train, k, seed)
     training = {
         "nulls": nulls,
         "identity_null": identities.pool_from_training(cal["sem_diff_id_face"], world.train_ids, names, n, seed=seed),
         "ct": {
             "cells": k,
-            "held_out_distance": held[ok].tolist(),
-            "held_out_cells": ct.assign(world.train[ok], centroids).tolist(),
-            "held_out_source": "each training face's nearest other-identity distance",
+            "held_out_distance": held[rows].tolist(),
+            "held_out_cells": ct.assign(world.train[rows], centroids).tolist(),
+            "held_out_source": "one face per training identity: its nearest other-identity distance",
         },
     }
     null = TrainingStrangers(training)
@@ -575,10 +578,16 @@ def _scores(attr: np.ndarray, person: np.ndarray, pw: ProbeWorld, rng: np.random
     return pw.shift * attr + person + rng.normal(scale=pw.photo_sd, size=len(attr))
 
 
-def omission_training_side(pw: ProbeWorld, photos: int, rng: np.random.Generator) -> tuple[dict, dict]:
-    """The training side of :func:`indexer.attributes.training_side` for one synthetic world, and the
-    same with design effects forced to 1 (the v2 behaviour)."""
-    from indexer.attributes import _heldout_design_effects
+VERSIONS = ("v3", "v3_deff", "v2")  # identities resampled (the audit); design-effect fallback; faces independent
+
+
+def omission_training_side(pw: ProbeWorld, photos: int, rng: np.random.Generator) -> dict[str, dict]:
+    """The training side of :func:`indexer.attributes.training_side` for one synthetic world, per version:
+    ``v3`` as the index gives it (per-identity counts from :func:`indexer.attributes.heldout_clusters`
+    and :func:`indexer.attributes.training_clusters`, which the statistics resample by identity);
+    ``v3_deff`` without the counts (an index from before them: the design-effect fallback); ``v2``
+    without counts and with design effects 1 (faces independent)."""
+    from indexer.attributes import heldout_clusters, training_clusters
 
     people = pw.training_faces // photos
     attr_id = rng.random(people) < pw.prevalence
@@ -598,7 +607,7 @@ def omission_training_side(pw: ProbeWorld, photos: int, rng: np.random.Generator
         "n_heldout_pos": n_pos,
         "n_heldout_neg": n_neg,
         "threshold": 0.5,
-        **_heldout_design_effects(ch, yh, groups[held]),
+        **heldout_clusters(ch, yh, groups[held]),
     }
     row = {
         "name": "attribute",
@@ -607,20 +616,19 @@ def omission_training_side(pw: ProbeWorld, photos: int, rng: np.random.Generator
         "n_training": len(labels),
         "n_training_pos": int(labels.sum()),
         "training_rate": float(labels.mean()),
-        "design_effect_training": design_effect(labels, groups),
+        **training_clusters(labels, groups),
         "examples": [],
         "heldout_p": None,
     }
-    flat = {
-        **row,
-        "design_effect_training": 1.0,
-        "probe": {**probe, "design_effect_pos": 1.0, "design_effect_neg": 1.0},
-    }
+    no_counts = {k: v for k, v in row.items() if k != "training_identity_counts"}
+    no_counts["probe"] = {k: v for k, v in probe.items() if k != "heldout_identity_counts"}
+    flat = {**no_counts, "design_effect_training": 1.0}
+    flat["probe"] = {**no_counts["probe"], "design_effect_pos": 1.0, "design_effect_neg": 1.0}
 
     def side(r: dict) -> dict:
         return {"attributes": {"available": True, "source": "fitted", "training_rate_source": "labels", "rows": [r]}}
 
-    return side(row), side(flat)
+    return {"v3": side(row), "v3_deff": side(no_counts), "v2": side(flat)}
 
 
 def omission_run(
@@ -630,23 +638,30 @@ def omission_run(
     n: int = 1000,
     pw: ProbeWorld = ProbeWorld(),
     n_boot: int = 1000,
+    versions: tuple[str, ...] = VERSIONS,
 ) -> dict:
     """One world: the training side, ``n`` generated faces (one photo each of new people) with the
-    attribute at ``generated_rate`` (None: the population's prevalence, H0), and the omission row
-    under v3 and v2 (design effects 1)."""
+    attribute at ``generated_rate`` (None: the population's prevalence, H0), and the omission row of
+    each of ``versions`` (:func:`omission_training_side`)."""
     rng = np.random.default_rng([seed, 41, photos])
-    v3_side, v2_side = omission_training_side(pw, photos, rng)
+    sides = omission_training_side(pw, photos, rng)
     rate = pw.prevalence if generated_rate is None else generated_rate
     attr = rng.random(n) < rate
     score = _scores(attr, rng.normal(scale=pw.identity_sd, size=n), pw, rng)
     prob = 1.0 / (1.0 + np.exp(-(score - pw.cut)))  # a probability, ≥ 0.5 exactly where the score is called
     entries = [{"image": f"g{i}", "status": "ok", "attributes": {"attribute": float(v)}} for i, v in enumerate(prob)]
-    out = {"truth": rate}
-    for version, side in (("v3", v3_side), ("v2", v2_side)):
-        r = omissions.analyse_attributes(entries, side, seed=seed, n_boot=n_boot)["rows"][0]
+    out: dict = {"truth": rate}
+    for version in versions:
+        r = omissions.analyse_attributes(entries, sides[version], seed=seed, n_boot=n_boot)["rows"][0]
         lo, hi = r["interval"] if r["interval"] else (np.nan, np.nan)
-        out[version] = {"p": r["p_value"], "covered": bool(lo <= rate <= hi), "estimate": r["generated_rate"]}
-    row = v3_side["attributes"]["rows"][0]
+        out[version] = {
+            "p": r["p_value"],
+            "covered": bool(lo <= rate <= hi),
+            "estimate": r["generated_rate"],
+            "half_width": (hi - lo) / 2,
+            "resampled": r.get("resampled"),
+        }
+    row = sides["v3"]["attributes"]["rows"][0]
     out["deff"] = {
         "pos": row["probe"]["design_effect_pos"],
         "neg": row["probe"]["design_effect_neg"],
@@ -682,7 +697,9 @@ def omission_runs(
 
 
 def omission_rows(runs: list[dict]) -> list[dict]:
-    """Coverage (of the generator's true rate) and rejection rate of v3 and v2 per setting."""
+    """Coverage (of the generator's true rate) and rejection rate of each version per setting, the
+    median interval half-width, and the spread of v3's estimate across worlds (what the half-width
+    should be about 1.96 times)."""
     rows = []
     for key in dict.fromkeys((r["world"], r["setting"]) for r in runs):
         rs = [r for r in runs if (r["world"], r["setting"]) == key]
@@ -694,15 +711,18 @@ def omission_rows(runs: list[dict]) -> list[dict]:
             "truth": rs[0]["truth"],
             "deff_median": {k: float(np.median([r["deff"][k] for r in rs])) for k in ("pos", "neg", "training")},
         }
-        for version in ("v3", "v2"):
+        for version in (v for v in VERSIONS if v in rs[0]):
             row[version] = {
                 "coverage": rate_row(r[version]["covered"] for r in rs),
                 "reject": rate_row(_reject(r[version]["p"], ALPHA) for r in rs),
+                "half_width_median": float(np.median([r[version].get("half_width", np.nan) for r in rs])),
             }
+        est = np.array([r["v3"]["estimate"] for r in rs], np.float64)
+        row["estimate_sd"] = float(np.nanstd(est, ddof=1)) if len(est) > 1 else None
         rows.append(row)
     return rows
 
 
 def omissions_study(seeds: int, **kw) -> list[dict]:
-    """Coverage and type-I error of v3 and v2 (see :func:`omission_runs`)."""
+    """Coverage and type-I error of v3, its design-effect fallback and v2 (see :func:`omission_runs`)."""
     return omission_rows(omission_runs(seeds, **kw))

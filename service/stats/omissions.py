@@ -16,12 +16,22 @@ true- and false-positive rates TPR and FPR (measured on held-out training identi
 classify-and-count (Forman 2008) estimates the generated rate as p̂ = clip((q − FPR)/(TPR − FPR), 0, 1).
 
 * Interval: a percentile bootstrap (``n_boot`` replicates) that redraws the generated faces' classified
-  rate *and* the probe's measured rates (they come from a finite held-out set), each as
-  Beta(k + ½, n − k + ½) (:func:`draw_rate`: a Bayesian bootstrap that keeps its spread at k = 0).
-  The held-out and training faces cluster by identity (CelebA has about 20 photos a person, who share
-  their labels), so their counts enter at their effective size, k/D of n/D, with D each sample's
-  design effect over its identities (``design_effects``; :mod:`indexer.clusters`). Treating them as
-  independent gave 82% coverage and 17% type-I error at 20 photos per identity.
+  rate *and* the probe's measured rates (they come from a finite held-out set). The generated faces
+  (one photo each of many people) are drawn as Beta(k + ½, n − k + ½) (:func:`draw_rate`: a Bayesian
+  bootstrap that keeps its spread at k = 0). The held-out and training faces cluster by identity
+  (CelebA has about 20 photos a person, who share their labels), so they are resampled **by identity**:
+  each replicate draws the held-out identities with replacement and recomputes TPR and FPR from their
+  summed counts (``heldout_identity_counts``), and the training rate likewise
+  (``training_identity_counts``; :func:`identity_sums`, a cluster bootstrap). Treating the faces as
+  independent gave 82% coverage and 17% type-I error at 20 photos per identity. Face-level draws
+  widened by estimated design effects (k/D of n/D) do as well where clusters are equal and a person's
+  photos share the label (BENCHMARKS.md, omissions), but need a plug-in D per rate and draw TPR and
+  FPR apart; resampled people give both from the same draw. **Fallback**: a training side without
+  the per-identity counts (served or saved by an older version — they are computed from any index's
+  arrays when its training side is made —, or borrowed probes, whose held-out faces are another
+  index's) or a rate whose events sit in fewer than :data:`MIN_IDENTITIES`
+  identities (a bootstrap over them has next to no spread) is drawn the old way, Beta at its design
+  effect D (``design_effects``; :mod:`indexer.clusters`). ``resampled`` says how each rate was drawn.
   Replicates with TPR* ≤ FPR* have no estimate; their share is ``undefined_share`` (the interval is
   over the rest). Where q lies significantly outside [FPR, TPR] (``outside_probe_range``) the estimate
   is clipped and its interval collapses on the bound: the counts are then at odds with the probe's
@@ -66,6 +76,7 @@ log = logging.getLogger(__name__)
 ALPHA = 0.05  # a row is flagged when its BH q-value is below this
 SHIFT_ALPHA = 0.01  # label_shift p-value below this: the correction's assumption is doubtful for the row
 N_BOOT = 2000
+MIN_IDENTITIES = 5  # a rate is resampled by identity when at least this many identities have each outcome
 N_NULL = 2000
 HIST_BINS = 30
 ASSUMPTION = (
@@ -101,6 +112,76 @@ def draw_rate(k: float, n: float, rng: np.random.Generator, size: int, design_ef
     return rng.beta(k / d + 0.5, (n - k) / d + 0.5, size)
 
 
+def identity_counts(rows: Any) -> np.ndarray | None:
+    """Per-identity count rows (``[c1, …, ck, identities]``, :func:`indexer.clusters.cluster_counts`) as
+    an int array; None where the training side has none (an older version's: the design-effect fallback)."""
+    if rows is None or len(rows) == 0:
+        return None
+    a = np.asarray(rows, np.int64)
+    return a if a.ndim == 2 and a.shape[1] >= 2 and a[:, -1].sum() > 0 else None
+
+
+def identity_sums(counts: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, k) column sums over ``size`` resamples of the identities with replacement (a cluster
+    bootstrap: as many identities as there are, each drawn whole). Identities with equal counts are one
+    row with a multiplicity, so a resample is a multinomial draw over the rows."""
+    m = counts[:, -1].astype(np.float64)
+    draws = rng.multinomial(int(m.sum()), m / m.sum(), size=size)
+    return draws @ counts[:, :-1]
+
+
+def _enough_identities(counts: np.ndarray, k_col: int, n_col: int) -> bool:
+    """Whether at least MIN_IDENTITIES identities have a hit and as many a miss: with fewer, resampled
+    identities give a rate with next to no spread (none at all at k = 0)."""
+    k, n, m = counts[:, k_col], counts[:, n_col], counts[:, -1]
+    return int(m[k > 0].sum()) >= MIN_IDENTITIES and int(m[n - k > 0].sum()) >= MIN_IDENTITIES
+
+
+def _ratio(k: np.ndarray, n: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n > 0, k / np.maximum(n, 1), np.nan)
+
+
+def heldout_rates(probe: dict, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Draws of the probe's held-out (TPR, FPR) and how each was drawn: by identity (one resample of the
+    held-out identities gives both, from its summed ``[pos, tp, neg, fp]``), or, without per-identity
+    counts or with too few identities, Beta at the design effect (the fallback, :func:`draw_rate`)."""
+    counts = identity_counts(probe.get("heldout_identity_counts"))
+    how = heldout_resampling(probe)
+    sums = identity_sums(counts, rng, size) if counts is not None and "identities" in how.values() else None
+    out = []
+    for key, k_col, n_col, k, n, d in (
+        ("heldout_pos", 1, 0, "tp", "n_heldout_pos", "design_effect_pos"),
+        ("heldout_neg", 3, 2, "fp", "n_heldout_neg", "design_effect_neg"),
+    ):
+        if sums is not None and how[key] == "identities":
+            out.append(_ratio(sums[:, k_col], sums[:, n_col]))
+        else:
+            out.append(draw_rate(probe[k], probe[n], rng, size, probe.get(d, 1.0)))
+    return out[0], out[1], how
+
+
+def heldout_resampling(probe: dict) -> dict[str, str]:
+    """How :func:`heldout_rates` draws TPR (``heldout_pos``) and FPR (``heldout_neg``): ``identities``
+    or ``design_effect`` (no per-identity counts, or too few identities with each outcome)."""
+    counts = identity_counts(probe.get("heldout_identity_counts"))
+    return {
+        key: "identities" if counts is not None and _enough_identities(counts, k_col, n_col) else "design_effect"
+        for key, k_col, n_col in (("heldout_pos", 1, 0), ("heldout_neg", 3, 2))
+    }
+
+
+def training_rate_draws(row: dict, k: float, n: float, rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+    """Draws of the training side's rate (k of n faces: labelled positives, or the probe's calls), by
+    identity where ``training_identity_counts`` allows (rows ``[faces, hits, identities]``), else Beta at
+    ``design_effect_training`` (the fallback)."""
+    counts = identity_counts(row.get("training_identity_counts"))
+    if counts is not None and _enough_identities(counts, 1, 0):
+        sums = identity_sums(counts, rng, size)
+        return _ratio(sums[:, 1], sums[:, 0]), "identities"
+    return draw_rate(k, n, rng, size, row.get("design_effect_training", 1.0)), "design_effect"
+
+
 def acc_bootstrap(
     k: int,
     n: int,
@@ -111,15 +192,24 @@ def acc_bootstrap(
     rng: np.random.Generator,
     n_boot: int = N_BOOT,
     deff: tuple[float, float] = (1.0, 1.0),
+    counts: list | None = None,
 ) -> np.ndarray:
     """Bootstrap replicates of the ACC estimate: the generated faces' classified rate and the probe's
-    held-out TPR and FPR all redrawn (:func:`draw_rate`; ``deff``: the held-out positives' and negatives'
-    design effects, since their photos cluster by identity)."""
-    return acc(
-        draw_rate(k, n, rng, n_boot),
-        draw_rate(tp, n_pos, rng, n_boot, deff[0]),
-        draw_rate(fp, n_neg, rng, n_boot, deff[1]),
-    )
+    held-out TPR and FPR all redrawn; the held-out ones by identity from ``counts`` (rows
+    ``[pos, tp, neg, fp, identities]``), or without them at the design effects ``deff`` of the held-out
+    positives and negatives (:func:`heldout_rates`)."""
+    probe = {
+        "tp": tp,
+        "n_heldout_pos": n_pos,
+        "fp": fp,
+        "n_heldout_neg": n_neg,
+        "design_effect_pos": deff[0],
+        "design_effect_neg": deff[1],
+        "heldout_identity_counts": counts,
+    }
+    q = draw_rate(k, n, rng, n_boot)
+    tpr, fpr, _ = heldout_rates(probe, rng, n_boot)
+    return acc(q, tpr, fpr)
 
 
 def rate_interval(reps: np.ndarray, level: float = 0.95) -> tuple[list[float] | None, float]:
@@ -137,7 +227,7 @@ def rate_test(k: int, n: int, q0_draws: np.ndarray) -> float:
     (``q0_draws``: its sampling distribution): binomial tail probabilities averaged over the draws."""
     from scipy.stats import binom
 
-    q0 = np.clip(q0_draws, 0.0, 1.0)
+    q0 = np.clip(q0_draws[np.isfinite(q0_draws)], 0.0, 1.0)  # a resample without positives has no rate
     lo = float(np.mean(binom.cdf(k, n, q0)))
     hi = float(np.mean(binom.sf(k - 1, n, q0)))
     return min(1.0, 2 * min(lo, hi))
@@ -145,31 +235,32 @@ def rate_test(k: int, n: int, q0_draws: np.ndarray) -> float:
 
 def null_classified_rate(
     row: dict, source: str, rng: np.random.Generator, n_null: int = N_NULL
-) -> tuple[float, np.ndarray]:
-    """(estimate, draws) of the classified rate a generator at the training rate would show."""
+) -> tuple[float, np.ndarray, dict]:
+    """(estimate, draws, how each rate was drawn) of the classified rate a generator at the training rate
+    would show. The training rate and the probe's held-out rates are each redrawn from their own
+    samples, by identity where the training side carries per-identity counts (:func:`heldout_rates`,
+    :func:`training_rate_draws`)."""
     p = row["probe"]
-    n_pos, n_neg = p["n_heldout_pos"], p["n_heldout_neg"]
-    d_train = row.get("design_effect_training", 1.0)
     if source == "probe":
         nt, kt = row["n_training"], row["n_training_calls"]
-        return kt / nt, draw_rate(kt, nt, rng, n_null, d_train)
+        draws, how = training_rate_draws(row, kt, nt, rng, n_null)
+        return kt / nt, draws, {"training": how}
     r, nt = row["training_rate"], row["n_training"]
-    tpr = draw_rate(p["tp"], n_pos, rng, n_null, p.get("design_effect_pos", 1.0))
-    fpr = draw_rate(p["fp"], n_neg, rng, n_null, p.get("design_effect_neg", 1.0))
-    rr = draw_rate(round(r * nt), nt, rng, n_null, d_train)
-    return p["fpr"] + (p["tpr"] - p["fpr"]) * r, fpr + (tpr - fpr) * rr
+    tpr, fpr, held = heldout_rates(p, rng, n_null)
+    rr, how = training_rate_draws(row, round(r * nt), nt, rng, n_null)
+    return p["fpr"] + (p["tpr"] - p["fpr"]) * r, fpr + (tpr - fpr) * rr, {**held, "training": how}
 
 
 def outside_probe_range(k: int, n: int, probe: dict, rng: np.random.Generator, n_null: int = N_NULL) -> bool:
     """Whether k of n calls is significantly (one-sided p < SHIFT_ALPHA) below what false positives alone
     give (q < FPR) or above what a generator made only of positives gives (q > TPR). Either contradicts
     the probe's measured error rates on these faces, whatever the true rate: a sign of domain shift.
-    (A true omission sits at q ≈ FPR, inside the range.) ``probe``: its held-out counts and design
-    effects, as the training side gives them."""
+    (A true omission sits at q ≈ FPR, inside the range.) ``probe``: its held-out counts, per identity
+    or with design effects, as the training side gives them (:func:`heldout_rates`)."""
     from scipy.stats import binom
 
-    fpr = draw_rate(probe["fp"], probe["n_heldout_neg"], rng, n_null, probe.get("design_effect_neg", 1.0))
-    tpr = draw_rate(probe["tp"], probe["n_heldout_pos"], rng, n_null, probe.get("design_effect_pos", 1.0))
+    tpr, fpr, _ = heldout_rates(probe, rng, n_null)
+    fpr, tpr = fpr[np.isfinite(fpr)], tpr[np.isfinite(tpr)]
     below = float(np.mean(binom.cdf(k, n, fpr)))
     above = float(np.mean(binom.sf(k - 1, n, tpr)))
     return min(below, above) < SHIFT_ALPHA
@@ -239,24 +330,7 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
     for j, tr in enumerate(side["rows"]):
         name, probe = tr["name"], tr["probe"]
         rng = np.random.default_rng([seed, j])
-        row: dict = {
-            "name": name,
-            "status": tr["status"],
-            "training_rate": tr.get("training_rate"),
-            "generated_rate": None,
-            "interval": None,
-            "p_value": None,
-            "q_value": None,
-            "direction": None,
-            "flagged": False,
-            "probe_auc": probe.get("auc"),
-            "probe_tpr": probe.get("tpr"),
-            "probe_fpr": probe.get("fpr"),
-            "n_heldout_pos": probe.get("n_heldout_pos"),
-            "n_heldout_neg": probe.get("n_heldout_neg"),
-            "n_generated": n,
-            "examples": list(tr.get("examples") or []),
-        }
+        row = _untested_row(tr, n)
         thr = probe.get("threshold")
         p = np.array([np.nan if e["attributes"].get(name) is None else e["attributes"][name] for e in with_attrs])
         no_rate = source == "labels" and tr.get("training_rate") is None
@@ -267,9 +341,10 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
         tp, n_pos, fp, n_neg = probe["tp"], probe["n_heldout_pos"], probe["fp"], probe["n_heldout_neg"]
         if source == "probe":
             row["training_rate"] = float(acc(tr["n_training_calls"] / tr["n_training"], probe["tpr"], probe["fpr"]))
-        q0, q0_draws = null_classified_rate(tr, source, rng)
+        q0, q0_draws, resampled = null_classified_rate(tr, source, rng)
         deff = (probe.get("design_effect_pos", 1.0), probe.get("design_effect_neg", 1.0))
-        reps = acc_bootstrap(k, n, tp, n_pos, fp, n_neg, rng, n_boot, deff)
+        counts = probe.get("heldout_identity_counts")
+        reps = acc_bootstrap(k, n, tp, n_pos, fp, n_neg, rng, n_boot, deff, counts)
         interval, undefined = rate_interval(reps)
         row.update(
             generated_rate=float(acc(k / n, probe["tpr"], probe["fpr"])),
@@ -286,6 +361,7 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
                 "heldout_neg": deff[1],
                 "training": tr.get("design_effect_training", 1.0),
             },
+            resampled={**heldout_resampling(probe), **resampled},
             label_shift=label_shift(p, tr.get("heldout_p")),
         )
         shifted = bool(row["label_shift"] and row["label_shift"]["p_value"] < SHIFT_ALPHA)
@@ -307,6 +383,29 @@ def analyse_attributes(entries: list[dict], training: dict, seed: int = 0, n_boo
         n_tested=int(np.isfinite(q).sum()),
     )
     return base
+
+
+def _untested_row(tr: dict, n: int) -> dict:
+    """An attribute's row before (or without) its statistics: what the training side says of it."""
+    probe = tr["probe"]
+    return {
+        "name": tr["name"],
+        "status": tr["status"],
+        "training_rate": tr.get("training_rate"),
+        "generated_rate": None,
+        "interval": None,
+        "p_value": None,
+        "q_value": None,
+        "direction": None,
+        "flagged": False,
+        "probe_auc": probe.get("auc"),
+        "probe_tpr": probe.get("tpr"),
+        "probe_fpr": probe.get("fpr"),
+        "n_heldout_pos": probe.get("n_heldout_pos"),
+        "n_heldout_neg": probe.get("n_heldout_neg"),
+        "n_generated": n,
+        "examples": list(tr.get("examples") or []),
+    }
 
 
 def _rank_key(r: dict) -> tuple:
