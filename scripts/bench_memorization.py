@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         help="hold out this share of the index's people (never a run's members) and decide with the held-out "
         "split (--held-out-identities; the list is written beside each report)",
     )
+    ap.add_argument(
+        "--last-only", action="store_true", help="audit only each run's last checkpoint (no trend across training)"
+    )
     ap.add_argument("--json", help="write the table's numbers here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in map(Path, args.runs):
         manifest = json.loads((run / "manifest.json").read_text())
         series = [(c["step"], adapter_spec(run, manifest, c)) for c in manifest["checkpoints"]]
+        series = series[-1:] if args.last_only else series
         held = None
         if args.held_out_share:
             people = {i for i in identity_of.values() if i}
