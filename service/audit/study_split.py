@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from ..stats import split, thresholds, verdict
+from ..stats import split, verdict
 from . import simulate
-from .study_tests import ALPHA, SPECS, WorldSpec, build_world, fast_calibration, nearest, rate_row, training_nulls
+from .study_tests import ALPHA, SPECS, WorldSpec, nearest, rate_row, world_setup
 from .study_tests import verdict_run as training_verdict
 
 GENERATORS = ("new people", "off-domain", "look-alikes", "1% copies")
@@ -57,14 +57,7 @@ def _sample(world: simulate.World, trained: np.ndarray, kind: str, n: int, rng: 
 
 def split_run(spec: WorldSpec, seed: int, n: int = 1000, kinds: Iterable[str] = GENERATORS) -> dict:
     """One world, its random split, and an audit of each generator kind."""
-    import faiss
-
-    world = build_world(spec, 7000 + seed)
-    cal = fast_calibration(world.train, world.train_ids)
-    th = thresholds.calibrate(cal)
-    nulls = training_nulls(world, cal)
-    index = faiss.IndexFlatL2(simulate.DIM)
-    index.add(world.train)
+    world, cal, th, nulls, index = world_setup(spec, 7000 + seed)
     rng = np.random.default_rng([seed, 41])
     people = int(world.train_ids.max()) + 1
     held = rng.choice(people, int(round(HELD_OUT_SHARE * people)), replace=False)

@@ -229,6 +229,18 @@ def training_nulls(world: simulate.World, cal: dict[str, np.ndarray]) -> dict[st
     }
 
 
+def world_setup(spec: WorldSpec, seed: int) -> tuple[simulate.World, dict, thresholds.Thresholds, dict, object]:
+    """A world of ``spec`` and what every audit in it shares: its calibration, thresholds, training-side
+    nulls and an exact FAISS index of its training faces."""
+    import faiss
+
+    world = build_world(spec, seed)
+    cal = fast_calibration(world.train, world.train_ids)
+    index = faiss.IndexFlatL2(simulate.DIM)
+    index.add(world.train)
+    return world, cal, thresholds.calibrate(cal), training_nulls(world, cal), index
+
+
 def nearest(world: simulate.World, index, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's exact distance to its nearest training photo and that photo's row."""
     x = np.ascontiguousarray(x, np.float32)
@@ -260,14 +272,7 @@ def world_run(
     """One world and its audits: the primary test (plain and v3) on clean samples of each size (the
     smaller ones are prefixes of the largest: one world serves every size), on a copier's sample of
     ``power_n``, and (``verdict_n``) the whole verdict on the clean sample of that size."""
-    import faiss
-
-    world = build_world(spec, 5000 + seed)
-    cal = fast_calibration(world.train, world.train_ids)
-    th = thresholds.calibrate(cal)
-    nulls = training_nulls(world, cal)
-    index = faiss.IndexFlatL2(simulate.DIM)
-    index.add(world.train)
+    world, cal, th, nulls, index = world_setup(spec, 5000 + seed)
     rng = np.random.default_rng([seed, 31])
     clean = world.strangers(max(sizes), rng)
     d_clean, row_clean = nearest(world, index, clean)
@@ -406,17 +411,10 @@ def null_share_run(spec: WorldSpec, seed: int, strangers: int = 20_000) -> dict:
     has the variance v3 assumes, p(1 − p)·D/N. Across worlds, Var(m/N − rate) / (p(1 − p)/N) is the
     design effect the test needs; comparing it with v3's median D says whether D is too small (the
     test rejects too often) or too large (it loses power)."""
-    import faiss
-
-    world = build_world(spec, 5000 + seed)
-    cal = fast_calibration(world.train, world.train_ids)
-    th = thresholds.calibrate(cal)
-    nulls = training_nulls(world, cal)
+    world, cal, th, nulls, index = world_setup(spec, 5000 + seed)
     held = np.asarray(nulls["sem_diff_id"], np.float64)
     hit = held < th.identity
     deff = design_effect(hit, nulls["sem_diff_id_identity"], neighbours=nulls["sem_diff_id_neighbour"])
-    index = faiss.IndexFlatL2(simulate.DIM)
-    index.add(world.train)
     d, _ = nearest(world, index, world.strangers(strangers, np.random.default_rng([seed, 43])))
     return {
         "null_share": float(hit.mean()),
