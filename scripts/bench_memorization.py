@@ -23,7 +23,7 @@ from pathlib import Path
 from indexer.store import load_index
 from service.audit import audit
 from service.audit.study_memorization import adapter_spec, members_of, membership_scores
-from service.generators.train import hold_out
+from service.generators.train import hold_out, untrained
 
 
 def _pct(block: dict | None) -> str:
@@ -45,11 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="16,32", help="birthday batch sizes")
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps for the diffusers runs")
     ap.add_argument("--reports", default="build/mem/reports", help="folder for each run's HTML and JSON report")
-    ap.add_argument(
+    held = ap.add_mutually_exclusive_group()
+    held.add_argument(
         "--held-out-share",
         type=float,
         help="hold out this share of the index's people (never a run's members) and decide with the held-out "
         "split (--held-out-identities; the list is written beside each report)",
+    )
+    held.add_argument(
+        "--held-out-untrained",
+        action="store_true",
+        help="decide with the split the run really made: every indexed person but its members is held out (a run "
+        "without members in the index: as many random people stand in for them)",
     )
     ap.add_argument(
         "--last-only", action="store_true", help="audit only each run's last checkpoint (no trend across training)"
@@ -66,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         series = [(c["step"], adapter_spec(run, manifest, c)) for c in manifest["checkpoints"]]
         series = series[-1:] if args.last_only else series
         held = None
-        if args.held_out_share:
-            people = {i for i in identity_of.values() if i}
+        if args.held_out_share or args.held_out_untrained:
+            people, members = {i for i in identity_of.values() if i}, members_of(manifest)
+            listed = (
+                untrained(people, members, 0)
+                if args.held_out_untrained
+                else hold_out(people, args.held_out_share, 0, members)
+            )
             held = reports / f"{run.name}.held_out.txt"
             held.parent.mkdir(parents=True, exist_ok=True)
-            held.write_text("\n".join(hold_out(people, args.held_out_share, 0, members_of(manifest))) + "\n")
+            held.write_text("\n".join(listed) + "\n")
         t0 = time.perf_counter()
         res = audit(
             generator=series,

@@ -196,3 +196,17 @@ def test_membership_scores_count_matches_naming_members():
     assert (s["same_person"]["count"], s["same_person"]["faces"]) == (2, 3)
     assert (s["leaks"]["count"], s["leaks"]["faces"]) == (1, 2)
     assert s["copy_share"]["count"] == 2 and s["primary_rejects"] and s["any_finding"]
+
+
+def test_held_out_lists_for_the_split():
+    """hold_out: a random share, never a member; untrained: everyone but the members, or random
+    stand-ins for a run whose members are not among the people (service.stats.split)."""
+    people = [str(i) for i in range(100)]
+    half = training.hold_out(people, 0.5, 0, {"1", "2", "3"})
+    assert len(half) == 50 and not {"1", "2", "3"} & set(half)
+    assert half == training.hold_out(people, 0.5, 0, {"1", "2", "3"}) != training.hold_out(people, 0.5, 1)
+    with pytest.raises(ValueError):
+        training.hold_out(people, 1.0, 0)
+    assert training.untrained(people, {"1", "2", "x"}, 0) == [p for p in people if p not in ("1", "2")]
+    control = training.untrained(people, {"x", "y", "z"}, 0)
+    assert len(control) == 97 and set(control) < set(people)

@@ -18,7 +18,7 @@ from conftest import CELEBA10K, PART_INDEX
 from indexer.store import load_index
 from service.audit import audit
 from service.audit.study_memorization import membership_scores
-from service.generators.train import choose_members, hold_out
+from service.generators.train import choose_members, untrained
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "generators"
 REFERENCE_N = 300  # held-out people rendered at 32 px: the chance rate in the generators' domain
@@ -52,8 +52,10 @@ def identity_of(part_index_dir):
 
 
 def held_out(family: str, role: str, identity_of: dict) -> list[str]:
-    """Half the part index's people, never a member: as if held out before training (service.stats.split)."""
-    return hold_out({i for i in identity_of.values() if i}, 0.5, 0, _members(family, role))
+    """What the run held out of the part index (service.stats.split): everyone but its members, who were
+    drawn at random from the index's people; the control's members are not in it, so 32 random people
+    stand in for them."""
+    return untrained({i for i in identity_of.values() if i}, _members(family, role), 0)
 
 
 def _members(family: str, role: str) -> set[str]:
@@ -87,15 +89,16 @@ def test_trained_generators_are_caught_when_they_memorize_and_not_otherwise(
     rejected = [d["name"] for d in decisions["secondary"] if d["reject"]] + (
         ["same_person"] * decisions["primary"]["reject"]
     )
-    assert decisions["null"] == "held_out_identities"  # half the indexed people held out decide
+    assert decisions["null"] == "held_out_identities"  # the people the run did not train on decide
     if role == "members":
         assert s["members_in_index"] == len(members)
-        # At 32 px the descriptor barely keeps identity, so the copies carry the evidence (README,
-        # "Memorizing generators"): a pixel-copy finding, every pixel copy on a trained person (half
-        # the indexed people are), and the flagged copies are the members' photos.
-        assert "copies_pixel" in rejected, decisions
+        # At 32 px the descriptor barely keeps identity, yet the few same-person matches and the pixel
+        # copies land on the 32 members (1.3% of the index's people) far more than a random choice of
+        # 32 people would: both the primary test and the pixel copies reject. Against real strangers the
+        # primary test missed this run (README, "Memorizing generators").
+        assert decisions["primary"]["reject"] and "copies_pixel" in rejected, decisions
         pixel = split["tests"]["copies_pixel"]
-        assert pixel["landed"] >= 5 and pixel["on_trained"] == pixel["landed"], pixel
+        assert pixel["landed"] >= 5 and pixel["on_trained"] >= 0.8 * pixel["landed"], pixel
         assert s["copies"]["faces"] >= 3 and s["copies"]["share"] >= 0.8, s["copies"]  # chance: 1.3%
         same = s["same_person"]
         assert same["faces"] == 0 or same["share"] >= 0.5, same
@@ -103,6 +106,6 @@ def test_trained_generators_are_caught_when_they_memorize_and_not_otherwise(
         assert s["members_in_index"] == 0
         # The control's people are not in the index. Against real strangers its smooth faces got a
         # pixel-copy and a C_T finding (a false alarm of nulls built from real faces: README); against
-        # the held-out split nothing is found, and the leaks stay silent.
+        # the split nothing is found, and the leaks stay silent.
         assert not rejected, decisions
         assert res.data["leaks"]["count"] == 0, res.data["leaks"]["rows"][:5]

@@ -97,6 +97,17 @@ def hold_out(people: Iterable[str], share: float, seed: int, keep: Iterable[str]
     return sorted(random.Random(seed).sample(free, k), key=lambda p: (len(p), p))
 
 
+def untrained(people: Iterable[str], members: Iterable[str], seed: int) -> list[str]:
+    """What a known-membership run actually held out of an index's ``people``: everyone but its
+    members. Its members were drawn at random from those people (:func:`choose_members`), so members vs
+    the rest is itself a random split — the strongest one, since a copied member is weighed against
+    the members' small share. A run with no member among ``people`` (a control) gets as many random
+    people standing in for its members, so it is audited with the same split sizes."""
+    everyone, members = set(people), set(members)
+    trained = members & everyone or set(random.Random(seed).sample(sorted(everyone), len(members)))
+    return sorted(everyone - trained, key=lambda p: (len(p), p))
+
+
 def people_of(identity_file: str | Path, first: int | None = None) -> list[str]:
     """The people of CelebA's identity list (``file identity`` lines), or of its first ``first`` files."""
     lines = [line.split() for line in Path(identity_file).read_text().splitlines()]
