@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         help="training sets for primary/verdict (keys of study_tests.SPECS: 2, 1-10, 10, 2x5000); "
         "default 2, 1-10, 10 (verdict: 2 and 10)",
     )
+    p.add_argument("--held-out-share", type=float, default=0.5, help="split: the share of each world's people held out")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="no simulation: merge the runs of earlier --json files")
     a = p.parse_args(argv)
 
@@ -258,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         from service.audit.study_split import split_study
 
         t = time.time()
-        out["raw"]["split"] = split_study(a.seeds, a.worlds or ("2", "10"), first_seed=a.first_seed, progress=log)
+        out["raw"]["split"] = split_study(
+            a.seeds, a.worlds or ("2", "10"), first_seed=a.first_seed, progress=log, share=a.held_out_share
+        )
         out["seconds"]["split"] = time.time() - t
         save()
     out["rows"] = tables(out["raw"])

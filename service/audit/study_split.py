@@ -55,12 +55,14 @@ def _sample(world: simulate.World, trained: np.ndarray, kind: str, n: int, rng: 
     return x
 
 
-def split_run(spec: WorldSpec, seed: int, n: int = 1000, kinds: Iterable[str] = GENERATORS) -> dict:
-    """One world, its random split, and an audit of each generator kind."""
+def split_run(
+    spec: WorldSpec, seed: int, n: int = 1000, kinds: Iterable[str] = GENERATORS, share: float = HELD_OUT_SHARE
+) -> dict:
+    """One world, its random split (``share`` of the people held out), and an audit of each generator kind."""
     world, cal, th, nulls, index = world_setup(spec, 7000 + seed)
     rng = np.random.default_rng([seed, 41])
     people = int(world.train_ids.max()) + 1
-    held = rng.choice(people, int(round(HELD_OUT_SHARE * people)), replace=False)
+    held = rng.choice(people, int(round(share * people)), replace=False)
     trained = np.ones(people, bool)
     trained[held] = False
     images = {str(i): int(k) for i, k in enumerate(np.bincount(world.train_ids))}
@@ -113,12 +115,15 @@ def split_study(
     first_seed: int = 0,
     progress: Callable[[str], None] | None = None,
     n: int = 1000,
+    share: float = HELD_OUT_SHARE,
 ) -> dict[str, list[dict]]:
-    """``seeds`` worlds of each spec; the raw runs (:func:`split_rows` makes the table)."""
+    """``seeds`` worlds of each spec, ``share`` of their people held out; the raw runs (:func:`split_rows`
+    makes the table)."""
     out = {}
     for key in specs:
         spec = SPECS[key]
-        out[spec.name] = [split_run(spec, s, n) for s in range(first_seed, first_seed + seeds)]
+        name = spec.name + ("" if share == HELD_OUT_SHARE else f", {100 * share:.0f}% held out")
+        out[name] = [split_run(spec, s, n, share=share) for s in range(first_seed, first_seed + seeds)]
         if progress:
-            progress(f"split, {spec.name}: {seeds} worlds")
+            progress(f"split, {name}: {seeds} worlds")
     return out
