@@ -103,3 +103,25 @@ def test_study_held_out_split_beside_the_training_null():
         assert rows[kind]["split_any"]["k"] <= 2, (kind, rows[kind]["split_any"])
     assert rows["off-domain"]["training_any"]["k"] >= 10 and rows["look-alikes"]["training_any"]["k"] >= 10
     assert rows["1% copies"]["split_any"]["k"] >= 3, rows["1% copies"]["split_any"]
+
+
+def test_a_held_out_list_that_cannot_split_is_refused_early_or_reported(tmp_path):
+    """An unreadable or empty list fails before any sampling (exit code 2); one that leaves too few
+    people on a side is reported in the audit and the ordinary null decides, with a caveat."""
+    from service.audit import audit
+    from service.audit.backends import EXIT_USAGE, AuditError
+
+    for bad in (tmp_path / "missing.txt", tmp_path / "empty.txt"):
+        if bad.name == "empty.txt":
+            bad.write_text("# nobody\n")
+        with pytest.raises(AuditError) as e:
+            audit(generated=tmp_path, index=tmp_path, held_out_identities=str(bad))
+        assert e.value.code == EXIT_USAGE and "held-out" in e.value.message
+
+    block = {"error": "the held-out identities leave 5 trained and 3 held-out people", "source": "x"}
+    mem = {"p_values": {"same_person": 0.5, "copies_semantic": 0.5, "copies_pixel": None}}
+    out = verdict.decide(mem, {"p_value_copying": 0.5}, {"p_value_max": 0.5}, 0.05, "reference_real", split=block)
+    assert out["decisions"]["null"] == "reference_real" and "not used" in out["caveat"]
+    ok = {"tests": {t: {"p_value": 1e-4 if t == "copies_pixel" else 0.5} for t in TESTS}}
+    out = verdict.decide(mem, {"p_value_copying": 0.5}, {"p_value_max": 0.5}, 0.05, "reference_real", split=ok)
+    assert out["decisions"]["null"] == "held_out_identities" and out["verdict"].endswith("copies_pixel")
