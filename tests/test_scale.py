@@ -43,7 +43,8 @@ def _queries(idx) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([d[::29], near, mix]).astype(np.float32), np.asarray(idx.pixels[::23])
 
 
-def test_exact_flat_search_equals_float64_brute_force(small_index):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exact_flat_search_equals_float64_brute_force(small_index, precision):
     d = np.asarray(small_index.descriptors).copy()
     d[200] = d[3]  # exact ties, in different blocks: order must be (distance, id)
     d[64] = d[3]
@@ -51,7 +52,7 @@ def test_exact_flat_search_equals_float64_brute_force(small_index):
     q = np.concatenate([q, d[3:4]])
     want_d, want_i = brute_force(d, q, 10)
     for blocks in ([d], [d[:64], d[64:150], d[150:]], [d[i : i + 7] for i in range(0, len(d), 7)]):
-        got_d, got_i = ExactL2(blocks).search(q, 10)
+        got_d, got_i = ExactL2(blocks, precision=precision).search(q, 10)
         np.testing.assert_array_equal(got_i, want_i)
         np.testing.assert_array_equal(got_d, want_d)
     assert list(got_i[-1, :3]) == [3, 64, 200] and (got_d[-1, :3] == 0).all()
@@ -62,14 +63,36 @@ def test_exact_flat_search_equals_float64_brute_force(small_index):
     for j, i in enumerate(planted):
         u = rng.normal(size=128)
         d[i] = (d[10].astype(np.float64) + u / np.linalg.norm(u) * (1e-3 + j * 2e-6)).astype(np.float32)
-    got_d, got_i = ExactL2([d[:100], d[100:]]).search(d[10:11], 8)
+    got_d, got_i = ExactL2([d[:100], d[100:]], precision=precision).search(d[10:11], 8)
     want_d, want_i = brute_force(d, d[10:11], 8)
     assert list(want_i[0]) == [10, *planted[:7]]
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_array_equal(got_d, want_d)
     # k larger than the index: everything, padded
-    got_d, got_i = ExactL2([d[:5], d[5:9]]).search(q[:2], 12)
+    got_d, got_i = ExactL2([d[:5], d[5:9]], precision=precision).search(q[:2], 12)
     assert (got_i[:, 9:] == -1).all() and np.isnan(got_d[:, 9:]).all()
+
+
+def test_the_scan_error_bound_holds(small_index):
+    """Every computed score (float32 and bf16 scans) is within error_bound of the float64 score, on real
+    descriptors and on rows scaled far from unit norm; the bf16 bound is the wider one."""
+    import torch
+
+    d = np.asarray(small_index.descriptors, np.float32)
+    for rows in (d, d * 7.5):
+        q = rows[::13] * 1.1
+        exact = (rows.astype(np.float64) ** 2).sum(1)[None, :] - 2 * q.astype(np.float64) @ rows.T.astype(np.float64)
+        qn = np.linalg.norm(q.astype(np.float64), axis=1)
+        bounds = {}
+        for precision in ("fp32", "bf16"):
+            flat = ExactL2([rows], precision=precision)
+            with torch.inference_mode():
+                got = flat._scores(0, torch.from_numpy(np.ascontiguousarray(q))).numpy().astype(np.float64)
+            bounds[precision] = flat.error_bound(qn)
+            assert (np.abs(got - exact) <= bounds[precision][:, None]).all(), precision
+        assert (bounds["bf16"] > 10 * bounds["fp32"]).all()
+    with pytest.raises(ValueError):
+        ExactL2([d], precision="int4")
 
 
 def test_sharded_array_behaves_like_the_concatenation():
