@@ -14,15 +14,18 @@ cut such a row off is rescanned, so the result is the exact float64 top-k, order
 (distance, id) like a brute-force float64 search, ties included.
 
 Blocks are any (n, 128) float32 arrays, memory maps included (the shards of a sharded index):
-nothing is copied except the row norms (4 bytes per row) and, in the bf16 scan, a bfloat16 copy of
-the rows (256 bytes per row).
+nothing is copied except the row norms (4 bytes per row) and the low-precision copy of the rows
+(256 bytes per row).
 
-**The bf16 scan** (default on CPUs with AVX-512 BF16 or AMX). A batch-1 search is a matrix-vector
-product: memory-bound, so the float32 scan runs at FAISS's speed (0.94× measured). Scanning a
-bfloat16 copy reads half the bytes and uses the CPU's bf16 dot-product instructions; its extra error
-is bounded like float32's — rows and query rounded to bf16 (relative 2⁻⁸ each) and the product
-rounded to bf16 once more, ≤ 6·2⁻⁸·‖q‖·B in the score (8·2⁻⁸ is added to E) — so the same re-ranking keeps the
-result exact. ``precision="fp32"`` (or ``FACEMEM_EXACT_SCAN=fp32``) scans the float32 rows.
+**Small batches scan a float16 copy** (``precision="auto"``, the default on CPU). A batch of 1-2
+queries is a matrix-vector product: memory-bound, so the float32 scan runs at FAISS's speed (0.94×
+measured). A float16 copy of the rows reads half the bytes; its extra error is bounded like
+float32's — rows and query rounded to fp16 (relative 2⁻¹¹ each, plus fp16's subnormal spacing) and
+the product rounded once more: ≤ 6·2⁻¹¹·‖q‖·B in the score (8·2⁻¹¹ is added to E) — so the same
+re-ranking keeps the result exact. Larger batches are compute-bound and scan the float32 rows (this
+CPU's fp16 matrix products are slow). ``fp32`` (or ``FACEMEM_EXACT_SCAN=fp32``) always scans the
+float32 rows; ``fp16`` and ``bf16`` always scan that copy (bf16's 2⁻⁸ rounding makes its window 8×
+wider, which costs more re-ranking than its faster products save at 1 query).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -42,8 +44,10 @@ log = logging.getLogger(__name__)
 MARGIN = 16  # extra candidates per block beyond k (almost always enough; rescans cover the rest)
 SUB_ROWS = 1 << 18  # rows per matrix product: bounds the (Q, rows) float32 temporary (64 MB at Q=64)
 _U = 2.0**-24
-_U_BF16 = 2.0**-8  # bfloat16 unit roundoff: 8 significant bits (7 stored)
-BF16_MARGIN = 64  # the bf16 scan's wider error window keeps more rows within 2E of the k-th
+_U_LOW = {"fp16": 2.0**-11, "bf16": 2.0**-8}  # unit roundoff: 11 and 8 significant bits
+_TINY = {"fp16": 2.0**-25, "bf16": 0.0}  # fp16's subnormal spacing: an absolute error per element
+LOW_MARGIN = 64  # the low-precision scan's wider error window keeps more rows within 2E of the k-th
+SMALL_BATCH = 2  # auto: batches up to this scan the fp16 copy (memory-bound), larger ones float32
 
 
 def _torch():
@@ -59,7 +63,7 @@ class ExactL2:
         torch = _torch()
         self.device = device
         self.precision = scan_precision(precision, device)
-        self._bf16: list = []
+        self._low: list = []  # the fp16 / bf16 copy of each sub-block
         self.dim = int(blocks[0].shape[1]) if blocks else 128
         self.blocks = [b for b in blocks]
         self._t, self._norms, self._starts = [], [], []
@@ -75,8 +79,8 @@ class ExactL2:
                 if device != "cpu":
                     t = t.to(device)
                 self._t.append(t)
-                if self.precision == "bf16":
-                    self._bf16.append(t.to(torch.bfloat16))
+                if self.precision != "fp32":
+                    self._low.append(t.to(_dtype(self.low)))
                 self._norms.append(torch.from_numpy(sq.astype(np.float32)).to(device))
                 self._starts.append(start + lo)
             start += len(b)
@@ -87,24 +91,36 @@ class ExactL2:
     @property
     def nbytes(self) -> int:
         """Memory of the search's own state (row norms, the bf16 copy); the blocks are referenced, not copied."""
-        return int(sum(n.numel() * 4 for n in self._norms) + sum(b.numel() * 2 for b in self._bf16))
+        return int(sum(n.numel() * 4 for n in self._norms) + sum(b.numel() * 2 for b in self._low))
 
-    def _scores(self, j: int, tq):
-        """‖b‖² − 2 q·b for sub-block j, (Q, n), float32: from the float32 rows, or the bf16 copy."""
+    @property
+    def low(self) -> str:
+        """The low-precision copy's format (``fp16`` for ``auto``)."""
+        return "fp16" if self.precision == "auto" else self.precision
+
+    def scan(self, nq: int) -> str:
+        """Which rows a batch of ``nq`` queries scans: ``fp32`` or the low-precision copy."""
+        if self.precision == "auto":
+            return "fp16" if nq <= SMALL_BATCH else "fp32"
+        return self.precision
+
+    def _scores(self, j: int, tq, scan: str = "fp32"):
+        """‖b‖² − 2 q·b for sub-block j, (Q, n), float32: from the float32 rows, or the low-precision copy."""
         torch = _torch()
-        if self.precision == "bf16":
-            dots = torch.mm(tq.to(torch.bfloat16), self._bf16[j].T).float()
+        if scan != "fp32":
+            dots = torch.mm(tq.to(_dtype(scan)), self._low[j].T).float()
             return torch.add(self._norms[j], dots, alpha=-2)
         return torch.addmm(self._norms[j], tq, self._t[j].T, beta=1, alpha=-2)
 
-    def error_bound(self, qn: np.ndarray) -> np.ndarray:
+    def error_bound(self, qn: np.ndarray, scan: str = "fp32") -> np.ndarray:
         """(Q,) bound on |computed score − exact score| for queries of norms ``qn``: float32 rounding
-        (twice the textbook γ_d bound), plus, in the bf16 scan, the rows, the query and the product
-        rounded to bfloat16 (each ≤ 2⁻⁸ relative: ≤ 6·2⁻⁸·‖q‖·B in the score; 8·2⁻⁸ covers it with room)."""
+        (twice the textbook γ_d bound), plus, scanning a low-precision copy, the rows, the query and the
+        product each rounded to it (relative u each, and fp16's subnormal spacing per element):
+        ≤ 2·(3u·‖q‖·B + √d·tiny·(‖q‖ + B)) in the score; 8u·‖q‖·B and 4√d·tiny·(‖q‖ + B) cover it."""
         b = self.max_norm
         bound = 2.0 * (self.dim + 4) * _U * (b**2 + 2.0 * qn * b)
-        if self.precision == "bf16":
-            bound = bound + 8.0 * _U_BF16 * qn * b
+        if scan != "fp32":
+            bound = bound + 8.0 * _U_LOW[scan] * qn * b + 4.0 * np.sqrt(self.dim) * _TINY[scan] * (qn + b)
         return bound
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
@@ -139,14 +155,15 @@ class ExactL2:
             return np.full((nq, k), np.nan), np.full((nq, k), -1, np.int64)
         tq = torch.from_numpy(q).to(self.device)
         qn = np.linalg.norm(q.astype(np.float64), axis=1)
-        bound = self.error_bound(qn)  # (Q,)
-        margin = BF16_MARGIN if self.precision == "bf16" else MARGIN
+        scan = self.scan(nq)
+        bound = self.error_bound(qn, scan)  # (Q,)
+        margin = MARGIN if scan == "fp32" else LOW_MARGIN
         vals, ids, last = [], [], []
         with torch.inference_mode():
             for j, start in enumerate(self._starts):
                 n = self._t[j].shape[0]
                 kk = min(n, k + margin)
-                s = self._scores(j, tq)
+                s = self._scores(j, tq, scan)
                 v, i = torch.topk(s, kk, dim=1, largest=False, sorted=False)
                 v, i = v.cpu().numpy(), i.cpu().numpy()
                 vals.append(v)
@@ -161,7 +178,7 @@ class ExactL2:
             for j, start in enumerate(self._starts):  # blocks whose cut may have dropped a row <= thr
                 redo = np.flatnonzero(last[j] <= thr)
                 if redo.size:
-                    s = self._scores(j, tq[torch.from_numpy(redo).to(self.device)]).cpu().numpy()
+                    s = self._scores(j, tq[torch.from_numpy(redo).to(self.device)], scan).cpu().numpy()
                     for r, qi in enumerate(redo):
                         extra = np.flatnonzero(s[r] <= thr[qi]).astype(np.int64) + start
                         cand[qi] = np.concatenate([cand[qi], extra])
@@ -170,23 +187,17 @@ class ExactL2:
 
 
 def scan_precision(precision: str = "auto", device: str = "cpu") -> str:
-    """``fp32`` or ``bf16``: ``auto`` (overridden by ``$FACEMEM_EXACT_SCAN``) is bf16 on a CPU whose
-    flags show bf16 dot products (AVX-512 BF16 or AMX), where the scan is faster; fp32 elsewhere (a CPU
-    without them would emulate bf16, slower than float32; CUDA: untested here, kept on float32)."""
+    """``auto`` (fp16 copy for batches up to SMALL_BATCH, float32 above), ``fp32``, ``fp16`` or ``bf16``;
+    ``auto`` can be overridden by ``$FACEMEM_EXACT_SCAN``. Off the CPU, auto is fp32 (CUDA: untested here)."""
     precision = os.environ.get("FACEMEM_EXACT_SCAN", precision) if precision == "auto" else precision
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"exact scan precision must be auto, fp32 or bf16, not {precision!r}")
-    if precision != "auto":
-        return precision
-    return "bf16" if device == "cpu" and _cpu_has_bf16() else "fp32"
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise ValueError(f"exact scan precision must be auto, fp32, fp16 or bf16, not {precision!r}")
+    return "fp32" if precision == "auto" and device != "cpu" else precision
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+def _dtype(scan: str):
+    torch = _torch()
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[scan]
 
 
 def _sq_norms(x: np.ndarray, chunk: int = 32768) -> np.ndarray:

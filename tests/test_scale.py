@@ -43,7 +43,7 @@ def _queries(idx) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([d[::29], near, mix]).astype(np.float32), np.asarray(idx.pixels[::23])
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "auto"])
 def test_exact_flat_search_equals_float64_brute_force(small_index, precision):
     d = np.asarray(small_index.descriptors).copy()
     d[200] = d[3]  # exact ties, in different blocks: order must be (distance, id)
@@ -74,23 +74,26 @@ def test_exact_flat_search_equals_float64_brute_force(small_index, precision):
 
 
 def test_the_scan_error_bound_holds(small_index):
-    """Every computed score (float32 and bf16 scans) is within error_bound of the float64 score, on real
-    descriptors and on rows scaled far from unit norm; the bf16 bound is the wider one."""
+    """Every computed score (float32, fp16 and bf16 scans) is within error_bound of the float64 score,
+    on real descriptors, on rows scaled far from unit norm, and with tiny coordinates (fp16
+    subnormals); auto scans fp16 at batch 1 and float32 at batch 16."""
     import torch
 
     d = np.asarray(small_index.descriptors, np.float32)
-    for rows in (d, d * 7.5):
+    tiny = d.copy()
+    tiny[:, ::3] *= 1e-4
+    for rows in (d, d * 7.5, tiny):
         q = rows[::13] * 1.1
         exact = (rows.astype(np.float64) ** 2).sum(1)[None, :] - 2 * q.astype(np.float64) @ rows.T.astype(np.float64)
         qn = np.linalg.norm(q.astype(np.float64), axis=1)
-        bounds = {}
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", "fp16", "bf16"):
             flat = ExactL2([rows], precision=precision)
             with torch.inference_mode():
-                got = flat._scores(0, torch.from_numpy(np.ascontiguousarray(q))).numpy().astype(np.float64)
-            bounds[precision] = flat.error_bound(qn)
-            assert (np.abs(got - exact) <= bounds[precision][:, None]).all(), precision
-        assert (bounds["bf16"] > 10 * bounds["fp32"]).all()
+                got = flat._scores(0, torch.from_numpy(np.ascontiguousarray(q)), precision).numpy()
+            bound = flat.error_bound(qn, precision)
+            assert (np.abs(got.astype(np.float64) - exact) <= bound[:, None]).all(), precision
+    auto = ExactL2([d], precision="auto")
+    assert (auto.scan(1), auto.scan(16)) == ("fp16", "fp32")
     with pytest.raises(ValueError):
         ExactL2([d], precision="int4")
 
