@@ -90,7 +90,7 @@ class ExactL2:
 
     @property
     def nbytes(self) -> int:
-        """Memory of the search's own state (row norms, the bf16 copy); the blocks are referenced, not copied."""
+        """Memory of the search's own state (row norms, the low-precision copy); the blocks are referenced."""
         return int(sum(n.numel() * 4 for n in self._norms) + sum(b.numel() * 2 for b in self._low))
 
     @property

@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _people(members: str | None) -> set[str]:
+    """The people of a members file (the last field of each line); none without a file."""
+    if not members:
+        return set()
+    return {line.split()[-1] for line in Path(members).read_text().splitlines() if line.strip()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
@@ -81,22 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "hold-out":
         try:
-            keep = (
-                set()
-                if not args.keep
-                else {ln.split()[-1] for ln in Path(args.keep).read_text().splitlines() if ln.strip()}
-            )
-            held = hold_out(people_of(args.identities, args.first), args.share, args.seed, keep)
+            held = hold_out(people_of(args.identities, args.first), args.share, args.seed, _people(args.keep))
         except (OSError, ValueError) as e:
             ap.error(str(e))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(held) + "\n")
         return 0
     if args.command == "choose":
-        exclude = set()
-        if args.exclude:
-            exclude = {line.split()[-1] for line in Path(args.exclude).read_text().splitlines() if line.strip()}
         try:
+            exclude = _people(args.exclude)
             first = args.inside_first if args.inside_first is not None else args.outside_first
             lines = choose_members(args.identities, args.k, args.seed, exclude, first, args.outside_first is None)
         except (OSError, ValueError) as e:

@@ -268,8 +268,9 @@ def held_out_split(main: Answers, thresholds: Thresholds, training: dict, option
     given = options.get("held_out_identities")
     if not given:
         return None
+    path = isinstance(given, (str, Path))
     try:
-        held = split.read_held_out(given) if isinstance(given, (str, Path)) else {str(x) for x in given}
+        held = split.read_held_out(given) if path else {str(x) for x in given}
         images = (training.get("identity_null") or {}).get("identity_images") or {}
         top1 = [
             {
@@ -286,8 +287,8 @@ def held_out_split(main: Answers, thresholds: Thresholds, training: dict, option
         out = split.split_tests(split.landings(top1, rule), images, held, seed=options["seed"])
     except split.SplitError as e:
         log.warning("held-out identities not used: %s", e)
-        return {"error": str(e), "source": str(given) if isinstance(given, (str, Path)) else "a list"}
-    out["source"] = str(given) if isinstance(given, (str, Path)) else f"a list of {len(held)} identities"
+        return {"error": str(e), "source": str(given) if path else "a list"}
+    out["source"] = str(given) if path else f"a list of {len(held)} identities"
     return out
 
 

@@ -147,7 +147,7 @@ def heldout_rates(probe: dict, rng: np.random.Generator, size: int) -> tuple[np.
     held-out identities gives both, from its summed ``[pos, tp, neg, fp]``), or, without per-identity
     counts or with too few identities, Beta at the design effect (the fallback, :func:`draw_rate`)."""
     counts = identity_counts(probe.get("heldout_identity_counts"))
-    how = heldout_resampling(probe)
+    how = heldout_resampling(probe, counts)
     sums = identity_sums(counts, rng, size) if counts is not None and "identities" in how.values() else None
     out = []
     for key, k_col, n_col, k, n, d in (
@@ -161,10 +161,12 @@ def heldout_rates(probe: dict, rng: np.random.Generator, size: int) -> tuple[np.
     return out[0], out[1], how
 
 
-def heldout_resampling(probe: dict) -> dict[str, str]:
+def heldout_resampling(probe: dict, counts: np.ndarray | None = None) -> dict[str, str]:
     """How :func:`heldout_rates` draws TPR (``heldout_pos``) and FPR (``heldout_neg``): ``identities``
-    or ``design_effect`` (no per-identity counts, or too few identities with each outcome)."""
-    counts = identity_counts(probe.get("heldout_identity_counts"))
+    or ``design_effect`` (no per-identity counts, or too few identities with each outcome); ``counts``: the
+    probe's :func:`identity_counts` when the caller has parsed them already."""
+    if counts is None:
+        counts = identity_counts(probe.get("heldout_identity_counts"))
     return {
         key: "identities" if counts is not None and _enough_identities(counts, k_col, n_col) else "design_effect"
         for key, k_col, n_col in (("heldout_pos", 1, 0), ("heldout_neg", 3, 2))
