@@ -99,10 +99,33 @@ def group_split(groups: np.ndarray, fraction: float, salt: str) -> np.ndarray:
     return u < fraction
 
 
+def rankdata(a: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Average ranks (1-based, ties share their mean rank), as ``scipy.stats.rankdata`` gives them.
+
+    Why not scipy's: importing ``scipy.stats`` costs ~1.1 s, which every index build paid for two
+    AUCs (a twentieth of a 3,000-image build). A column holding NaN ranks as all-NaN, as scipy's
+    default ``nan_policy="propagate"`` does."""
+    a = np.asarray(a, dtype=np.float64)
+    if axis is None:
+        return _ranks_1d(a.ravel())
+    return np.apply_along_axis(_ranks_1d, axis, a)
+
+
+def _ranks_1d(x: np.ndarray) -> np.ndarray:
+    if np.isnan(x).any():
+        return np.full(len(x), np.nan)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    new = np.r_[True, xs[1:] != xs[:-1]]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(x)]
+    r = np.empty(len(x))
+    r[order] = ((starts + 1 + ends) / 2)[np.cumsum(new) - 1]
+    return r
+
+
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (Mann–Whitney, ties counted half); NaN without both classes."""
-    from scipy.stats import rankdata
-
     y = np.asarray(labels, bool)
     n1, n0 = int(y.sum()), int((~y).sum())
     if n1 == 0 or n0 == 0:
@@ -286,8 +309,6 @@ class _Ridge:
 
 def auc_columns(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """:func:`auc` of every column at once."""
-    from scipy.stats import rankdata
-
     y = np.asarray(labels, bool)
     n1, n0 = y.sum(axis=0), (~y).sum(axis=0)
     r = rankdata(scores, axis=0)

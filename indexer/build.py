@@ -29,6 +29,7 @@ results can differ from a full batch's by ~4e-7 (oneDNN picks other kernels); me
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -65,7 +66,7 @@ from .chunks import (
 )
 from .config import BuildConfig
 from .datasets import Item, excluded_identities, read_dataset
-from .devices import resolve_device
+from .devices import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def _chunk_params(cfg: BuildConfig) -> dict:
         "aligned": [faces.ALIGNED_INIT_BOX, faces.ALIGNED_REFINE],
         "models": faces.model_hashes(),
         "flip_average": cfg.flip_average,
+        "descriptor_precision": cfg.descriptor_precision,
     }
 
 
@@ -256,11 +258,12 @@ def _run_tasks(
         plan.warm,
     )
     n_parts = parts_per_chunk(chunks, todo)
-    embedder = faces.make_embedder(cfg.embedder, device) if embed_in == "main" else None
+    precision = cfg.descriptor_precision
+    embedder = faces.make_embedder(cfg.embedder, device, precision) if embed_in == "main" else None
     worker_embeds = cfg.embedder if embed_in == "workers" else None
 
-    def args(task: tuple[int, int], embed: str | None) -> tuple[list[tuple[str, str]], str, str | None, bool]:
-        return task_items(chunks, task), cfg.detector, embed, cfg.flip_average
+    def args(task: tuple[int, int], embed: str | None) -> tuple[list[tuple[str, str]], str, str | None, bool, str]:
+        return task_items(chunks, task), cfg.detector, embed, cfg.flip_average, precision
 
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(torch_threads, os.getpid()))
     queue = deque(tasks)
@@ -274,7 +277,7 @@ def _run_tasks(
 
             def start_workers() -> None:
                 try:
-                    for f in [pool.submit(worker_ready, worker_embeds) for _ in range(workers)]:
+                    for f in [pool.submit(worker_ready, worker_embeds, precision) for _ in range(workers)]:
                         f.result()
                 except BaseException as e:  # re-raised in the main thread
                     failed.append(e)
@@ -292,7 +295,8 @@ def _run_tasks(
                 raise failed[0]
             log.debug("main process prepared %d task(s) while the workers started", len(prepared))
             for task, res in prepared:
-                pending[task] = (pool.submit(embed_chips, cfg.embedder, res.pop("chips"), cfg.flip_average), res)
+                chips = res.pop("chips")
+                pending[task] = (pool.submit(embed_chips, cfg.embedder, chips, cfg.flip_average, precision), res)
 
         window = 4 * workers  # tasks in flight: enough to keep every worker busy
         parts: dict[int, list[dict]] = {}
@@ -340,6 +344,10 @@ def build(cfg: BuildConfig) -> Path:
     if cfg.ivf not in ("auto", "on", "off"):
         raise ValueError(f"ivf must be auto, on or off, got {cfg.ivf!r}")
     device = _resolve_build_device(cfg.device)
+    # One concrete precision for the whole build (workers, resume check and manifest): ``auto`` is
+    # decided here, on the machine that plans the build.
+    precision = resolve_precision(cfg.descriptor_precision, device, cfg.embedder)
+    cfg = dataclasses.replace(cfg, descriptor_precision=precision)
     if cfg.attribute_probes:
         attributes.borrowed_probes(cfg.attribute_probes)  # refuse unusable probes before any work
     t_run = time.perf_counter()  # the face-pipeline clock starts with the workers' start-up
@@ -554,6 +562,7 @@ def _manifest(
             "aligned_init_box": list(faces.ALIGNED_INIT_BOX),
             "aligned_refine": faces.ALIGNED_REFINE,
             "flip_average": cfg.flip_average,
+            "descriptor_precision": cfg.descriptor_precision,
             "face_resolution": face_resolution([r.get("source_px") for r in ok_rows]),
         },
         **extra_manifest,

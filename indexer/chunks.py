@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 TASK_SIZE = 64  # images per worker task (chunks are cut into tasks of this size, from the chunk start)
 WORKER_BATCH = 32  # torch batch inside a worker: single-threaded, 32 beats 64 by ~5% (cache)
-_worker_embedder = None  # per worker process: built once, reused for every task
+_worker_embedders: dict[tuple[str, str], faces.Embedder] = {}  # per worker process, by (kind, precision)
 _worker_device = "cpu"  # where a worker's torch embedder runs (a Ray GPU actor sets "cuda")
 
 
@@ -43,23 +43,24 @@ def init_worker(torch_threads: int, build_pid: int) -> None:
     watchdog.start(build_pid)
 
 
-def _get_worker_embedder(kind: str) -> faces.Embedder:
-    global _worker_embedder
-    if _worker_embedder is None:
+def _get_worker_embedder(kind: str, precision: str = "fp32") -> faces.Embedder:
+    """This worker's embedder for ``kind`` at ``precision``: built on first use, reused for every task."""
+    key = (kind, precision)
+    if key not in _worker_embedders:
         if kind == "torch" and _worker_device != "cpu":
-            _worker_embedder = faces.make_embedder(kind, _worker_device)  # batched on the GPU
+            emb = faces.make_embedder(kind, _worker_device, precision)  # batched on the GPU
         elif kind == "torch":
             from .resnet import TorchEmbedder
 
-            _worker_embedder = TorchEmbedder(
-                "cpu", batch_size=WORKER_BATCH, threads=getattr(init_worker, "torch_threads", 1)
-            )
+            threads = getattr(init_worker, "torch_threads", 1)
+            emb = TorchEmbedder("cpu", batch_size=WORKER_BATCH, threads=threads, precision=precision)
         else:
-            _worker_embedder = faces.make_embedder(kind, "cpu")
-    return _worker_embedder
+            emb = faces.make_embedder(kind, "cpu", precision)
+        _worker_embedders[key] = emb
+    return _worker_embedders[key]
 
 
-def init_task_worker(kind: str | None, device: str = "cpu", torch_threads: int = 1) -> None:
+def init_task_worker(kind: str | None, device: str = "cpu", torch_threads: int = 1, precision: str = "fp32") -> None:
     """Make this process a task worker for another engine (a Ray actor): the same embedder as a
     local worker (``torch_threads`` threads on the CPU, or ``device``), loaded now, once."""
     global _worker_device
@@ -72,33 +73,34 @@ def init_task_worker(kind: str | None, device: str = "cpu", torch_threads: int =
             torch.set_num_threads(torch_threads)
         except ImportError:  # pragma: no cover - dlib-only install
             pass
-    worker_ready(kind)
+    worker_ready(kind, precision)
     faces.preload()
 
 
-def worker_ready(kind: str | None) -> int:
+def worker_ready(kind: str | None, precision: str = "fp32") -> int:
     """First call in each worker: build the embedder now, so the first task does not wait for it."""
     if kind is not None:
-        _get_worker_embedder(kind)
+        _get_worker_embedder(kind, precision)
     return os.getpid()
 
 
-def embed_chips(kind: str, chips: np.ndarray, flip_average: bool) -> dict:
+def embed_chips(kind: str, chips: np.ndarray, flip_average: bool, precision: str = "fp32") -> dict:
     """Worker: descriptors for chips the main process cut (the tasks it ran while workers started)."""
     t0 = time.perf_counter()
-    desc = faces.describe(_get_worker_embedder(kind), chips, flip_average)
+    desc = faces.describe(_get_worker_embedder(kind, precision), chips, flip_average)
     return {"descriptors": desc, "t_embed": time.perf_counter() - t0}
 
 
-def process_task(args: tuple[list[tuple[str, str]], str, str | None, bool]) -> dict:
+def process_task(args: tuple[list[tuple[str, str]], str, str | None, bool, str]) -> dict:
     """Worker (or the main process): one task's (path, file) items → row records, pixel vectors,
     and descriptors (embedder name given) or chips (None: someone else embeds them), plus the per-face
     ``face_extras`` (68 landmarks, attribute crop) that attribute probes and geometry need.
 
-    ``args`` = (items, detector, embedder name or None, flip_average): everything per image happens
-    here or in :mod:`indexer.faces`, so every build engine that runs this function builds the same rows.
+    ``args`` = (items, detector, embedder name or None, flip_average, descriptor precision): everything
+    per image happens here or in :mod:`indexer.faces`, so every build engine that runs this function
+    builds the same rows.
     """
-    items, detector, embed_here, flip_average = args
+    items, detector, embed_here, flip_average, precision = args
     rows, chips, pix, lm68, crops = [], [], [], [], []
     t_decode = t_face = 0.0
     for path, _ in items:
@@ -142,7 +144,7 @@ def process_task(args: tuple[list[tuple[str, str]], str, str | None, bool]) -> d
         "face_extras": attributes.stack_extras(lm68, crops),
     }
     if embed_here:
-        out.update(embed_chips(embed_here, chip_arr, flip_average))
+        out.update(embed_chips(embed_here, chip_arr, flip_average, precision))
     else:
         out["chips"] = chip_arr
     return out

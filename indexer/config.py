@@ -34,6 +34,7 @@ class BuildConfig:
     preload_workers: bool = True  # CPU torch: fork pre-loaded workers (False: spawn them, as measured before)
     attribute_probes: str | None = None  # index whose attribute probes to use instead of fitting (see attributes.py)
     flip_average: bool = True  # descriptor = mean of the chip's and its mirror's (faces.describe)
+    descriptor_precision: str = "auto"  # auto | fp32 | bf16 (resnet.resolve_precision; recorded in the manifest)
     engine: str = "local"  # local (worker processes here) | ray (actors on a Ray cluster, indexer/ray_engine.py)
     ray_address: str | None = None  # engine ray: None starts a local Ray instance; "auto" or host:port joins one
     ray_embed_actors: int | None = None  # engine ray: actors that only embed (None: one per GPU, none without)

@@ -313,6 +313,18 @@ def _detect(img: np.ndarray, detector: str) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
+def intensity(img: np.ndarray) -> np.ndarray:
+    """dlib's grey level of each RGB pixel, ``(r + g + b) // 3`` (its ``get_pixel_intensity``).
+
+    Why: dlib's shape predictors read only these intensities, so a grey image gives the very same
+    landmarks (tests/test_descriptor_precision.py checks it on aligned and wild photos) while dlib
+    converts ~3x fewer bytes and skips the per-lookup averaging: the 68-point pass is ~15% cheaper.
+    """
+    if img.ndim == 2:
+        return img
+    return (img.sum(axis=2, dtype=np.uint16) // 3).astype(np.uint8)
+
+
 def landmarks(img: np.ndarray, box) -> np.ndarray:
     """dlib's 5-point landmarks (eye corners and nose base) inside ``box``, as (5, 2) float32."""
     shape = _dlib_obj("sp5")(img, _rect(box))
@@ -398,10 +410,13 @@ def landmarks68(img: np.ndarray, box) -> np.ndarray:
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
-def face_extras(img: np.ndarray, box, pts5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def face_extras(
+    img: np.ndarray, box, pts5: np.ndarray, grey: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-image work for the attribute probes and geometry (:mod:`indexer.attributes`,
-    :mod:`indexer.geometry`): (68 landmarks (68, 2) float32, context crop (CROP_SIZE·CROP_SIZE·3,) uint8)."""
-    lm = landmarks68(img, box)
+    :mod:`indexer.geometry`): (68 landmarks (68, 2) float32, context crop (CROP_SIZE·CROP_SIZE·3,) uint8).
+    ``grey``: the image's :func:`intensity`, when the caller has it already."""
+    lm = landmarks68(intensity(img) if grey is None else grey, box)
     crop = chip_from_landmarks(img, pts5, CROP_SIZE, CROP_PADDING).reshape(-1)
     return lm, crop
 
@@ -417,11 +432,12 @@ def find_face(img: np.ndarray, detector: str, attributes: bool = False) -> Face:
         if not boxes:
             return Face("no_face", "no face detected", w, h, 0)
         start, n = boxes[0], len(boxes)
-    box, pts = refined_landmarks(img, start)
+    grey = intensity(img)  # the landmark passes read only intensities: identical landmarks, cheaper
+    box, pts = refined_landmarks(grey, start)
     chip, source_px = cut_chip(img, pts)
     face = Face("ok", "", w, h, n, tuple(int(v) for v in box), pts, chip, source_px)  # type: ignore[arg-type]
     if attributes:
-        face.landmarks68, face.attr_crop = face_extras(img, face.box, pts)
+        face.landmarks68, face.attr_crop = face_extras(img, face.box, pts, grey)
     return face
 
 
@@ -519,14 +535,17 @@ def describe(embedder: Embedder, chips: np.ndarray, flip_average: bool) -> np.nd
     return (both[:n] + both[n:]) / 2
 
 
-def make_embedder(kind: str = "torch", device: str = "auto") -> Embedder:
-    """``torch`` (batched PyTorch port, exact parity, GPU when present) or ``dlib`` (reference)."""
+def make_embedder(kind: str = "torch", device: str = "auto", precision: str = "fp32") -> Embedder:
+    """``torch`` (batched PyTorch port, GPU when present; ``precision`` fp32: exact parity, bf16:
+    ~2x faster, see ``resnet.PRECISIONS``) or ``dlib`` (reference, fp32 only)."""
     if kind == "dlib":
         if device == "cuda":
             raise RuntimeError("--embedder dlib runs on the CPU only (dlib-bin has no CUDA)")
+        if precision != "fp32":
+            raise ValueError("the dlib embedder computes fp32 descriptors only")
         return DlibEmbedder()
     if kind == "torch":
         from .resnet import TorchEmbedder
 
-        return TorchEmbedder(device=device)
+        return TorchEmbedder(device=device, precision=precision)
     raise ValueError(f"unknown embedder {kind!r} (expected torch or dlib)")

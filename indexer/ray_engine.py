@@ -51,11 +51,11 @@ LOCAL_OBJECT_STORE = 512 << 20  # object store of a Ray instance the build start
 class FaceWorker:
     """A Ray actor: the local build's per-task functions, with models loaded once."""
 
-    def __init__(self, role: str, embedder: str, device: str, flip_average: bool = True):
+    def __init__(self, role: str, embedder: str, device: str, flip_average: bool = True, precision: str = "fp32"):
         import ray
 
-        chunk_work.init_task_worker(None if role == "faces" else embedder, device, torch_threads=1)
-        self.role, self.embedder, self.flip_average = role, embedder, flip_average
+        chunk_work.init_task_worker(None if role == "faces" else embedder, device, torch_threads=1, precision=precision)
+        self.role, self.embedder, self.flip_average, self.precision = role, embedder, flip_average, precision
         self.node = ray.get_runtime_context().get_node_id()
         self.pid = os.getpid()
 
@@ -71,7 +71,7 @@ class FaceWorker:
         """The descriptors of a face actor's chips, as the local CUDA build's main process computes them."""
         nodes, res = staged
         res = dict(res)
-        res.update(chunk_work.embed_chips(self.embedder, res.pop("chips"), self.flip_average))
+        res.update(chunk_work.embed_chips(self.embedder, res.pop("chips"), self.flip_average, self.precision))
         return [*nodes, self.node], res
 
 
@@ -157,7 +157,8 @@ class RayEngine:
 
     def _add_actor(self, role: str, slot: int | None = None) -> None:
         device = self.device if role != "faces" else "cpu"
-        actor = self._cls[role].remote(role, self.cfg.embedder, device, self.cfg.flip_average)
+        cfg = self.cfg
+        actor = self._cls[role].remote(role, cfg.embedder, device, cfg.flip_average, cfg.descriptor_precision)
         if slot is None:
             self.actors.append(actor)
             self.roles.append(role)
@@ -197,7 +198,7 @@ class RayEngine:
 
         def args(task: tuple[int, int]) -> tuple:
             items = [(os.path.abspath(p), f) for p, f in chunk_work.task_items(chunks, task)]
-            return items, self.cfg.detector, embed, self.cfg.flip_average
+            return items, self.cfg.detector, embed, self.cfg.flip_average, self.cfg.descriptor_precision
 
         queue = deque(tasks)
         done: dict[tuple[int, int], tuple[list[str], dict]] = {}

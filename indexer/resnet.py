@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import resolve_precision
+
 __all__ = [
     "DlibNetWeights",
     "DlibResNet",
@@ -599,15 +601,27 @@ def _resolve_device(device: str) -> str:
     raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'auto'")
 
 
+def _cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
+    """Weights to ``dtype`` (keeping their memory format); buffers stay float32, so the input means
+    (e.g. 122.782) are not rounded to bf16's 8 bits before the normalisation."""
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(p.detach().to(dtype), requires_grad=False))
+
+
 class TorchEmbedder:
-    """Batched descriptor: same numbers as dlib.face_recognition_model_v1.compute_face_descriptor(chip)."""
+    """Batched descriptor: same numbers as dlib.face_recognition_model_v1.compute_face_descriptor(chip)
+    with ``precision="fp32"``; ``"bf16"`` trades ~1e-3 of descriptor error for ~2x speed."""
 
     name = "torch"
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64, threads: int | None = None) -> None:
+    def __init__(
+        self, device: str = "cpu", batch_size: int = 64, threads: int | None = None, precision: str = "fp32"
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device: str = _resolve_device(device)
+        self.precision = resolve_precision(precision, "cpu" if self.device == "cpu" else "cuda")
         self.batch_size = int(batch_size)
         if threads is not None:
             # Process-wide in torch; only touched when the caller asks for it.
@@ -618,9 +632,16 @@ class TorchEmbedder:
             model = model.to(memory_format=torch.channels_last)
         else:
             model = model.to(self.device)
+        self._dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        if self._dtype != torch.float32:
+            _cast_parameters(model, self._dtype)
         self.model = model
         logger.info(
-            "TorchEmbedder on %s, batch %d, %d torch threads", self.device, self.batch_size, torch.get_num_threads()
+            "TorchEmbedder on %s, %s, batch %d, %d torch threads",
+            self.device,
+            self.precision,
+            self.batch_size,
+            torch.get_num_threads(),
         )
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
@@ -641,7 +662,7 @@ class TorchEmbedder:
                 batch = torch.from_numpy(chips[start : start + self.batch_size])
                 if cuda:
                     batch = batch.to(self.device, non_blocking=True)
-                x = self.model.normalize(batch)
+                x = self.model.normalize(batch).to(self._dtype)
                 if cuda:
                     x = x.contiguous()
                 out[start : start + batch.shape[0]] = self.model(x).float().cpu().numpy()

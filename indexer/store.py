@@ -111,6 +111,12 @@ class FaceIndex:
         return self.rows[int(self.face_rows[face])]["file"]
 
     @property
+    def descriptor_precision(self) -> str:
+        """The network arithmetic the rows were described with (``fp32`` for indexes that predate
+        the option, and for dlib's embedder); queries use the same, so rows and queries match."""
+        return str(self.manifest.get("pipeline", {}).get("descriptor_precision", "fp32"))
+
+    @property
     def flip_average(self) -> bool:
         """Whether the descriptors are flip-averaged (``faces.describe``); queries must match.
         Indexes written before the option existed have no key: plain descriptors."""

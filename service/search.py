@@ -86,7 +86,9 @@ class Searcher:
         index.calibration = calibrate.complete(
             index.calibration, index.descriptors, index.pixels, index.identity_codes(), self.device
         )
-        self.embedder = faces.make_embedder(embedder, self.device)
+        # Queries are described with the index's arithmetic (fp32 for dlib-embedded or older indexes).
+        precision = index.descriptor_precision if embedder == "torch" else "fp32"
+        self.embedder = faces.make_embedder(embedder, self.device, precision)
         n = index.n_faces
         self.flat = ExactL2(index.descriptor_blocks(), device=self.device)
         self.ivf = None

@@ -107,9 +107,10 @@ def small_index_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_plain_index_dir(tmp_path_factory) -> Path:
-    """The same 300 images with plain descriptors (``--no-flip-average``): embedder parity of the
-    unaveraged descriptor, and the stand-in for an index written before flip averaging existed."""
-    return session_index(tmp_path_factory, "small-plain", limit=300, flip_average=False)
+    """The same 300 images with plain fp32 descriptors (``--no-flip-average --descriptor-precision
+    fp32``): embedder parity of the unaveraged descriptor, and the stand-in for an index written
+    before flip averaging and bf16 existed."""
+    return session_index(tmp_path_factory, "small-plain", limit=300, flip_average=False, descriptor_precision="fp32")
 
 
 @pytest.fixture(scope="session")
