@@ -38,6 +38,7 @@ def index_summary(index: FaceIndex) -> dict:
         "embedder": pipe.get("embedder"),
         "pixel_size": pipe.get("pixel", {}).get("size"),
         "flip_average": index.flip_average,
+        "descriptor_precision": index.descriptor_precision,
         "face_resolution_px": index.face_resolution,
         "written_at": m.get("written_at"),
     }
