@@ -2,9 +2,9 @@
 
 Why: the service searches batches of 1-64 descriptors. FAISS's flat index runs batches below 20
 queries with one thread per query (so one core for a single query) and larger ones through BLAS
-plus its own selection; a plain matrix product ``‖b‖² − 2·q·bᵀ`` (torch, all cores) followed by
-``topk`` is 1.5-1.7x faster at batch 1 and 3.7-5.7x at batch 16-64, on 202,599 and 2M rows
-(BENCHMARKS.md, "Scale: millions of faces").
+plus its own selection; a matrix product ``‖b‖² − 2·q·bᵀ`` (torch, all cores) over a low-precision
+copy of the rows, with a proven bound on its error, beats it at batch 1, 16 and 64 on 202,599 and 2M
+rows (quiet reruns in BENCHMARKS.md, "Scale: millions of faces").
 
 Exactness is not left to a margin of extra candidates: float32 dot products of 128-d vectors
 carry a rounding error we can bound, |fl(s) − s| ≤ E with E = 2·(d+4)·u·(B² + 2‖q‖B) (u = 2⁻²⁴,
@@ -59,7 +59,8 @@ _TINY = {"fp16": 2.0**-25}  # fp16's subnormal spacing: an absolute error per el
 LOW_MARGIN = 64  # the fp16 scan's wider error window keeps more rows within 2E of the k-th
 SMALL_BATCH = 2  # auto: batches up to this scan the fp16 copy (memory-bound), larger ones bf16
 FP16_SAFE = 16384.0  # ‖q‖·B below this: no fp16 product or coordinate overflows (fp16's max is 65504)
-SCAN_ROWS = 16384  # rows per block of the bf16 scan: its (Q, rows) scores stay in L2 (1 MB at Q=16)
+SCAN_SCORES = 1 << 18  # scores per block of the bf16 scan (Q × rows): 1 MB of float32, stays in L2
+SCAN_ROWS = (8192, 131072)  # ... within these rows per block (few queries: fewer calls; many: wide enough)
 _FP32_MIN = 2.0**-126  # smallest normal float32 / bfloat16: bf16 products flush smaller values to zero
 
 
@@ -203,8 +204,8 @@ class ExactL2:
 
 
 class _CentredBF16:
-    """The bf16 scan: rows minus a centre c, rounded to bfloat16, scanned in blocks of SCAN_ROWS with a
-    running per-query threshold. Scores are ‖b − c‖² − 2(q − c)·(b − c) = ‖q − b‖² − ‖q − c‖²: the
+    """The bf16 scan: rows minus a centre c, rounded to bfloat16, scanned in blocks of ~SCAN_SCORES
+    scores with a running per-query threshold. Scores are ‖b − c‖² − 2(q − c)·(b − c) = ‖q − b‖² − ‖q − c‖²: the
     same order as the distances, for any c."""
 
     def __init__(self, flat: ExactL2, device: str, chunk: int = 65536):
@@ -215,14 +216,14 @@ class _CentredBF16:
         self.low = torch.empty((n, dim), dtype=torch.bfloat16)
         norms = np.empty(n, np.float64)
         r = bt = 0.0
-        for lo in range(0, n, chunk):
-            bp = flat.rows(np.arange(lo, min(n, lo + chunk))).astype(np.float64) - self.centre
+        for start, part in _pieces(flat.blocks, flat._block_starts, chunk):
+            bp = np.asarray(part, np.float64) - self.centre
             t = torch.from_numpy(bp).to(torch.bfloat16)
-            self.low[lo : lo + len(bp)] = t
+            self.low[start : start + len(bp)] = t
             rounded = t.double().numpy()
             r = max(r, float(np.linalg.norm(bp - rounded, axis=1).max()))
             bt = max(bt, float(np.linalg.norm(rounded, axis=1).max()))
-            norms[lo : lo + len(bp)] = np.einsum("ij,ij->i", bp, bp)
+            norms[start : start + len(bp)] = np.einsum("ij,ij->i", bp, bp)
         self.r, self.b_low, self.b = r, bt, float(np.sqrt(norms.max()))  # R, B̃ = max ‖b̃‖, B' = max ‖b − c‖
         self.dim = dim
         self.norms = torch.from_numpy(norms.astype(np.float32)).to(device)
@@ -275,8 +276,9 @@ class _CentredBF16:
         thr = torch.full((nq,), np.inf, dtype=torch.float32)
         found: list[tuple] = []
         with torch.inference_mode():
-            for lo in range(0, n, SCAN_ROWS):
-                s = self.scores(qt, lo, min(n, lo + SCAN_ROWS)).cpu()
+            step = min(max(SCAN_SCORES // nq, SCAN_ROWS[0]), SCAN_ROWS[1])
+            for lo in range(0, n, step):
+                s = self.scores(qt, lo, min(n, lo + step)).cpu()
                 if lo == 0:
                     kk = min(k, s.shape[1])
                     best[:, :kk] = torch.topk(s, kk, dim=1, largest=False).values.double()
@@ -296,6 +298,13 @@ class _CentredBF16:
         qi, ids = qi.numpy()[keep], ids.numpy()[keep].astype(np.int64)
         order = np.argsort(qi, kind="stable")
         return np.split(ids[order], np.cumsum(np.bincount(qi, minlength=nq))[:-1])
+
+
+def _pieces(blocks: Sequence[np.ndarray], starts: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(global start, rows) of every block in slices of at most ``rows`` (memory maps read piecewise)."""
+    for b, start in zip(blocks, starts):
+        for lo in range(0, len(b), rows):
+            yield int(start + lo), b[lo : lo + rows]
 
 
 def _merge_best(best, qi, sv, k: int):

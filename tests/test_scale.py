@@ -111,9 +111,9 @@ def test_the_scan_error_bound_holds(small_index):
         ExactL2([d], precision="int4")
 
 
-@pytest.mark.parametrize("scan_rows", [7, 64, 16384])
+@pytest.mark.parametrize("scan_rows", [(7, 7), (64, 64), (8192, 131072)])
 def test_blocked_bf16_scan_is_exact_with_near_ties_across_blocks(small_index, monkeypatch, scan_rows):
-    """The bf16 scan's running threshold (blocks of ``scan_rows``) never drops a true neighbour:
+    """The bf16 scan's running threshold (blocks of ``scan_rows`` rows) never drops a true neighbour:
     exact duplicates and near-ties 2e-6 apart planted in different blocks, queries far from the
     centre, tiny and subnormal coordinates, k from 1 to past the end, against float64 brute force."""
     from indexer import flat as flat_mod
