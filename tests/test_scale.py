@@ -74,28 +74,91 @@ def test_exact_flat_search_equals_float64_brute_force(small_index, precision):
 
 
 def test_the_scan_error_bound_holds(small_index):
-    """Every computed score (float32, fp16 and bf16 scans) is within error_bound of the float64 score,
-    on real descriptors, on rows scaled far from unit norm, and with tiny coordinates (fp16
-    subnormals); auto scans fp16 at batch 1 and float32 at batch 16."""
+    """Every computed score (float32, fp16 and centred bf16 scans) is within its error bound of the
+    float64 score, on real descriptors, on rows scaled far from unit norm, with tiny coordinates (fp16
+    subnormals) and with coordinates below float32's normal range (bf16 flushes them to zero); auto
+    scans fp16 at batch 1 and bf16 at batch 16."""
     import torch
 
     d = np.asarray(small_index.descriptors, np.float32)
     tiny = d.copy()
     tiny[:, ::3] *= 1e-4
-    for rows in (d, d * 7.5, tiny):
+    subnormal = d.copy()
+    subnormal[:, 1::4] *= np.float32(1e-39)
+    for rows in (d, d * 7.5, tiny, subnormal, d * 1e-3):
         q = rows[::13] * 1.1
-        exact = (rows.astype(np.float64) ** 2).sum(1)[None, :] - 2 * q.astype(np.float64) @ rows.T.astype(np.float64)
-        qn = np.linalg.norm(q.astype(np.float64), axis=1)
+        r64, q64 = rows.astype(np.float64), q.astype(np.float64)
+        exact = (r64**2).sum(1)[None, :] - 2 * q64 @ r64.T
+        qn = np.linalg.norm(q64, axis=1)
         for precision in ("fp32", "fp16", "bf16"):
             flat = ExactL2([rows], precision=precision)
+            if precision == "bf16":
+                c = flat._bf16.centre
+                centred = ((r64 - c) ** 2).sum(1)[None, :] - 2 * (q64 - c) @ (r64 - c).T
+                qt, qtn, rq = flat._bf16.queries(q)
+                with torch.inference_mode():
+                    got = flat._bf16.scores(qt, 0, len(rows)).numpy()
+                bound = flat._bf16.error_bound(qtn, rq)
+                assert (np.abs(got.astype(np.float64) - centred) <= bound[:, None]).all(), precision
+                continue
             with torch.inference_mode():
                 got = flat._scores(0, torch.from_numpy(np.ascontiguousarray(q)), precision).numpy()
             bound = flat.error_bound(qn, precision)
             assert (np.abs(got.astype(np.float64) - exact) <= bound[:, None]).all(), precision
     auto = ExactL2([d], precision="auto")
-    assert (auto.scan(1), auto.scan(16)) == ("fp16", "fp32")
+    assert (auto.scan(1), auto.scan(2), auto.scan(3), auto.scan(16)) == ("fp16", "fp16", "bf16", "bf16")
     with pytest.raises(ValueError):
         ExactL2([d], precision="int4")
+
+
+@pytest.mark.parametrize("scan_rows", [(7, 7), (64, 64), (8192, 131072)])
+def test_blocked_bf16_scan_is_exact_with_near_ties_across_blocks(small_index, monkeypatch, scan_rows):
+    """The bf16 scan's running threshold (blocks of ``scan_rows`` rows) never drops a true neighbour:
+    exact duplicates and near-ties 2e-6 apart planted in different blocks, queries far from the
+    centre, tiny and subnormal coordinates, k from 1 to past the end, against float64 brute force."""
+    from indexer import flat as flat_mod
+
+    monkeypatch.setattr(flat_mod, "SCAN_ROWS", scan_rows)
+    rng = np.random.default_rng(11)
+    d = np.asarray(small_index.descriptors, np.float32).copy()
+    d[250] = d[260] = d[5]  # exact ties in three blocks
+    free = np.setdiff1d(np.arange(20, 290), [40, 41, 42, 43, 60, 61, 62, 250, 260, *range(100, 120)])
+    planted = rng.permutation(free)[:24]
+    for j, i in enumerate(planted):  # near-ties around row 9: distances 1e-3 + j·2e-6
+        u = rng.normal(size=128)
+        d[i] = (d[9].astype(np.float64) + u / np.linalg.norm(u) * (1e-3 + j * 2e-6)).astype(np.float32)
+    d[100:110, ::2] = np.float32(1e-39)  # subnormal coordinates (flushed by bf16 products)
+    d[110:120] *= 1e-4
+    q = np.concatenate([d[[5, 9, 100, 115]], d[40:44] * 3.0, d[60:63] + 0.05]).astype(np.float32)
+    s = ExactL2([d[:90], d[90:200], d[200:]], precision="bf16")
+    for k in (1, 5, 30, 400):
+        want_d, want_i = brute_force(d, q, k)
+        got_d, got_i = s.search(q, k)
+        np.testing.assert_array_equal(got_i, want_i)
+        np.testing.assert_array_equal(got_d, want_d)
+    assert list(got_i[0, :3]) == [5, 250, 260]
+    assert list(got_i[1, :8]) == [9, *planted[:7]]
+    # the window keeps few rows for well-separated queries (the threshold prunes; not a full scan)
+    cand = s._bf16.candidates(d[[0, 50, 150]], 1)
+    assert all(1 <= c.size < len(d) // 4 for c in cand)
+
+
+def test_low_precision_scans_handle_nan_queries_one_row_and_huge_norms(small_index):
+    d = np.asarray(small_index.descriptors, np.float32)
+    huge = d * 3e4  # fp16 would overflow (max 65504): that scan must fall back to float32
+    for precision in ("fp16", "bf16", "auto"):
+        for nq in (1, 5):
+            got_d, got_i = ExactL2([huge[:150], huge[150:]], precision=precision).search(huge[7 : 7 + nq] * 1.01, 4)
+            want_d, want_i = brute_force(huge, huge[7 : 7 + nq] * 1.01, 4)
+            np.testing.assert_array_equal(got_i, want_i)
+            np.testing.assert_array_equal(got_d, want_d)
+    s = ExactL2([d[:1]], precision="bf16")
+    got_d, got_i = s.search(d[:3], 2)
+    assert (got_i[:, 0] == 0).all() and (got_i[:, 1] == -1).all() and np.isnan(got_d[:, 1]).all()
+    bad = d[:3].copy()
+    bad[1] = np.nan
+    got_d, got_i = ExactL2([d], precision="bf16").search(bad, 2)
+    assert (got_i[1] == -1).all() and list(got_i[0]) == list(brute_force(d, d[:1], 2)[1][0])
 
 
 def test_sharded_array_behaves_like_the_concatenation():
