@@ -187,9 +187,13 @@ def main(argv: list[str] | None = None, prog: str = "python scripts/audit.py") -
             **opts,
         )
         written = []
-        for path, write in ((a.out, res.to_html), (a.json, res.to_json), (a.csv, res.to_csv)):
+        if a.csv:  # first: the HTML and the JSON link it (without --csv they write one beside themselves)
+            written.append(str(res.to_csv(a.csv)))
+        for path, write in ((a.out, res.to_html), (a.json, res.to_json)):
             if path:
                 written.append(str(write(path)))
+        if res.csv_path is not None and str(res.csv_path) not in written:
+            written.append(str(res.csv_path))
     except AuditError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return e.code
