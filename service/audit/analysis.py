@@ -208,8 +208,10 @@ def _subset_rows(n_faces: int, pairs: dict, options: dict) -> list[dict]:
     return rows
 
 
-def _ends(pairs: list) -> tuple[np.ndarray, np.ndarray]:
-    """The two ends of each pair, as arrays."""
+def _ends(pairs) -> tuple[np.ndarray, np.ndarray]:
+    """The two ends of each pair, as arrays (:class:`service.stats.collisions.Pairs` has them)."""
+    if hasattr(pairs, "i"):
+        return pairs.i, pairs.j
     a = np.asarray([(i, j) for i, j, _ in pairs], np.int64).reshape(-1, 2)
     return a[:, 0], a[:, 1]
 
