@@ -74,7 +74,11 @@ def parser(prog: str = "python scripts/audit.py") -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="bearer token for --server (default: $FACEMEM_TOKEN)")
     p.add_argument("--out", help="HTML report to write")
     p.add_argument("--json", metavar="OUT", help="write the numbers (facemem-audit/3) as JSON")
-    p.add_argument("--csv", metavar="OUT", help="write one row per image as CSV")
+    p.add_argument(
+        "--csv",
+        metavar="OUT",
+        help="write one row per image as CSV (default with --out/--json: <stem>.csv beside them; the HTML links it)",
+    )
     p.add_argument("--n", type=int, default=o["n"].default, help=o["n"].help)
     p.add_argument("--batch-sizes", type=_ints, default=o["batch_sizes"].default, help=o["batch_sizes"].help)
     for name, typ in (
