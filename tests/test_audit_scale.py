@@ -251,3 +251,43 @@ def test_a_50000_image_report_stays_bounded_with_one_csv_row_per_image(tiny_pass
     html = big["html"].read_text(encoding="utf-8")
     assert 'href="rows.csv"' in html and "50,000 rows" in html and "the first 1,000 of 50,000 images" in html
     assert big["res"].data["neighbors"]["images"][-1]["image"] == "s049999.png"  # in memory: everything
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def test_progress_names_the_stage_with_an_eta_on_a_terminal_and_logs_otherwise(caplog, tmp_path):
+    import io
+    import logging
+
+    from service.audit.progress import LogBar, Stages, eta_words, stage_bar
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    bar = stage_bar(total=10, desc="main sample", unit="img", file=tty)
+    bar.update(4)
+    bar.set_description("birthday trials")
+    bar.update(6)
+    bar.close()
+    assert "birthday trials" in tty.getvalue() and "10/10" in tty.getvalue()
+    with open(tmp_path / "log.txt", "w") as f:  # a file, not a terminal: log lines, nothing drawn
+        assert isinstance(stage_bar(total=10, desc="x", unit="img", file=f), LogBar)
+        assert not isinstance(stage_bar(total=10, desc="x", unit="img", file=f, enabled=False), LogBar)
+    caplog.set_level(logging.INFO, logger="service.audit.progress")
+    log_bar = LogBar(total=100, desc="main sample", unit="img", every=0.0)
+    log_bar.update(25)
+    log_bar.set_description("birthday trials")
+    log_bar.close()
+    text = caplog.text
+    assert "main sample: 25/100 img (25%)" in text and "ETA" in text and "stage: birthday trials" in text
+    assert eta_words(None) == "—" and eta_words(30) == "30 s" and eta_words(600) == "10.0 min"
+    steps = Stages(["a", "b"], "statistics", enabled=False)
+    with steps("a"):
+        pass
+    with steps("b"):
+        pass
+    steps.close()
+    assert list(steps.seconds) == ["a", "b"] and all(v >= 0 for v in steps.seconds.values())
