@@ -124,7 +124,7 @@ def _partners(main: Answers, found: Any) -> np.ndarray:
     n = len(main.entries)
     if not len(found):
         return np.zeros(n, np.int64)
-    p = found if isinstance(found, Pairs) else Pairs(*zip(*found)) if found else Pairs()
+    p = found if isinstance(found, Pairs) else Pairs.sorted(*zip(*found)) if found else Pairs()
     return np.bincount(ok[p.i], minlength=n) + np.bincount(ok[p.j], minlength=n)
 
 
@@ -136,7 +136,7 @@ def _under(neighbour: dict, threshold: float | None) -> bool | None:
 def top_pairs(main: Answers, pairs: dict, thresholds: Thresholds) -> list[dict]:
     """The :data:`TOP_PAIRS` closest pairs by descriptor, colliding or not, for a human to confirm."""
     found = pairs["pixel"]
-    pixel_pairs = found if isinstance(found, Pairs) else Pairs(*zip(*found)) if len(found) else Pairs()
+    pixel_pairs = found if isinstance(found, Pairs) else Pairs.sorted(*zip(*found)) if len(found) else Pairs()
     sem_threshold = thresholds.collision_semantic.threshold if thresholds.collision_semantic else None
     return [
         {"rank": rank + 1}
