@@ -131,7 +131,11 @@ def assert_renders(report: Path, tmp: Path, min_images: int) -> dict:
     # Offline: every src is a data: URI, every href an in-page anchor, no stylesheet/font/import.
     srcs = re.findall(r'\ssrc="([^"]*)"', html)
     assert srcs and all(s.startswith("data:image/") for s in srcs), [s[:40] for s in srcs if not s.startswith("data:")]
-    assert all(h.startswith("#") for h in re.findall(r'\shref="([^"]*)"', html))
+    # Links: in-page anchors, and the one relative link to the per-image CSV written beside the report.
+    outside = [h for h in re.findall(r'\shref="([^"]*)"', html) if not h.startswith("#")]
+    assert len(set(outside)) <= 1, outside
+    assert all(h.endswith(".csv") and ":" not in h and not h.startswith("/") for h in outside), outside
+    assert all((report.parent / h).is_file() for h in outside), outside
     assert "<link" not in html and "@import" not in html and "url(" not in html
     dom, shot = render(report, tmp)
     for sid in SECTION_IDS:

@@ -33,7 +33,6 @@ training side, also served at ``GET /v1/reference``).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass, field
@@ -54,11 +53,15 @@ def _write_atomic(path: str | Path, text: str) -> Path:
 
 @dataclass
 class AuditResult:
-    """What :func:`audit` returns: the numbers (``data``), per-image ``rows``, and the report."""
+    """What :func:`audit` returns: the numbers (``data``, every image), per-image ``rows``, and the
+    report. The files are bounded whatever n is (:mod:`service.audit.outputs`): the HTML and the JSON
+    list per-image arrays up to :data:`service.audit.outputs.PER_IMAGE_LISTED` images and link the CSV,
+    which has one row for every image."""
 
     data: dict
     thumbs: dict[str, str] = field(default_factory=dict, repr=False)
     plots: dict[str, str] = field(default_factory=dict, repr=False)
+    csv_path: Path | None = field(default=None, repr=False)  # the CSV last written (the files link it)
 
     @property
     def rows(self) -> list[dict]:
@@ -67,28 +70,44 @@ class AuditResult:
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
-    def to_html(self, path: str | Path) -> Path:
-        """The self-contained HTML report (opens offline; the JSON block at its end holds ``data``)."""
+    def _csv_for(self, path: Path, csv: str | Path | bool) -> Path | None:
+        """The CSV a report or JSON at ``path`` links: ``True`` the one written before, else a new one
+        beside it (``<stem>.csv``); a path: that one (written now unless it was the last written);
+        ``False``: none."""
+        if csv is False:
+            return None
+        if csv is True:
+            return self.csv_path or self.to_csv(path.with_suffix(".csv"))
+        if self.csv_path is None or Path(csv).resolve() != self.csv_path.resolve():
+            self.to_csv(csv)
+        return self.csv_path
+
+    def to_html(self, path: str | Path, csv: str | Path | bool = True) -> Path:
+        """The self-contained HTML report (opens offline; the JSON block at its end holds the bounded
+        ``data``, and a link to the per-image CSV: see :meth:`_csv_for` for ``csv``)."""
+        from .outputs import bounded, relative
         from .report.html import render
 
-        return _write_atomic(path, render(self.data, self.thumbs, self.plots))
+        path = Path(path)
+        link = relative(self._csv_for(path, csv), path)
+        return _write_atomic(path, render(bounded(self.data, link), self.thumbs, self.plots))
 
-    def to_json(self, path: str | Path) -> Path:
-        """``data`` as strict JSON (NaN → null): the same dict as the report's embedded block."""
+    def to_json(self, path: str | Path, csv: str | Path | bool = True) -> Path:
+        """The bounded ``data`` as strict JSON (NaN → null): the same dict as the report's embedded
+        block; per-image arrays beyond the cap are in the CSV it names (``per_image.csv``)."""
         from .formats import json_safe
+        from .outputs import bounded, relative
 
-        return _write_atomic(path, json.dumps(json_safe(self.data), allow_nan=False, indent=1) + "\n")
+        path = Path(path)
+        data = bounded(self.data, relative(self._csv_for(path, csv), path))
+        return _write_atomic(path, json.dumps(json_safe(data), allow_nan=False, indent=1) + "\n")
 
     def to_csv(self, path: str | Path) -> Path:
-        """One row per audited image: status, top-1 semantic and pixel neighbours, and the flags."""
-        import io
+        """One row per audited image (every one): status, top-1 semantic and pixel neighbours, the flags."""
+        from .outputs import write_csv
 
-        buf = io.StringIO()
-        rows = self.rows
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["image"], lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        return _write_atomic(path, buf.getvalue())
+        self.csv_path = write_csv(self.rows, path)
+        return self.csv_path
 
     def summary_line(self) -> str:
         """One line for a terminal."""
@@ -254,6 +273,7 @@ def _report(
     t0 = time.perf_counter()
     data = report_data(passes, opts, provenance)
     timing = passes.timing | {"statistics_s": time.perf_counter() - t0}
+    timing["statistics_stages"] = data.pop("statistics_stages")
     thumbs: dict[str, str] = {}
     plots: dict[str, str] = {}
     if assets:

@@ -22,6 +22,7 @@ from ..stats import ct, identities, leaks, memorization, omissions, split, suppo
 from ..stats.collisions import batch_pairs
 from ..stats.thresholds import Thresholds
 from . import views
+from .progress import Stages
 from .run import Answers, Passes, Trial, sub_seed
 from .strangers import TrainingStrangers, strangers
 
@@ -29,6 +30,16 @@ log = logging.getLogger(__name__)
 
 FORMAT = "facemem-audit/3"
 CHANNELS = ("semantic", "pixel")
+STAGES = [  # the statistics' steps, as the progress bar names them
+    "colliding pairs",
+    "support",
+    "memorization, C_T, identities",
+    "leaks",
+    "distribution distances",
+    "per-image views",
+    "closest pairs",
+    "omissions",
+]
 SUPPORT_CAVEAT = (
     "no real faces of the generated domain (--reference-real): the support has no number, only the excess "
     "collision rate over the training domain's chance rate f; generated faces of another domain collide by "
@@ -42,16 +53,21 @@ def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
     ``backend`` and ``index`` (what was audited against what), which the statistics do not read."""
     thresholds = Thresholds.from_dict(passes.first["calibration"])
     main, training = passes.main, passes.training
-    null = strangers(training, passes.reference, options)
-    pairs = batch_pairs(main.descriptors, main.pixels, thresholds)
+    st = Stages(STAGES, "statistics", enabled=bool(options.get("progress")))
+    with st("colliding pairs"):
+        null = strangers(training, passes.reference, options)
+        pairs = batch_pairs(main.descriptors, main.pixels, thresholds)
     generator = provenance["source"]["kind"] == "generator"
-    support_blocks = support_statistics(len(main.ok), pairs, passes.trials, thresholds, null, options, generator)
-    mem = memorization_statistics(main, thresholds, null)
-    ct_block = ct_test(main, null, training)
-    idents = identity_concentration(main, null, options["seed"])
-    held_out = held_out_split(main, thresholds, training, options)
-    decisions = verdict.decide(mem, ct_block, idents, options["alpha"], null.name, split=held_out)
-    leak_block = leak_statistics(main, null, training, thresholds)
+    with st("support"):
+        support_blocks = support_statistics(len(main.ok), pairs, passes.trials, thresholds, null, options, generator)
+    with st("memorization, C_T, identities"):
+        mem = memorization_statistics(main, thresholds, null)
+        ct_block = ct_test(main, null, training)
+        idents = identity_concentration(main, null, options["seed"])
+        held_out = held_out_split(main, thresholds, training, options)
+        decisions = verdict.decide(mem, ct_block, idents, options["alpha"], null.name, split=held_out)
+    with st("leaks"):
+        leak_block = leak_statistics(main, null, training, thresholds)
     counts = Counter(e["status"] for e in main.entries)
     data = {
         "format": FORMAT,
@@ -83,16 +99,22 @@ def report_data(passes: Passes, options: dict, provenance: dict) -> dict:
         "identities": idents,
         "leaks": leak_block,
         "held_out_split": held_out,
-        "distribution": distribution(main.descriptors, passes.train_descriptors, options["seed"]),
-        "grid": views.grid(main.entries, thresholds, options["grid_max"], options["grid_expanded"]),
-        "rows": views.rows(main, pairs, thresholds, {r["identity"] for r in leak_block["rows"]}),
     }
-    data["birthday"]["top_pairs"] = views.top_pairs(main, pairs, thresholds)
-    om = omissions.analyse(main.entries, training["omissions"], seed=options["seed"])
+    with st("distribution distances"):
+        data["distribution"] = distribution(main.descriptors, passes.train_descriptors, options["seed"])
+    with st("per-image views"):
+        data["grid"] = views.grid(main.entries, thresholds, options["grid_max"], options["grid_expanded"])
+        data["rows"] = views.rows(main, pairs, thresholds, {r["identity"] for r in leak_block["rows"]})
+    with st("closest pairs"):
+        data["birthday"]["top_pairs"] = views.top_pairs(main, pairs, thresholds)
+    with st("omissions"):
+        om = omissions.analyse(main.entries, training["omissions"], seed=options["seed"])
     data["attributes"], data["geometry"] = om["attributes"], om["geometry"]
     data["histograms"] = views.histograms(main.ok_entries, null, thresholds)
     if null.name == "training":
         data["summary"]["support_caveat"] = SUPPORT_CAVEAT
+    st.close()
+    data["statistics_stages"] = st.seconds
     return data
 
 
@@ -174,23 +196,32 @@ def _generator_rows(trials: list[Trial], trial_faces: list[int], trial_pairs: li
 def _subset_rows(n_faces: int, pairs: dict, options: dict) -> list[dict]:
     """The birthday table of a folder: seeded random subsets of s of its faces, counted from the
     main sample's pairs."""
-    adjacency = {ch: _adjacency(n_faces, pairs[ch]) for ch in CHANNELS}
+    ends = {ch: _ends(pairs[ch]) for ch in CHANNELS}
     rows = []
     for s in options["batch_sizes"]:
         if s > n_faces:
             continue
         rng = np.random.default_rng(sub_seed(options["seed"], 1, s))
         subsets = [np.sort(rng.choice(n_faces, s, replace=False)) for _ in range(options["trials"])]
-        counts = {ch: [int(np.triu(a[np.ix_(x, x)], 1).sum()) for x in subsets] for ch, a in adjacency.items()}
+        counts = {ch: [_pairs_within(n_faces, x, *ends[ch]) for x in subsets] for ch in CHANNELS}
         rows.append(_row(s, [s] * len(subsets), counts))
     return rows
 
 
-def _adjacency(n: int, pairs: list) -> np.ndarray:
-    a = np.zeros((n, n), bool)
-    for i, j, _ in pairs:
-        a[i, j] = a[j, i] = True
-    return a
+def _ends(pairs) -> tuple[np.ndarray, np.ndarray]:
+    """The two ends of each pair, as arrays (:class:`service.stats.collisions.Pairs` has them)."""
+    if hasattr(pairs, "i"):
+        return pairs.i, pairs.j
+    a = np.asarray([(i, j) for i, j, _ in pairs], np.int64).reshape(-1, 2)
+    return a[:, 0], a[:, 1]
+
+
+def _pairs_within(n: int, subset: np.ndarray, i: np.ndarray, j: np.ndarray) -> int:
+    """How many of the pairs (i, j) have both ends in ``subset``: from the pair list, never an n×n
+    adjacency matrix (2.5 GB at 50,000 faces)."""
+    inside = np.zeros(n, bool)
+    inside[subset] = True
+    return int(np.count_nonzero(inside[i] & inside[j]))
 
 
 def _row(s: int, faces_found: list[int], counts: dict[str, list[int]]) -> dict:

@@ -74,7 +74,11 @@ def parser(prog: str = "python scripts/audit.py") -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="bearer token for --server (default: $FACEMEM_TOKEN)")
     p.add_argument("--out", help="HTML report to write")
     p.add_argument("--json", metavar="OUT", help="write the numbers (facemem-audit/3) as JSON")
-    p.add_argument("--csv", metavar="OUT", help="write one row per image as CSV")
+    p.add_argument(
+        "--csv",
+        metavar="OUT",
+        help="write one row per image as CSV (default with --out/--json: <stem>.csv beside them; the HTML links it)",
+    )
     p.add_argument("--n", type=int, default=o["n"].default, help=o["n"].help)
     p.add_argument("--batch-sizes", type=_ints, default=o["batch_sizes"].default, help=o["batch_sizes"].help)
     for name, typ in (
@@ -187,9 +191,13 @@ def main(argv: list[str] | None = None, prog: str = "python scripts/audit.py") -
             **opts,
         )
         written = []
-        for path, write in ((a.out, res.to_html), (a.json, res.to_json), (a.csv, res.to_csv)):
+        if a.csv:  # first: the HTML and the JSON link it (without --csv they write one beside themselves)
+            written.append(str(res.to_csv(a.csv)))
+        for path, write in ((a.out, res.to_html), (a.json, res.to_json)):
             if path:
                 written.append(str(write(path)))
+        if res.csv_path is not None and str(res.csv_path) not in written:
+            written.append(str(res.csv_path))
     except AuditError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return e.code

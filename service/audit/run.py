@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from indexer import pixels
-from indexer.progress import progress_bar
 
 from ..params import ApiError, Params, parse_params
 from ..stats import support
 from .backends import EXIT_SERVER, EXIT_USAGE, AuditError
 from .defaults import GENERATOR_N
+from .progress import stage_bar
 
 log = logging.getLogger(__name__)
 
@@ -209,18 +209,20 @@ class Audit:
             ref_source = FolderSource.open(options["reference_real"])
         n_trials = sum(options["batch_sizes"]) * options["trials"] if self.generator else 0
         total = n_main + n_trials + (len(ref_source.files) if ref_source else 0)
-        self.bar = progress_bar(total=total, unit="img", desc="auditing", enabled=options["progress"])
+        self.bar = stage_bar(total=total, unit="img", desc="main sample", enabled=options["progress"])
         timing: dict[str, float] = {}
         try:
             t0 = time.perf_counter()
             main, images = self.main_pass(plan)
             timing["main_pass_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
+            self.bar.set_description("birthday trials")
             trials = self.trials() if self.generator else []
             timing["trials_s"] = time.perf_counter() - t0
             reference = self.shared.reference
             if ref_source is not None:
                 t0 = time.perf_counter()
+                self.bar.set_description("reference faces")
                 reference = self.shared.reference = self.reference_pass(ref_source)
                 self.shared.computed["reference_real"] += 1
                 timing["reference_real_s"] = time.perf_counter() - t0

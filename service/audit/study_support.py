@@ -307,7 +307,7 @@ def crossing_run(
         faces, sample = modal_faces(world, p, seed * 100 + gi)
         truth, p_at = true_s50(p, chance_edges(faces, pt.threshold), np.random.default_rng([seed, 11, gi]), sequences)
         rng = np.random.default_rng([seed, 13, gi])
-        hit = {s: [bool(_batch(sample(s, rng)[0], pt.threshold).pairs) for _ in range(max(trials))] for s in sizes}
+        hit = {s: [len(_batch(sample(s, rng)[0], pt.threshold).pairs) > 0 for _ in range(max(trials))] for s in sizes}
         for t in trials:
             ss = [s for s in sizes for _ in range(t)]
             yy = [y for s in sizes for y in hit[s][:t]]

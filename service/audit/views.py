@@ -7,12 +7,11 @@ Plain functions of the main sample's answers (:class:`service.audit.run.Answers`
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
-from ..stats.collisions import closest_pairs
+from ..stats.collisions import Pairs, closest_pairs
 from ..stats.thresholds import Thresholds
 from .run import Answers
 from .strangers import TrainingStrangers
@@ -89,11 +88,7 @@ def rows(main: Answers, pairs: dict, thresholds: Thresholds, leaking: set[str] |
     names the training identity when the face is a same-person match of one that leaks
     (``leaking``: the significant identities of :mod:`service.stats.leaks`), empty otherwise."""
     leaking = leaking or set()
-    partners = {ch: Counter() for ch in pairs}
-    for ch, found in pairs.items():
-        for i, j, _ in found:
-            partners[ch][main.ok[i]] += 1
-            partners[ch][main.ok[j]] += 1
+    partners = {ch: _partners(main, found) for ch, found in pairs.items()}
     out = []
     for i, e in enumerate(main.entries):
         sem = e["semantic"][0] if e["semantic"] else {}
@@ -112,14 +107,25 @@ def rows(main: Answers, pairs: dict, thresholds: Thresholds, leaking: set[str] |
                 "same_person": bool(sem.get("same_person")) if ok else None,
                 "copy_semantic": _under(sem, thresholds.semantic_copy) if ok else None,
                 "copy_pixel": _under(pix, thresholds.pixel_copy) if ok else None,
-                "collisions_semantic": partners["semantic"][i] if ok else None,
-                "collisions_pixel": partners["pixel"][i] if ok else None,
+                "collisions_semantic": int(partners["semantic"][i]) if ok else None,
+                "collisions_pixel": int(partners["pixel"][i]) if ok else None,
                 "leak_identity": (
                     sem.get("identity") if ok and sem.get("same_person") and sem.get("identity") in leaking else None
                 ),
             }
         )
     return out
+
+
+def _partners(main: Answers, found: Any) -> np.ndarray:
+    """How many colliding partners each entry has (by entry position), from the pair arrays (no
+    Python loop over millions of pairs)."""
+    ok = np.asarray(main.ok, np.int64)
+    n = len(main.entries)
+    if not len(found):
+        return np.zeros(n, np.int64)
+    p = found if isinstance(found, Pairs) else Pairs.sorted(*zip(*found)) if found else Pairs()
+    return np.bincount(ok[p.i], minlength=n) + np.bincount(ok[p.j], minlength=n)
 
 
 def _under(neighbour: dict, threshold: float | None) -> bool | None:
@@ -129,7 +135,8 @@ def _under(neighbour: dict, threshold: float | None) -> bool | None:
 
 def top_pairs(main: Answers, pairs: dict, thresholds: Thresholds) -> list[dict]:
     """The :data:`TOP_PAIRS` closest pairs by descriptor, colliding or not, for a human to confirm."""
-    pixel_pairs = {(i, j): d for i, j, d in pairs["pixel"]}
+    found = pairs["pixel"]
+    pixel_pairs = found if isinstance(found, Pairs) else Pairs.sorted(*zip(*found)) if len(found) else Pairs()
     sem_threshold = thresholds.collision_semantic.threshold if thresholds.collision_semantic else None
     return [
         {"rank": rank + 1}
@@ -137,8 +144,8 @@ def top_pairs(main: Answers, pairs: dict, thresholds: Thresholds) -> list[dict]:
         | {
             "distance": d,
             "collides": sem_threshold is not None and d < sem_threshold,
-            "pixel_duplicate": (i, j) in pixel_pairs,
-            "pixel_distance": pixel_pairs.get((i, j)),
+            "pixel_duplicate": pixel_pairs.distance(i, j) is not None,
+            "pixel_distance": pixel_pairs.distance(i, j),
         }
         for rank, (i, j, d) in enumerate(closest_pairs(main.descriptors, TOP_PAIRS))
     ]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from indexer import faces, pixels
-from indexer.progress import progress_bar
 
 from ...thumbnails import jpeg
 from ..backends import THUMB
+from ..progress import stage_bar
 from . import html, plots
 
 
@@ -50,7 +50,7 @@ def thumbnails(data: dict, source, backend, images: list[tuple[str, bytes]], pro
         idx = {name: i for i, name in enumerate(source.names())}
         blobs = source.read([idx[n] for n in gen_names])
     out: dict[str, str] = {}
-    bar = progress_bar(total=len(blobs) + len(train_files), unit="thumb", desc="thumbnails", enabled=progress)
+    bar = stage_bar(total=len(blobs) + len(train_files), unit="thumb", desc="thumbnails", enabled=progress)
     for name, b in blobs:
         uri = image_thumb(b)
         if uri:

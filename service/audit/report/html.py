@@ -4,7 +4,8 @@ Why one file with everything inline: a report is mailed around, archived with a 
 and opened years later, offline. Thumbnails are base64 JPEG ``data:`` URIs, plots are base64 PNG
 from matplotlib (Agg), there is no script except the machine-readable JSON block
 ``<script type="application/json" id="facemem-data">`` (the same numbers, for tools and tests), and
-no ``src``/``href`` points outside the file.
+no ``src``/``href`` points outside the file except the link to the per-image CSV written beside it
+(every image's row; the file itself stays bounded whatever n is: :mod:`service.audit.outputs`).
 """
 
 from __future__ import annotations
@@ -309,11 +310,15 @@ def _grid(d: dict, thumbs: dict[str, str]) -> str:
             + "</div></details>"
         )
     if g.get("omitted"):
-        out.append(f'<p class="note">{g["omitted"]} more faces are in the JSON block but not drawn (--grid-max).</p>')
+        out.append(f'<p class="note">{fmt(g["omitted"])} more faces are not drawn (--grid-max).</p>')
+    out.append(f'<p class="note" id="per-image">{per_image(d)}</p>')
     nf = g.get("no_face", [])
     if nf:
+        missing = d["summary"]["images"] - d["summary"]["faces"]
+        first = f" (the first {fmt(len(nf))} listed)" if len(nf) < missing else ""
         out.append(
-            f"<details><summary>{len(nf)} image{'s' if len(nf) != 1 else ''} without a usable face</summary>"
+            f"<details><summary>{fmt(missing)} image{'s' if missing != 1 else ''} without a usable face{first}"
+            "</summary>"
             "<table><tr><th>image</th>"
             "<th>status</th><th>reason</th></tr>"
             + "".join(
@@ -629,15 +634,29 @@ def _method(d: dict) -> str:
             [
                 ("created", esc(d.get("created_at"))),
                 ("seed", esc(d.get("seed"))),
-                ("runtime", esc(", ".join(f"{k} {v:.1f} s" for k, v in t.items()))),
+                ("runtime", esc(", ".join(f"{k} {v:.1f} s" for k, v in t.items() if isinstance(v, (int, float))))),
                 ("parameters", f"<code>{esc(json.dumps(d.get('params')))}</code>"),
             ]
         )
         + '<p class="note">Every number in this report is also in the JSON block '
         '<code>&lt;script type="application/json" id="facemem-data"&gt;</code> at the end of this file. '
         "Per-image neighbour lists there are exactly the service's <code>POST /neighbors</code> response "
-        "entries.</p></section>"
+        f"entries. {per_image(d)}</p></section>"
     )
+
+
+def per_image(d: dict) -> str:
+    """Where the per-image rows are: the CSV beside the report (a relative link), and how many images
+    the embedded JSON lists (:mod:`service.audit.outputs`)."""
+    p = d.get("per_image") or {}
+    images, listed = p.get("images", d["summary"]["images"]), p.get("listed", d["summary"]["images"])
+    where = (
+        f'one row per image ({fmt(images)} rows) in <a href="{esc(p["csv"])}" download>{esc(p["csv"])}</a>'
+        if p.get("csv")
+        else "no per-image CSV was written with this report"
+    )
+    listed_words = "every image" if listed >= images else f"the first {fmt(listed)} of {fmt(images)} images"
+    return f"Per-image results: {where}; the JSON block lists {listed_words}."
 
 
 def _sections(data: dict) -> tuple[tuple[str, str], ...]:
