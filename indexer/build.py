@@ -213,7 +213,7 @@ def plan_embedding(embedder: str, device: str, workers: int, embed_in: str = "au
     return embed_in, threads
 
 
-def _pool_context(
+def pool_context(
     embed_in: str, embedder: str, preload: bool = True
 ) -> tuple[multiprocessing.context.BaseContext, bool]:
     """The worker start method, and whether its workers come pre-loaded (see the module docstring).
@@ -241,6 +241,13 @@ def _pool_context(
     return ctx, True
 
 
+def worker_pool(workers: int, ctx: multiprocessing.context.BaseContext, torch_threads: int) -> ProcessPoolExecutor:
+    """The build's worker processes: ``workers`` processes started by ``ctx`` (:func:`pool_context`),
+    each capped at ``torch_threads`` library threads and ended when this process dies (:func:`init_worker`).
+    The in-process audit runs its query images in the same workers (:class:`service.detect.QueryWorkers`)."""
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(torch_threads, os.getpid()))
+
+
 def _run_tasks(
     chunks: list[list[Item]], todo: list[int], cfg: BuildConfig, plan: _Plan, save: Callable[[int, dict], None]
 ) -> None:
@@ -265,7 +272,7 @@ def _run_tasks(
     def args(task: tuple[int, int], embed: str | None) -> tuple[list[tuple[str, str]], str, str | None, bool, str]:
         return task_items(chunks, task), cfg.detector, embed, cfg.flip_average, precision
 
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(torch_threads, os.getpid()))
+    pool = worker_pool(workers, ctx, torch_threads)
     queue = deque(tasks)
     pending: dict[tuple[int, int], tuple[Future, dict | None]] = {}
     try:
@@ -361,7 +368,7 @@ def build(cfg: BuildConfig) -> Path:
         embed_in, torch_threads = plan_embedding(cfg.embedder, device, workers, cfg.embed_in)
         # Start the (warming) forkserver first: it is the longest start-up step, and the rest of the
         # preparation (dataset listing, model hashes) runs meanwhile.
-        ctx, warm = _pool_context(embed_in, cfg.embedder, cfg.preload_workers)
+        ctx, warm = pool_context(embed_in, cfg.embedder, cfg.preload_workers)
         plan = _Plan(device, None, workers, embed_in, torch_threads, ctx, warm, t_start, t_run)
     try:
         return _build(cfg, out, plan)
@@ -693,5 +700,5 @@ def _write_sharded(
     )
 
 
-if os.environ.pop(_WARM_ENV, None) == "1":  # imported by the forkserver that _pool_context started
+if os.environ.pop(_WARM_ENV, None) == "1":  # imported by the forkserver that pool_context started
     _warm_forkserver()

@@ -190,9 +190,31 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         # Pillow names the in-memory file by its address; keep the reason deterministic.
         msg = _OBJ_REPR.sub("<image bytes>", str(e))
         raise Unreadable(f"cannot decode image: {type(e).__name__}: {msg}") from None
+    return _check_side(arr)
+
+
+def _check_side(arr: np.ndarray) -> np.ndarray:
     if min(arr.shape[:2]) < MIN_SIDE:
         raise Unreadable(f"image too small: {arr.shape[1]}x{arr.shape[0]} (minimum side {MIN_SIDE})")
     return arr
+
+
+def from_array(arr: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image already decoded (a generator's sample): the (H, W, 3) uint8 RGB array :func:`decode`
+    gives for its lossless PNG, without the encoding round trip. The same checks and conversions: the
+    pixel cap, the minimum side, and grey, alpha or other modes through the decoder's own conversion."""
+    arr = np.asarray(arr)
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise Unreadable(f"not an image array: shape {arr.shape}")
+    h, w = arr.shape[:2]
+    if w * h > max_pixels:
+        raise Unreadable(f"image too large: {w}x{h} = {w * h} pixels (limit {max_pixels})")
+    if not (arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3):
+        try:
+            arr = _to_rgb(Image.fromarray(arr))
+        except (TypeError, ValueError) as e:  # a dtype or channel count Pillow has no mode for
+            raise Unreadable(f"not an image array: {arr.dtype} {arr.shape}: {e}") from None
+    return _check_side(np.ascontiguousarray(arr))
 
 
 def _grey_to_rgb(g: np.ndarray) -> np.ndarray:
@@ -445,6 +467,15 @@ def process_bytes(data: bytes, detector: str, max_pixels: int = MAX_PIXELS, attr
     """Bytes → :class:`Face`; bad input becomes a status, never an exception."""
     try:
         img = decode(data, max_pixels)
+    except Unreadable as e:
+        return Face("unreadable", str(e))
+    return find_face(img, detector, attributes)
+
+
+def process_array(arr: np.ndarray, detector: str, max_pixels: int = MAX_PIXELS, attributes: bool = False) -> Face:
+    """A decoded image → :class:`Face`, exactly as :func:`process_bytes` on its lossless PNG."""
+    try:
+        img = from_array(arr, max_pixels)
     except Unreadable as e:
         return Face("unreadable", str(e))
     return find_face(img, detector, attributes)

@@ -13,18 +13,63 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-from indexer import faces, watchdog
+import numpy as np
+
+from indexer import chunks, faces, pixels, watchdog
 
 log = logging.getLogger(__name__)
 
 
-def detect_one(data: bytes, detector: str, max_pixels: int = faces.MAX_PIXELS, attributes: bool = False) -> faces.Face:
-    """The face pipeline on one upload; any failure becomes an ``unreadable`` status, never an error."""
+def detect_one(
+    data: bytes | np.ndarray, detector: str, max_pixels: int = faces.MAX_PIXELS, attributes: bool = False
+) -> faces.Face:
+    """The face pipeline on one upload, or on an image already decoded (an in-process audit's generator
+    sample: the array its lossless PNG decodes to); any failure becomes an ``unreadable`` status, never
+    an error."""
     try:
+        if isinstance(data, np.ndarray):
+            return faces.process_array(data, detector, max_pixels, attributes)
         return faces.process_bytes(data, detector, max_pixels, attributes)
     except Exception as e:  # a library error on a hostile or odd file must not fail the request
-        log.exception("face pipeline failed on an upload (%d bytes)", len(data))
+        size = f"{data.nbytes} bytes decoded" if isinstance(data, np.ndarray) else f"{len(data)} bytes"
+        log.exception("face pipeline failed on an upload (%s)", size)
         return faces.Face("unreadable", f"face pipeline error: {type(e).__name__}: {str(e)[:200]}")
+
+
+def embedding_inputs(ok: list[faces.Face], index_px: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(chips to embed, pixel vectors) of ``ok`` faces against an index whose faces are ``index_px``
+    wide (None: no resolution matching): each chip much sharper than the index's is degraded to it
+    first (:func:`indexer.faces.match_resolution`); the pixel vector always comes from the chip as cut.
+    One function for every place a query is embedded (:meth:`service.search.Searcher.prepare`, and
+    :func:`detect_task` in a worker), so all of them describe a face alike."""
+    if not ok:
+        return (
+            np.zeros((0, faces.CHIP_SIZE, faces.CHIP_SIZE, 3), np.uint8),
+            np.zeros((0, pixels.PIXEL_DIM), np.uint8),
+        )
+    chips = np.stack([faces.match_resolution(f.chip, f.source_px, index_px) for f in ok])
+    return chips, np.stack([pixels.pixel_vector(f.chip) for f in ok])
+
+
+def detect_task(args: tuple) -> dict:
+    """Worker (one of the index build's, :class:`QueryWorkers`): one task of query images → their
+    faces (:func:`detect_one`, chips dropped), the ok faces' pixel vectors, and their descriptors
+    (``embed``: the embedder name; the build's worker embedder, :func:`indexer.chunks.embed_chips`)
+    or, ``embed`` None, the chips to embed (the main process embeds them, e.g. on a GPU).
+
+    ``args`` = (images, detector, max_pixels, attributes, embed, flip_average, index_px)."""
+    datas, detector, max_pixels, attributes, embed, flip_average, index_px = args
+    found = [detect_one(d, detector, max_pixels, attributes) for d in datas]
+    ok = [f for f in found if f.ok]
+    chips, pix = embedding_inputs(ok, index_px)
+    for f in ok:
+        f.chip = None  # embedded here: not worth its 67 KB back through the pipe
+    out = {"faces": found, "pixels": pix}
+    if embed:
+        out["descriptors"] = chunks.embed_chips(embed, chips, flip_average)["descriptors"]
+    else:
+        out["chips"] = chips
+    return out
 
 
 WORKER_MEMORY_MB = 3072  # address space a detection worker may add after start-up (a 40 Mpx image needs ~0.4 GB)
@@ -129,3 +174,52 @@ class DetectPool:
                         self._replace(pool)
                         out[i] = faces.Face("unreadable", "the face pipeline crashed on this image")
         return out  # type: ignore[return-value]
+
+
+class QueryWorkers:
+    """Query images through the index build's worker processes (:func:`indexer.build.worker_pool`), with
+    the build's batching: on the CPU the workers are forked from its warm forkserver (torch, the ResNet
+    weights and the landmark models loaded once) and each detects *and* embeds its own tasks of up to
+    :data:`indexer.chunks.TASK_SIZE` images, torch at ``cores // processes`` threads in batches of
+    :data:`indexer.chunks.WORKER_BATCH` chips, flip-averaged as the index is; on a GPU the workers cut
+    the chips and the caller embeds them (``embed_in == "main"``), as the build does.
+
+    For the in-process audit, whose requests come in long runs: this process searches and answers one
+    request while the workers detect and embed the next ones. The service keeps :class:`DetectPool`
+    (detection only, one image per job, each worker's memory capped against hostile uploads).
+    """
+
+    def __init__(self, processes: int, embedder: str = "torch", device: str = "cpu"):
+        from indexer import build
+
+        self.processes = int(processes)
+        self.embed_in, threads = build.plan_embedding(embedder, device, self.processes)
+        ctx, self.preloaded = build.pool_context(self.embed_in, embedder)
+        self.embed = embedder if self.embed_in == "workers" else None
+        self._pool = build.worker_pool(self.processes, ctx, threads)
+        # Started now (models loaded, embedder built) while the caller loads its index; not waited for.
+        for _ in range(self.processes):
+            self._pool.submit(chunks.worker_ready, self.embed)
+
+    def submit(
+        self,
+        datas: list,
+        detector: str,
+        max_pixels: int,
+        attributes: bool,
+        flip_average: bool,
+        index_px: float | None,
+    ) -> list:
+        """Futures of :func:`detect_task` on ``datas`` (bytes or decoded arrays) in tasks of the
+        build's size, in order."""
+        size = chunks.TASK_SIZE
+        return [
+            self._pool.submit(
+                detect_task,
+                (datas[lo : lo + size], detector, max_pixels, attributes, self.embed, flip_average, index_px),
+            )
+            for lo in range(0, len(datas), size)
+        ]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -19,6 +19,7 @@ from indexer.store import FaceIndex
 
 from .detect import DetectPool, detect_one
 from .params import Params, parse_params
+from .search import Query
 from .stats import collisions, memorization
 from .stats.thresholds import DistanceContext, Thresholds, calibrate
 
@@ -149,15 +150,36 @@ def _answer(searcher, named_faces: list[tuple[str, faces.Face]], params: Params,
     call per channel, so a batch of 64 costs one forward pass, and a single image a batch of one.
     """
     t0 = time.perf_counter()
+    # The keyword only when it changes something: callers that wrap ``prepare(named_faces)`` keep working.
+    off = not params.resolution_match and searcher.index.face_resolution is not None
+    queries = searcher.prepare(named_faces, **({"resolution_match": False} if off else {}))
+    return answer(searcher, queries, params, thresholds, t_embed=time.perf_counter() - t0)
+
+
+def answer(
+    searcher,
+    queries: list[Query],
+    params: Params,
+    thresholds: Thresholds | None = None,
+    t_embed: float = 0.0,
+    array_vectors: bool = False,
+    summaries: bool = True,
+) -> dict:
+    """The response for ``queries`` already embedded (descriptor and pixel vector of every ok face):
+    search, summarise. ``params`` are resolved for this index (:meth:`Params.for_index`).
+
+    ``array_vectors``: with ``vectors``, each face's descriptor (float32) and pixel crop (uint8) as
+    arrays, not the JSON forms (a list of floats, base64): for a caller in this process (the in-process
+    audit), which would only turn them back into arrays. The values are the same.
+    ``summaries=False``: ``collisions`` and ``memorization`` are None, for a caller that computes its own
+    over all its requests from the vectors (the in-process audit: the per-request blocks cost a third of
+    this function and it would discard them).
+    """
     cal = searcher.index.calibration
     th = thresholds or calibrate(
         cal, params.false_match_rate, params.threshold, pair_false_match_rate=params.pair_false_match_rate
     )
     ctx = DistanceContext.of(cal)
-    # The keyword only when it changes something: callers that wrap ``prepare(named_faces)`` keep working.
-    off = not params.resolution_match and searcher.index.face_resolution is not None
-    queries = searcher.prepare(named_faces, **({"resolution_match": False} if off else {}))
-    t_embed = time.perf_counter() - t0
     entries = [_image_entry(q.name, q.face) for q in queries]
     pos = [i for i, q in enumerate(queries) if q.face.ok]
     names = [queries[i].name for i in pos]
@@ -178,22 +200,27 @@ def _answer(searcher, named_faces: list[tuple[str, faces.Face]], params: Params,
     if params.attributes:
         _add_attributes(searcher, entries, [queries[i].face for i in pos], desc, pos)
     t2 = time.perf_counter()
-    coll = collisions.collisions(names, desc, pix, th, batch_size=len(queries), positions=pos)
-    mem = memorization.memorization(
-        names,
-        top1["semantic"],
-        train["semantic"],
-        top1["pixel"],
-        train["pixel"],
-        th,
-        pixels.PIXEL_DIM,
-        positions=pos,
-        calibration={**cal, **searcher.null_clusters},
-    )
+    coll = mem = None
+    if summaries:
+        coll = collisions.collisions(names, desc, pix, th, batch_size=len(queries), positions=pos)
+        mem = memorization.memorization(
+            names,
+            top1["semantic"],
+            train["semantic"],
+            top1["pixel"],
+            train["pixel"],
+            th,
+            pixels.PIXEL_DIM,
+            positions=pos,
+            calibration={**cal, **searcher.null_clusters},
+        )
     if params.vectors:
         for row, i in enumerate(pos):
-            entries[i]["descriptor"] = [float(v) for v in desc[row]]
-            entries[i]["pixels"] = base64.b64encode(np.ascontiguousarray(pix[row]).tobytes()).decode("ascii")
+            if array_vectors:
+                entries[i]["descriptor"], entries[i]["pixels"] = desc[row], pix[row]
+            else:
+                entries[i]["descriptor"] = [float(v) for v in desc[row]]
+                entries[i]["pixels"] = base64.b64encode(np.ascontiguousarray(pix[row]).tobytes()).decode("ascii")
     return {
         "images": entries,
         "counts": {s: sum(q.face.status == s for q in queries) for s in faces.STATUSES},

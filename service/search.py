@@ -30,6 +30,8 @@ from indexer.shards import ShardedL1
 from indexer.store import FaceIndex
 from indexer.topk import select_topk
 
+from .detect import embedding_inputs
+
 log = logging.getLogger(__name__)
 
 RERANK_MARGIN = 16  # extra IVF candidates re-ranked exactly
@@ -177,12 +179,10 @@ class Searcher:
         queries = [Query(name, f) for name, f in faces_]
         ok = [q for q in queries if q.face.ok]
         if ok:
-            target = self.face_resolution if resolution_match else None
-            chips = np.stack([faces.match_resolution(q.face.chip, q.face.source_px, target) for q in ok])
+            chips, pix = embedding_inputs([q.face for q in ok], self.face_resolution if resolution_match else None)
             desc = faces.describe(self.embedder, chips, self.flip_average)
-            for q, d in zip(ok, desc):
-                q.descriptor = d
-                q.pixel = pixels.pixel_vector(q.face.chip)
+            for q, d, p in zip(ok, desc, pix):
+                q.descriptor, q.pixel = d, p
         return queries
 
     def semantic_search(self, desc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

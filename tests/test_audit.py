@@ -533,6 +533,55 @@ def test_dcgan_generator_report(full_index_dir, searcher, tmp_path):
     log.info("dcgan report: %.1f s, %s", dt, stats)
 
 
+def test_the_in_process_backend_answers_as_the_service_and_outlives_a_dead_worker(full_index_dir, caplog):
+    """The in-process backend detects and embeds in the index build's workers and hands arrays on (no PNG,
+    no JSON forms), several requests in flight: each answer is service.query.neighbors' on the PNGs a
+    server is sent (floats to conftest.NET_ATOL: another process ran the network, in the build's batches;
+    measured here: bit-identical), less the per-request collisions and memorization, which the audit
+    computes over its whole sample instead. A worker killed mid-audit costs no image: that request and
+    the rest run in this process's DetectPool, one image per job, with the same answers."""
+    import os
+    import signal
+
+    from service import query
+    from service.audit import _resolve_options
+    from service.audit.backends import LocalBackend
+    from service.audit.formats import json_safe
+    from service.audit.run import request_params, wire_vectors
+    from service.audit.sources import encoded, load_generator
+
+    params = request_params(_resolve_options({"detector": "aligned"}))
+    images = load_generator(DCGAN_SPEC).arrays(70, 5, prefix="s", upscale=128)  # tasks of 64 and 6
+    images += [
+        ("photo.jpg", (CELEBA10K / "img_align_celeba" / "000007.jpg").read_bytes()),
+        ("cut.jpg", (CELEBA10K / "img_align_celeba" / "000008.jpg").read_bytes()[:300]),
+        ("tiny.png", np.zeros((8, 8, 3), np.uint8)),
+    ]
+    backend = LocalBackend(full_index_dir)
+    try:
+        want = json_safe(query.neighbors(backend.searcher, [(n, encoded(d)) for n, d in images], params))
+        summaries = ("timing", "collisions", "memorization")
+
+        def check(body: dict) -> None:
+            assert body["timing"]["total_s"] > 0
+            got = {k: v for k, v in body.items() if k not in summaries}
+            got["images"] = [wire_vectors(e) for e in body["images"]]
+            assert_json_close(got, {k: v for k, v in want.items() if k not in summaries})
+
+        assert [e["status"] for e in want["images"][-3:]] == ["ok", "unreadable", "unreadable"]
+        for body in backend.stream(iter([(images, params), (images[:5], params), (images, params)])):
+            assert body["collisions"] is None and body["memorization"] is None
+            if len(body["images"]) == len(images):
+                check(body)
+        os.kill(next(iter(backend.workers._pool._processes)), signal.SIGKILL)
+        with caplog.at_level(logging.WARNING):
+            check(backend.neighbors(images, params))
+        assert backend.workers is None and "worker died" in caplog.text
+        check(backend.neighbors(images, params))
+    finally:
+        backend.close()
+
+
 def test_threshold_is_pair_calibrated_and_does_not_move_with_the_index_size(full_index):
     """Indexes of 2,500 faces (four random subsets of celeba10k, calibrated by the build's own
     functions) against the 10,000-face index: the 1:N identity threshold drifts with N; the per-pair

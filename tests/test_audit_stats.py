@@ -294,6 +294,55 @@ def test_reference_faces_are_rendered_at_the_generators_resolution(tmp_path):
         audit(images=[img], index=tmp_path, reference_downscale=32)
 
 
+def test_a_sample_held_as_an_array_meets_the_face_pipeline_as_its_png_would():
+    """The in-process audit hands generator samples and rendered reference faces to the face pipeline as
+    arrays: the same pixels, face, chip, landmarks and per-image status as their lossless PNGs decoded
+    (what a server is sent), without the encoding round trip."""
+    from conftest import CELEBA10K
+
+    from indexer import faces
+    from service.audit.sources import encoded, png_bytes, render_array, render_at
+    from service.detect import detect_one
+
+    rng = np.random.default_rng(1)
+    for arr in (
+        rng.integers(0, 256, (40, 30, 3), dtype=np.uint8),  # RGB
+        rng.integers(0, 256, (40, 30), dtype=np.uint8),  # grey
+        rng.integers(0, 256, (40, 30, 4), dtype=np.uint8),  # alpha: composited on white, as decoded
+    ):
+        assert np.array_equal(faces.from_array(arr), faces.decode(png_bytes(arr)))
+    for bad in (np.zeros((10, 40, 3), np.uint8), np.zeros((2000, 2100, 3), np.uint8)):
+        with pytest.raises(faces.Unreadable) as a:
+            faces.decode(png_bytes(bad), max_pixels=4_000_000)
+        with pytest.raises(faces.Unreadable) as b:
+            faces.from_array(bad, max_pixels=4_000_000)
+        assert str(a.value) == str(b.value)
+    photo = (CELEBA10K / "img_align_celeba" / "000001.jpg").read_bytes()
+    sample = render_array(photo, 32, 128)  # a real face at a 32 px generator's resolution, as an array
+    assert encoded(sample) == render_at(photo, 32, 128) and encoded(photo) is photo
+    for detector in ("aligned", "hog"):
+        x, y = (
+            detect_one(sample, detector, attributes=True),
+            detect_one(render_at(photo, 32, 128), detector, attributes=True),
+        )
+        assert (x.status, x.reason, x.faces_found, x.box, x.width, x.height, x.source_px) == (
+            y.status,
+            y.reason,
+            y.faces_found,
+            y.box,
+            y.width,
+            y.height,
+            y.source_px,
+        )
+        for field in ("chip", "landmarks", "landmarks68", "attr_crop"):
+            assert np.array_equal(getattr(x, field), getattr(y, field))
+    tiny = detect_one(np.zeros((8, 8, 3), np.uint8), "aligned")
+    assert (
+        tiny.status == "unreadable"
+        and tiny.reason == detect_one(png_bytes(np.zeros((8, 8, 3), np.uint8)), "aligned").reason
+    )
+
+
 def test_the_audit_statistics_run_without_a_backend():
     """The statistics half of an audit is plain functions of the passes' answers: a folder of 40
     faces whose first 4 are one face (6 colliding pairs), and 30 real strangers as the null, with no

@@ -73,7 +73,11 @@ OPTIONS: dict[str, Option] = {
     "upscale": Option(128, "generator samples smaller than this are upscaled (bicubic) before the face pipeline"),
     "steps": Option(None, "denoising steps of a diffusers:DIR generator (default: the pipeline's own, 50 for DDIM)"),
     "device": Option("cpu", "in-process embedding device: auto, cpu or cuda"),
-    "detect_processes": Option(None, "in-process face-detection processes (default one per core; 0 = in this one)"),
+    "detect_processes": Option(
+        None,
+        "in-process face-pipeline worker processes, the index build's: each detects and embeds its own images "
+        "(default one per core; 0 = everything in this process)",
+    ),
     "alpha": Option(
         0.05,
         "family-wise significance level of the five decisions (one graphical procedure over all of them), and of "

@@ -14,7 +14,9 @@ Passes:
 Every request carries the same :class:`service.params.Params`, resolved once from the options
 (:func:`request_params`), and asks for ``attributes=1`` too: the omission statistics
 (:mod:`service.stats.omissions`) read each face's attribute probabilities and geometry from the
-entries. In-process and server audits post the same chunks, so they get identical answers.
+entries. In-process and server audits post the same chunks, so they get identical answers; each pass
+hands the backend its requests as one stream (:meth:`Audit.post`), and the in-process backend
+detects and embeds the next ones in its workers while it answers the current one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,26 @@ def request_params(options: dict) -> Params:
         raise AuditError(EXIT_USAGE, e.message) from None
 
 
+def stream(backend: Any, requests: Iterator[tuple[list, Params]]) -> Iterator[dict]:
+    """The backend's answers to ``requests``, in order: its own ``stream`` (the in-process backend
+    works ahead), else one ``neighbors`` call per request."""
+    if hasattr(backend, "stream"):
+        yield from backend.stream(requests)
+        return
+    for images, params in requests:
+        yield backend.neighbors(images, params)
+
+
+def wire_vectors(entry: dict) -> dict:
+    """One answer's entry with its vectors in the service's JSON forms (what the reference cache keeps)."""
+    e = dict(entry)
+    if isinstance(e.get("descriptor"), np.ndarray):
+        e["descriptor"] = [float(v) for v in e["descriptor"]]
+    if isinstance(e.get("pixels"), np.ndarray):
+        e["pixels"] = base64.b64encode(np.ascontiguousarray(e["pixels"]).tobytes()).decode("ascii")
+    return e
+
+
 @dataclass
 class Answers:
     """What came back for one set of images: the per-image entries (vectors removed) and the vectors
@@ -71,6 +95,8 @@ class Answers:
     ok: list[int] = field(default_factory=list)  # entry position of each ok face
 
     def add(self, body: dict) -> None:
+        """Take one answer's entries; vectors come as the service's JSON forms (a list of floats,
+        base64) or, from the in-process backend, as the arrays they stand for (the same values)."""
         for e in body["images"]:
             d, p = e.pop("descriptor", None), e.pop("pixels", None)
             if e["status"] == "ok":
@@ -78,7 +104,7 @@ class Answers:
                     raise AuditError(EXIT_SERVER, "the service returned no vectors (is it an older facemem?)")
                 self.ok.append(len(self.entries))
                 self.desc.append(np.asarray(d, np.float32))
-                self.pix.append(np.frombuffer(base64.b64decode(p), np.uint8))
+                self.pix.append(p if isinstance(p, np.ndarray) else np.frombuffer(base64.b64decode(p), np.uint8))
             self.entries.append(e)
 
     @property
@@ -118,7 +144,9 @@ class Passes:
     training: dict  # the training side (GET /v1/reference)
     first: dict  # the first answer: its ``params`` and ``calibration`` hold for every request
     train_descriptors: np.ndarray | None  # in-process only: for the distribution distances
-    images: list[tuple[str, bytes]] = field(default_factory=list)  # generator: the main sample, for thumbnails
+    images: list[tuple[str, Any]] = field(
+        default_factory=list
+    )  # generator: the main sample as generated, for thumbnails
     sample_seeds: list[dict] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
 
@@ -155,20 +183,32 @@ class Audit:
         limit = getattr(self.backend, "max_files", None)
         return min(self.options["chunk"], limit) if limit else self.options["chunk"]
 
-    def post(
-        self, images: list[tuple[str, bytes]], into: Answers, params: Params | None = None, keep: list | None = None
-    ) -> None:
-        """Post ``images`` in chunks; every answer must carry the same thresholds (one index).
-        ``keep``: a list that receives each answer as it came (before :meth:`Answers.add` takes its vectors)."""
+    def post(self, jobs: list[tuple[Any, Answers]], params: Params | None = None, keep: list | None = None) -> None:
+        """Every job's images, each job cut into requests of :meth:`chunk` images, into its
+        :class:`Answers`; a job is (a loader returning [(name, image)], answers). The loaders are
+        called as the backend asks for more requests (:meth:`stream`), so the in-process backend
+        detects and embeds the next requests in its workers while it answers this one, and a server
+        gets the same requests, in the same order, one at a time. Every answer must carry the same
+        thresholds (one index). ``keep``: a list that receives each answer in the service's JSON form
+        (before :meth:`Answers.add` takes its vectors)."""
         c = self.chunk()
-        for s in range(0, len(images), c):
-            body = self.backend.neighbors(images[s : s + c], params or self.params)
+        targets: deque[tuple[Answers, int]] = deque()
+
+        def requests():
+            for load, into in jobs:
+                images = load()
+                for s in range(0, len(images), c):
+                    targets.append((into, len(images[s : s + c])))
+                    yield images[s : s + c], params or self.params
+
+        for body in stream(self.backend, requests()):
+            into, n = targets.popleft()
             self.check_calibration(body)
             if keep is not None:
-                keep.append({**body, "images": [dict(e) for e in body["images"]]})
+                keep.append({**body, "images": [wire_vectors(e) for e in body["images"]]})
             into.add(body)
             if self.bar is not None:
-                self.bar.update(len(images[s : s + c]))
+                self.bar.update(n)
 
     def check_calibration(self, body: dict) -> None:
         """The first answer's thresholds hold for every later one: one index throughout."""
@@ -177,12 +217,15 @@ class Audit:
         elif body["calibration"] != self.first[0]["calibration"]:
             raise AuditError(EXIT_SERVER, "the thresholds changed between requests (was the index replaced?)")
 
-    def gen_sample(self, n: int, seed: int, prefix: str) -> list[tuple[str, bytes]]:
-        return self.source.sample(n, seed, prefix=prefix, upscale=self.options["upscale"])
+    def gen_sample(self, n: int, seed: int, prefix: str) -> list[tuple[str, np.ndarray]]:
+        """Generator samples as arrays: the in-process backend hands them to the face pipeline as
+        they are, a server backend sends their lossless PNGs."""
+        return self.source.arrays(n, seed, prefix=prefix, upscale=self.options["upscale"])
 
     def main_plan(self, sample_seeds: list[dict]) -> tuple[int, list]:
         """(images, loaders of the main sample's chunks): loaded lazily, so a huge folder streams;
-        a generator's chunk seeds are appended to ``sample_seeds``."""
+        a generator's loaders give its samples as generated (:meth:`main_pass` enlarges them), and its
+        chunk seeds are appended to ``sample_seeds``."""
         options, src, c = self.options, self.source, self.chunk()
         if src.kind == "folder":
             total = len(src.files)
@@ -195,7 +238,7 @@ class Audit:
         for ci, start in enumerate(range(0, n, c)):
             m, seed = min(c, n - start), sub_seed(options["seed"], 0, ci)
             sample_seeds.append({"n": m, "seed": seed, "prefix": f"sample{ci:03d}_"})
-            plan.append(lambda m=m, seed=seed, ci=ci: self.gen_sample(m, seed, f"sample{ci:03d}_"))
+            plan.append(lambda m=m, seed=seed, ci=ci: src.raw(m, seed, f"sample{ci:03d}_"))
         return n, plan
 
     def run(self) -> Passes:
@@ -235,27 +278,32 @@ class Audit:
         train_descriptors = self.backend.train_descriptors()
         return Passes(main, trials, reference, training, self.first[0], train_descriptors, images, sample_seeds, timing)
 
-    def main_pass(self, plan: list) -> tuple[Answers, list[tuple[str, bytes]]]:
-        """The main sample, chunk by chunk; a generator's images are kept for the report's thumbnails."""
+    def main_pass(self, plan: list) -> tuple[Answers, list[tuple[str, Any]]]:
+        """The main sample, chunk by chunk; a generator's samples are kept as generated, before
+        ``upscale`` (:func:`service.audit.sources.keepsake`), for the report's thumbnails."""
+        from .sources import enlarge, keepsake
+
         main, images = Answers(), []
-        for load in plan:
-            imgs = load()
-            if self.generator:
-                images.extend(imgs)
-            self.post(imgs, main)
+
+        def generated(load):
+            raw = load()
+            images.extend((name, keepsake(im)) for name, im in raw)
+            return [(name, enlarge(im, self.options["upscale"])) for name, im in raw]
+
+        self.post([((lambda load=load: generated(load)) if self.generator else load, main) for load in plan])
         if len({e["image"] for e in main.entries}) != len(main.entries):
             raise AuditError(EXIT_USAGE, "image names in the sample are not unique")
         return main, images
 
     def trials(self) -> list[Trial]:
         """Generator: fresh batches of each size."""
-        out = []
-        for s in self.options["batch_sizes"]:
-            for t in range(self.options["trials"]):
-                seed = sub_seed(self.options["seed"], 1, s, t)
-                answers = Answers()
-                self.post(self.gen_sample(s, seed, f"trial_s{s}_t{t:03d}_"), answers)
-                out.append(Trial(s, t, seed, answers))
+        out = [
+            Trial(s, t, sub_seed(self.options["seed"], 1, s, t), Answers())
+            for s in self.options["batch_sizes"]
+            for t in range(self.options["trials"])
+        ]
+        prefix = "trial_s{}_t{:03d}_".format
+        self.post([(lambda tr=tr: self.gen_sample(tr.s, tr.seed, prefix(tr.s, tr.trial)), tr.answers) for tr in out])
         return out
 
     def reference_pass(self, ref_source: Any) -> Answers:
@@ -285,12 +333,12 @@ class Audit:
                 log.info("reference faces from the cache (%s)", name[:12])
                 return answers
         images = ref_source.read(list(range(len(ref_source.files))))
-        if downscale:
-            from .sources import render_at
+        if downscale:  # arrays: the in-process backend takes them as they are, a server gets PNGs
+            from .sources import render_array
 
-            images = [(image, render_at(data, downscale, options["upscale"])) for image, data in images]
+            images = [(image, render_array(data, downscale, options["upscale"])) for image, data in images]
         bodies: list[dict] = []
-        self.post(images, answers, params, keep=bodies)
+        self.post([(lambda: images, answers)], params, keep=bodies)
         if name is not None:
             reference_cache.save(directory, name, bodies)
         return answers

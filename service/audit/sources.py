@@ -80,18 +80,29 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def encoded(data: bytes | np.ndarray) -> bytes:
+    """What goes over the wire for one image: bytes as they are, a decoded array as its lossless PNG."""
+    return png_bytes(data) if isinstance(data, np.ndarray) else data
+
+
 def render_at(data: bytes, size: int, upscale: int = 0) -> bytes:
     """``data`` as a ``size``×``size`` image would look after a generator's pipeline: the centre
     square, downscaled (antialiased bilinear), then enlarged to ``upscale`` px (bicubic) as samples
     are (:meth:`GeneratorSource.sample`). Bytes that do not decode are returned unchanged, so the
     service gives them their usual per-image status. Why: a real-face null for a low-resolution
     generator must have lost the same detail (at 32 px the descriptor barely separates people)."""
+    return encoded(render_array(data, size, upscale))
+
+
+def render_array(data: bytes, size: int, upscale: int = 0) -> bytes | np.ndarray:
+    """:func:`render_at` without the PNG: the rendered (H, W, 3) uint8 array, which an in-process
+    audit hands to the face pipeline as it is; bytes that do not decode, unchanged."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im = centre_square(im, size)
             if upscale and size < upscale:
                 im = im.resize((upscale, upscale), Image.BICUBIC)
-            return png_bytes(np.asarray(im))
+            return np.asarray(im)
     except Exception:  # noqa: BLE001 - whatever a hostile file raises, the service reports it
         return data
 
@@ -139,9 +150,10 @@ class FolderSource:
 @dataclass
 class ImagesSource:
     """Images handed over in memory (the notebook API's ``images=[...]``): paths, encoded bytes,
-    uint8 arrays (H, W, 3) or (name, any of those) pairs. Behaves like a folder."""
+    uint8 arrays (H, W, 3) or (name, any of those) pairs. Behaves like a folder; arrays stay arrays
+    (:func:`encoded` for a server)."""
 
-    items: list[tuple[str, bytes]]
+    items: list[tuple[str, bytes | np.ndarray]]
     kind: str = "folder"
 
     @classmethod
@@ -157,7 +169,7 @@ class ImagesSource:
             elif isinstance(obj, (bytes, bytearray, memoryview)):
                 data = bytes(obj)
             else:
-                data = png_bytes(to_uint8(np.asarray(obj)[None] if np.ndim(obj) == 3 else obj)[0])
+                data = to_uint8(np.asarray(obj)[None] if np.ndim(obj) == 3 else obj)[0]  # PNG-encoded for a server
             items.append((name or f"image{i:05d}.png", data))
         if not items:
             raise SourceError("images: empty list")
@@ -176,7 +188,7 @@ class ImagesSource:
     def names(self) -> list[str]:
         return self.files
 
-    def read(self, idx: list[int]) -> list[tuple[str, bytes]]:
+    def read(self, idx: list[int]) -> list[tuple[str, bytes | np.ndarray]]:
         return [self.items[i] for i in idx]
 
 
@@ -193,9 +205,16 @@ class GeneratorSource:
         return f"generator {self.spec}"
 
     def sample(self, n: int, seed: int, prefix: str = "g", upscale: int = 0) -> list[tuple[str, bytes]]:
-        """``n`` samples as named PNGs; images smaller than ``upscale`` px are enlarged (bicubic)
-        first, because dlib's landmark predictor is unreliable on tiny faces (on the 32 px DCGAN,
-        the aligned-mode descriptor is 0.13 from the HOG one at 32 px, 0.03 at 128 px)."""
+        """``n`` samples as named PNGs (:meth:`arrays`, losslessly encoded: what a server is sent)."""
+        return [(name, png_bytes(im)) for name, im in self.arrays(n, seed, prefix, upscale)]
+
+    def arrays(self, n: int, seed: int, prefix: str = "g", upscale: int = 0) -> list[tuple[str, np.ndarray]]:
+        """``n`` samples as named (H, W, 3) uint8 arrays, each enlarged to ``upscale`` px (:func:`enlarge`)."""
+        return [(name, enlarge(im, upscale)) for name, im in self.raw(n, seed, prefix)]
+
+    def raw(self, n: int, seed: int, prefix: str = "g") -> list[tuple[str, np.ndarray]]:
+        """``n`` samples as named (H, W, 3) uint8 arrays at the generator's own size (a 32 px sample
+        is 3 KB: what an audit keeps of its main sample for the report's thumbnails)."""
         try:
             imgs = to_uint8(self.sampler(n, seed))
         except SourceError:
@@ -204,14 +223,28 @@ class GeneratorSource:
             raise SourceError(f"generator {self.spec} failed: {type(e).__name__}: {e}") from None
         if len(imgs) != n:
             raise SourceError(f"generator {self.spec} returned {len(imgs)} images for n={n}")
-        out = []
-        for i, im in enumerate(imgs):
-            if upscale and max(im.shape[:2]) < upscale:
-                h, w = im.shape[:2]
-                f = upscale / max(h, w)
-                im = np.asarray(Image.fromarray(im).resize((round(w * f), round(h * f)), Image.BICUBIC))
-            out.append((f"{prefix}{i:05d}.png", png_bytes(im)))
-        return out
+        return [(f"{prefix}{i:05d}.png", im) for i, im in enumerate(imgs)]
+
+
+KEEP_ARRAY_BYTES = 64 << 10  # a kept sample up to this size stays an array; a larger one is kept as its PNG
+
+
+def keepsake(im: np.ndarray) -> np.ndarray | bytes:
+    """A main-sample image as an audit keeps it for the report's thumbnails: the array as generated
+    when small (a 32 px sample: 3 KB, a sixth of its enlarged PNG), else its lossless PNG (a 1024 px
+    array is 3 MB, its PNG about half; encoding it costs far less than sampling it)."""
+    return im if im.nbytes <= KEEP_ARRAY_BYTES else png_bytes(im)
+
+
+def enlarge(im: np.ndarray, upscale: int) -> np.ndarray:
+    """A sample smaller than ``upscale`` px enlarged (bicubic, longer side ``upscale``) before the face
+    pipeline, because dlib's landmark predictor is unreliable on tiny faces (on the 32 px DCGAN, the
+    aligned-mode descriptor is 0.13 from the HOG one at 32 px, 0.03 at 128 px); others as they are."""
+    if not upscale or max(im.shape[:2]) >= upscale:
+        return im
+    h, w = im.shape[:2]
+    f = upscale / max(h, w)
+    return np.asarray(Image.fromarray(im).resize((round(w * f), round(h * f)), Image.BICUBIC))
 
 
 # ----------------------------------------------------------------------------- DCGAN adapter
@@ -252,7 +285,16 @@ def dcgan32(checkpoint: str, device: str = "cpu") -> Sampler:
     def sample(n: int, seed: int):
         g = torch.Generator().manual_seed(int(seed))
         z = torch.rand(n, net.nz, generator=g) * 2 - 1  # U(−1, 1)
-        return net(z.to(device)).cpu()
+        if device != "cpu":
+            return net(z.to(device)).cpu()
+        # One thread: the network is tiny (~5 ms per 64 samples), and a second thread's OpenMP
+        # spin-waits cost far more than it saves while the in-process audit's workers hold the cores.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return net(z)
+        finally:
+            torch.set_num_threads(threads)
 
     return sample
 

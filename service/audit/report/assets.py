@@ -6,6 +6,8 @@ without them (``--json`` needs no pictures), and the HTML only places what is ma
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from indexer import faces, pixels
@@ -16,15 +18,30 @@ from ..progress import stage_bar
 from . import html, plots
 
 
-def image_thumb(data: bytes, size: int = THUMB) -> str | None:
+def image_thumb(data: bytes | np.ndarray, size: int = THUMB) -> str | None:
+    """A generated image's thumbnail: encoded bytes, or a sample still held as its array."""
     try:
-        return plots.data_uri(jpeg(faces.decode(data), size), "image/jpeg")
+        arr = faces.from_array(data) if isinstance(data, np.ndarray) else faces.decode(data)
+        return plots.data_uri(jpeg(arr, size), "image/jpeg")
     except faces.Unreadable:
         return None
 
 
-def thumbnails(data: dict, source, backend, images: list[tuple[str, bytes]], progress: bool) -> dict[str, str]:
-    """Every generated and training face the report shows, keyed ``gen:<image>`` / ``train:<file>``."""
+def _array(kept: np.ndarray | bytes) -> np.ndarray:
+    """A kept sample (:func:`service.audit.sources.keepsake`) as its array: the lossless PNG decoded."""
+    if isinstance(kept, np.ndarray):
+        return kept
+    from PIL import Image
+
+    with Image.open(io.BytesIO(kept)) as im:  # our own PNG of an RGB array: no checks to apply here
+        return np.asarray(im.convert("RGB"))
+
+
+def thumbnails(
+    data: dict, source, backend, images: list[tuple[str, bytes | np.ndarray]], progress: bool
+) -> dict[str, str]:
+    """Every generated and training face the report shows, keyed ``gen:<image>`` / ``train:<file>``;
+    ``images``: a generator's main sample as kept (:attr:`service.audit.run.Passes.images`)."""
     gen_names: list[str] = []
     train_files: list[str] = []
     for r in data["grid"]["rows"]:
@@ -43,9 +60,12 @@ def thumbnails(data: dict, source, backend, images: list[tuple[str, bytes]], pro
         train_files += list(r.get("examples") or [])[:4]
     gen_names = list(dict.fromkeys(gen_names))
     train_files = list(dict.fromkeys(train_files))
-    if source.kind == "generator":
+    if source.kind == "generator":  # the samples as generated, enlarged as the face pipeline saw them
+        from ..sources import enlarge
+
         by_name = dict(images)
-        blobs = [(n, by_name[n]) for n in gen_names]
+        upscale = data["source"]["upscale"] or 0
+        blobs = [(n, enlarge(_array(by_name[n]), upscale)) for n in gen_names]
     else:
         idx = {name: i for i, name in enumerate(source.names())}
         blobs = source.read([idx[n] for n in gen_names])
