@@ -57,8 +57,8 @@ def detect_task(args: tuple) -> dict:
     (``embed``: the embedder name; the build's worker embedder, :func:`indexer.chunks.embed_chips`)
     or, ``embed`` None, the chips to embed (the main process embeds them, e.g. on a GPU).
 
-    ``args`` = (images, detector, max_pixels, attributes, embed, flip_average, index_px)."""
-    datas, detector, max_pixels, attributes, embed, flip_average, index_px = args
+    ``args`` = (images, detector, max_pixels, attributes, embed, flip_average, index_px, precision)."""
+    datas, detector, max_pixels, attributes, embed, flip_average, index_px, precision = args
     found = [detect_one(d, detector, max_pixels, attributes) for d in datas]
     ok = [f for f in found if f.ok]
     chips, pix = embedding_inputs(ok, index_px)
@@ -66,7 +66,7 @@ def detect_task(args: tuple) -> dict:
         f.chip = None  # embedded here: not worth its 67 KB back through the pipe
     out = {"faces": found, "pixels": pix}
     if embed:
-        out["descriptors"] = chunks.embed_chips(embed, chips, flip_average)["descriptors"]
+        out["descriptors"] = chunks.embed_chips(embed, chips, flip_average, precision)["descriptors"]
     else:
         out["chips"] = chips
     return out
@@ -189,8 +189,9 @@ class QueryWorkers:
     (detection only, one image per job, each worker's memory capped against hostile uploads).
     """
 
-    def __init__(self, processes: int, embedder: str = "torch", device: str = "cpu"):
+    def __init__(self, processes: int, embedder: str = "torch", device: str = "cpu", precision: str = "auto"):
         from indexer import build
+        from indexer.devices import resolve_precision
 
         self.processes = int(processes)
         self.embed_in, threads = build.plan_embedding(embedder, device, self.processes)
@@ -198,8 +199,11 @@ class QueryWorkers:
         self.embed = embedder if self.embed_in == "workers" else None
         self._pool = build.worker_pool(self.processes, ctx, threads)
         # Started now (models loaded, embedder built) while the caller loads its index; not waited for.
+        # The index's precision is not known yet: warm the one a default build on this machine uses
+        # (each task names its own, and a worker builds another embedder if it differs).
+        warm = resolve_precision(precision, device, embedder)
         for _ in range(self.processes):
-            self._pool.submit(chunks.worker_ready, self.embed)
+            self._pool.submit(chunks.worker_ready, self.embed, warm)
 
     def submit(
         self,
@@ -209,15 +213,14 @@ class QueryWorkers:
         attributes: bool,
         flip_average: bool,
         index_px: float | None,
+        precision: str = "fp32",
     ) -> list:
         """Futures of :func:`detect_task` on ``datas`` (bytes or decoded arrays) in tasks of the
-        build's size, in order."""
+        build's size, in order; descriptors in ``precision`` (the index's, as its queries are)."""
         size = chunks.TASK_SIZE
+        flags = (attributes, self.embed, flip_average, index_px, precision)
         return [
-            self._pool.submit(
-                detect_task,
-                (datas[lo : lo + size], detector, max_pixels, attributes, self.embed, flip_average, index_px),
-            )
+            self._pool.submit(detect_task, (datas[lo : lo + size], detector, max_pixels, *flags))
             for lo in range(0, len(datas), size)
         ]
 

@@ -89,8 +89,8 @@ class Searcher:
             index.calibration, index.descriptors, index.pixels, index.identity_codes(), self.device
         )
         # Queries are described with the index's arithmetic (fp32 for dlib-embedded or older indexes).
-        precision = index.descriptor_precision if embedder == "torch" else "fp32"
-        self.embedder = faces.make_embedder(embedder, self.device, precision)
+        self.precision = index.descriptor_precision if embedder == "torch" else "fp32"
+        self.embedder = faces.make_embedder(embedder, self.device, self.precision)
         n = index.n_faces
         self.flat = ExactL2(index.descriptor_blocks(), device=self.device)
         self.ivf = None

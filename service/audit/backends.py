@@ -173,8 +173,9 @@ class LocalBackend:
         index_px = self.searcher.face_resolution if params.resolution_match else None
         datas = [d for _, d in images]
         try:
+            s = self.searcher
             futures = self.workers.submit(
-                datas, params.detector, faces.MAX_PIXELS, params.attributes, self.searcher.flip_average, index_px
+                datas, params.detector, faces.MAX_PIXELS, params.attributes, s.flip_average, index_px, s.precision
             )
         except BrokenProcessPool:  # a worker died since the last request was taken
             self._workers_died()
