@@ -431,6 +431,9 @@ def test_server_mode_gives_the_same_numbers_as_in_process(audit_server, full_ind
     p2, t_loc = run_audit(common + ["--index", str(full_index_dir), "--json", str(loc)])
     assert p2.returncode == 0, p2.stderr[-3000:]
     a, b = json.loads(srv.read_text()), json.loads(loc.read_text())
+    # Each run writes its per-image CSV beside its own JSON: the paths differ, the rows must not.
+    assert (a["per_image"].pop("csv"), b["per_image"].pop("csv")) == ("server.csv", "local.csv")
+    assert (tmp_path / "server.csv").read_text().count("\n") == (tmp_path / "local.csv").read_text().count("\n") > 1
     same = set(a) - {"created_at", "command", "backend", "index", "timing", "distribution"}
     for key in sorted(same):  # two processes ran the network: floats to conftest.NET_ATOL
         assert_json_close({key: a[key]}, {key: b[key]})
