@@ -29,9 +29,10 @@ class Pairs:
 
 
 def verification_pairs(idents: np.ndarray, n_pairs: int = 3000, seed: int = 0) -> Pairs:
-    """Up to ``n_pairs`` same-identity pairs (each identity contributes its pairs in turn, so no
-    person dominates) and as many different-identity pairs, drawn with ``seed``; unknown identities
-    (negative codes) take no part. LFW uses 3,000 of each."""
+    """Up to ``n_pairs`` same-identity pairs, drawn at random from every such pair (taken identity by
+    identity in a seeded order, at most ``10 * n_pairs`` of them), and as many random
+    different-identity pairs, all with ``seed``; unknown identities (negative codes) take no part.
+    LFW uses 3,000 of each."""
     idents = np.asarray(idents)
     rng = np.random.default_rng(seed)
     rows = np.flatnonzero(idents >= 0)

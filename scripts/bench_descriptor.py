@@ -29,17 +29,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench import default_data_root  # the sibling script (this folder is on sys.path when a script runs)
 
 log = logging.getLogger("bench_descriptor")
 
 
-def default_data() -> Path:
-    return Path(os.environ.get("FACEMEM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default_data(), help="shared data folder (env FACEMEM_DATA)")
+    ap.add_argument("--data", type=Path, default=default_data_root(), help="shared data folder (env FACEMEM_DATA)")
     ap.add_argument("--images", type=int, default=10000, help="celeba10k images for the fidelity measures")
     ap.add_argument(
         "--pairs", type=int, default=3000, help="same-person pairs (and as many different) for LFW's protocol"
@@ -56,14 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def celeba_chips(root: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Chips (aligned mode, as the build cuts them) and identity codes of the first n images."""
     from indexer import faces
+    from indexer.datasets import read_dataset
 
-    ids = dict(line.split() for line in (root / "identity_CelebA.txt").read_text().splitlines())
     chips, idents = [], []
-    for name in sorted(ids)[:n]:
-        f = faces.process_file(root / "img_align_celeba" / name, "aligned")
+    for item in read_dataset("celeba", root, "all", n, False):
+        f = faces.process_file(item.path, "aligned")
         if f.ok:
             chips.append(f.chip)
-            idents.append(int(ids[name]))
+            idents.append(int(item.identity))
     return np.stack(chips), np.array(idents, np.int64)
 
 

@@ -25,9 +25,10 @@ N_FACES = 240
 @pytest.fixture(scope="module")
 def celeba_faces() -> tuple[np.ndarray, np.ndarray]:
     """Chips and identity codes of the first N_FACES celeba10k images (aligned mode)."""
-    ids = dict(line.split() for line in (CELEBA10K / "identity_CelebA.txt").read_text().splitlines())
-    names = sorted(ids)[:N_FACES]
-    found = [(faces.process_file(CELEBA10K / "img_align_celeba" / n, "aligned"), ids[n]) for n in names]
+    from indexer.datasets import read_dataset
+
+    items = read_dataset("celeba", CELEBA10K, "all", N_FACES, False)
+    found = [(faces.process_file(it.path, "aligned"), it.identity) for it in items]
     chips = np.stack([f.chip for f, _ in found if f.ok])
     return chips, np.array([int(i) for f, i in found if f.ok])
 
