@@ -43,7 +43,7 @@ def init_worker(torch_threads: int, build_pid: int) -> None:
     watchdog.start(build_pid)
 
 
-def _get_worker_embedder(kind: str, precision: str = "fp32") -> faces.Embedder:
+def _get_worker_embedder(kind: str, precision: str) -> faces.Embedder:
     """This worker's embedder for ``kind`` at ``precision``: built on first use, reused for every task."""
     key = (kind, precision)
     if key not in _worker_embedders:
@@ -77,14 +77,14 @@ def init_task_worker(kind: str | None, device: str = "cpu", torch_threads: int =
     faces.preload()
 
 
-def worker_ready(kind: str | None, precision: str = "fp32") -> int:
+def worker_ready(kind: str | None, precision: str) -> int:
     """First call in each worker: build the embedder now, so the first task does not wait for it."""
     if kind is not None:
         _get_worker_embedder(kind, precision)
     return os.getpid()
 
 
-def embed_chips(kind: str, chips: np.ndarray, flip_average: bool, precision: str = "fp32") -> dict:
+def embed_chips(kind: str, chips: np.ndarray, flip_average: bool, precision: str) -> dict:
     """Worker: descriptors for chips the main process cut (the tasks it ran while workers started)."""
     t0 = time.perf_counter()
     desc = faces.describe(_get_worker_embedder(kind, precision), chips, flip_average)

@@ -213,7 +213,7 @@ class QueryWorkers:
         attributes: bool,
         flip_average: bool,
         index_px: float | None,
-        precision: str = "fp32",
+        precision: str,
     ) -> list:
         """Futures of :func:`detect_task` on ``datas`` (bytes or decoded arrays) in tasks of the
         build's size, in order; descriptors in ``precision`` (the index's, as its queries are)."""
