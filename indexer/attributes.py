@@ -68,7 +68,7 @@ def feature_signature() -> dict:
 def feature_matrix(descriptors: np.ndarray, crops: np.ndarray, lm68: np.ndarray) -> np.ndarray:
     """(N, 128 + CROP_DIM + 136) float32 probe input from what the face pipeline produced."""
     n = len(descriptors)
-    lm = np.stack([geometry.normalised(p) for p in lm68]) if n else np.zeros((0, LANDMARK_DIM), np.float32)
+    lm = geometry.normalised_many(np.asarray(lm68).reshape(n, geometry.N_POINTS, 2))
     parts = [
         np.asarray(descriptors, np.float32).reshape(n, DESCRIPTOR_DIM),
         np.asarray(crops, np.float32).reshape(n, CROP_DIM) / 255.0,
@@ -458,10 +458,9 @@ def extras_ok(extras: dict[str, np.ndarray], n_faces: int) -> bool:
 
 def geometry_matrix(lm68: np.ndarray, sizes: list) -> np.ndarray:
     """(F, len(geometry.NAMES)) float32 geometry of every face."""
-    out = np.full((len(lm68), len(geometry.NAMES)), np.nan, np.float32)
-    for i, (p, (w, h)) in enumerate(zip(lm68, sizes)):
-        out[i] = geometry.geometry(p, w, h)
-    return out
+    n = len(lm68)
+    pts = np.asarray(lm68).reshape(n, geometry.N_POINTS, 2)
+    return geometry.geometry_many(pts, np.asarray(sizes, np.int64).reshape(n, 2)).astype(np.float32)
 
 
 def borrowed_probes(path: str) -> tuple[Probes, dict]:

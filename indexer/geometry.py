@@ -38,44 +38,54 @@ LABELS = {
 N_POINTS = 68
 
 
-def _frame(pts: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Points de-rolled about the eye midpoint, the roll angle (radians) and the eye distance."""
+def frames(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Landmark sets (N, 68, 2) de-rolled about their eye midpoints, their roll angles (radians) and eye
+    distances. Batched: a build computes these for every face (the same numbers as one at a time)."""
     p = np.asarray(pts, np.float64)
-    left, right = p[36:42].mean(axis=0), p[42:48].mean(axis=0)  # image-left eye, image-right eye
+    left, right = p[:, 36:42].mean(axis=1), p[:, 42:48].mean(axis=1)  # image-left eye, image-right eye
     d = right - left
-    roll = float(np.arctan2(d[1], d[0]))
-    iod = float(np.hypot(*d))
+    roll = np.arctan2(d[:, 1], d[:, 0])
+    iod = np.hypot(d[:, 0], d[:, 1])
     c, s = np.cos(-roll), np.sin(-roll)
     mid = (left + right) / 2
-    q = (p - mid) @ np.array([[c, s], [-s, c]])
-    return q, roll, iod
+    rot = np.stack([np.stack([c, s], axis=-1), np.stack([-s, c], axis=-1)], axis=1)  # (N, 2, 2)
+    return np.matmul(p - mid[:, None, :], rot), roll, iod
+
+
+def geometry_many(pts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(N, len(NAMES)) float64: the :data:`NAMES` values of N faces (landmarks (N, 68, 2), image sizes
+    (N, 2) as width, height); NaN where a landmark set is degenerate."""
+    p = np.asarray(pts, np.float64).reshape(-1, N_POINTS, 2)
+    q, roll, iod = frames(p)
+    out = np.full((len(p), len(NAMES)), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, b = q[:, 30, 0] - q[:, 0, 0], q[:, 16, 0] - q[:, 30, 0]
+        out[:, 0] = np.where(a + b > 0, (a - b) / (a + b), np.nan)
+        chin = q[:, 8, 1]
+        out[:, 1] = np.where(chin > 0, q[:, 30, 1] / chin, np.nan)
+        out[:, 2] = np.degrees(roll)
+        gaps = np.stack([np.hypot(*(p[:, i] - p[:, j]).T) for i, j in ((61, 67), (62, 66), (63, 65))], axis=1)
+        out[:, 3] = np.where(iod > 0, gaps.mean(axis=1) / iod, np.nan)
+    wh = np.maximum(np.asarray(sizes, np.int64).reshape(-1, 2), 1)
+    span = np.maximum(p.max(axis=1) - p.min(axis=1), 0)
+    out[:, 4] = np.sqrt(span[:, 0] * span[:, 1]) / np.sqrt(wh[:, 0] * wh[:, 1])
+    c = p.mean(axis=1)
+    out[:, 5], out[:, 6] = c[:, 0] / wh[:, 0], c[:, 1] / wh[:, 1]
+    return out
 
 
 def geometry(pts: np.ndarray, width: int, height: int) -> np.ndarray:
     """The :data:`NAMES` values of one face, float64 (NaN where a landmark set is degenerate)."""
-    p = np.asarray(pts, np.float64)
-    q, roll, iod = _frame(p)
-    out = np.full(len(NAMES), np.nan)
-    a, b = q[30, 0] - q[0, 0], q[16, 0] - q[30, 0]
-    if a + b > 0:
-        out[0] = (a - b) / (a + b)
-    chin = q[8, 1]
-    if chin > 0:
-        out[1] = q[30, 1] / chin
-    out[2] = np.degrees(roll)
-    if iod > 0:
-        gaps = [np.hypot(*(p[i] - p[j])) for i, j in ((61, 67), (62, 66), (63, 65))]
-        out[3] = float(np.mean(gaps)) / iod
-    w, h = max(int(width), 1), max(int(height), 1)
-    span = p.max(axis=0) - p.min(axis=0)
-    out[4] = float(np.sqrt(max(span[0], 0) * max(span[1], 0)) / np.sqrt(w * h))
-    c = p.mean(axis=0)
-    out[5], out[6] = c[0] / w, c[1] / h
-    return out
+    return geometry_many(np.asarray(pts)[None], np.array([[int(width), int(height)]]))[0]
+
+
+def normalised_many(pts: np.ndarray) -> np.ndarray:
+    """(N, 136) float32: :func:`normalised` of N landmark sets (N, 68, 2)."""
+    q, _, iod = frames(np.asarray(pts).reshape(-1, N_POINTS, 2))
+    return (q / np.where(iod > 0, iod, 1.0)[:, None, None]).astype(np.float32).reshape(len(q), 2 * N_POINTS)
 
 
 def normalised(pts: np.ndarray) -> np.ndarray:
     """(136,) float32: the landmarks de-rolled, centred on the eye midpoint and scaled by the eye distance
     (the shape of the face, independent of where it is in the frame); a probe feature."""
-    q, _, iod = _frame(pts)
-    return (q / (iod if iod > 0 else 1.0)).astype(np.float32).reshape(-1)
+    return normalised_many(np.asarray(pts)[None])[0]

@@ -4,7 +4,8 @@ Each n runs in a fresh child process (so its peak RSS is its own): a DCGAN audit
 an index, then the HTML, JSON and CSV written. ``--baseline DIR`` runs the same children with another
 checkout's code first (e.g. ``git archive <base> | tar -x -C /tmp/facemem-base``), printed beside
 this checkout's. Peak RSS: ``resource.getrusage`` of the child itself and of its own children (the
-detection processes), reported separately and summed (an upper bound on the peak of the whole).
+detection processes when they are spawned), reported separately and summed; and the peak PSS of the
+whole process tree (the forkserver's workers included), sampled every second.
 
     flock /tmp/facemem-cpu.lock env PYTHONPATH=. .venv/bin/python scripts/bench_audit_scale.py \\
         --index build/celeba10k --n 2000,10000 --trials 20,2 --out build/bench-audit-scale
@@ -33,15 +34,25 @@ def _ints(text: str) -> list[int]:
 
 
 class RssSampler(threading.Thread):
-    """This process's resident set (VmRSS) every ``every`` seconds, for the peak within each stage."""
+    """This process's resident set (VmRSS) every ``every`` seconds, for the peak within each stage, and
+    every ``tree_every`` seconds the proportional set size (PSS) of it and all its descendants: the
+    detection workers are the forkserver's children, so ``getrusage`` does not see them, and PSS
+    counts the pages they share with it once."""
 
-    def __init__(self, every: float = 0.2):
+    def __init__(self, every: float = 0.2, tree_every: float = 1.0):
         super().__init__(daemon=True)
         self.every, self.samples, self.stop = every, [], threading.Event()
+        self.tree_every, self.tree_peak_gb, self.tree_procs = tree_every, 0.0, 0
 
     def run(self) -> None:
+        last_tree = 0.0
         while not self.stop.is_set():
-            self.samples.append((time.perf_counter(), _rss_gb()))
+            now = time.perf_counter()
+            self.samples.append((now, _rss_gb()))
+            if now - last_tree >= self.tree_every:
+                pids = _tree(os.getpid())
+                self.tree_peak_gb = max(self.tree_peak_gb, sum(_pss_gb(p) for p in pids))
+                self.tree_procs, last_tree = max(self.tree_procs, len(pids)), now
             self.stop.wait(self.every)
 
     def peak(self, t0: float, t1: float) -> float:
@@ -53,6 +64,32 @@ def _rss_gb() -> float:
     with open("/proc/self/status") as f:
         kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     return kb / 2**20
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and every process below it (from /proc/*/stat parent ids)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return out
+
+
+def _pss_gb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 2**20
+    except (OSError, StopIteration):
+        return 0.0
 
 
 def stage_peaks(sampler: RssSampler, t_start: float, t_end: float, timing: dict) -> dict:
@@ -107,6 +144,7 @@ def one(a: argparse.Namespace) -> dict:
     kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     out |= {"rss_self_gb": self_kb / 2**20, "rss_children_gb": kids_kb / 2**20}
     out["rss_sum_gb"] = (self_kb + kids_kb) / 2**20
+    out["pss_tree_peak_gb"], out["tree_processes"] = sampler.tree_peak_gb, sampler.tree_procs
     return out
 
 
@@ -125,6 +163,7 @@ def table(results: list[dict]) -> str:
     keys = ["code", "n", "trials", "faces", *STAGES]
     keys += sorted({k for r in results for k in r if k.startswith("stat:")})
     keys += [f"write_{k}_s" for k in WRITES] + ["total_s", "rss_self_gb", "rss_children_gb", "rss_sum_gb"]
+    keys += ["pss_tree_peak_gb", "tree_processes"]
     keys += [f"{k}_mb" for k in WRITES] + ["csv_rows"]
     keys += sorted({k for r in results for k in r if k.startswith("rss:")})
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

@@ -64,6 +64,32 @@ def test_pair_tail_is_exact_against_brute_force():
     assert np.array_equal(p["pix_diff_id"], d2.min(axis=1))
 
 
+
+def test_pixel_calibration_searches_again_where_its_first_neighbours_do_not_reach(monkeypatch):
+    """Faces in tight clusters of six photos, each cluster beside another identity's: a row's first
+    PIXEL_FIRST_K neighbours are all its own identity and all closer than the pair tail's edge, so the
+    nearest stranger and the tail need the searches with a larger k. Both must equal brute force,
+    and the whole calibration the one that fetched 16 neighbours first."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(40, 216, (25, 12288)).astype(np.int16)
+    centres = np.concatenate([base, base + rng.integers(-12, 13, base.shape)])  # 50 identities, in pairs
+    ids = np.repeat(np.arange(50), 6)
+    pix = np.clip(centres[ids] + rng.integers(-3, 4, (300, 12288)), 0, 255).astype(np.uint8)
+    got = calibrate.pixel_calibration(pix, ids, 120)
+    rows = calibrate.sample_rows(300, 120, 0)
+    d = cdist(pix[rows].astype(np.float64), pix.astype(np.float64), "cityblock")
+    d[np.arange(len(rows)), rows] = np.inf
+    other = ids[rows][:, None] != ids[None, :]
+    assert np.array_equal(got["pix_loo"], d.min(axis=1))
+    assert np.array_equal(got["pix_diff_id"], np.where(other, d, np.inf).min(axis=1))
+    tail = got["pair_pix_diff_tail"]
+    assert len(tail) > 1 and np.array_equal(tail, np.sort(d[other])[: len(tail)])
+    first = np.sort(d, axis=1)[:, calibrate.PIXEL_FIRST_K - 1]
+    assert (first < tail[-1]).all()  # every sampled row needed the second search
+    monkeypatch.setattr(calibrate, "PIXEL_FIRST_K", 16)
+    wide = calibrate.pixel_calibration(pix, ids, 120)
+    assert wide.keys() == got.keys() and all(np.array_equal(wide[k], got[k]) for k in got)
+
 def test_pair_threshold_does_not_drift_with_the_index_size(world):
     """The same population indexed at 1,000 faces (three disjoint subsets) and at 4,000: the 1:N
     identity threshold drifts with N; the per-pair collision threshold drifts far less (what is left

@@ -232,3 +232,22 @@ def test_query_chunks(index: L1Index, data: dict[str, np.ndarray], monkeypatch: 
     rows = np.arange(0, 2400, 150).astype(np.int64)
     v = data["vectors"]
     assert_same(index.search(v[rows], 4, exclude_self=rows), l1_brute_force(v, v[rows], 4, exclude_self=rows))
+
+
+@pytest.mark.parametrize("pair_bytes", [40_000, 400_000])
+def test_vectorised_blocks_cut_into_small_gathers(
+    index: L1Index, data: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch, pair_bytes: int
+) -> None:
+    """The cascade runs over blocks of queries, its gathers cut at query boundaries: blocks of 5 and
+    gathers of a few rows (one query's pairs above the limit, runs of several queries below it) must
+    answer exactly as brute force."""
+    import indexer.l1 as l1
+
+    monkeypatch.setattr(l1, "_PAIR_BYTES", pair_bytes)
+    monkeypatch.setattr(l1, "_BATCH", 5)
+    v = data["vectors"]
+    rows = np.concatenate([np.arange(0, 2400, 130), data["dup_rows"][:3]]).astype(np.int64)
+    for k in (1, 6):
+        want = l1_brute_force(v, v[rows], k, exclude_self=rows)
+        assert_same(index.search(v[rows], k, exclude_self=rows), want)
+    assert_same(index.search(data["queries"][::4], 3), l1_brute_force(v, data["queries"][::4], 3))
