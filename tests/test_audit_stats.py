@@ -64,7 +64,6 @@ def test_pair_tail_is_exact_against_brute_force():
     assert np.array_equal(p["pix_diff_id"], d2.min(axis=1))
 
 
-
 def test_pixel_calibration_searches_again_where_its_first_neighbours_do_not_reach(monkeypatch):
     """Faces in tight clusters of six photos, each cluster beside another identity's: a row's first
     PIXEL_FIRST_K neighbours are all its own identity and all closer than the pair tail's edge, so the
@@ -89,6 +88,7 @@ def test_pixel_calibration_searches_again_where_its_first_neighbours_do_not_reac
     monkeypatch.setattr(calibrate, "PIXEL_FIRST_K", 16)
     wide = calibrate.pixel_calibration(pix, ids, 120)
     assert wide.keys() == got.keys() and all(np.array_equal(wide[k], got[k]) for k in got)
+
 
 def test_pair_threshold_does_not_drift_with_the_index_size(world):
     """The same population indexed at 1,000 faces (three disjoint subsets) and at 4,000: the 1:N
