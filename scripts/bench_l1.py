@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, r in rows.items():
         f, b = float(np.median(r["facemem"])), float(np.median(r["baseline"]))
         res = r.get("results")
-        eq = same(res["facemem"], res["baseline"]) if res else None
+        eq = same(res["facemem"], res["baseline"]) if res else "— (the batch-64 queries)"
         print(f"| {name} ({r['unit']}) | {f:,.1f} | {b:,.1f} | {f / b:.2f}x | {eq} |")
         out[name] = {"unit": r["unit"], "facemem": r["facemem"], "baseline": r["baseline"], "same": eq}
     if a.json:
