@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faiss
 import numpy as np
 
-from .topk import select_topk
+from .topk import ranked, select_topk, select_topk_pairs
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +97,11 @@ def _nonzero_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.divmod(np.flatnonzero(mask), mask.shape[1])
 
 
-def _ranked(qi: np.ndarray, *keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The order of pairs by (query, *keys) and each pair's rank within its query in that order."""
-    order = np.lexsort((*reversed(keys), qi))
-    q = qi[order]
-    return order, np.arange(q.size) - np.searchsorted(q, q, side="left")
-
-
 def _per_query_smallest(qi: np.ndarray, ci: np.ndarray, key: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """The (query, row) pairs with each query's m smallest keys."""
-    order, rank = _ranked(qi, key)
+    order, rank = ranked(qi, key)
     sel = order[rank < m]
     return qi[sel], ci[sel]
-
-
-def _per_query_topk(qi: np.ndarray, d: np.ndarray, ci: np.ndarray, nb: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's k smallest (distance, row) pairs, ordered as :func:`indexer.topk.select_topk` orders
-    them (ties by the smaller row), as (nb, k) int64 arrays padded with -1."""
-    out_d = np.full((nb, k), -1, dtype=np.int64)
-    out_i = np.full((nb, k), -1, dtype=np.int64)
-    order, rank = _ranked(qi, d, ci)
-    sel = rank < k
-    o = order[sel]
-    out_d[qi[o], rank[sel]] = d[o]
-    out_i[qi[o], rank[sel]] = ci[o]
-    return out_d, out_i
 
 
 def _query_pieces(qi: np.ndarray, nq: int, row_bytes: int) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -326,7 +306,8 @@ class L1Index:
         for j in range(nq):
             returned = cand[j][cand[j] >= 0]
             ids = returned[returned != ex[j]]
-            d = self._exact(queries[j], int(queries[j].sum(dtype=np.int64)), ids)
+            qsum = queries[j : j + 1].sum(axis=1, dtype=np.int64)
+            d = self._pair_exact(queries[j : j + 1], qsum, np.zeros(ids.size, np.int64), ids)
             out_d[j], out_i[j] = _sort_topk(d, ids, k)
             if returned.size < self.ntotal and (ids.size < k or out_d[j, k - 1] >= d.max()):
                 redo.append(j)
@@ -337,18 +318,10 @@ class L1Index:
         return out_d, out_i
 
     # ------------------------------------------------------------------ CPU exact path
-    def _exact(self, q: np.ndarray, qsum: int, ids: np.ndarray) -> np.ndarray:
-        """Exact L1 of q to rows ids: |a-b| = a + b - 2 min(a, b), so one uint8 min and one sum."""
-        if ids.size == 0:
-            return np.empty(0, dtype=np.int64)
-        rows = np.take(self.vectors, ids, axis=0)
-        np.minimum(rows, q, out=rows)
-        m = rows.sum(axis=1, dtype=np.uint32).astype(np.int64)
-        return self._rowsum[ids] + qsum - 2 * m
-
     def _pair_exact(self, q: np.ndarray, qsum: np.ndarray, qi: np.ndarray, ci: np.ndarray) -> np.ndarray:
-        """Exact L1 of pairs (query ``qi`` of block ``q``, row ``ci``; pairs grouped by query), as
-        :meth:`_exact`: the rows gathered in bounded pieces, each query's min taken in place."""
+        """Exact L1 of pairs (query ``qi`` of block ``q``, row ``ci``; pairs grouped by query):
+        |a-b| = a + b - 2 min(a, b), so one uint8 min and one sum per row, the rows gathered in bounded
+        pieces, each query's min taken in place."""
         out = np.empty(qi.size, dtype=np.int64)
         for first, last, cuts in _query_pieces(qi, q.shape[0], self.d):
             rows = np.take(self.vectors, ci[cuts[0] : cuts[-1]], axis=0)
@@ -419,7 +392,7 @@ class L1Index:
             si, sc = _per_query_smallest(si, sc, self._pair_lb(q8, self._x8, si, sc), m2)
             si, sc = _per_query_smallest(si, sc, self._pair_lb(q4, self._x4, si, sc), 2 * k)
             sd = self._pair_exact(q, qsum, si, sc)
-            kth_d, kth_i = _per_query_topk(si, sd, sc, nb, k)
+            kth_d, kth_i = select_topk_pairs(si, sd, sc, nb, k, pad=-1, dtype=np.int64)
             tau = np.where(kth_i[:, k - 1] >= 0, kth_d[:, k - 1], np.inf)
         thr = np.minimum(tau, bound) + self._slack  # float64: exact vs the float32 bounds, never rounds tau down
         # 2) Successive elimination: keep only the pairs whose bound can still reach their query's tau.
@@ -437,8 +410,8 @@ class L1Index:
         qi, ci = qi[fresh], ci[fresh]
         # 3) Exact distances of the survivors; with the seeds, the k smallest by (distance, id) per query.
         d = self._pair_exact(q, qsum, qi, ci)
-        out_d, out_i = _per_query_topk(
-            np.concatenate((si, qi)), np.concatenate((sd, d)), np.concatenate((sc, ci)), nb, k
+        out_d, out_i = select_topk_pairs(
+            np.concatenate((si, qi)), np.concatenate((sd, d)), np.concatenate((sc, ci)), nb, k, pad=-1, dtype=np.int64
         )
         stats = np.array([n16, n8, n4, sd.size + d.size], np.float64)
         return out_d, out_i, stats

@@ -3,7 +3,8 @@
 Why one function: exact search, the IVF re-rank, the L1 cascade, the merge of per-shard results
 and the service's candidate search must all order ties the same way (the smaller id first), or a
 sharded index would answer differently from a monolithic one. Each of them hands its candidates
-per query to :func:`select_topk`.
+per query to :func:`select_topk`, or, already flat with each candidate's query beside it (the
+vectorised L1 cascade), to :func:`select_topk_pairs`; both sort with :func:`ranked`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,42 @@ def select_topk(
     Returns ((n_queries, k) distances of ``dtype``, (n_queries, k) int64 ids); rows with fewer than
     k candidates are padded with ``pad`` and −1.
     """
+    dists, ids, owner = [], [], []
+    for j, (dist, idx) in enumerate(candidates):
+        dists.append(np.asarray(dist).reshape(-1))
+        ids.append(np.asarray(idx, np.int64).reshape(-1))
+        owner.append(np.full(len(dists[-1]), j, np.int64))
+    if not dists:
+        return np.full((n_queries, k), pad, dtype=dtype), np.full((n_queries, k), -1, dtype=np.int64)
+    owner_all, dist_all, ids_all = np.concatenate(owner), np.concatenate(dists), np.concatenate(ids)
+    return select_topk_pairs(owner_all, dist_all, ids_all, n_queries, k, pad, dtype)
+
+
+def ranked(owner: np.ndarray, *keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order of candidates by (owner, *keys), and each one's rank within its owner in that order."""
+    order = np.lexsort((*reversed(keys), owner))
+    q = owner[order]
+    return order, np.arange(q.size) - np.searchsorted(q, q, side="left")
+
+
+def select_topk_pairs(
+    owner: np.ndarray,
+    dist: np.ndarray,
+    ids: np.ndarray,
+    n_queries: int,
+    k: int,
+    pad: float | int = np.nan,
+    dtype: np.dtype | type = np.float64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`select_topk` of candidates given as flat arrays, candidate c belonging to query
+    ``owner[c]``: one sort for all queries (the vectorised L1 cascade hands its pairs over this way)."""
     out_d = np.full((n_queries, k), pad, dtype=dtype)
     out_i = np.full((n_queries, k), -1, dtype=np.int64)
-    for j, (dist, ids) in enumerate(candidates):
-        order = np.lexsort((ids, dist))[:k]
-        out_d[j, : order.size] = dist[order]
-        out_i[j, : order.size] = ids[order]
+    order, rank = ranked(owner, dist, ids)
+    sel = rank < k
+    o = order[sel]
+    out_d[owner[o], rank[sel]] = dist[o]
+    out_i[owner[o], rank[sel]] = ids[o]
     return out_d, out_i
 
 
