@@ -627,7 +627,8 @@ def _write_index(
     calibrated: Future | None = None,
 ) -> None:
     """Write the index (sharded or monolithic), the stage times last. A monolithic index's vectors
-    and calibration come from ``calibrated`` (a :func:`_calibrate_chunks` running beside the probes)."""
+    and calibration come from ``calibrated`` (a :func:`_calibrate_chunks` running beside the probes;
+    None for a sharded index, which calibrates on its written shards)."""
     f = manifest["faces"]
     use_ivf = cfg.ivf == "on" or (cfg.ivf == "auto" and f >= cfg.ivf_min_faces)
 
@@ -650,9 +651,7 @@ def _write_index(
 
         _write_sharded(cfg, out, rows, paths, calibration, manifest, finish_times, use_ivf, extra_files)
         return
-    desc, pix, calib = (
-        calibrated.result() if calibrated is not None else _calibrate_chunks(cfg, plan.device, idents, paths)
-    )
+    desc, pix, calib = calibrated.result()
     assert f == len(desc) == len(pix), (f, len(desc), len(pix))
     record(calib)
     ivf_index = ivf_mod.build([desc], cfg.ivf_spec) if use_ivf and len(desc) else None
