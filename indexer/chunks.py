@@ -102,23 +102,12 @@ def process_task(args: tuple[list[tuple[str, str]], str, str | None, bool, str])
     """
     items, detector, embed_here, flip_average, precision = args
     rows, chips, pix, lm68, crops = [], [], [], [], []
-    t_decode = t_face = 0.0
-    for path, _ in items:
-        t0 = time.perf_counter()
-        try:
-            img = faces.read_file(path)
-            t1 = time.perf_counter()
-            face = faces.find_face(img, detector, attributes=True)
-        except faces.Unreadable as e:
-            t1 = time.perf_counter()
-            face = faces.Face("unreadable", str(e))
-        except Exception as e:  # never let one image take the build down
-            t1 = time.perf_counter()
-            log.exception("unexpected error on %s", path)
-            face = faces.Face("unreadable", f"internal error: {type(e).__name__}: {e}")
-        t2 = time.perf_counter()
-        t_decode += t1 - t0
-        t_face += t2 - t1
+    paths = [path for path, _ in items]
+    found, t_decode, t_face = faces.process_many(paths, faces.read_file, detector, attributes=True)
+    for path, face in zip(paths, found):
+        if isinstance(face, Exception):  # never let one image take the build down
+            log.error("unexpected error on %s", path, exc_info=face)
+            face = faces.Face("unreadable", f"internal error: {type(face).__name__}: {face}")
         rows.append(
             {
                 "status": face.status,

@@ -26,14 +26,29 @@ def detect_one(
     """The face pipeline on one upload, or on an image already decoded (an in-process audit's generator
     sample: the array its lossless PNG decodes to); any failure becomes an ``unreadable`` status, never
     an error."""
-    try:
+    return detect_many([data], detector, max_pixels, attributes)[0]
+
+
+def detect_many(
+    datas: list, detector: str, max_pixels: int = faces.MAX_PIXELS, attributes: bool = False
+) -> list[faces.Face]:
+    """:func:`detect_one` of each of ``datas``, the pipeline's stages run over all of them in a row
+    (:func:`indexer.faces.process_many`: same faces, less time)."""
+
+    def load(data: bytes | np.ndarray) -> np.ndarray:
         if isinstance(data, np.ndarray):
-            return faces.process_array(data, detector, max_pixels, attributes)
-        return faces.process_bytes(data, detector, max_pixels, attributes)
-    except Exception as e:  # a library error on a hostile or odd file must not fail the request
-        size = f"{data.nbytes} bytes decoded" if isinstance(data, np.ndarray) else f"{len(data)} bytes"
-        log.exception("face pipeline failed on an upload (%s)", size)
-        return faces.Face("unreadable", f"face pipeline error: {type(e).__name__}: {str(e)[:200]}")
+            return faces.from_array(data, max_pixels)
+        return faces.decode(data, max_pixels)
+
+    found, _, _ = faces.process_many(datas, load, detector, attributes)
+    out = []
+    for data, face in zip(datas, found):
+        if isinstance(face, Exception):  # a library error on a hostile or odd file must not fail the request
+            size = f"{data.nbytes} bytes decoded" if isinstance(data, np.ndarray) else f"{len(data)} bytes"
+            log.error("face pipeline failed on an upload (%s)", size, exc_info=face)
+            face = faces.Face("unreadable", f"face pipeline error: {type(face).__name__}: {str(face)[:200]}")
+        out.append(face)
+    return out
 
 
 def embedding_inputs(ok: list[faces.Face], index_px: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +74,7 @@ def detect_task(args: tuple) -> dict:
 
     ``args`` = (images, detector, max_pixels, attributes, embed, flip_average, index_px, precision)."""
     datas, detector, max_pixels, attributes, embed, flip_average, index_px, precision = args
-    found = [detect_one(d, detector, max_pixels, attributes) for d in datas]
+    found = detect_many(datas, detector, max_pixels, attributes)
     ok = [f for f in found if f.ok]
     chips, pix = embedding_inputs(ok, index_px)
     for f in ok:
@@ -150,7 +165,7 @@ class DetectPool:
 
     def run(self, datas: list[bytes], detector: str, max_pixels: int, attributes: bool = False) -> list[faces.Face]:
         if self.processes <= 0 or not datas:
-            return [detect_one(d, detector, max_pixels, attributes) for d in datas]
+            return detect_many(datas, detector, max_pixels, attributes)
         out: list[faces.Face | None] = [None] * len(datas)
         pool = self._get()
         try:

@@ -17,7 +17,7 @@ import numpy as np
 from indexer import attributes, faces, pixels
 from indexer.store import FaceIndex
 
-from .detect import DetectPool, detect_one
+from .detect import DetectPool, detect_many
 from .params import Params, parse_params
 from .search import Query
 from .stats import collisions, memorization
@@ -255,7 +255,7 @@ def neighbors(
     found = (
         pool.run(datas, params.detector, max_pixels, params.attributes)
         if pool
-        else [detect_one(d, params.detector, max_pixels, params.attributes) for d in datas]
+        else detect_many(datas, params.detector, max_pixels, params.attributes)
     )
     t_detect = time.perf_counter() - t0
     body = _answer(searcher, [(n, f) for (n, _), f in zip(images, found)], params, thresholds)
