@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         ways["baseline"] = lambda p, d: one_by_one(base, p, d)
     results: dict = {"command": " ".join(sys.argv), "load_start": os.getloadavg(), "workloads": {}}
     for name, detector, paths in workloads:
+        if not paths:
+            raise SystemExit(f"error: no images for {name} under {a.data} (set --data or FACEMEM_DATA)")
         one_by_one(faces, paths[:8], detector)  # models loaded before timing
         if base is not None:
             one_by_one(base, paths[:8], detector)
