@@ -21,7 +21,6 @@ Example (the run in BENCHMARKS.md, "Indexing: what was tried"):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -32,6 +31,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench_l1 import load_baseline  # noqa: E402  (scripts/ is on the path: this file's folder)
 
 from indexer import chunks, faces  # noqa: E402
 
@@ -45,15 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     return ap.parse_args(argv)
-
-
-def load_baseline(checkout: Path):
-    """The other checkout's ``indexer/faces.py`` as a module of its own (it imports nothing of ours)."""
-    spec = importlib.util.spec_from_file_location("indexer._faces_baseline", checkout / "indexer" / "faces.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def staged(paths: list[str], detector: str) -> list:
@@ -80,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # as a worker: one core each
-    base = load_baseline(a.baseline_checkout) if a.baseline_checkout else None
+    base = load_baseline(a.baseline_checkout, "faces") if a.baseline_checkout else None
     workloads = []
     if a.aligned:
         root = a.data / "celeba10k" / "img_align_celeba"

@@ -47,10 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def load_baseline(checkout: Path):
-    """The other checkout's ``indexer.l1`` as a module of its own (its imports resolve to this package)."""
-    spec = importlib.util.spec_from_file_location("indexer._l1_baseline", checkout / "indexer" / "l1.py")
+def load_baseline(checkout: Path, module: str = "l1"):
+    """The other checkout's ``indexer/<module>.py`` as a module of its own (its relative imports
+    resolve to this package). ``scripts/bench_faces.py`` loads its ``faces`` with this too."""
+    spec = importlib.util.spec_from_file_location(f"indexer._{module}_baseline", checkout / "indexer" / f"{module}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # a dataclass looks its module up there
     spec.loader.exec_module(mod)
     return mod
 
