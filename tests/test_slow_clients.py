@@ -199,6 +199,11 @@ def test_deadlines_cover_every_listening_socket():
             with socket.create_connection((srv.effective_host, srv.effective_port), timeout=10) as s:
                 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and nothing more
                 status, _, body = _parse(_read_all(s, 10))
-            assert status == 408 and b"did not arrive within" in body, body  # waitress's text body here
+            # Either of the hook's two rules may answer (waitress's own idle close would send no
+            # 408): with headers cut off and then silence, the deadline (1 s + 38 B at 64 KiB/s) and
+            # the silence rule (1 s without a byte) fall due within a millisecond, and which one the
+            # once-a-second check sees first depends on scheduling (under load, CI saw both).
+            assert status == 408, body
+            assert b"did not arrive within" in body or b"nothing of the request arrived" in body, body
     finally:
         server.close()
