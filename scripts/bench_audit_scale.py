@@ -45,12 +45,14 @@ class RssSampler(threading.Thread):
         self.tree_every, self.tree_peak_gb, self.tree_procs = tree_every, 0.0, 0
 
     def run(self) -> None:
+        from service.loadgen import descendants
+
         last_tree = 0.0
         while not self.stop.is_set():
             now = time.perf_counter()
             self.samples.append((now, _rss_gb()))
             if now - last_tree >= self.tree_every:
-                pids = _tree(os.getpid())
+                pids = [os.getpid(), *descendants(os.getpid())]
                 self.tree_peak_gb = max(self.tree_peak_gb, sum(_pss_gb(p) for p in pids))
                 self.tree_procs, last_tree = max(self.tree_procs, len(pids)), now
             self.stop.wait(self.every)
@@ -64,24 +66,6 @@ def _rss_gb() -> float:
     with open("/proc/self/status") as f:
         kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     return kb / 2**20
-
-
-def _tree(root: int) -> list[int]:
-    """``root`` and every process below it (from /proc/*/stat parent ids)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += [c for c, pp in parent.items() if pp == p]
-    return out
 
 
 def _pss_gb(pid: int) -> float:
