@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Protocol
 
@@ -457,7 +457,11 @@ def face_extras(
 def find_face(img: np.ndarray, detector: str, attributes: bool = False) -> Face:
     """Detect (or derive) the face, keep the largest, and cut its chip; with ``attributes``, also the
     68 landmarks and the attribute probes' context crop (:func:`face_extras`)."""
-    face = find_faces([img], detector, attributes)[0]
+    return _raised(find_faces([img], detector, attributes)[0])
+
+
+def _raised(face: Face | Exception) -> Face:
+    """One image's result of :func:`find_faces` / :func:`process_many`: the face, or its error raised."""
     if isinstance(face, Exception):
         raise face
     return face
@@ -565,19 +569,11 @@ def process_many(
 
 def process_bytes(data: bytes, detector: str, max_pixels: int = MAX_PIXELS, attributes: bool = False) -> Face:
     """Bytes → :class:`Face`; bad input becomes a status, never an exception."""
-    try:
-        img = decode(data, max_pixels)
-    except Unreadable as e:
-        return Face("unreadable", str(e))
-    return find_face(img, detector, attributes)
+    return _raised(process_many([data], partial(decode, max_pixels=max_pixels), detector, attributes)[0][0])
 
 
 def process_file(path: str | Path, detector: str, max_pixels: int = MAX_PIXELS, attributes: bool = False) -> Face:
-    try:
-        img = read_file(path, max_pixels)
-    except Unreadable as e:
-        return Face("unreadable", str(e))
-    return find_face(img, detector, attributes)
+    return _raised(process_many([path], partial(read_file, max_pixels=max_pixels), detector, attributes)[0][0])
 
 
 # ----------------------------------------------------------------------------- resolution matching
